@@ -1,0 +1,210 @@
+//! The command line: `tarpit [--config FILE] [run] [flags]` and `tarpit check-config`.
+//!
+//! Every configuration key has a `run` flag named after it (`tarpit.response_delay` is
+//! `--response-delay`), applied on top of the file, so one-off changes need no file edit.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+
+use crate::config::{Config, ConfigError};
+
+/// A Linux-native HTTP tarpit: holds scanners' connections open with a slow drip and records
+/// every request for threat research.
+#[derive(Debug, Parser)]
+#[command(name = "tarpit", version)]
+pub struct Cli {
+    /// TOML configuration file; without it the built-in defaults apply.
+    #[arg(long, short, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do; `run` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `run`, accepted without the word `run` (and before a subcommand, whose own
+    /// flags then win).
+    #[command(flatten)]
+    pub run: Overrides,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the tarpit (the default).
+    Run(Overrides),
+    /// Validate the configuration and print the effective values as TOML.
+    CheckConfig(Overrides),
+}
+
+/// One optional flag per configuration key; a given flag replaces the file's value.
+#[derive(Debug, Default, Clone, Args)]
+pub struct Overrides {
+    /// [server] Address to listen on.
+    #[arg(long)]
+    pub host: Option<IpAddr>,
+    /// [server] Port to listen on (0 = any free port).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// [server] io_uring worker threads (0 = one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// [server] Connections held at once (0 = derived from the open-file limit).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// [server] Connections held at once from one address (0 = no cap).
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
+    /// [server] Comma-separated CIDRs whose forwarding headers are believed.
+    #[arg(long, value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<IpNet>>,
+    /// [tarpit] Seconds between drip chunks.
+    #[arg(long)]
+    pub response_delay: Option<f64>,
+    /// [tarpit] Bytes sent per tick.
+    #[arg(long)]
+    pub response_chunk: Option<String>,
+    /// [tarpit] Payload bytes per response.
+    #[arg(long)]
+    pub max_response_bytes: Option<u64>,
+    /// [tarpit] Value of the Server response header.
+    #[arg(long)]
+    pub server_header: Option<String>,
+    /// [tarpit] Seconds allowed for a complete request head.
+    #[arg(long)]
+    pub request_timeout: Option<f64>,
+    /// [tarpit] Largest request head in bytes.
+    #[arg(long)]
+    pub max_request_head: Option<usize>,
+    /// [tarpit] Most header lines in a request.
+    #[arg(long)]
+    pub max_headers: Option<usize>,
+    /// [tarpit] Request body bytes kept for the record.
+    #[arg(long)]
+    pub body_preview_bytes: Option<usize>,
+    /// [tarpit] Seconds an idle keep-alive connection waits for its next request.
+    #[arg(long)]
+    pub keepalive_timeout: Option<f64>,
+    /// [tarpit] Seconds after which any connection is closed.
+    #[arg(long)]
+    pub max_connection_lifetime: Option<f64>,
+    /// [storage] SQLite database file.
+    #[arg(long)]
+    pub database: Option<PathBuf>,
+    /// [storage] JSON lines log file.
+    #[arg(long)]
+    pub json_log: Option<PathBuf>,
+    /// [storage] Capacity of the event queue.
+    #[arg(long)]
+    pub event_queue: Option<usize>,
+}
+
+impl Overrides {
+    /// Replaces the values of `config` for which a flag was given.
+    pub fn apply(&self, config: &mut Config) {
+        fn set<T: Clone>(target: &mut T, value: &Option<T>) {
+            if let Some(value) = value {
+                *target = value.clone();
+            }
+        }
+        let (s, t, st) = (&mut config.server, &mut config.tarpit, &mut config.storage);
+        set(&mut s.host, &self.host);
+        set(&mut s.port, &self.port);
+        set(&mut s.workers, &self.workers);
+        set(&mut s.max_connections, &self.max_connections);
+        set(&mut s.max_connections_per_ip, &self.max_connections_per_ip);
+        set(&mut s.trusted_proxies, &self.trusted_proxies);
+        set(&mut t.response_delay, &self.response_delay);
+        set(&mut t.response_chunk, &self.response_chunk);
+        set(&mut t.max_response_bytes, &self.max_response_bytes);
+        set(&mut t.server_header, &self.server_header);
+        set(&mut t.request_timeout, &self.request_timeout);
+        set(&mut t.max_request_head, &self.max_request_head);
+        set(&mut t.max_headers, &self.max_headers);
+        set(&mut t.body_preview_bytes, &self.body_preview_bytes);
+        set(&mut t.keepalive_timeout, &self.keepalive_timeout);
+        set(
+            &mut t.max_connection_lifetime,
+            &self.max_connection_lifetime,
+        );
+        set(&mut st.database, &self.database);
+        set(&mut st.json_log, &self.json_log);
+        set(&mut st.event_queue, &self.event_queue);
+    }
+}
+
+/// The effective configuration: the file (or the defaults), validated, then each set of flags
+/// in order, validated again so an error says whether the file or a flag is at fault.
+pub fn effective_config(
+    file: Option<&Path>,
+    overrides: &[&Overrides],
+) -> Result<Config, ConfigError> {
+    let mut config = match file {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    for set in overrides {
+        set.apply(&mut config);
+    }
+    config.validate("command line")?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_subcommand_means_run_with_its_flags() {
+        let cli =
+            Cli::try_parse_from(["tarpit", "--port", "9000", "--response-delay", "0.5"]).unwrap();
+        assert!(cli.command.is_none());
+        let config = effective_config(None, &[&cli.run]).unwrap();
+        assert_eq!(config.server.port, 9000);
+        assert_eq!(config.tarpit.response_delay, 0.5);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "[server]\nport = 1234\nworkers = 3\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "tarpit",
+            "--config",
+            path.to_str().unwrap(),
+            "run",
+            "--port",
+            "4321",
+            "--trusted-proxies",
+            "10.0.0.0/8,192.168.0.0/16",
+        ])
+        .unwrap();
+        let Some(Command::Run(overrides)) = &cli.command else {
+            panic!("expected run");
+        };
+        let config = effective_config(cli.config.as_deref(), &[&cli.run, overrides]).unwrap();
+        assert_eq!(config.server.port, 4321);
+        assert_eq!(config.server.workers, 3);
+        assert_eq!(config.server.trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn a_bad_flag_value_blames_the_command_line() {
+        let overrides = Overrides {
+            response_delay: Some(0.0),
+            ..Overrides::default()
+        };
+        let err = effective_config(None, &[&overrides]).unwrap_err();
+        assert_eq!(err.source_name, "command line");
+        assert_eq!(err.key, "tarpit.response_delay");
+    }
+
+    #[test]
+    fn check_config_takes_the_same_flags() {
+        let cli = Cli::try_parse_from(["tarpit", "check-config", "--max-headers", "7"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::CheckConfig(ref o)) if o.max_headers == Some(7))
+        );
+    }
+}

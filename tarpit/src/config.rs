@@ -1,0 +1,391 @@
+//! The tarpit's configuration: one TOML file, every key optional, every key overridable by a
+//! `run` flag (see [`crate::cli`]).
+//!
+//! Parsing is strict on purpose: an operator who mistypes `respones_delay` must be told, not
+//! silently given the default. Every error names the file, the key and the reason
+//! ([`ConfigError`]). Defaults reproduce the tool this project replaces (1.5 s, ".", 1200 bytes).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem, located precisely enough that the operator can fix it in one edit.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: key `{key}`: {reason}")]
+pub struct ConfigError {
+    /// The file the value came from, or "command line" for a `run` flag.
+    pub source_name: String,
+    /// Dotted path of the offending key (`tarpit.response_delay`), or `(file)` for the whole file.
+    pub key: String,
+    /// What is wrong with it, in words.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(source_name: &str, key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            source_name: source_name.to_owned(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole configuration, as loaded from TOML and then overridden by flags.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where and how connections are accepted.
+    pub server: ServerConfig,
+    /// What a trapped client sees and how long it may take.
+    pub tarpit: TarpitConfig,
+    /// Where the forensic record goes.
+    pub storage: StorageConfig,
+}
+
+/// `[server]`: listening sockets, worker threads and connection caps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to bind; loopback by default so a first run exposes nothing.
+    pub host: IpAddr,
+    /// Port to bind; 0 picks a free one (tests use this).
+    pub port: u16,
+    /// io_uring worker threads, each with its own SO_REUSEPORT listener; 0 = one per core.
+    pub workers: usize,
+    /// Connections held at once across all workers; 0 = derived from the open-file limit.
+    pub max_connections: usize,
+    /// Connections held at once from one client address; 0 = no per-address cap.
+    pub max_connections_per_ip: usize,
+    /// Peers whose X-Forwarded-For / X-Real-IP headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 8080,
+            workers: 0,
+            max_connections: 0,
+            max_connections_per_ip: 1024,
+            trusted_proxies: vec![
+                "127.0.0.0/8".parse().expect("valid CIDR"),
+                "::1/128".parse().expect("valid CIDR"),
+            ],
+        }
+    }
+}
+
+/// `[tarpit]`: the drip and the limits on what a client may send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TarpitConfig {
+    /// Seconds between two drip chunks.
+    pub response_delay: f64,
+    /// The bytes sent on each tick (the payload of one HTTP chunk).
+    pub response_chunk: String,
+    /// Payload bytes per response; the response ends after this many.
+    pub max_response_bytes: u64,
+    /// Value of the `Server:` response header; default mimics a common web server.
+    pub server_header: String,
+    /// Seconds a client has to send a complete request head (and body preview).
+    pub request_timeout: f64,
+    /// Largest request head accepted, in bytes; more is logged as `head_too_large`.
+    pub max_request_head: usize,
+    /// Most header lines accepted; more is logged as `too_many_headers`.
+    pub max_headers: usize,
+    /// Request body bytes kept (with their SHA-256) for the record.
+    pub body_preview_bytes: usize,
+    /// Seconds an idle keep-alive connection waits for its next request.
+    pub keepalive_timeout: f64,
+    /// Seconds after which any connection is closed, whatever it is doing.
+    pub max_connection_lifetime: f64,
+}
+
+impl Default for TarpitConfig {
+    fn default() -> Self {
+        Self {
+            response_delay: 1.5,
+            response_chunk: ".".to_owned(),
+            max_response_bytes: 1200,
+            server_header: "nginx".to_owned(),
+            request_timeout: 10.0,
+            max_request_head: 16 * 1024,
+            max_headers: 100,
+            body_preview_bytes: 4 * 1024,
+            keepalive_timeout: 15.0,
+            max_connection_lifetime: 3600.0,
+        }
+    }
+}
+
+/// `[storage]`: the SQLite database, the JSON lines log and the queue that feeds them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// SQLite database file (created with its directory when missing).
+    pub database: PathBuf,
+    /// JSON lines forensic log (created with its directory when missing).
+    pub json_log: PathBuf,
+    /// Capacity of the channel between the workers and the pipeline; a full channel drops
+    /// events (counted) rather than slow a worker.
+    pub event_queue: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            database: PathBuf::from("data/tarpit_events.db"),
+            json_log: PathBuf::from("logs/tarpit.log"),
+            event_queue: 65_536,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file; every error names the file and the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(&name, "(file)", format!("cannot read: {e}")))?;
+        let config = Self::parse(&text, &name)?;
+        config.validate(&name)?;
+        Ok(config)
+    }
+
+    /// Parses TOML text without validating values (see [`Config::validate`]).
+    pub fn parse(text: &str, source_name: &str) -> Result<Self, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigError::new(source_name, "(file)", describe_toml_error(&e, text)))?;
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(file)".to_owned() } else { key };
+            ConfigError::new(source_name, key, describe_toml_error(e.inner(), text))
+        })
+    }
+
+    /// Checks every value's range; `source_name` says where the values came from.
+    pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, reason: String| Err(ConfigError::new(source_name, key, reason));
+        let t = &self.tarpit;
+        for (key, value, max) in [
+            ("tarpit.response_delay", t.response_delay, 3600.0),
+            ("tarpit.request_timeout", t.request_timeout, 3600.0),
+            ("tarpit.keepalive_timeout", t.keepalive_timeout, 86_400.0),
+            (
+                "tarpit.max_connection_lifetime",
+                t.max_connection_lifetime,
+                7.0 * 86_400.0,
+            ),
+        ] {
+            if !(value.is_finite() && value > 0.0 && value <= max) {
+                return err(
+                    key,
+                    format!("must be a number of seconds above 0 and at most {max}, got {value}"),
+                );
+            }
+        }
+        if t.response_chunk.is_empty() || t.response_chunk.len() > 1024 {
+            return err(
+                "tarpit.response_chunk",
+                format!("must be 1 to 1024 bytes, got {}", t.response_chunk.len()),
+            );
+        }
+        if t.max_response_bytes == 0 {
+            return err("tarpit.max_response_bytes", "must be at least 1".into());
+        }
+        if t.server_header.chars().any(|c| c.is_control()) {
+            return err(
+                "tarpit.server_header",
+                "must not contain control characters".into(),
+            );
+        }
+        if !(1024..=1024 * 1024).contains(&t.max_request_head) {
+            return err(
+                "tarpit.max_request_head",
+                format!("must be 1024 to 1048576 bytes, got {}", t.max_request_head),
+            );
+        }
+        if !(1..=10_000).contains(&t.max_headers) {
+            return err(
+                "tarpit.max_headers",
+                format!("must be 1 to 10000, got {}", t.max_headers),
+            );
+        }
+        if t.body_preview_bytes > 1024 * 1024 {
+            return err(
+                "tarpit.body_preview_bytes",
+                format!("must be at most 1048576, got {}", t.body_preview_bytes),
+            );
+        }
+        if self.server.workers > 1024 {
+            return err(
+                "server.workers",
+                format!(
+                    "must be 0 (one per core) to 1024, got {}",
+                    self.server.workers
+                ),
+            );
+        }
+        if self.storage.event_queue == 0 {
+            return err("storage.event_queue", "must be at least 1".into());
+        }
+        for (key, path) in [
+            ("storage.database", &self.storage.database),
+            ("storage.json_log", &self.storage.json_log),
+        ] {
+            if path.as_os_str().is_empty() {
+                return err(key, "must not be empty".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `tarpit check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the configuration always serialises")
+    }
+
+    /// The delay between drip chunks.
+    pub fn response_delay(&self) -> Duration {
+        Duration::from_secs_f64(self.tarpit.response_delay)
+    }
+}
+
+/// A TOML error message with its line number, without toml's multi-line source excerpt.
+fn describe_toml_error(error: &toml::de::Error, text: &str) -> String {
+    match error.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].lines().count().max(1);
+            format!("{} (line {line})", error.message().trim_end())
+        }
+        None => error.message().trim_end().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_defaults_of_the_replaced_tool() {
+        let config = Config::parse("", "t.toml").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.tarpit.response_delay, 1.5);
+        assert_eq!(config.tarpit.response_chunk, ".");
+        assert_eq!(config.tarpit.max_response_bytes, 1200);
+        assert_eq!(config.server.port, 8080);
+        assert_eq!(config.server.host.to_string(), "127.0.0.1");
+        config.validate("t.toml").unwrap();
+    }
+
+    #[test]
+    fn every_section_parses() {
+        let text = r#"
+            [server]
+            host = "0.0.0.0"
+            port = 9999
+            workers = 2
+            max_connections = 10
+            max_connections_per_ip = 3
+            trusted_proxies = ["10.0.0.0/8"]
+            [tarpit]
+            response_delay = 0.25
+            response_chunk = "ab"
+            max_response_bytes = 10
+            server_header = "Apache"
+            request_timeout = 2
+            max_request_head = 2048
+            max_headers = 20
+            body_preview_bytes = 16
+            keepalive_timeout = 3.5
+            max_connection_lifetime = 60
+            [storage]
+            database = "x.db"
+            json_log = "x.log"
+            event_queue = 8
+        "#;
+        let config = Config::parse(text, "t.toml").unwrap();
+        config.validate("t.toml").unwrap();
+        assert_eq!(config.server.port, 9999);
+        assert_eq!(config.tarpit.request_timeout, 2.0);
+        assert_eq!(config.server.trusted_proxies[0].to_string(), "10.0.0.0/8");
+        assert_eq!(config.storage.database, PathBuf::from("x.db"));
+        // The printed form parses back to the same configuration.
+        assert_eq!(Config::parse(&config.to_toml(), "again").unwrap(), config);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[tarpit]\nrespones_delay = 2\n", "my.toml").unwrap_err();
+        assert_eq!(err.source_name, "my.toml");
+        assert_eq!(err.key, "tarpit.respones_delay");
+        assert!(err.reason.contains("unknown field"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("my.toml: key `tarpit.respones_delay`")
+        );
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let err = Config::parse("[tarpitt]\nx = 1\n", "my.toml").unwrap_err();
+        assert_eq!(err.key, "tarpitt");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_line() {
+        let err = Config::parse("[server]\n\nport = \"eighty\"\n", "my.toml").unwrap_err();
+        assert_eq!(err.key, "server.port");
+        assert!(err.reason.contains("line 3"), "{err}");
+        let err = Config::parse("[server]\nport = 70000\n", "my.toml").unwrap_err();
+        assert_eq!(err.key, "server.port");
+        let err = Config::parse("[server]\ntrusted_proxies = [\"nope\"]\n", "c").unwrap_err();
+        assert_eq!(err.key, "server.trusted_proxies[0]");
+    }
+
+    #[test]
+    fn syntax_error_names_the_file() {
+        let err = Config::parse("[server\n", "my.toml").unwrap_err();
+        assert_eq!(err.key, "(file)");
+        assert!(err.reason.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_named() {
+        for (text, key) in [
+            ("[tarpit]\nresponse_delay = 0", "tarpit.response_delay"),
+            ("[tarpit]\nresponse_delay = -1", "tarpit.response_delay"),
+            ("[tarpit]\nrequest_timeout = nan", "tarpit.request_timeout"),
+            ("[tarpit]\nresponse_chunk = \"\"", "tarpit.response_chunk"),
+            (
+                "[tarpit]\nmax_response_bytes = 0",
+                "tarpit.max_response_bytes",
+            ),
+            ("[tarpit]\nmax_request_head = 10", "tarpit.max_request_head"),
+            ("[tarpit]\nmax_headers = 0", "tarpit.max_headers"),
+            (
+                "[tarpit]\nserver_header = \"a\\r\\nb\"",
+                "tarpit.server_header",
+            ),
+            ("[server]\nworkers = 5000", "server.workers"),
+            ("[storage]\nevent_queue = 0", "storage.event_queue"),
+            ("[storage]\ndatabase = \"\"", "storage.database"),
+        ] {
+            let config = Config::parse(text, "c.toml").unwrap();
+            let err = config.validate("c.toml").unwrap_err();
+            assert_eq!(err.key, key, "{text}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_an_error_naming_it() {
+        let err = Config::load(Path::new("/nonexistent/tarpit.toml")).unwrap_err();
+        assert_eq!(err.source_name, "/nonexistent/tarpit.toml");
+        assert!(err.reason.contains("cannot read"));
+    }
+}

@@ -1,0 +1,221 @@
+//! Events: what the workers tell the pipeline about each connection.
+//!
+//! Data flows one way: socket → request → [`Event`] → sinks (JSON lines, SQLite, and the later
+//! metrics and reporting sinks). Each event is self-contained, so a sink never needs to ask the
+//! server anything, and field names equal the SQLite column names so the JSON log and the
+//! database can be joined on sight.
+//!
+//! A connection produces `connection_opened`, then per request a `request` (written "before", when
+//! the head is parsed or rejected) and a `response_end` ("after"), then `connection_closed`.
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use serde::{Serialize, Serializer};
+
+/// One thing that happened to one connection.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A connection was accepted (or accepted and refused by a limit, see `ConnectionClosed`).
+    ConnectionOpened(ConnectionOpened),
+    /// A request head was parsed, or input was rejected as not a request: the "before" row.
+    Request(Box<RequestRecord>),
+    /// The response to a request ended: the "after" update of that row.
+    ResponseEnd(ResponseEnd),
+    /// The connection is gone.
+    ConnectionClosed(ConnectionClosed),
+}
+
+impl Event {
+    /// The connection the event belongs to.
+    pub fn conn_id(&self) -> u64 {
+        match self {
+            Event::ConnectionOpened(e) => e.conn_id,
+            Event::Request(e) => e.conn_id,
+            Event::ResponseEnd(e) => e.conn_id,
+            Event::ConnectionClosed(e) => e.conn_id,
+        }
+    }
+}
+
+/// A new TCP connection, as the socket saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionOpened {
+    /// Unique across restarts (continues from the database's highest id).
+    pub conn_id: u64,
+    /// When accept returned.
+    #[serde(serialize_with = "rfc3339")]
+    pub timestamp: SystemTime,
+    /// The TCP peer (a proxy, when there is one in front).
+    pub peer_ip: IpAddr,
+    /// The TCP peer's port.
+    pub peer_port: u16,
+    /// The address the connection arrived on.
+    pub local_ip: IpAddr,
+    /// The port the connection arrived on.
+    pub local_port: u16,
+    /// Which worker thread holds it.
+    pub worker: usize,
+}
+
+/// One request (or one rejected attempt at one), with everything known when its head ended.
+/// Field names are the `events` table's columns.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    /// The connection it arrived on.
+    pub conn_id: u64,
+    /// 1 for the first request on the connection, 2 for the next keep-alive request, ...
+    pub request_seq: u32,
+    /// When the head was complete (or rejected).
+    #[serde(serialize_with = "rfc3339")]
+    pub timestamp: SystemTime,
+    /// The client, after trusted-proxy resolution.
+    pub client_ip: IpAddr,
+    /// The client's port, when known.
+    pub client_port: Option<u16>,
+    /// `socket`, `x-real-ip` or `x-forwarded-for`.
+    pub client_ip_source: &'static str,
+    /// The TCP peer.
+    pub peer_ip: IpAddr,
+    /// The TCP peer's port.
+    pub peer_port: u16,
+    /// Local address of the accepted socket.
+    pub local_ip: IpAddr,
+    /// Local port of the accepted socket.
+    pub local_port: u16,
+    /// The port the client meant to reach (see `target_port_source`).
+    pub target_port: u16,
+    /// Which attribution source gave `target_port`.
+    pub target_port_source: &'static str,
+    /// Method, when a request line was parsed.
+    pub http_method: Option<String>,
+    /// Path without the query.
+    pub http_path: Option<String>,
+    /// Query string without the `?`.
+    pub http_query: Option<String>,
+    /// `HTTP/1.0` or `HTTP/1.1`.
+    pub http_version: Option<&'static str>,
+    /// The User-Agent header.
+    pub user_agent: Option<String>,
+    /// All headers, as a JSON object (repeated names joined with ", ").
+    #[serde(serialize_with = "header_object")]
+    pub headers_json: Vec<(String, String)>,
+    /// Size of the request head in bytes (or of the bytes received, when rejected).
+    pub head_size: usize,
+    /// Up to the configured number of body bytes (a BLOB in SQLite, escaped text in JSON).
+    #[serde(serialize_with = "escaped_bytes")]
+    pub body_preview: Option<Vec<u8>>,
+    /// Hex SHA-256 of the previewed body bytes.
+    pub body_sha256: Option<String>,
+    /// Declared body length (Content-Length), when there was one.
+    pub body_length: Option<u64>,
+    /// The status line the client is given; `None` when nothing is sent.
+    pub response_status: Option<u16>,
+    /// Why this is not a normal request (`tls_client_hello`, `head_timeout`, ...), else `None`.
+    pub error_message: Option<String>,
+    /// The first bytes received, escaped, for rejected input.
+    pub raw_preview: Option<String>,
+}
+
+/// The end of one response: completes the row that the `request` event created.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResponseEnd {
+    /// The connection.
+    pub conn_id: u64,
+    /// Which request on it.
+    pub request_seq: u32,
+    /// When the response ended.
+    #[serde(serialize_with = "rfc3339")]
+    pub closed_at: SystemTime,
+    /// Payload bytes dripped (framing not counted), as the replaced tool counted them.
+    pub bytes_sent: u64,
+    /// Seconds from the request to the end of its response: time the client was held.
+    pub duration_s: f64,
+    /// `complete`, or what cut the response short (`client_reset`, `shutdown`, ...).
+    pub end_reason: &'static str,
+}
+
+/// The end of a connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionClosed {
+    /// The connection.
+    pub conn_id: u64,
+    /// When it closed.
+    #[serde(serialize_with = "rfc3339")]
+    pub closed_at: SystemTime,
+    /// Requests (and rejected attempts) it carried.
+    pub requests: u32,
+    /// Payload bytes dripped over all its responses.
+    pub bytes_sent: u64,
+    /// Seconds from accept to close.
+    pub duration_s: f64,
+    /// Why it ended (`keepalive_timeout`, `client_closed`, `refused_max_connections`, ...).
+    pub end_reason: &'static str,
+}
+
+/// RFC 3339 UTC with milliseconds, the timestamp format of every forensic record.
+pub fn format_timestamp(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+fn rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_rfc3339_millis(*time))
+}
+
+fn header_object<S: Serializer>(
+    headers: &[(String, String)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(headers.iter().map(|(k, v)| (k, v)))
+}
+
+fn escaped_bytes<S: Serializer>(bytes: &Option<Vec<u8>>, serializer: S) -> Result<S::Ok, S::Error> {
+    match bytes {
+        Some(bytes) => serializer.collect_str(&bytes.escape_ascii()),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// `headers_json` as the text stored in SQLite.
+pub fn headers_to_json(headers: &[(String, String)]) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn events_serialise_with_their_kind_and_column_names() {
+        let event = Event::ResponseEnd(ResponseEnd {
+            conn_id: 7,
+            request_seq: 1,
+            closed_at: UNIX_EPOCH + Duration::from_millis(1_500),
+            bytes_sent: 10,
+            duration_s: 0.5,
+            end_reason: "complete",
+        });
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["event"], "response_end");
+        assert_eq!(json["closed_at"], "1970-01-01T00:00:01.500Z");
+        assert_eq!(json["bytes_sent"], 10);
+        assert_eq!(event.conn_id(), 7);
+    }
+
+    #[test]
+    fn headers_become_an_object() {
+        let headers = vec![
+            ("Host".to_owned(), "x".to_owned()),
+            ("User-Agent".to_owned(), "curl".to_owned()),
+        ];
+        let parsed: serde_json::Value = serde_json::from_str(&headers_to_json(&headers)).unwrap();
+        assert_eq!(parsed["User-Agent"], "curl");
+        assert_eq!(parsed["Host"], "x");
+    }
+}

@@ -1,0 +1,188 @@
+//! The bytes a trapped client receives, pre-built once at start.
+//!
+//! Every drip tick writes a `&'static [u8]` made here, so the hot path allocates nothing per tick.
+//! The wire format is the one of the tool this project replaces (DESIGN.md section 3): a
+//! `200 OK` head, then one HTTP chunk per tick, then the terminating chunk; HTTP/1.0 clients get
+//! the raw payload bytes and a close.
+
+use std::time::SystemTime;
+
+use super::head::HttpVersion;
+
+/// The chunk that ends a chunked response.
+pub const CHUNKED_END: &[u8] = b"0\r\n\r\n";
+
+/// How the payload is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// HTTP/1.1 chunked transfer coding.
+    Chunked,
+    /// Raw payload bytes (HTTP/1.0); the end of the response is the close.
+    Raw,
+}
+
+impl Framing {
+    /// The framing a client of this version gets.
+    pub fn for_version(version: HttpVersion) -> Self {
+        match version {
+            HttpVersion::Http11 => Framing::Chunked,
+            HttpVersion::Http10 => Framing::Raw,
+        }
+    }
+}
+
+/// The drip's pre-built pieces for one configuration.
+#[derive(Debug)]
+pub struct DripResponse {
+    server_header: String,
+    /// One tick's bytes, framed and raw.
+    full_tick: Tick,
+    /// The shorter final tick when `max_response_bytes` is not a multiple of the chunk size.
+    last_tick: Option<Tick>,
+    /// Ticks in one response.
+    ticks: u64,
+}
+
+#[derive(Debug)]
+struct Tick {
+    chunked: &'static [u8],
+    raw: &'static [u8],
+}
+
+impl Tick {
+    /// Leaks the tick's bytes: one small allocation per process start, shared by every
+    /// connection for the life of the process.
+    fn new(payload: &[u8]) -> Self {
+        let mut chunked = format!("{:x}\r\n", payload.len()).into_bytes();
+        chunked.extend_from_slice(payload);
+        chunked.extend_from_slice(b"\r\n");
+        Tick {
+            chunked: Box::leak(chunked.into_boxed_slice()),
+            raw: Box::leak(payload.to_vec().into_boxed_slice()),
+        }
+    }
+
+    fn bytes(&self, framing: Framing) -> &'static [u8] {
+        match framing {
+            Framing::Chunked => self.chunked,
+            Framing::Raw => self.raw,
+        }
+    }
+}
+
+impl DripResponse {
+    /// Builds the pieces; `chunk` must not be empty (config validation ensures it).
+    pub fn new(chunk: &[u8], max_response_bytes: u64, server_header: &str) -> Self {
+        assert!(!chunk.is_empty(), "the drip chunk must not be empty");
+        let chunk_len = chunk.len() as u64;
+        let full_ticks = max_response_bytes / chunk_len;
+        let remainder = (max_response_bytes % chunk_len) as usize;
+        DripResponse {
+            server_header: server_header.to_owned(),
+            full_tick: Tick::new(chunk),
+            last_tick: (remainder > 0).then(|| Tick::new(&chunk[..remainder])),
+            ticks: full_ticks + u64::from(remainder > 0),
+        }
+    }
+
+    /// Number of ticks (writes of payload) in one response.
+    pub fn ticks(&self) -> u64 {
+        self.ticks
+    }
+
+    /// The bytes of tick `index` (0-based) and how many payload bytes they carry.
+    pub fn tick(&self, index: u64, framing: Framing) -> (&'static [u8], u64) {
+        let tick = match &self.last_tick {
+            Some(last) if index + 1 == self.ticks => last,
+            _ => &self.full_tick,
+        };
+        (tick.bytes(framing), tick.raw.len() as u64)
+    }
+
+    /// The response head followed by the first tick, written together so the client's first
+    /// byte and first payload byte arrive at once. Allocates once per response, not per tick.
+    pub fn head_with_first_tick(
+        &self,
+        version: HttpVersion,
+        keep_alive: bool,
+        now: SystemTime,
+    ) -> (Vec<u8>, u64) {
+        let framing = Framing::for_version(version);
+        let mut head = String::with_capacity(192);
+        head.push_str(version.as_str());
+        head.push_str(" 200 OK\r\nContent-Type: text/plain\r\nConnection: ");
+        head.push_str(if keep_alive { "keep-alive" } else { "close" });
+        head.push_str("\r\n");
+        if framing == Framing::Chunked {
+            head.push_str("Transfer-Encoding: chunked\r\n");
+        }
+        head.push_str("Date: ");
+        head.push_str(&httpdate::fmt_http_date(now));
+        head.push_str("\r\nServer: ");
+        head.push_str(&self.server_header);
+        head.push_str("\r\n\r\n");
+        let mut bytes = head.into_bytes();
+        let (first, payload) = self.tick(0, framing);
+        bytes.extend_from_slice(first);
+        (bytes, payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn default_drip_is_1200_single_dot_chunks() {
+        let drip = DripResponse::new(b".", 1200, "nginx");
+        assert_eq!(drip.ticks(), 1200);
+        assert_eq!(drip.tick(0, Framing::Chunked), (&b"1\r\n.\r\n"[..], 1));
+        assert_eq!(drip.tick(1199, Framing::Raw), (&b"."[..], 1));
+    }
+
+    #[test]
+    fn head_matches_the_replaced_tool_byte_for_byte() {
+        let drip = DripResponse::new(b".", 10, "nginx");
+        let when = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let (bytes, payload) = drip.head_with_first_tick(HttpVersion::Http11, true, when);
+        assert_eq!(payload, 1);
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\n\
+             Transfer-Encoding: chunked\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+             Server: nginx\r\n\r\n1\r\n.\r\n"
+        );
+    }
+
+    #[test]
+    fn http10_head_has_no_chunking_and_closes() {
+        let drip = DripResponse::new(b"xy", 10, "Apache");
+        let when = UNIX_EPOCH;
+        let (bytes, payload) = drip.head_with_first_tick(HttpVersion::Http10, false, when);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("HTTP/1.0 200 OK\r\n"));
+        assert!(text.contains("Connection: close\r\n"));
+        assert!(!text.contains("Transfer-Encoding"));
+        assert!(text.ends_with("Server: Apache\r\n\r\nxy"));
+        assert_eq!(payload, 2);
+    }
+
+    #[test]
+    fn uneven_maximum_gets_a_short_last_chunk() {
+        let drip = DripResponse::new(b"abc", 7, "nginx");
+        assert_eq!(drip.ticks(), 3);
+        assert_eq!(drip.tick(1, Framing::Chunked), (&b"3\r\nabc\r\n"[..], 3));
+        assert_eq!(drip.tick(2, Framing::Chunked), (&b"1\r\na\r\n"[..], 1));
+        let total: u64 = (0..drip.ticks())
+            .map(|i| drip.tick(i, Framing::Raw).1)
+            .sum();
+        assert_eq!(total, 7);
+    }
+
+    #[test]
+    fn long_chunks_use_hex_sizes() {
+        let drip = DripResponse::new(&[b'z'; 26], 26, "nginx");
+        assert!(drip.tick(0, Framing::Chunked).0.starts_with(b"1a\r\n"));
+    }
+}

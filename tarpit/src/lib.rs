@@ -1,0 +1,18 @@
+//! tarpit: a Linux-native HTTP tarpit for internet-facing sensors.
+//!
+//! Data flows one way: socket → request → event → sinks. Start reading at [`server`] (the
+//! io_uring workers and the per-connection drip), then [`event`] (what is recorded), then
+//! [`pipeline`] and [`sink`] (where it goes). `ARCHITECTURE.md` at the repository root maps the
+//! modules.
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod event;
+pub mod http;
+pub mod log_throttle;
+pub mod pipeline;
+pub mod server;
+pub mod sink;

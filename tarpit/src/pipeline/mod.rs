@@ -1,0 +1,99 @@
+//! The pipeline: an ordinary tokio runtime, off the io_uring workers, that takes events from the
+//! bounded channel and hands each to every sink.
+//!
+//! This is where enrichment (GeoIP) and reporting (AbuseIPDB) plug in: they are async, may be
+//! slow, and must never make a worker wait. The workers' only contact with it is
+//! [`EventSender::send`], which never blocks.
+
+mod channel;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+
+pub use channel::{EventReceiver, EventSender, PipelineStats, event_channel};
+
+use crate::event::Event;
+use crate::sink::SinkThread;
+
+/// How often lost events are reported in the diagnostics log.
+const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The running pipeline; [`Pipeline::finish`] drains it.
+#[derive(Debug)]
+pub struct Pipeline {
+    thread: JoinHandle<()>,
+}
+
+impl Pipeline {
+    /// Starts the pipeline thread, which runs until every [`EventSender`] is dropped, then
+    /// writes out everything queued.
+    pub fn start(
+        rx: EventReceiver,
+        sinks: Vec<SinkThread>,
+        stats: Arc<PipelineStats>,
+    ) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the pipeline runtime")?;
+        let thread = std::thread::Builder::new()
+            .name("pipeline".into())
+            .spawn(move || runtime.block_on(run(rx, sinks, stats)))
+            .context("starting the pipeline thread")?;
+        Ok(Self { thread })
+    }
+
+    /// Waits until every event sent before the senders were dropped has been written.
+    pub fn finish(self) {
+        if self.thread.join().is_err() {
+            tracing::error!("the pipeline thread panicked");
+        }
+    }
+}
+
+async fn run(mut rx: EventReceiver, sinks: Vec<SinkThread>, stats: Arc<PipelineStats>) {
+    let mut report = tokio::time::interval(DROP_REPORT_INTERVAL);
+    report.tick().await;
+    let mut reported = (0, 0);
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Some(event) => deliver(event, &sinks, &stats),
+                None => break,
+            },
+            _ = report.tick() => reported = report_drops(&stats, reported),
+        }
+    }
+    for sink in sinks {
+        sink.finish();
+    }
+    report_drops(&stats, reported);
+}
+
+fn deliver(event: Event, sinks: &[SinkThread], stats: &PipelineStats) {
+    let event = Arc::new(event);
+    for sink in sinks {
+        sink.offer(event.clone());
+    }
+    stats.delivered.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Warns when events were lost since the last report; returns the new totals.
+fn report_drops(stats: &PipelineStats, (channel_before, sinks_before): (u64, u64)) -> (u64, u64) {
+    let channel = stats.dropped_events.load(Ordering::Relaxed);
+    let sinks = stats.sink_dropped.load(Ordering::Relaxed);
+    if channel > channel_before || sinks > sinks_before {
+        tracing::warn!(
+            dropped_events = channel,
+            sink_dropped = sinks,
+            new_dropped_events = channel - channel_before,
+            new_sink_dropped = sinks - sinks_before,
+            "events were lost: the event queue or a sink could not keep up"
+        );
+    }
+    (channel, sinks)
+}

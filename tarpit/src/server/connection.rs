@@ -1,0 +1,536 @@
+//! One connection from accept to close: read a request head, drip the response, and repeat
+//! while keep-alive allows; every step is reported as an event.
+//!
+//! Every client is tarpitted, whatever it sends: garbage, a TLS ClientHello or silence gets its
+//! row (with the reason in `error_message`) and the same slow response, then a close. Only a
+//! client that leaves before a head is complete gets no response (there is no one to send it to).
+//!
+//! All waiting goes through [`Waits::until`], which also ends the wait on shutdown and at the
+//! connection's lifetime ceiling, so no connection can outlive either. Drip ticks write
+//! pre-built `&'static` slices: nothing is allocated per tick.
+
+use std::future::Future;
+use std::net::{Shutdown, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+use tokio_uring::buf::{BoundedBuf, IoBuf};
+use tokio_uring::net::TcpStream;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use super::Shared;
+use super::limits::ConnectionPermit;
+use crate::event::{ConnectionClosed, Event, RequestRecord, ResponseEnd};
+use crate::http::client_addr::{self, ClientAddr, ClientAddrSource};
+use crate::http::head::{HeadStatus, HttpVersion, ParsedHead, escape_preview, parse_head};
+use crate::http::response::{CHUNKED_END, Framing};
+
+/// Bytes asked of the kernel per read while a head arrives.
+const READ_CHUNK: usize = 2048;
+/// Received bytes kept, escaped, in `raw_preview` for input that is not a request.
+const RAW_PREVIEW_BYTES: usize = 512;
+/// How long the final `0\r\n\r\n` may take at shutdown before the connection is just closed.
+const FAREWELL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Serves one accepted connection until it ends, then records how it ended.
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    conn_id: u64,
+    shared: Arc<Shared>,
+    permit: ConnectionPermit,
+) {
+    let accepted = Instant::now();
+    let waits = Waits {
+        cancelled: Box::pin(shared.cancel.clone().cancelled_owned()),
+        lifetime_end: accepted + shared.settings.max_connection_lifetime,
+    };
+    let mut conn = Connection {
+        stream,
+        shared,
+        conn_id,
+        peer,
+        local,
+        waits,
+        requests: 0,
+        bytes_sent: 0,
+    };
+    let end_reason = conn.run().await;
+    // Wakes any read still pending in the ring, so the socket really closes.
+    let _ = conn.stream.shutdown(Shutdown::Both);
+    conn.shared
+        .events
+        .send(Event::ConnectionClosed(ConnectionClosed {
+            conn_id,
+            closed_at: SystemTime::now(),
+            requests: conn.requests,
+            bytes_sent: conn.bytes_sent,
+            duration_s: accepted.elapsed().as_secs_f64(),
+            end_reason,
+        }));
+    drop(permit);
+}
+
+/// The state of one connection.
+struct Connection {
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    conn_id: u64,
+    peer: SocketAddr,
+    local: SocketAddr,
+    waits: Waits,
+    /// Requests recorded so far (rows written).
+    requests: u32,
+    /// Payload bytes dripped over all responses.
+    bytes_sent: u64,
+}
+
+/// What ends a wait early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interrupt {
+    /// The server is stopping.
+    Shutdown,
+    /// The connection reached `max_connection_lifetime`.
+    Lifetime,
+    /// The wait's own deadline passed.
+    Timeout,
+}
+
+impl Interrupt {
+    fn end_reason(self) -> &'static str {
+        match self {
+            Interrupt::Shutdown => "shutdown",
+            Interrupt::Lifetime => "lifetime_exceeded",
+            Interrupt::Timeout => "timeout",
+        }
+    }
+}
+
+/// The two things every wait must also watch: shutdown and the lifetime ceiling.
+struct Waits {
+    /// Pinned once per connection, so a wait does not re-create it.
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    lifetime_end: Instant,
+}
+
+impl Waits {
+    /// Runs `operation` until it completes, `deadline` passes (if any), the lifetime ceiling is
+    /// reached or shutdown begins.
+    async fn until<F: Future>(
+        &mut self,
+        operation: F,
+        deadline: Option<Instant>,
+    ) -> Result<F::Output, Interrupt> {
+        let (limit, on_limit) = match deadline {
+            Some(deadline) if deadline < self.lifetime_end => (deadline, Interrupt::Timeout),
+            _ => (self.lifetime_end, Interrupt::Lifetime),
+        };
+        tokio::select! {
+            biased;
+            _ = self.cancelled.as_mut() => Err(Interrupt::Shutdown),
+            output = operation => Ok(output),
+            _ = tokio::time::sleep_until(limit) => Err(on_limit),
+        }
+    }
+}
+
+/// What reading a request head came to.
+enum HeadRead {
+    /// A complete head; `body_consumed` says whether the connection can carry another request.
+    Complete {
+        head: ParsedHead,
+        body: BodyPreview,
+        body_consumed: bool,
+    },
+    /// Input that is not a request, or no complete head in time: recorded, then tarpitted.
+    Rejected { reason: String, received: Vec<u8> },
+    /// An idle keep-alive connection timed out before its next request: close quietly.
+    Idle,
+    /// The client left (`client_closed`, `client_reset`, `read_error`).
+    Gone {
+        reason: &'static str,
+        received: Vec<u8>,
+    },
+    /// Shutdown or the lifetime ceiling cut the read short.
+    Interrupted {
+        interrupt: Interrupt,
+        received: Vec<u8>,
+    },
+}
+
+/// The first bytes of a request body, kept for the record.
+#[derive(Debug, Default)]
+struct BodyPreview {
+    bytes: Option<Vec<u8>>,
+    sha256: Option<String>,
+    declared_length: Option<u64>,
+}
+
+impl Connection {
+    /// Serves requests until the connection ends; returns the end reason.
+    async fn run(&mut self) -> &'static str {
+        // Bytes received but not yet used: a pipelined next request.
+        let mut pending = Vec::new();
+        loop {
+            let read = self.read_head(&mut pending).await;
+            let seq = self.requests + 1;
+            let first = self.requests == 0;
+            let (record, plan) = match read {
+                HeadRead::Complete {
+                    head,
+                    body,
+                    body_consumed,
+                } => {
+                    let keep_alive = head.wants_keep_alive() && body_consumed;
+                    let record = self.request_record(seq, &head, body);
+                    (record, Ok((head.version, keep_alive)))
+                }
+                HeadRead::Rejected { reason, received } => {
+                    let record = self.rejected_record(seq, reason, &received, Some(200));
+                    (record, Ok((HttpVersion::Http11, false)))
+                }
+                HeadRead::Idle => return "keepalive_timeout",
+                HeadRead::Gone { reason, received } => {
+                    if !first && received.is_empty() {
+                        return reason;
+                    }
+                    let error = format!("{reason}_before_request");
+                    (
+                        self.rejected_record(seq, error, &received, None),
+                        Err(reason),
+                    )
+                }
+                HeadRead::Interrupted {
+                    interrupt,
+                    received,
+                } => {
+                    let reason = interrupt.end_reason();
+                    if !first && received.is_empty() {
+                        return reason;
+                    }
+                    let error = format!("{reason}_before_request");
+                    (
+                        self.rejected_record(seq, error, &received, None),
+                        Err(reason),
+                    )
+                }
+            };
+            self.requests = seq;
+            let started = Instant::now();
+            self.shared.events.send(Event::Request(Box::new(record)));
+
+            // `plan` is what to answer, or (no one left to answer) why the connection ends.
+            let (sent, outcome) = match plan {
+                Ok((version, keep_alive)) => {
+                    let (sent, outcome) = self.respond(version, keep_alive).await;
+                    (sent, outcome.map(|()| keep_alive))
+                }
+                Err(reason) => (0, Err(reason)),
+            };
+            self.bytes_sent += sent;
+            self.shared.events.send(Event::ResponseEnd(ResponseEnd {
+                conn_id: self.conn_id,
+                request_seq: seq,
+                closed_at: SystemTime::now(),
+                bytes_sent: sent,
+                duration_s: started.elapsed().as_secs_f64(),
+                end_reason: outcome.err().unwrap_or("complete"),
+            }));
+            match outcome {
+                Ok(true) => {
+                    if pending.is_empty() {
+                        pending = Vec::new(); // give the memory back while idle
+                    }
+                }
+                Ok(false) => return "response_complete",
+                Err(reason) => return reason,
+            }
+        }
+    }
+
+    /// Reads until a complete head (and its body preview), a rejection, a timeout or the end.
+    /// `pending` holds bytes already received; what follows the head stays in it.
+    async fn read_head(&mut self, pending: &mut Vec<u8>) -> HeadRead {
+        let settings = &self.shared.settings;
+        let first = self.requests == 0;
+        let now = Instant::now();
+        // The first request's head must be complete within request_timeout of accept; a later
+        // one may idle for keepalive_timeout, then has request_timeout from its first byte.
+        let idle_deadline = now + settings.keepalive_timeout;
+        let mut head_deadline =
+            (first || !pending.is_empty()).then(|| now + settings.request_timeout);
+        let mut scratch = Vec::with_capacity(READ_CHUNK);
+        loop {
+            if !pending.is_empty() {
+                match parse_head(pending, settings.head_limits) {
+                    HeadStatus::Partial => {}
+                    HeadStatus::Complete(head) => {
+                        pending.drain(..head.head_len);
+                        let deadline = head_deadline.unwrap_or(idle_deadline);
+                        let (body, body_consumed) =
+                            self.read_body(&head, pending, scratch, deadline).await;
+                        return HeadRead::Complete {
+                            head,
+                            body,
+                            body_consumed,
+                        };
+                    }
+                    HeadStatus::Rejected(rejection) => {
+                        return HeadRead::Rejected {
+                            reason: rejection.to_string(),
+                            received: std::mem::take(pending),
+                        };
+                    }
+                }
+            }
+            let room = settings.head_limits.max_head - pending.len();
+            scratch.clear();
+            let read = self.stream.read(scratch.slice(..READ_CHUNK.min(room)));
+            let deadline = head_deadline.unwrap_or(idle_deadline);
+            let (result, slice) = match self.waits.until(read, Some(deadline)).await {
+                Ok(done) => done,
+                Err(Interrupt::Timeout) => {
+                    return match (pending.is_empty(), first) {
+                        (true, false) => HeadRead::Idle,
+                        (true, true) => HeadRead::Rejected {
+                            reason: "no_request".into(),
+                            received: Vec::new(),
+                        },
+                        (false, _) => HeadRead::Rejected {
+                            reason: "head_timeout".into(),
+                            received: std::mem::take(pending),
+                        },
+                    };
+                }
+                Err(interrupt) => {
+                    return HeadRead::Interrupted {
+                        interrupt,
+                        received: std::mem::take(pending),
+                    };
+                }
+            };
+            scratch = slice.into_inner();
+            match result {
+                Ok(0) => {
+                    return HeadRead::Gone {
+                        reason: "client_closed",
+                        received: std::mem::take(pending),
+                    };
+                }
+                Ok(n) => {
+                    pending.extend_from_slice(&scratch[..n]);
+                    head_deadline.get_or_insert_with(|| Instant::now() + settings.request_timeout);
+                }
+                Err(error) => {
+                    return HeadRead::Gone {
+                        reason: io_end_reason(&error, "read_error"),
+                        received: std::mem::take(pending),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Reads up to `body_preview_bytes` of a declared body. Returns the preview and whether the
+    /// whole body was consumed (so that the next bytes are the next request).
+    async fn read_body(
+        &mut self,
+        head: &ParsedHead,
+        pending: &mut Vec<u8>,
+        mut scratch: Vec<u8>,
+        deadline: Instant,
+    ) -> (BodyPreview, bool) {
+        let limit = self.shared.settings.body_preview_bytes;
+        let declared = head.content_length();
+        let (want, consumable) = if head.is_chunked() {
+            // Length unknown: keep what already arrived, and do not reuse the connection.
+            (0, false)
+        } else {
+            match declared {
+                None | Some(0) => (0, true),
+                Some(length) => (length.min(limit as u64) as usize, length <= limit as u64),
+            }
+        };
+        while pending.len() < want {
+            scratch.clear();
+            let read = self.stream.read(scratch.slice(..READ_CHUNK));
+            match self.waits.until(read, Some(deadline)).await {
+                Ok((Ok(n), slice)) if n > 0 => {
+                    scratch = slice.into_inner();
+                    pending.extend_from_slice(&scratch[..n]);
+                }
+                _ => break,
+            }
+        }
+        let kept = pending
+            .len()
+            .min(limit)
+            .min(if head.is_chunked() { limit } else { want });
+        let bytes = (kept > 0).then(|| pending[..kept].to_vec());
+        let body_consumed =
+            consumable && declared.is_none_or(|length| pending.len() as u64 >= length);
+        if body_consumed {
+            let length = declared.unwrap_or(0) as usize;
+            pending.drain(..length);
+        }
+        let preview = BodyPreview {
+            sha256: bytes.as_deref().map(sha256_hex),
+            bytes,
+            declared_length: declared,
+        };
+        (preview, body_consumed)
+    }
+
+    /// Drips one response. Returns the payload bytes sent and `Ok` when it ran to its end, or
+    /// the reason it was cut short.
+    async fn respond(
+        &mut self,
+        version: HttpVersion,
+        keep_alive: bool,
+    ) -> (u64, Result<(), &'static str>) {
+        let shared = self.shared.clone();
+        let drip = &shared.settings.drip;
+        let delay = shared.settings.response_delay;
+        let framing = Framing::for_version(version);
+        let (head, first_payload) =
+            drip.head_with_first_tick(version, keep_alive, SystemTime::now());
+        if let Err(reason) = self.write(head).await {
+            return (0, Err(reason));
+        }
+        let mut sent = first_payload;
+        let mut next_tick = Instant::now() + delay;
+        // Tick 0 went with the head; after the last tick comes one more delay, then the end.
+        for index in 1..=drip.ticks() {
+            let stream = &self.stream;
+            let step = async {
+                tokio::time::sleep_until(next_tick).await;
+                match drip.ticks() > index {
+                    true => stream.write_all(drip.tick(index, framing).0).await.0,
+                    false => Ok(()),
+                }
+            };
+            match self.waits.until(step, None).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return (sent, Err(io_end_reason(&error, "write_error"))),
+                Err(interrupt) => {
+                    if interrupt == Interrupt::Shutdown && framing == Framing::Chunked {
+                        // End the response properly: the client sees a complete reply.
+                        let farewell = self.stream.write_all(CHUNKED_END);
+                        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, farewell).await;
+                    }
+                    return (sent, Err(interrupt.end_reason()));
+                }
+            }
+            if index < drip.ticks() {
+                sent += drip.tick(index, framing).1;
+            }
+            // Keep the cadence; after a stall, resume from now rather than burst.
+            next_tick = (next_tick + delay).max(Instant::now());
+        }
+        if framing == Framing::Chunked
+            && let Err(reason) = self.write(CHUNKED_END).await
+        {
+            return (sent, Err(reason));
+        }
+        (sent, Ok(()))
+    }
+
+    /// Writes all of `bytes`, watching shutdown and the lifetime ceiling.
+    async fn write<B: IoBuf>(&mut self, bytes: B) -> Result<(), &'static str> {
+        match self.waits.until(self.stream.write_all(bytes), None).await {
+            Ok((Ok(()), _)) => Ok(()),
+            Ok((Err(error), _)) => Err(io_end_reason(&error, "write_error")),
+            Err(interrupt) => Err(interrupt.end_reason()),
+        }
+    }
+
+    fn request_record(&self, seq: u32, head: &ParsedHead, body: BodyPreview) -> RequestRecord {
+        let client = client_addr::resolve(self.peer, &self.shared.settings.trusted_proxies, |n| {
+            head.header(n)
+        });
+        let mut record = self.base_record(seq, client, head.head_len);
+        record.http_method = Some(head.method.clone());
+        record.http_path = Some(head.path.clone());
+        record.http_query = head.query.clone();
+        record.http_version = Some(head.version.as_str());
+        record.user_agent = head.header("user-agent").map(str::to_owned);
+        record.headers_json = head.headers.clone();
+        record.body_preview = body.bytes;
+        record.body_sha256 = body.sha256;
+        record.body_length = body.declared_length;
+        record.response_status = Some(200);
+        record
+    }
+
+    fn rejected_record(
+        &self,
+        seq: u32,
+        reason: String,
+        received: &[u8],
+        response_status: Option<u16>,
+    ) -> RequestRecord {
+        let client = ClientAddr {
+            ip: self.peer.ip().to_canonical(),
+            port: Some(self.peer.port()),
+            source: ClientAddrSource::Socket,
+        };
+        let mut record = self.base_record(seq, client, received.len());
+        record.error_message = Some(reason);
+        record.raw_preview =
+            (!received.is_empty()).then(|| escape_preview(received, RAW_PREVIEW_BYTES));
+        record.response_status = response_status;
+        record
+    }
+
+    fn base_record(&self, seq: u32, client: ClientAddr, head_size: usize) -> RequestRecord {
+        RequestRecord {
+            conn_id: self.conn_id,
+            request_seq: seq,
+            timestamp: SystemTime::now(),
+            client_ip: client.ip,
+            client_port: client.port,
+            client_ip_source: client.source.as_str(),
+            peer_ip: self.peer.ip().to_canonical(),
+            peer_port: self.peer.port(),
+            local_ip: self.local.ip().to_canonical(),
+            local_port: self.local.port(),
+            target_port: self.local.port(),
+            target_port_source: "local_port",
+            http_method: None,
+            http_path: None,
+            http_query: None,
+            http_version: None,
+            user_agent: None,
+            headers_json: Vec::new(),
+            head_size,
+            body_preview: None,
+            body_sha256: None,
+            body_length: None,
+            response_status: None,
+            error_message: None,
+            raw_preview: None,
+        }
+    }
+}
+
+/// The end reason an I/O error stands for.
+fn io_end_reason(error: &std::io::Error, other: &'static str) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::ConnectionReset => "client_reset",
+        std::io::ErrorKind::BrokenPipe
+        | std::io::ErrorKind::ConnectionAborted
+        | std::io::ErrorKind::NotConnected => "client_closed",
+        _ => other,
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

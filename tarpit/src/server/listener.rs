@@ -1,0 +1,75 @@
+//! Listening sockets: one per worker, all bound to the same address with SO_REUSEPORT so the
+//! kernel spreads incoming connections over the workers without any shared accept lock.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, SockaddrStorage, bind,
+    getsockname, listen, setsockopt, socket, sockopt,
+};
+
+/// Binds `count` listeners to `addr`. When `addr` has port 0 the first listener picks a port and
+/// the others bind that same port, so a test can ask for "any free port".
+pub fn bind_all(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = bind_one(addr)?;
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..count {
+        listeners.push(bind_one(bound)?);
+    }
+    Ok(listeners)
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let family = match addr.ip() {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd: OwnedFd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    setsockopt(&fd, sockopt::ReusePort, &true)?;
+    match addr {
+        SocketAddr::V4(v4) => bind(fd.as_raw_fd(), &SockaddrIn::from(v4))?,
+        SocketAddr::V6(v6) => bind(fd.as_raw_fd(), &SockaddrIn6::from(v6))?,
+    }
+    // SOMAXCONN (4096 on current kernels): bursts of scanner connects queue instead of failing.
+    listen(&fd, Backlog::MAXCONN)?;
+    Ok(std::net::TcpListener::from(fd))
+}
+
+/// The local address of an accepted socket (the address and port the client reached after any
+/// NAT), read with getsockname.
+pub fn local_addr(fd: &impl AsRawFd) -> std::io::Result<SocketAddr> {
+    let storage: SockaddrStorage = getsockname(fd.as_raw_fd())?;
+    if let Some(v4) = storage.as_sockaddr_in() {
+        return Ok(SocketAddr::from(*v4));
+    }
+    if let Some(v6) = storage.as_sockaddr_in6() {
+        return Ok(SocketAddr::from(*v6));
+    }
+    Err(std::io::Error::other("socket is not an IP socket"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_listeners_share_one_ephemeral_port() {
+        let listeners = bind_all("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let port = listeners[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        for l in &listeners {
+            assert_eq!(l.local_addr().unwrap().port(), port);
+        }
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert_eq!(local_addr(&client).unwrap(), client.local_addr().unwrap());
+    }
+
+    #[test]
+    fn ipv6_loopback_binds() {
+        let listeners = bind_all("[::1]:0".parse().unwrap(), 1).unwrap();
+        assert!(listeners[0].local_addr().unwrap().is_ipv6());
+    }
+}

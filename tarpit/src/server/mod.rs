@@ -1,0 +1,152 @@
+//! The tarpit server: binds the listeners, starts one io_uring worker per core and the event
+//! pipeline, waits for SIGINT/SIGTERM, then shuts down in order (stop accepting, end open
+//! responses, flush every event).
+
+mod connection;
+pub mod limits;
+pub mod listener;
+pub mod settings;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::db;
+use crate::pipeline::{EventSender, Pipeline, PipelineStats, event_channel};
+use crate::sink::SinkThread;
+use crate::sink::jsonl::JsonLinesSink;
+use crate::sink::sqlite::SqliteSink;
+use limits::ConnectionLimits;
+use settings::Settings;
+
+/// What every worker and connection shares: read-only settings plus lock-free counters.
+#[derive(Debug)]
+struct Shared {
+    settings: Settings,
+    events: EventSender,
+    limits: Arc<ConnectionLimits>,
+    next_conn_id: AtomicU64,
+    cancel: CancellationToken,
+}
+
+/// Runs the tarpit until SIGINT or SIGTERM.
+pub fn run(config: &Config) -> anyhow::Result<()> {
+    let signals = ShutdownSignals::install()?;
+    let storage = &config.storage;
+    let database = db::open(&storage.database)
+        .with_context(|| format!("opening database {}", storage.database.display()))?;
+    let recovered = db::mark_interrupted(&database).context("marking interrupted rows")?;
+    if recovered.connections + recovered.requests > 0 {
+        tracing::info!(
+            connections = recovered.connections,
+            requests = recovered.requests,
+            "marked rows left open by the previous run as interrupted"
+        );
+    }
+    let first_conn_id = db::next_conn_id(&database)?;
+    let json_log = JsonLinesSink::open(&storage.json_log)
+        .with_context(|| format!("opening JSON log {}", storage.json_log.display()))?;
+
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let addr = SocketAddr::new(config.server.host, config.server.port);
+    let listeners = listener::bind_all(addr, workers).with_context(|| format!("binding {addr}"))?;
+    let bound = listeners[0].local_addr()?;
+    let max_connections = limits::effective_max_connections(config.server.max_connections);
+
+    let stats = Arc::new(PipelineStats::default());
+    let (events, rx) = event_channel(storage.event_queue, stats.clone());
+    let sinks = vec![
+        SinkThread::spawn(json_log, storage.event_queue, stats.clone())?,
+        SinkThread::spawn(
+            SqliteSink::new(database),
+            storage.event_queue,
+            stats.clone(),
+        )?,
+    ];
+    let pipeline = Pipeline::start(rx, sinks, stats.clone())?;
+
+    let shared = Arc::new(Shared {
+        settings: Settings::from_config(config),
+        events,
+        limits: Arc::new(ConnectionLimits::new(
+            max_connections,
+            config.server.max_connections_per_ip,
+        )),
+        next_conn_id: AtomicU64::new(first_conn_id),
+        cancel: CancellationToken::new(),
+    });
+    let mut handles = Vec::with_capacity(workers);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        handles.push(worker::spawn(index, listener, shared.clone())?);
+    }
+    tracing::info!(
+        workers,
+        max_connections,
+        max_connections_per_ip = config.server.max_connections_per_ip,
+        database = %storage.database.display(),
+        json_log = %storage.json_log.display(),
+        "listening on {bound}"
+    );
+
+    signals.wait();
+    tracing::info!("shutting down: no new connections, ending open responses");
+    shared.cancel.cancel();
+    for handle in handles {
+        if handle.join().is_err() {
+            tracing::error!("a worker thread panicked");
+        }
+    }
+    drop(shared); // the last EventSender: the pipeline drains and stops
+    pipeline.finish();
+    let dropped = stats
+        .dropped_events
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let sink_dropped = stats
+        .sink_dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(dropped, sink_dropped, "stopped; every queued event written");
+    Ok(())
+}
+
+/// SIGINT and SIGTERM handlers, installed before the server announces itself so a signal sent
+/// right after start-up is never missed.
+struct ShutdownSignals {
+    runtime: tokio::runtime::Runtime,
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the signal runtime")?;
+        let _guard = runtime.enter();
+        let interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        Ok(Self {
+            runtime,
+            interrupt,
+            terminate,
+        })
+    }
+
+    fn wait(mut self) {
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = self.interrupt.recv() => {}
+                _ = self.terminate.recv() => {}
+            }
+        });
+    }
+}

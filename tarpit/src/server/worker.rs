@@ -1,0 +1,174 @@
+//! A worker: one thread, one io_uring runtime, one SO_REUSEPORT listener, and the accept loop
+//! that spawns a task per connection.
+//!
+//! tokio-uring's types stay inside this module and [`super::connection`], so that moving to
+//! another io_uring runtime would touch only those two.
+
+use std::cell::Cell;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tokio_uring::net::{TcpListener, TcpStream};
+
+use super::{Shared, connection, listener};
+use crate::event::{ConnectionClosed, ConnectionOpened, Event};
+use crate::log_throttle::LogThrottle;
+
+/// Submission queue size of each worker's ring.
+const RING_ENTRIES: u32 = 4096;
+/// How long a worker waits for its connections to finish after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Pause after accept fails for lack of file descriptors or memory, instead of spinning.
+const RESOURCE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Starts worker `index` on its own thread; it returns when shutdown is complete.
+pub(super) fn spawn(
+    index: usize,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("uring-{index}"))
+        .spawn(move || {
+            tokio_uring::builder()
+                .entries(RING_ENTRIES)
+                .start(accept_loop(index, listener, shared));
+        })
+}
+
+/// Counts this worker's live connection tasks, so shutdown can wait for them.
+struct LiveTask(Rc<Cell<usize>>);
+
+impl LiveTask {
+    fn new(live: &Rc<Cell<usize>>) -> Self {
+        live.set(live.get() + 1);
+        Self(live.clone())
+    }
+}
+
+impl Drop for LiveTask {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+async fn accept_loop(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>) {
+    let listen_addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let listener = TcpListener::from_std(listener);
+    let live = Rc::new(Cell::new(0usize));
+    let mut resource_warning = LogThrottle::new(Duration::from_secs(60));
+    let cancel = shared.cancel.clone();
+    let mut cancelled = std::pin::pin!(cancel.cancelled());
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = &mut cancelled => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => admit(index, stream, peer, listen_addr, &shared, &live),
+            Err(error) => {
+                let out_of_resources = matches!(
+                    error.raw_os_error(),
+                    Some(
+                        libc_errno::EMFILE
+                            | libc_errno::ENFILE
+                            | libc_errno::ENOBUFS
+                            | libc_errno::ENOMEM
+                    )
+                );
+                if error.raw_os_error() == Some(libc_errno::ECONNABORTED) {
+                    continue; // the client gave up while queued: nothing to record
+                }
+                if let Some(suppressed) = resource_warning.check(std::time::Instant::now()) {
+                    tracing::warn!(
+                        worker = index,
+                        suppressed,
+                        "accept failed: {error}; backing off"
+                    );
+                }
+                let pause = if out_of_resources {
+                    RESOURCE_BACKOFF
+                } else {
+                    Duration::from_millis(10)
+                };
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+    let grace_end = Instant::now() + SHUTDOWN_GRACE;
+    while live.get() > 0 && Instant::now() < grace_end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if live.get() > 0 {
+        tracing::warn!(
+            worker = index,
+            open = live.get(),
+            "connections still open after the shutdown grace period; closing them"
+        );
+    }
+}
+
+/// Records the new connection and either spawns its task or, over a limit, closes it at once.
+fn admit(
+    worker: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listen_addr: SocketAddr,
+    shared: &Arc<Shared>,
+    live: &Rc<Cell<usize>>,
+) {
+    let local = listener::local_addr(&stream).unwrap_or(listen_addr);
+    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let opened_at = SystemTime::now();
+    shared
+        .events
+        .send(Event::ConnectionOpened(ConnectionOpened {
+            conn_id,
+            timestamp: opened_at,
+            peer_ip: peer.ip().to_canonical(),
+            peer_port: peer.port(),
+            local_ip: local.ip().to_canonical(),
+            local_port: local.port(),
+            worker,
+        }));
+    match shared.limits.try_admit(peer.ip()) {
+        Ok(permit) => {
+            let task = LiveTask::new(live);
+            let shared = shared.clone();
+            tokio_uring::spawn(async move {
+                connection::serve(stream, peer, local, conn_id, shared, permit).await;
+                drop(task);
+            });
+        }
+        Err(refusal) => {
+            let _ = stream.shutdown(Shutdown::Both);
+            shared
+                .events
+                .send(Event::ConnectionClosed(ConnectionClosed {
+                    conn_id,
+                    closed_at: SystemTime::now(),
+                    requests: 0,
+                    bytes_sent: 0,
+                    duration_s: 0.0,
+                    end_reason: refusal.as_str(),
+                }));
+        }
+    }
+}
+
+/// The errno values accept can report that the loop treats specially.
+mod libc_errno {
+    use nix::errno::Errno;
+    pub const EMFILE: i32 = Errno::EMFILE as i32;
+    pub const ENFILE: i32 = Errno::ENFILE as i32;
+    pub const ENOBUFS: i32 = Errno::ENOBUFS as i32;
+    pub const ENOMEM: i32 = Errno::ENOMEM as i32;
+    pub const ECONNABORTED: i32 = Errno::ECONNABORTED as i32;
+}

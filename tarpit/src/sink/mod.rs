@@ -1,0 +1,193 @@
+//! Sinks: the places events end up (JSON lines log, SQLite; later metrics and AbuseIPDB).
+//!
+//! Each file-backed sink runs on its own thread behind its own bounded queue ([`SinkThread`]), so
+//! a slow or full disk stalls only that sink: the pipeline keeps feeding the others, and the
+//! workers never notice. A sink writes whatever has queued up as one batch (one SQLite
+//! transaction, one flush), so it batches more under load and writes at once when idle.
+
+pub mod jsonl;
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::event::Event;
+use crate::log_throttle::LogThrottle;
+use crate::pipeline::PipelineStats;
+
+/// Most events written in one batch (one transaction).
+const MAX_BATCH: usize = 4096;
+
+/// An error a sink reports for a batch it could not write.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// SQLite refused the batch.
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file system refused the batch.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A destination for events that writes them in batches on its own thread.
+pub trait Sink: Send + 'static {
+    /// Short name for diagnostics ("sqlite", "jsonl").
+    fn name(&self) -> &'static str;
+    /// Writes a batch, in order. On error the batch is counted as dropped and the sink carries
+    /// on with the next one.
+    fn write_batch(&mut self, events: &[Arc<Event>]) -> Result<(), SinkError>;
+}
+
+/// A sink running on its own thread, fed through a bounded queue.
+#[derive(Debug)]
+pub struct SinkThread {
+    name: &'static str,
+    tx: SyncSender<Arc<Event>>,
+    thread: JoinHandle<()>,
+    stats: Arc<PipelineStats>,
+}
+
+impl SinkThread {
+    /// Starts `sink` on a thread with a queue of `capacity` events.
+    pub fn spawn(
+        sink: impl Sink,
+        capacity: usize,
+        stats: Arc<PipelineStats>,
+    ) -> std::io::Result<Self> {
+        let name = sink.name();
+        let (tx, rx) = mpsc::sync_channel(capacity);
+        let thread_stats = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("sink-{name}"))
+            .spawn(move || run(sink, rx, thread_stats))?;
+        Ok(Self {
+            name,
+            tx,
+            thread,
+            stats,
+        })
+    }
+
+    /// Queues an event without waiting; a full queue drops it and counts it.
+    pub fn offer(&self, event: Arc<Event>) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(event)
+        {
+            self.stats.sink_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Closes the queue and waits until everything queued is written.
+    pub fn finish(self) {
+        drop(self.tx);
+        if self.thread.join().is_err() {
+            tracing::error!(sink = self.name, "sink thread panicked");
+        }
+    }
+}
+
+fn run(mut sink: impl Sink, rx: mpsc::Receiver<Arc<Event>>, stats: Arc<PipelineStats>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut failures = LogThrottle::new(Duration::from_secs(60));
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = sink.write_batch(&batch) {
+            stats
+                .sink_dropped
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            if let Some(suppressed) = failures.check(Instant::now()) {
+                tracing::warn!(
+                    sink = sink.name(),
+                    lost = batch.len(),
+                    suppressed,
+                    "cannot write events: {error}"
+                );
+            }
+        }
+        batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ConnectionClosed;
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    struct Recorder {
+        seen: Arc<Mutex<Vec<u64>>>,
+        fail_first: bool,
+    }
+
+    impl Sink for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn write_batch(&mut self, events: &[Arc<Event>]) -> Result<(), SinkError> {
+            if std::mem::take(&mut self.fail_first) {
+                return Err(SinkError::Io(std::io::Error::other("disk full")));
+            }
+            let mut seen = self.seen.lock().unwrap();
+            seen.extend(events.iter().map(|e| e.conn_id()));
+            Ok(())
+        }
+    }
+
+    fn event(conn_id: u64) -> Arc<Event> {
+        Arc::new(Event::ConnectionClosed(ConnectionClosed {
+            conn_id,
+            closed_at: SystemTime::now(),
+            requests: 0,
+            bytes_sent: 0,
+            duration_s: 0.0,
+            end_reason: "client_closed",
+        }))
+    }
+
+    #[test]
+    fn writes_everything_in_order_then_finishes() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stats = Arc::new(PipelineStats::default());
+        let sink = Recorder {
+            seen: seen.clone(),
+            fail_first: false,
+        };
+        let thread = SinkThread::spawn(sink, 10_000, stats.clone()).unwrap();
+        for id in 0..1000 {
+            thread.offer(event(id));
+        }
+        thread.finish();
+        assert_eq!(*seen.lock().unwrap(), (0..1000).collect::<Vec<_>>());
+        assert_eq!(stats.sink_dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_failed_batch_is_counted_and_the_sink_carries_on() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stats = Arc::new(PipelineStats::default());
+        let sink = Recorder {
+            seen: seen.clone(),
+            fail_first: true,
+        };
+        let thread = SinkThread::spawn(sink, 10, stats.clone()).unwrap();
+        thread.offer(event(1));
+        // Wait until the failing batch has been taken, then send one that must succeed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stats.sink_dropped.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        thread.offer(event(2));
+        thread.finish();
+        assert_eq!(stats.sink_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(*seen.lock().unwrap(), vec![2]);
+    }
+}
