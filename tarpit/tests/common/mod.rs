@@ -1,0 +1,227 @@
+//! Test harness: runs the real `tarpit` binary in a temporary directory on an ephemeral
+//! loopback port, and gives tests raw sockets, the SQLite database and the JSON log.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rusqlite::Connection;
+
+/// Fast drip used by most tests: 10 one-byte chunks 50 ms apart.
+pub const FAST: &[&str] = &[
+    "--response-delay",
+    "0.05",
+    "--max-response-bytes",
+    "10",
+    "--workers",
+    "2",
+];
+
+/// The exact body of a complete fast response.
+pub const FAST_BODY: &[u8] = b"1\r\n.\r\n1\r\n.\r\n1\r\n.\r\n1\r\n.\r\n1\r\n.\r\n1\r\n.\r\n1\r\n.\r\n1\r\n.\r\n1\r\n.\r\n1\r\n.\r\n0\r\n\r\n";
+
+/// A running tarpit process.
+pub struct Tarpit {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    _tempdir: Option<tempfile::TempDir>,
+    pub addr: SocketAddr,
+    run: u32,
+}
+
+impl Tarpit {
+    /// Starts the binary in a fresh temporary directory with `args` (plus `--port 0`).
+    pub fn start(args: &[&str]) -> Self {
+        let tempdir = tempfile::tempdir().expect("temporary directory");
+        let dir = tempdir.path().to_path_buf();
+        let mut tarpit = Self::start_in(&dir, args, 0);
+        tarpit._tempdir = Some(tempdir);
+        tarpit
+    }
+
+    /// Starts the binary in `dir` (whose database may already exist); `run` numbers the stderr
+    /// file so restarts keep each run's diagnostics.
+    pub fn start_in(dir: &Path, args: &[&str], run: u32) -> Self {
+        let stderr_path = dir.join(format!("stderr-{run}.log"));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tarpit"))
+            .args(["--port", "0"])
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("tarpit binary starts");
+        let addr = wait_for(Duration::from_secs(15), || {
+            let text = std::fs::read_to_string(&stderr_path).ok()?;
+            let rest = &text[text.find("listening on ")? + "listening on ".len()..];
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "tarpit did not start: {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            )
+        });
+        Self {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            _tempdir: None,
+            addr,
+            run,
+        }
+    }
+
+    /// The diagnostics the process has written so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("stderr-{}.log", self.run)))
+            .unwrap_or_default()
+    }
+
+    /// A read-only connection to the process's database.
+    pub fn db(&self) -> Connection {
+        let conn = Connection::open_with_flags(
+            self.dir.join("data/tarpit_events.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("database opens");
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn
+    }
+
+    /// One integer from a query.
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).expect(sql)
+    }
+
+    /// Waits (up to 10 s) until `sql` counts at least `n`; returns the count.
+    pub fn wait_count(&self, sql: &str, n: i64) -> i64 {
+        wait_for(Duration::from_secs(10), || {
+            let c = self.count(sql);
+            (c >= n).then_some(c)
+        })
+        .unwrap_or_else(|| panic!("timed out waiting for {n} from {sql}: {}", self.count(sql)))
+    }
+
+    /// Every JSON line written so far.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("logs/tarpit.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("valid JSON line"))
+            .collect()
+    }
+
+    /// Sends SIGTERM and waits for the exit (at most `within`).
+    pub fn terminate(&mut self, within: Duration) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().expect("running");
+        let sent = Instant::now();
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        let status = wait_for(within, || child.try_wait().unwrap()).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("tarpit did not exit within {within:?} of SIGTERM")
+        });
+        (status, sent.elapsed())
+    }
+
+    /// Kills the process with SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// A fresh client connection with generous timeouts.
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+    }
+
+    /// Sends a well-formed request and checks that the response starts: the server still
+    /// accepts and answers (a full response may take long, depending on the test's drip).
+    pub fn assert_still_answers(&self) {
+        let mut stream = self.connect();
+        stream
+            .write_all(b"GET /alive HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut received = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+        assert!(
+            received.starts_with(b"HTTP/1.1 200 OK\r\n"),
+            "server no longer answers: {:?}",
+            String::from_utf8_lossy(&received[..received.len().min(300)])
+        );
+    }
+}
+
+impl Drop for Tarpit {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads until the terminating chunk, the end of the stream, or the read timeout.
+pub fn read_response(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.ends_with(b"0\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Splits a response into its head (up to the blank line) and what follows.
+pub fn split_head(response: &[u8]) -> (String, Vec<u8>) {
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    (
+        String::from_utf8(response[..end].to_vec()).unwrap(),
+        response[end..].to_vec(),
+    )
+}
+
+/// Polls `check` every 20 ms until it gives a value or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,91 @@
+//! The configuration as the operator meets it: `check-config`, errors naming file and key.
+
+use std::process::Command;
+
+fn tarpit(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tarpit"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tarpit.toml"),
+        "[tarpit]\nresponse_delay = 2.5\n",
+    )
+    .unwrap();
+    let (code, stdout, _) = tarpit(
+        &["--config", "tarpit.toml", "check-config", "--port", "9090"],
+        dir.path(),
+    );
+    assert_eq!(code, 0);
+    let printed: toml::Table = toml::from_str(&stdout).unwrap();
+    assert_eq!(printed["tarpit"]["response_delay"].as_float(), Some(2.5));
+    assert_eq!(printed["server"]["port"].as_integer(), Some(9090));
+    assert_eq!(printed["tarpit"]["response_chunk"].as_str(), Some("."));
+    assert_eq!(
+        printed["storage"]["database"].as_str(),
+        Some("data/tarpit_events.db")
+    );
+}
+
+#[test]
+fn unknown_key_names_file_and_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.toml"), "[server]\nprot = 80\n").unwrap();
+    let (code, _, stderr) = tarpit(&["--config", "bad.toml", "check-config"], dir.path());
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("bad.toml: key `server.prot`: unknown field"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_value_fails_run_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[tarpit]\nresponse_delay = -2\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = tarpit(&["--config", "bad.toml"], dir.path());
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("bad.toml: key `tarpit.response_delay`"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created for a bad config"
+    );
+}
+
+#[test]
+fn the_example_config_is_valid_and_documents_every_default() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../tarpit.example.toml");
+    let text = std::fs::read_to_string(example).unwrap();
+    let parsed = tarpit::config::Config::parse(&text, example).unwrap();
+    parsed.validate(example).unwrap();
+    assert_eq!(parsed, tarpit::config::Config::default());
+    // Every key of the effective configuration appears in the example.
+    let defaults: toml::Table =
+        toml::from_str(&tarpit::config::Config::default().to_toml()).unwrap();
+    for (section, keys) in &defaults {
+        for key in keys.as_table().unwrap().keys() {
+            assert!(
+                text.contains(&format!("\n{key} =")),
+                "tarpit.example.toml does not document [{section}] {key}"
+            );
+        }
+    }
+}
