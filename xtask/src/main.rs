@@ -1,1 +1,175 @@
-fn main() {}
+//! `cargo xtask`: the project's own build and test automation, in Rust so that it runs
+//! wherever cargo does.
+//!
+//! - `cargo xtask test`: the whole test suite (format, lints, fuzz smoke run, every test).
+//! - `cargo xtask fuzz --seconds N`: fuzz the request-head reader for N seconds.
+//! - `cargo xtask ci-setup`: install what the tests need on a fresh machine (CI runs it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run the whole test suite: fmt, clippy, a short fuzz run, then every test.
+    Test {
+        /// Seconds of fuzzing the request-head reader (0 skips it).
+        #[arg(long, default_value_t = 30)]
+        fuzz_seconds: u64,
+    },
+    /// Fuzz the request-head reader (installs cargo-fuzz when missing).
+    Fuzz {
+        /// How long to run.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Parallel fuzzing jobs.
+        #[arg(long, default_value_t = 1)]
+        jobs: u32,
+    },
+    /// Install the system packages and cargo tools the test suite needs.
+    CiSetup,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::Test { fuzz_seconds } => test(&root, fuzz_seconds),
+        Task::Fuzz { seconds, jobs } => fuzz(&root, seconds, jobs),
+        Task::CiSetup => ci_setup(),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command, failing with its command line when it fails.
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: running {command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(root);
+    command
+}
+
+fn test(root: &Path, fuzz_seconds: u64) -> anyhow::Result<()> {
+    if std::env::var_os("TARPIT_E2E").is_none() {
+        eprintln!(
+            "xtask: TARPIT_E2E is not set: end-to-end tests whose prerequisites (root, network \
+             namespaces, apt packages) are missing will say so and skip. CI sets it."
+        );
+    }
+    run(cargo(root).args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    if fuzz_seconds > 0 {
+        fuzz(root, fuzz_seconds, 1)?;
+    }
+    // Last, so that its summary lines close the output.
+    run(cargo(root).args(["test", "--workspace", "--all-targets"]))?;
+    Ok(())
+}
+
+fn fuzz(root: &Path, seconds: u64, jobs: u32) -> anyhow::Result<()> {
+    let has_cargo_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_cargo_fuzz {
+        eprintln!("xtask: installing cargo-fuzz from crates.io (once; about a minute)");
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let fuzz_dir = root.join("tarpit");
+    // The corpus lives outside the repository; seeds give the fuzzer real requests to mutate.
+    let corpus = fuzz_dir.join("fuzz/corpus/request_head");
+    std::fs::create_dir_all(&corpus)?;
+    for (name, seed) in SEEDS {
+        std::fs::write(corpus.join(name), seed)?;
+    }
+    let mut command = Command::new("rustup");
+    command
+        .current_dir(&fuzz_dir)
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["run", "nightly", "cargo", "fuzz", "run", "request_head"])
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .arg("-max_len=20000")
+        .arg("-print_final_stats=1");
+    if jobs > 1 {
+        command
+            .arg(format!("-jobs={jobs}"))
+            .arg(format!("-workers={jobs}"));
+    }
+    run(&mut command)
+}
+
+/// Seed inputs for the request-head fuzzer.
+const SEEDS: &[(&str, &[u8])] = &[
+    (
+        "get",
+        b"GET /index.php?x=1 HTTP/1.1\r\nHost: a\r\nUser-Agent: b\r\n\r\n",
+    ),
+    ("post", b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"),
+    ("http10", b"GET / HTTP/1.0\n\n"),
+    ("tls", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"),
+    (
+        "dup",
+        b"GET / HTTP/1.1\r\nA: 1\r\na: 2\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+    ),
+];
+
+/// Debian packages the tests use (real peers such as curl, nginx, iptables come from here as
+/// the tests that drive them arrive). Kept here so CI and a newcomer install the same.
+const APT_PACKAGES: &[&str] = &[];
+
+fn ci_setup() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        run(Command::new("apt-get").arg("update"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    Ok(())
+}
