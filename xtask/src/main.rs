@@ -93,9 +93,59 @@ fn test(root: &Path, fuzz_seconds: u64) -> anyhow::Result<()> {
     if fuzz_seconds > 0 {
         fuzz(root, fuzz_seconds, 1)?;
     }
-    // Last, so that its summary lines close the output.
-    run(cargo(root).args(["test", "--workspace", "--all-targets"]))?;
+    // Last, closed by one total line over every test binary.
+    let mut command = cargo(root);
+    command.args(["test", "--workspace", "--all-targets"]);
+    eprintln!("xtask: running {command:?}");
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let mut totals = TestTotals::default();
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        totals.add_line(&line);
+    }
+    let status = child.wait()?;
+    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    if totals.passed == 0 {
+        bail!("cargo test ran no test");
+    }
     Ok(())
+}
+
+/// Sums cargo test's per-binary `test result:` lines.
+#[derive(Debug, Default, PartialEq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestTotals {
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match kind {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                _ => {}
+            }
+        }
+    }
 }
 
 fn fuzz(root: &Path, seconds: u64, jobs: u32) -> anyhow::Result<()> {
@@ -172,4 +222,29 @@ fn ci_setup() -> anyhow::Result<()> {
     run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestTotals;
+
+    #[test]
+    fn totals_sum_every_binary() {
+        let mut totals = TestTotals::default();
+        for line in [
+            "test result: ok. 52 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.02s",
+            "running 3 tests",
+            "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+            "test something ... ok",
+        ] {
+            totals.add_line(line);
+        }
+        assert_eq!(
+            totals,
+            TestTotals {
+                passed: 54,
+                failed: 1
+            }
+        );
+    }
 }

@@ -177,6 +177,12 @@ impl Connection {
         let mut pending = Vec::new();
         loop {
             let read = self.read_head(&mut pending).await;
+            // Hold no head buffer through the drip: most connections have nothing pending.
+            if pending.is_empty() {
+                pending = Vec::new();
+            } else {
+                pending.shrink_to_fit();
+            }
             let seq = self.requests + 1;
             let first = self.requests == 0;
             let (record, plan) = match read {
@@ -241,11 +247,7 @@ impl Connection {
                 end_reason: outcome.err().unwrap_or("complete"),
             }));
             match outcome {
-                Ok(true) => {
-                    if pending.is_empty() {
-                        pending = Vec::new(); // give the memory back while idle
-                    }
-                }
+                Ok(true) => {}
                 Ok(false) => return "response_complete",
                 Err(reason) => return reason,
             }
@@ -366,10 +368,9 @@ impl Connection {
                 _ => break,
             }
         }
-        let kept = pending
-            .len()
-            .min(limit)
-            .min(if head.is_chunked() { limit } else { want });
+        // Chunked: whatever already arrived, up to the limit; otherwise the declared body's part.
+        let cap = if head.is_chunked() { limit } else { want };
+        let kept = pending.len().min(cap);
         let bytes = (kept > 0).then(|| pending[..kept].to_vec());
         let body_consumed =
             consumable && declared.is_none_or(|length| pending.len() as u64 >= length);
