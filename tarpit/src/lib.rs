@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod ebpf;
 pub mod event;
 pub mod http;
 pub mod log_throttle;

@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's own build and test automation, in Rust so that it runs
 //! wherever cargo does.
 //!
-//! - `cargo xtask test`: the whole test suite (format, lints, fuzz smoke run, every test).
+//! - `cargo xtask build-ebpf`: build the eBPF object (installing bpf-linker when needed).
+//! - `cargo xtask test`: the whole test suite (eBPF object, format, lints, fuzz smoke run,
+//!   every test).
 //! - `cargo xtask fuzz --seconds N`: fuzz the request-head reader for N seconds.
 //! - `cargo xtask ci-setup`: install what the tests need on a fresh machine (CI runs it).
 
@@ -20,6 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Build the eBPF object into tarpit-ebpf/build/, where the server's build embeds it.
+    BuildEbpf,
     /// Run the whole test suite: fmt, clippy, a short fuzz run, then every test.
     Test {
         /// Seconds of fuzzing the request-head reader (0 skips it).
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.task {
+        Task::BuildEbpf => build_ebpf(&root).map(|_| ()),
         Task::Test { fuzz_seconds } => test(&root, fuzz_seconds),
         Task::Fuzz { seconds, jobs } => fuzz(&root, seconds, jobs),
         Task::CiSetup => ci_setup(),
@@ -81,6 +86,7 @@ fn test(root: &Path, fuzz_seconds: u64) -> anyhow::Result<()> {
              namespaces, apt packages) are missing will say so and skip. CI sets it."
         );
     }
+    build_ebpf(root)?;
     run(cargo(root).args(["fmt", "--all", "--", "--check"]))?;
     run(cargo(root).args([
         "clippy",
@@ -180,6 +186,112 @@ fn fuzz(root: &Path, seconds: u64, jobs: u32) -> anyhow::Result<()> {
             .arg(format!("-workers={jobs}"));
     }
     run(&mut command)
+}
+
+/// Output of `rustup run nightly ...`, trimmed.
+fn nightly_output(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("rustup")
+        .args(["run", "nightly"])
+        .args(args)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .with_context(|| format!("running nightly {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "nightly {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Installs bpf-linker 0.13 linked against the nightly toolchain's own libLLVM, unless a
+/// working one is already there. A `rustup update` of nightly moves that libLLVM and breaks an
+/// installed bpf-linker: this notices (it no longer runs) and reinstalls.
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: bpf-linker is missing or broken; installing bpf-linker 0.13.0 against the \
+         nightly toolchain's libLLVM (about a minute)"
+    );
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    let sysroot = PathBuf::from(nightly_output(&["rustc", "--print", "sysroot"])?);
+    let version = nightly_output(&["rustc", "-vV"])?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("nightly rustc does not say its LLVM version")?
+        .to_owned();
+    let lib = std::fs::read_dir(sysroot.join("lib"))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with("libLLVM.so"))
+        .context("the nightly toolchain has no libLLVM.so")?;
+    // bpf-linker's RUNPATH points at this prefix, so it must stay where it is.
+    let home = std::env::var("HOME").context("HOME is not set")?;
+    let prefix = PathBuf::from(home).join(format!(".local/rust-llvm{major}"));
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    for link in ["libLLVM.so", lib.as_str()] {
+        let path = prefix.join("lib").join(link);
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(sysroot.join("lib").join(&lib), &path)?;
+    }
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker@0.13.0",
+            "--locked",
+            "--force",
+            "--no-default-features",
+        ])
+        .arg("--features")
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &prefix)
+        .env_remove("RUSTUP_TOOLCHAIN"))
+}
+
+/// Builds the eBPF object and copies it to `tarpit-ebpf/build/tarpit-ebpf.o`.
+fn build_ebpf(root: &Path) -> anyhow::Result<PathBuf> {
+    ensure_bpf_linker()?;
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    run(Command::new("rustup")
+        .current_dir(root)
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        )
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "-p",
+            "tarpit-ebpf",
+            "--release",
+        ])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"]))?;
+    let built = target_dir.join("bpfel-unknown-none/release/tarpit-ebpf");
+    let dest = root.join("tarpit-ebpf/build/tarpit-ebpf.o");
+    let unchanged = std::fs::read(&dest).ok() == std::fs::read(&built).ok();
+    if !unchanged {
+        std::fs::copy(&built, &dest)
+            .with_context(|| format!("copying {} to {}", built.display(), dest.display()))?;
+    }
+    eprintln!("xtask: eBPF object at {}", dest.display());
+    Ok(dest)
 }
 
 /// Seed inputs for the request-head fuzzer.

@@ -1,0 +1,277 @@
+//! eBPF port attribution: which port a client dialled before iptables/nft REDIRECT or DNAT sent
+//! it to the tarpit, recorded by a netfilter hook just after NAT (`tarpit-ebpf`).
+//!
+//! [`Attribution::start`] loads the embedded object (built by `cargo xtask build-ebpf`) when the
+//! mode, the kernel (>= 6.4, BTF) and the privileges (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON) allow;
+//! otherwise it says why, once, and the server runs on the other sources. The server asks
+//! [`EbpfMap::take`] for each accepted connection's own 4-tuple (or, behind a trusted proxy, the
+//! client connection's 4-tuple the proxy reports).
+
+pub mod btf;
+pub mod netfilter;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tarpit_ebpf::{ConnKey, MAP_NAME, OFFSETS_GLOBAL, OrigDst, PROGRAM_NAME, v4_mapped};
+
+/// The eBPF object, embedded at build time when `cargo xtask build-ebpf` had built it.
+#[cfg(tarpit_ebpf_object)]
+pub const OBJECT: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/tarpit-ebpf.o")));
+/// The eBPF object, embedded at build time when `cargo xtask build-ebpf` had built it.
+#[cfg(not(tarpit_ebpf_object))]
+pub const OBJECT: Option<&[u8]> = None;
+
+/// `[ebpf] mode`: whether to use the hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EbpfMode {
+    /// Use it when everything it needs is there; otherwise say why once and go on.
+    #[default]
+    Auto,
+    /// Refuse to start without it.
+    On,
+    /// Never load it.
+    Off,
+}
+
+/// Why eBPF attribution is not running.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// Turned off in the configuration.
+    #[error("turned off in the configuration ([ebpf] mode = \"off\")")]
+    Off,
+    /// This binary has no eBPF object inside.
+    #[error(
+        "this binary was built without the eBPF object (run `cargo xtask build-ebpf`, then rebuild)"
+    )]
+    NoObject,
+    /// The kernel is too old for netfilter BPF programs.
+    #[error("kernel {0} is older than 6.4, the first with netfilter BPF links")]
+    OldKernel(String),
+    /// No usable kernel BTF.
+    #[error("kernel BTF unusable: {0}")]
+    Btf(#[from] btf::BtfError),
+    /// Maps could not be created (usually missing privileges).
+    #[error(
+        "creating the eBPF maps failed: {0} (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)"
+    )]
+    Maps(String),
+    /// The object could not be relocated.
+    #[error("preparing the eBPF program failed: {0}")]
+    Relocation(String),
+    /// Loading or attaching failed.
+    #[error("{0} (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)")]
+    Netfilter(#[from] netfilter::NetfilterError),
+}
+
+/// The live hook: its links (dropped = detached) and the map the server reads.
+#[derive(Debug)]
+pub struct Attribution {
+    map: EbpfMap,
+    _links: Vec<netfilter::NetfilterLink>,
+    _program: OwnedFd,
+    _ebpf: aya::Ebpf,
+}
+
+/// Read access to the map of original destinations; shared by all workers.
+#[derive(Debug)]
+pub struct EbpfMap {
+    fd: OwnedFd,
+}
+
+impl Attribution {
+    /// Loads and attaches the hook in this network namespace, for IPv4 and IPv6.
+    pub fn start(mode: EbpfMode, map_entries: u32) -> Result<Self, Unavailable> {
+        if mode == EbpfMode::Off {
+            return Err(Unavailable::Off);
+        }
+        let object = OBJECT.ok_or(Unavailable::NoObject)?;
+        check_kernel_version()?;
+        let offsets = btf::conntrack_offsets(&btf::Btf::from_file(Path::new(btf::VMLINUX_BTF))?)?;
+
+        // aya parses the object, creates the maps and writes the offsets into .rodata.
+        let mut ebpf = aya::EbpfLoader::new()
+            .map_max_entries(MAP_NAME, map_entries)
+            .override_global(OFFSETS_GLOBAL, &offsets, true)
+            .load(object)
+            .map_err(|e| Unavailable::Maps(e.to_string()))?;
+
+        // aya cannot load netfilter programs: relocate our own parse against aya's maps.
+        let instructions = relocated_instructions(object, &ebpf)?;
+        let program = netfilter::load(PROGRAM_NAME, &instructions)?;
+        let links = [netfilter::NFPROTO_IPV4, netfilter::NFPROTO_IPV6]
+            .into_iter()
+            .map(|family| netfilter::attach(&program, family))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let map = ebpf
+            .take_map(MAP_NAME)
+            .and_then(|m| map_fd(&m).map(|fd| (m, fd)))
+            .ok_or_else(|| Unavailable::Maps(format!("map {MAP_NAME} missing from the object")))?;
+        // Keep our own fd so the map outlives aya's handle independently.
+        let fd = dup(map.1).map_err(|e| Unavailable::Maps(e.to_string()))?;
+        Ok(Self {
+            map: EbpfMap { fd },
+            _links: links,
+            _program: program,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// The map of original destinations.
+    pub fn map(&self) -> &EbpfMap {
+        &self.map
+    }
+}
+
+fn dup(fd: RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: `fd` is open for the duration of this call (aya's map is still alive).
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    borrowed.try_clone_to_owned()
+}
+
+fn map_fd(map: &aya::maps::Map) -> Option<RawFd> {
+    use aya::maps::Map;
+    match map {
+        Map::Array(data) | Map::HashMap(data) | Map::LruHashMap(data) => {
+            Some(data.fd().as_fd().as_raw_fd())
+        }
+        _ => None,
+    }
+}
+
+/// The program's instructions with map references pointing at aya's maps and its calls linked
+/// (only the functions it calls, so the verifier sees no unreachable code).
+fn relocated_instructions(
+    object: &[u8],
+    ebpf: &aya::Ebpf,
+) -> Result<Vec<aya_obj::generated::bpf_insn>, Unavailable> {
+    let err = |e: &dyn std::fmt::Display| Unavailable::Relocation(e.to_string());
+    let mut obj = aya_obj::Object::parse(object).map_err(|e| err(&e))?;
+    let fds: HashMap<&str, RawFd> = ebpf
+        .maps()
+        .filter_map(|(name, map)| map_fd(map).map(|fd| (name, fd)))
+        .collect();
+    let obj_maps = obj.maps.clone();
+    let maps = obj_maps
+        .iter()
+        .filter_map(|(name, map)| fds.get(name.as_str()).map(|fd| (name.as_str(), *fd, map)));
+    let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
+    obj.relocate_maps(maps, &text_sections)
+        .map_err(|e| err(&e))?;
+    obj.relocate_calls(&text_sections).map_err(|e| err(&e))?;
+    let program = obj
+        .programs
+        .get(PROGRAM_NAME)
+        .ok_or_else(|| Unavailable::Relocation(format!("no program {PROGRAM_NAME}")))?;
+    Ok(obj.functions[&program.function_key()].instructions.clone())
+}
+
+fn check_kernel_version() -> Result<(), Unavailable> {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if (major, minor) < (6, 4) {
+        return Err(Unavailable::OldKernel(release));
+    }
+    Ok(())
+}
+
+/// `union bpf_attr` for the map element commands.
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+
+impl EbpfMap {
+    /// Looks up, and removes, the original destination of the connection with this local and
+    /// peer address (as `accept` or a trusted proxy reports them). One syscall, no lock.
+    pub fn take(&self, local: SocketAddr, peer: SocketAddr) -> Option<SocketAddr> {
+        let key = ConnKey {
+            local_addr: mapped(local.ip()),
+            peer_addr: mapped(peer.ip()),
+            local_port: local.port(),
+            peer_port: peer.port(),
+        };
+        let mut value = OrigDst::default();
+        let mut attr = MapElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key: (&key as *const ConnKey) as u64,
+            value: (&mut value as *mut OrigDst) as u64,
+            ..Default::default()
+        };
+        // SAFETY: attr points to live key and value buffers of the map's sizes.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+                &mut attr as *mut MapElemAttr,
+                std::mem::size_of::<MapElemAttr>(),
+            )
+        };
+        (ret == 0).then(|| SocketAddr::new(unmapped(value.addr), value.port))
+    }
+}
+
+fn mapped(ip: IpAddr) -> [u8; 16] {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn unmapped(bytes: [u8; 16]) -> IpAddr {
+    IpAddr::from(bytes).to_canonical()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_map_both_ways() {
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(mapped(v4)[10..12], [0xff, 0xff]);
+        assert_eq!(unmapped(mapped(v4)), v4);
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(unmapped(mapped(v6)), v6);
+    }
+
+    /// Loading needs root and the embedded object; `TARPIT_E2E` makes their absence a failure.
+    #[test]
+    fn loads_verifies_and_attaches_then_detaches_on_drop() {
+        let required = std::env::var_os("TARPIT_E2E").is_some();
+        match Attribution::start(EbpfMode::Auto, 1024) {
+            Ok(attribution) => {
+                // A lookup of a connection that was never translated finds nothing.
+                let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+                let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+                assert_eq!(attribution.map().take(local, peer), None);
+            }
+            Err(e) if !required => eprintln!("SKIPPED: eBPF unavailable ({e}); TARPIT_E2E=1 fails"),
+            Err(e) => panic!("TARPIT_E2E is set but eBPF attribution failed to start: {e}"),
+        }
+    }
+
+    #[test]
+    fn off_mode_never_loads() {
+        assert!(matches!(
+            Attribution::start(EbpfMode::Off, 1024),
+            Err(Unavailable::Off)
+        ));
+    }
+}
