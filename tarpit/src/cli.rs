@@ -97,6 +97,12 @@ pub struct Overrides {
     /// [storage] Capacity of the event queue.
     #[arg(long)]
     pub event_queue: Option<usize>,
+    /// [ebpf] mode: auto, on or off.
+    #[arg(long, value_enum)]
+    pub ebpf_mode: Option<crate::ebpf::EbpfMode>,
+    /// [ebpf] map_entries: size of the kernel map of original destinations.
+    #[arg(long)]
+    pub ebpf_map_entries: Option<u32>,
 }
 
 impl Overrides {
@@ -130,6 +136,8 @@ impl Overrides {
         set(&mut st.database, &self.database);
         set(&mut st.json_log, &self.json_log);
         set(&mut st.event_queue, &self.event_queue);
+        set(&mut config.ebpf.mode, &self.ebpf_mode);
+        set(&mut config.ebpf.map_entries, &self.ebpf_map_entries);
     }
 }
 

@@ -12,6 +12,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::ebpf::EbpfMode;
+
 /// A configuration problem, located precisely enough that the operator can fix it in one edit.
 #[derive(Debug, thiserror::Error)]
 #[error("{source_name}: key `{key}`: {reason}")]
@@ -44,6 +46,28 @@ pub struct Config {
     pub tarpit: TarpitConfig,
     /// Where the forensic record goes.
     pub storage: StorageConfig,
+    /// eBPF port attribution.
+    pub ebpf: EbpfConfig,
+}
+
+/// `[ebpf]`: the netfilter hook that records original destination ports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbpfConfig {
+    /// `auto` (use it when possible, else say why), `on` (refuse to start without it), `off`.
+    pub mode: EbpfMode,
+    /// Entries of the kernel map of original destinations (68 bytes each); entries are removed
+    /// as connections are accepted, so this bounds only a backlog or unclaimed entries.
+    pub map_entries: u32,
+}
+
+impl Default for EbpfConfig {
+    fn default() -> Self {
+        Self {
+            mode: EbpfMode::Auto,
+            map_entries: 65_536,
+        }
+    }
 }
 
 /// `[server]`: listening sockets, worker threads and connection caps.
@@ -231,6 +255,12 @@ impl Config {
                 ),
             );
         }
+        if !(1..=1 << 24).contains(&self.ebpf.map_entries) {
+            return err(
+                "ebpf.map_entries",
+                format!("must be 1 to 16777216, got {}", self.ebpf.map_entries),
+            );
+        }
         if self.storage.event_queue == 0 {
             return err("storage.event_queue", "must be at least 1".into());
         }
@@ -308,6 +338,9 @@ mod tests {
             database = "x.db"
             json_log = "x.log"
             event_queue = 8
+            [ebpf]
+            mode = "off"
+            map_entries = 1024
         "#;
         let config = Config::parse(text, "t.toml").unwrap();
         config.validate("t.toml").unwrap();
@@ -375,6 +408,7 @@ mod tests {
             ("[server]\nworkers = 5000", "server.workers"),
             ("[storage]\nevent_queue = 0", "storage.event_queue"),
             ("[storage]\ndatabase = \"\"", "storage.database"),
+            ("[ebpf]\nmap_entries = 0", "ebpf.map_entries"),
         ] {
             let config = Config::parse(text, "c.toml").unwrap();
             let err = config.validate("c.toml").unwrap_err();

@@ -101,6 +101,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX connections_opened_at ON connections (opened_at);
     "#,
+    // 2: whether the eBPF hook saw a translation (`translated` / `untranslated` / NULL = off).
+    "ALTER TABLE events ADD COLUMN ebpf_lookup TEXT;",
 ];
 
 /// The schema version this build writes.

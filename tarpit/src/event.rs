@@ -86,8 +86,17 @@ pub struct RequestRecord {
     pub local_port: u16,
     /// The port the client meant to reach (see `target_port_source`).
     pub target_port: u16,
-    /// Which attribution source gave `target_port`.
+    /// Which attribution source gave `target_port` (`ebpf`, `original_dst`, `header`,
+    /// `local_port`).
     pub target_port_source: &'static str,
+    /// The eBPF hook's answer: the original port, or the reached port when untranslated.
+    pub target_port_ebpf: Option<u16>,
+    /// `translated` or `untranslated` when the hook is live, else null.
+    pub ebpf_lookup: Option<&'static str>,
+    /// SO_ORIGINAL_DST's port.
+    pub target_port_original_dst: Option<u16>,
+    /// X-Tarpit-Target-Port from a trusted proxy.
+    pub target_port_header: Option<u16>,
     /// Method, when a request line was parsed.
     pub http_method: Option<String>,
     /// Path without the query.

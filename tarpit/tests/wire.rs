@@ -231,7 +231,23 @@ fn the_sqlite_row_has_every_seed_column_and_the_json_log_matches() {
     assert_eq!(body_len, 11);
     assert_eq!(version, "HTTP/1.1");
     assert_eq!(local, i64::from(tarpit.addr.port()));
-    assert_eq!(src, "local_port");
+    // Not translated: whichever source is live agrees that the dialled port is the local one.
+    assert!(
+        ["ebpf", "original_dst", "local_port"].contains(&src.as_str()),
+        "{src}"
+    );
+    let (ebpf_port, lookup, orig): (Option<i64>, Option<String>, Option<i64>) = db
+        .query_row(
+            "SELECT target_port_ebpf, ebpf_lookup, target_port_original_dst FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    if src == "ebpf" {
+        assert_eq!(lookup.as_deref(), Some("untranslated"));
+        assert_eq!(ebpf_port, Some(i64::from(tarpit.addr.port())));
+    }
+    assert!(orig.is_none() || orig == Some(i64::from(tarpit.addr.port())));
 
     // The JSON log tells the same story with the same field names.
     let lines = tarpit.json_lines();

@@ -26,7 +26,7 @@ pub const OBJECT: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "
 pub const OBJECT: Option<&[u8]> = None;
 
 /// `[ebpf] mode`: whether to use the hook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum EbpfMode {
     /// Use it when everything it needs is there; otherwise say why once and go on.
@@ -71,7 +71,7 @@ pub enum Unavailable {
 /// The live hook: its links (dropped = detached) and the map the server reads.
 #[derive(Debug)]
 pub struct Attribution {
-    map: EbpfMap,
+    map: std::sync::Arc<EbpfMap>,
     _links: Vec<netfilter::NetfilterLink>,
     _program: OwnedFd,
     _ebpf: aya::Ebpf,
@@ -115,16 +115,16 @@ impl Attribution {
         // Keep our own fd so the map outlives aya's handle independently.
         let fd = dup(map.1).map_err(|e| Unavailable::Maps(e.to_string()))?;
         Ok(Self {
-            map: EbpfMap { fd },
+            map: std::sync::Arc::new(EbpfMap { fd }),
             _links: links,
             _program: program,
             _ebpf: ebpf,
         })
     }
 
-    /// The map of original destinations.
-    pub fn map(&self) -> &EbpfMap {
-        &self.map
+    /// The map of original destinations, to share with the workers.
+    pub fn map(&self) -> std::sync::Arc<EbpfMap> {
+        self.map.clone()
     }
 }
 

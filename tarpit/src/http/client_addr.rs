@@ -82,6 +82,33 @@ pub fn resolve<'a>(
     from_socket
 }
 
+/// The client connection a trusted proxy reports: (the proxy's local address that the client
+/// reached, the client's address), from X-Local-Addr, X-Real-IP and X-Real-Port. All three
+/// are needed to look that connection up in the eBPF map.
+pub fn proxied_tuple(
+    local_addr: Option<&str>,
+    real_ip: Option<&str>,
+    real_port: Option<&str>,
+) -> Option<(SocketAddr, SocketAddr)> {
+    let local = parse_socket_addr(local_addr?)?;
+    let ip = parse_addr(real_ip?)?;
+    let port = real_port?.trim().parse().ok()?;
+    Some((local, SocketAddr::new(ip, port)))
+}
+
+/// Parses `1.2.3.4:80`, `[fd00::1]:80`, and nginx's unbracketed `fd00::1:80`.
+fn parse_socket_addr(text: &str) -> Option<SocketAddr> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(SocketAddr::new(addr.ip().to_canonical(), addr.port()));
+    }
+    let (ip, port) = text.rsplit_once(':')?;
+    Some(SocketAddr::new(
+        ip.parse::<IpAddr>().ok()?.to_canonical(),
+        port.parse().ok()?,
+    ))
+}
+
 /// The nearest hop in an X-Forwarded-For chain that is not one of our proxies: entries are
 /// appended left to right, so everything right of it was added by infrastructure we trust.
 /// An unparsable entry stops the walk: what lies left of it cannot be trusted.
@@ -211,6 +238,18 @@ mod tests {
             "192.0.2.1"
         );
         assert!(parse_addr("").is_none());
+    }
+
+    #[test]
+    fn proxied_tuple_needs_all_three_headers() {
+        let (local, peer) =
+            proxied_tuple(Some("10.0.0.1:80"), Some("10.0.0.2"), Some("5555")).unwrap();
+        assert_eq!(local.to_string(), "10.0.0.1:80");
+        assert_eq!(peer.to_string(), "10.0.0.2:5555");
+        let (local, _) = proxied_tuple(Some("fd00::1:8888"), Some("fd00::2"), Some("1")).unwrap();
+        assert_eq!(local.to_string(), "[fd00::1]:8888");
+        assert!(proxied_tuple(None, Some("10.0.0.2"), Some("5555")).is_none());
+        assert!(proxied_tuple(Some("10.0.0.1:80"), Some("10.0.0.2"), Some("x")).is_none());
     }
 
     #[test]

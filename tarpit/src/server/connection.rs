@@ -23,6 +23,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::Shared;
 use super::limits::ConnectionPermit;
+use crate::attribution::{EbpfLookup, TargetPorts};
 use crate::event::{ConnectionClosed, Event, RequestRecord, ResponseEnd};
 use crate::http::client_addr::{self, ClientAddr, ClientAddrSource};
 use crate::http::head::{HeadStatus, HttpVersion, ParsedHead, escape_preview, parse_head};
@@ -45,6 +46,15 @@ pub(super) async fn serve(
     permit: ConnectionPermit,
 ) {
     let accepted = Instant::now();
+    // Socket-level port attribution, once per connection: one map syscall, one getsockopt.
+    let socket_ebpf = match &shared.ebpf {
+        Some(map) => match map.take(local, peer) {
+            Some(original) => EbpfLookup::Translated(original.port()),
+            None => EbpfLookup::Untranslated(local.port()),
+        },
+        None => EbpfLookup::Unavailable,
+    };
+    let original_dst = super::listener::original_dst(&stream, local).map(|a| a.port());
     let waits = Waits {
         cancelled: Box::pin(shared.cancel.clone().cancelled_owned()),
         lifetime_end: accepted + shared.settings.max_connection_lifetime,
@@ -58,6 +68,9 @@ pub(super) async fn serve(
         waits,
         requests: 0,
         bytes_sent: 0,
+        socket_ebpf,
+        original_dst,
+        proxied_lookup: None,
     };
     let end_reason = conn.run().await;
     // Wakes any read still pending in the ring, so the socket really closes.
@@ -87,6 +100,13 @@ struct Connection {
     requests: u32,
     /// Payload bytes dripped over all responses.
     bytes_sent: u64,
+    /// The eBPF hook's answer for this socket's own 4-tuple.
+    socket_ebpf: EbpfLookup,
+    /// SO_ORIGINAL_DST's port for this socket.
+    original_dst: Option<u16>,
+    /// The last client 4-tuple a trusted proxy reported, and the hook's answer for it (entries
+    /// are deleted when read, so a keep-alive client's next request reuses the answer).
+    proxied_lookup: Option<((SocketAddr, SocketAddr), EbpfLookup)>,
 }
 
 /// What ends a wait early.
@@ -449,11 +469,57 @@ impl Connection {
         }
     }
 
-    fn request_record(&self, seq: u32, head: &ParsedHead, body: BodyPreview) -> RequestRecord {
+    /// Every source's answer for a request; behind a trusted proxy that reports the client's
+    /// connection (X-Real-IP, X-Real-Port, X-Local-Addr), the hook is asked about that one.
+    fn target_ports(&mut self, head: Option<&ParsedHead>) -> TargetPorts {
+        let trusted =
+            client_addr::is_trusted(self.peer.ip(), &self.shared.settings.trusted_proxies);
+        let header = |name| head.filter(|_| trusted).and_then(|h| h.header(name));
+        let target_header = header("x-tarpit-target-port").and_then(|v| v.trim().parse().ok());
+        let client_tuple = client_addr::proxied_tuple(
+            header("x-local-addr"),
+            header("x-real-ip"),
+            header("x-real-port"),
+        );
+        if !trusted
+            && head.is_some_and(|h| {
+                ["x-tarpit-target-port", "x-real-port", "x-local-addr"]
+                    .iter()
+                    .any(|n| h.header(n).is_some())
+            })
+        {
+            tracing::debug!(peer = %self.peer, "proxy headers from an untrusted peer ignored");
+        }
+        let ebpf = match (client_tuple, &self.shared.ebpf) {
+            (Some(tuple), Some(map)) => match self.proxied_lookup {
+                Some((seen, answer)) if seen == tuple => answer,
+                _ => {
+                    let answer = match map.take(tuple.0, tuple.1) {
+                        Some(original) => EbpfLookup::Translated(original.port()),
+                        None => EbpfLookup::Untranslated(tuple.0.port()),
+                    };
+                    self.proxied_lookup = Some((tuple, answer));
+                    answer
+                }
+            },
+            (Some(_), None) => EbpfLookup::Unavailable,
+            (None, _) => self.socket_ebpf,
+        };
+        TargetPorts {
+            ebpf,
+            original_dst: self.original_dst,
+            header: target_header,
+            local: self.local.port(),
+            proxied: target_header.is_some() || client_tuple.is_some(),
+        }
+    }
+
+    fn request_record(&mut self, seq: u32, head: &ParsedHead, body: BodyPreview) -> RequestRecord {
         let client = client_addr::resolve(self.peer, &self.shared.settings.trusted_proxies, |n| {
             head.header(n)
         });
-        let mut record = self.base_record(seq, client, head.head_len);
+        let ports = self.target_ports(Some(head));
+        let mut record = self.base_record(seq, client, head.head_len, ports);
         record.http_method = Some(head.method.clone());
         record.http_path = Some(head.path.clone());
         record.http_query = head.query.clone();
@@ -468,7 +534,7 @@ impl Connection {
     }
 
     fn rejected_record(
-        &self,
+        &mut self,
         seq: u32,
         reason: String,
         received: &[u8],
@@ -479,7 +545,8 @@ impl Connection {
             port: Some(self.peer.port()),
             source: ClientAddrSource::Socket,
         };
-        let mut record = self.base_record(seq, client, received.len());
+        let ports = self.target_ports(None);
+        let mut record = self.base_record(seq, client, received.len(), ports);
         record.error_message = Some(reason);
         record.raw_preview =
             (!received.is_empty()).then(|| escape_preview(received, RAW_PREVIEW_BYTES));
@@ -487,7 +554,14 @@ impl Connection {
         record
     }
 
-    fn base_record(&self, seq: u32, client: ClientAddr, head_size: usize) -> RequestRecord {
+    fn base_record(
+        &self,
+        seq: u32,
+        client: ClientAddr,
+        head_size: usize,
+        ports: TargetPorts,
+    ) -> RequestRecord {
+        let (target_port, target_port_source) = ports.resolve();
         RequestRecord {
             conn_id: self.conn_id,
             request_seq: seq,
@@ -499,8 +573,12 @@ impl Connection {
             peer_port: self.peer.port(),
             local_ip: self.local.ip().to_canonical(),
             local_port: self.local.port(),
-            target_port: self.local.port(),
-            target_port_source: "local_port",
+            target_port,
+            target_port_source,
+            target_port_ebpf: ports.ebpf.port(),
+            ebpf_lookup: ports.ebpf.as_column(),
+            target_port_original_dst: ports.original_dst,
+            target_port_header: ports.header,
             http_method: None,
             http_path: None,
             http_query: None,

@@ -51,6 +51,34 @@ pub fn local_addr(fd: &impl AsRawFd) -> std::io::Result<SocketAddr> {
     Err(std::io::Error::other("socket is not an IP socket"))
 }
 
+/// The destination the client asked for before NAT, as conntrack recorded it
+/// (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`). `None` when conntrack has no entry (no
+/// netfilter NAT or conntrack in this namespace) or the address family is not IP.
+pub fn original_dst(fd: &impl AsRawFd, local: SocketAddr) -> Option<SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+    use std::os::fd::BorrowedFd;
+    // SAFETY: the caller's socket stays open for the duration of this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+    if local.ip().to_canonical().is_ipv4() {
+        // IPv4, or IPv4-mapped on a dual-stack socket: conntrack keeps it as IPv4.
+        let addr = nix::sys::socket::getsockopt(&fd, sockopt::OriginalDst).ok()?;
+        let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+        Some(SocketAddr::V4(SocketAddrV4::new(
+            ip,
+            u16::from_be(addr.sin_port),
+        )))
+    } else {
+        let addr = nix::sys::socket::getsockopt(&fd, sockopt::Ip6tOriginalDst).ok()?;
+        let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr);
+        Some(SocketAddr::V6(SocketAddrV6::new(
+            ip,
+            u16::from_be(addr.sin6_port),
+            0,
+            0,
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db;
+use crate::ebpf::{Attribution, EbpfMode, Unavailable};
 use crate::pipeline::{EventSender, Pipeline, PipelineStats, event_channel};
 use crate::sink::SinkThread;
 use crate::sink::jsonl::JsonLinesSink;
@@ -30,6 +31,8 @@ struct Shared {
     settings: Settings,
     events: EventSender,
     limits: Arc<ConnectionLimits>,
+    /// The eBPF map of original destinations, when the hook is live.
+    ebpf: Option<Arc<crate::ebpf::EbpfMap>>,
     next_conn_id: AtomicU64,
     cancel: CancellationToken,
 }
@@ -51,6 +54,9 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let first_conn_id = db::next_conn_id(&database)?;
     let json_log = JsonLinesSink::open(&storage.json_log)
         .with_context(|| format!("opening JSON log {}", storage.json_log.display()))?;
+
+    // Attach the hook before accepting, so no connection is missed.
+    let attribution = start_port_attribution(config)?;
 
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -81,6 +87,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             config.server.max_connections_per_ip,
         )),
         next_conn_id: AtomicU64::new(first_conn_id),
+        ebpf: attribution.as_ref().map(|a| a.map()),
         cancel: CancellationToken::new(),
     });
     let mut handles = Vec::with_capacity(workers);
@@ -105,6 +112,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         }
     }
     drop(shared); // the last EventSender: the pipeline drains and stops
+    drop(attribution); // detaches the hook
     pipeline.finish();
     let dropped = stats
         .dropped_events
@@ -114,6 +122,36 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         .load(std::sync::atomic::Ordering::Relaxed);
     tracing::info!(dropped, sink_dropped, "stopped; every queued event written");
     Ok(())
+}
+
+/// Starts the eBPF hook as `[ebpf] mode` asks, and says once which port sources are live.
+fn start_port_attribution(config: &Config) -> anyhow::Result<Option<Attribution>> {
+    let mode = config.ebpf.mode;
+    let (attribution, ebpf_state) = match Attribution::start(mode, config.ebpf.map_entries) {
+        Ok(attribution) => (
+            Some(attribution),
+            "eBPF hook live (netfilter LOCAL_IN, priority 101, IPv4 and IPv6)".to_owned(),
+        ),
+        Err(reason) if mode == EbpfMode::On => {
+            anyhow::bail!("[ebpf] mode = \"on\", but eBPF port attribution cannot start: {reason}")
+        }
+        Err(Unavailable::Off) => (None, "eBPF off ([ebpf] mode = \"off\")".to_owned()),
+        Err(reason) => {
+            tracing::warn!("eBPF port attribution unavailable: {reason}");
+            (None, format!("eBPF unavailable ({reason})"))
+        }
+    };
+    tracing::info!(
+        "port attribution sources: {ebpf_state}; SO_ORIGINAL_DST from conntrack; \
+         X-Tarpit-Target-Port from trusted proxies {:?}; the local port",
+        config
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+    );
+    Ok(attribution)
 }
 
 /// SIGINT and SIGTERM handlers, installed before the server announces itself so a signal sent

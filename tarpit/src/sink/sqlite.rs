@@ -69,9 +69,10 @@ fn insert_request(conn: &Connection, e: &RequestRecord) -> rusqlite::Result<()> 
             timestamp, client_ip, client_port, target_port, http_method, http_path, http_query,
             user_agent, headers_json, response_status, error_message, conn_id, request_seq,
             http_version, client_ip_source, peer_ip, peer_port, local_ip, local_port,
-            target_port_source, head_size, raw_preview, body_preview, body_sha256, body_length)
+            target_port_source, head_size, raw_preview, body_preview, body_sha256, body_length,
+            target_port_ebpf, ebpf_lookup, target_port_original_dst, target_port_header)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                 ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+                 ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
     )?
     .execute(params![
         format_timestamp(e.timestamp),
@@ -99,6 +100,10 @@ fn insert_request(conn: &Connection, e: &RequestRecord) -> rusqlite::Result<()> 
         e.body_preview,
         e.body_sha256,
         e.body_length.map(|n| n as i64),
+        e.target_port_ebpf,
+        e.ebpf_lookup,
+        e.target_port_original_dst,
+        e.target_port_header,
     ])?;
     Ok(())
 }

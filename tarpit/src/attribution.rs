@@ -1,0 +1,125 @@
+//! Which port the client meant to reach: every source's answer, and the rule that picks one.
+//!
+//! Sources, each stored in its own column so they can be compared (`tarpit ports`):
+//! - **eBPF** (`target_port_ebpf`): the netfilter hook's record of the original destination.
+//!   With the hook live and no record, the connection was not translated, so the port it
+//!   reached is the port dialled: stored as that port with `ebpf_lookup = 'untranslated'`.
+//! - **SO_ORIGINAL_DST** (`target_port_original_dst`): conntrack's pre-NAT destination of the
+//!   accepted socket.
+//! - **X-Tarpit-Target-Port** (`target_port_header`): from trusted proxies only.
+//! - the **local port** of the accepted socket.
+//!
+//! Direct connections: eBPF, then SO_ORIGINAL_DST, then the local port. Behind a trusted
+//! proxy the socket-level sources describe the proxy's hop, not the client's, so the proxy's
+//! word ranks above them: eBPF looked up with the client's 4-tuple (when the proxy passed it),
+//! then the header, then SO_ORIGINAL_DST, then the local port.
+
+/// The eBPF hook's answer for one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EbpfLookup {
+    /// No hook is running (or no 4-tuple to look up): no answer.
+    Unavailable,
+    /// The hook recorded a translation: the original destination port.
+    Translated(u16),
+    /// The hook is live and recorded nothing: not translated, dialled the port it reached.
+    Untranslated(u16),
+}
+
+impl EbpfLookup {
+    /// The port this answer stands for, if any.
+    pub fn port(self) -> Option<u16> {
+        match self {
+            EbpfLookup::Unavailable => None,
+            EbpfLookup::Translated(port) | EbpfLookup::Untranslated(port) => Some(port),
+        }
+    }
+
+    /// The `ebpf_lookup` column: `translated`, `untranslated`, or NULL.
+    pub fn as_column(self) -> Option<&'static str> {
+        match self {
+            EbpfLookup::Unavailable => None,
+            EbpfLookup::Translated(_) => Some("translated"),
+            EbpfLookup::Untranslated(_) => Some("untranslated"),
+        }
+    }
+}
+
+/// Every source's answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetPorts {
+    /// The hook's answer (for the client's 4-tuple behind a proxy, else the socket's).
+    pub ebpf: EbpfLookup,
+    /// SO_ORIGINAL_DST of the accepted socket.
+    pub original_dst: Option<u16>,
+    /// X-Tarpit-Target-Port from a trusted proxy.
+    pub header: Option<u16>,
+    /// The accepted socket's local port.
+    pub local: u16,
+    /// Whether a trusted proxy vouched for the request (header or client 4-tuple).
+    pub proxied: bool,
+}
+
+impl TargetPorts {
+    /// The winning port and the name of its source (`target_port`, `target_port_source`).
+    pub fn resolve(&self) -> (u16, &'static str) {
+        if let Some(port) = self.ebpf.port() {
+            return (port, "ebpf");
+        }
+        if self.proxied
+            && let Some(port) = self.header
+        {
+            return (port, "header");
+        }
+        if let Some(port) = self.original_dst {
+            return (port, "original_dst");
+        }
+        (self.local, "local_port")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ports(ebpf: EbpfLookup, original_dst: Option<u16>, header: Option<u16>) -> TargetPorts {
+        TargetPorts {
+            ebpf,
+            original_dst,
+            header,
+            local: 8080,
+            proxied: header.is_some(),
+        }
+    }
+
+    #[test]
+    fn ebpf_wins_when_live() {
+        let p = ports(EbpfLookup::Translated(80), Some(80), None);
+        assert_eq!(p.resolve(), (80, "ebpf"));
+        let p = ports(EbpfLookup::Untranslated(8080), Some(8080), Some(80));
+        assert_eq!(p.resolve(), (8080, "ebpf"));
+    }
+
+    #[test]
+    fn without_ebpf_a_trusted_header_beats_the_proxy_hop() {
+        let p = ports(EbpfLookup::Unavailable, Some(8080), Some(80));
+        assert_eq!(p.resolve(), (80, "header"));
+    }
+
+    #[test]
+    fn direct_connections_fall_back_to_original_dst_then_local() {
+        let p = ports(EbpfLookup::Unavailable, Some(8888), None);
+        assert_eq!(p.resolve(), (8888, "original_dst"));
+        let p = ports(EbpfLookup::Unavailable, None, None);
+        assert_eq!(p.resolve(), (8080, "local_port"));
+    }
+
+    #[test]
+    fn column_values() {
+        assert_eq!(EbpfLookup::Translated(1).as_column(), Some("translated"));
+        assert_eq!(
+            EbpfLookup::Untranslated(1).as_column(),
+            Some("untranslated")
+        );
+        assert_eq!(EbpfLookup::Unavailable.as_column(), None);
+    }
+}
