@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod netns;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -48,11 +50,28 @@ impl Tarpit {
     /// Starts the binary in `dir` (whose database may already exist); `run` numbers the stderr
     /// file so restarts keep each run's diagnostics.
     pub fn start_in(dir: &Path, args: &[&str], run: u32) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tarpit"));
+        command.args(["--port", "0"]).args(args);
+        Self::spawn(command, dir, run)
+    }
+
+    /// Starts the binary inside network namespace `netns` (`ip netns exec`), in a fresh
+    /// temporary directory; `args` must name the address and port.
+    pub fn start_in_netns(netns: &str, args: &[&str]) -> Self {
+        let tempdir = tempfile::tempdir().expect("temporary directory");
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", netns, env!("CARGO_BIN_EXE_tarpit")])
+            .args(args);
+        let mut tarpit = Self::spawn(command, tempdir.path(), 0);
+        tarpit._tempdir = Some(tempdir);
+        tarpit
+    }
+
+    fn spawn(mut command: Command, dir: &Path, run: u32) -> Self {
         let stderr_path = dir.join(format!("stderr-{run}.log"));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tarpit"))
-            .args(["--port", "0"])
-            .args(args)
+        let child = command
             .current_dir(dir)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

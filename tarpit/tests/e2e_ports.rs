@@ -1,0 +1,148 @@
+//! End to end, as root, in network namespaces: iptables or nft REDIRECT 80 and 8888 to the
+//! tarpit, clients dial every port over IPv4 and IPv6 and both sensor addresses, and the
+//! database must show the dialled port from the eBPF hook and from SO_ORIGINAL_DST.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::Tarpit;
+use common::netns::{
+    CLIENT_V4, Lab, SENSOR_V4, SENSOR_V4_SECOND, SENSOR_V6, prerequisites_met, request,
+};
+
+/// What one client connection dialled, by the path it requested.
+struct Dial {
+    path: String,
+    port: u16,
+}
+
+fn run_lab(install_rules: &str, remove_rules: &str) {
+    if !prerequisites_met(&["ip", "iptables", "ip6tables", "nft"]) {
+        return;
+    }
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let lab = Lab::new();
+    lab.in_sensor(&format!("{deploy}/{install_rules}"));
+    let tarpit = Tarpit::start_in_netns(
+        &lab.sensor,
+        &[
+            "--host",
+            "::",
+            "--port",
+            "8080",
+            "--ebpf-mode",
+            "on",
+            "--response-delay",
+            "0.05",
+            "--max-response-bytes",
+            "4",
+        ],
+    );
+    assert!(
+        tarpit.stderr().contains("eBPF hook live"),
+        "{}",
+        tarpit.stderr()
+    );
+
+    let mut dials = Vec::new();
+    let (v6, second) = (format!("[{SENSOR_V6}]"), SENSOR_V4_SECOND.to_owned());
+    for (host, label) in [(SENSOR_V4.to_owned(), "v4"), (second, "v4b"), (v6, "v6")] {
+        for port in [80u16, 8888, 8080] {
+            let path = format!("/{label}/{port}");
+            let to: SocketAddr = format!("{host}:{port}").parse().unwrap();
+            let p = path.clone();
+            lab.as_client(move || drop(request(to, None, &p)));
+            dials.push(Dial { path, port });
+        }
+    }
+    // One fixed source port to 80 and 8888 at once: after REDIRECT both would be
+    // 10.77.0.2:40123 -> 10.77.0.1:8080, so conntrack rewrites the second one's source port.
+    let from: SocketAddr = format!("{CLIENT_V4}:40123").parse().unwrap();
+    let to80: SocketAddr = format!("{SENSOR_V4}:80").parse().unwrap();
+    let to8888: SocketAddr = format!("{SENSOR_V4}:8888").parse().unwrap();
+    lab.as_client(move || {
+        let a = request(to80, Some(from), "/clash/80");
+        let b = request(to8888, Some(from), "/clash/8888");
+        drop((a, b));
+    });
+    dials.push(Dial {
+        path: "/clash/80".into(),
+        port: 80,
+    });
+    dials.push(Dial {
+        path: "/clash/8888".into(),
+        port: 8888,
+    });
+
+    tarpit.wait_count("SELECT COUNT(*) FROM events", dials.len() as i64);
+    let db = tarpit.db();
+    for dial in &dials {
+        let (target, source, ebpf, lookup, orig, local): (
+            i64,
+            String,
+            Option<i64>,
+            Option<String>,
+            Option<i64>,
+            i64,
+        ) = db
+            .query_row(
+                "SELECT target_port, target_port_source, target_port_ebpf, ebpf_lookup,
+                        target_port_original_dst, local_port
+                 FROM events WHERE http_path = ?1",
+                [&dial.path],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", dial.path));
+        let dialled = i64::from(dial.port);
+        assert_eq!(local, 8080, "{}", dial.path);
+        assert_eq!(ebpf, Some(dialled), "eBPF port of {}", dial.path);
+        assert_eq!(orig, Some(dialled), "SO_ORIGINAL_DST port of {}", dial.path);
+        assert_eq!(
+            (target, source.as_str()),
+            (dialled, "ebpf"),
+            "{}",
+            dial.path
+        );
+        let expected = if dial.port == 8080 {
+            "untranslated"
+        } else {
+            "translated"
+        };
+        assert_eq!(lookup.as_deref(), Some(expected), "{}", dial.path);
+    }
+    // The clash really happened: the second connection's peer port was rewritten.
+    let clash_ports: Vec<i64> = db
+        .prepare("SELECT peer_port FROM events WHERE http_path LIKE '/clash/%' ORDER BY http_path")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(clash_ports.len(), 2);
+    assert!(clash_ports.contains(&40123), "{clash_ports:?}");
+    assert!(clash_ports.iter().any(|p| *p != 40123), "{clash_ports:?}");
+    lab.in_sensor(&format!("{deploy}/{remove_rules}"));
+}
+
+#[test]
+fn iptables_redirect_is_attributed_by_ebpf_and_original_dst() {
+    run_lab(
+        "iptables-redirect.sh add 8080 80 8888",
+        "iptables-redirect.sh remove 8080 80 8888",
+    );
+}
+
+#[test]
+fn nft_redirect_is_attributed_by_ebpf_and_original_dst() {
+    run_lab("nft-redirect.sh add 8080 80 8888", "nft-redirect.sh remove");
+}
