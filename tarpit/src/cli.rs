@@ -35,6 +35,22 @@ pub enum Command {
     Run(Overrides),
     /// Validate the configuration and print the effective values as TOML.
     CheckConfig(Overrides),
+    /// Compare the port attribution sources (eBPF, SO_ORIGINAL_DST, proxy header).
+    Ports(PortsArgs),
+}
+
+/// Flags of `tarpit ports`.
+#[derive(Debug, Clone, Args)]
+pub struct PortsArgs {
+    /// Database to read (default: `storage.database` of the configuration).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Only requests since this long ago (`24h`, `7d`) or this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Print JSON instead of text tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// One optional flag per configuration key; a given flag replaces the file's value.

@@ -16,5 +16,6 @@ pub mod event;
 pub mod http;
 pub mod log_throttle;
 pub mod pipeline;
+pub mod ports_report;
 pub mod server;
 pub mod sink;

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let (subcommand_flags, check_only) = match &cli.command {
-        None => (None, false),
+        None | Some(Command::Ports(_)) => (None, false),
         Some(Command::Run(overrides)) => (Some(overrides), false),
         Some(Command::CheckConfig(overrides)) => (Some(overrides), true),
     };
@@ -31,6 +31,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Ports(args)) = &cli.command {
+        return match ports(args, &config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if check_only {
         println!("# effective configuration: valid");
         print!("{}", config.to_toml());
@@ -43,4 +52,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tarpit ports`: reads the database and prints the attribution comparison.
+fn ports(args: &tarpit::cli::PortsArgs, config: &tarpit::config::Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let db = args.db.as_ref().unwrap_or(&config.storage.database);
+    if !db.is_file() {
+        anyhow::bail!(
+            "no database at {} (has the tarpit run here? --db names another)",
+            db.display()
+        );
+    }
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| tarpit::ports_report::parse_since(s, std::time::SystemTime::now()))
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .context("--since")?;
+    let report = tarpit::ports_report::build(db, since)
+        .with_context(|| format!("reading {}", db.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(())
 }
