@@ -74,6 +74,9 @@ pub struct Overrides {
     /// [server] Comma-separated CIDRs whose forwarding headers are believed.
     #[arg(long, value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<IpNet>>,
+    /// [server] Read a PROXY protocol preamble from trusted proxies (true/false).
+    #[arg(long)]
+    pub proxy_protocol: Option<bool>,
     /// [tarpit] Seconds between drip chunks.
     #[arg(long)]
     pub response_delay: Option<f64>,
@@ -136,6 +139,7 @@ impl Overrides {
         set(&mut s.max_connections, &self.max_connections);
         set(&mut s.max_connections_per_ip, &self.max_connections_per_ip);
         set(&mut s.trusted_proxies, &self.trusted_proxies);
+        set(&mut s.proxy_protocol, &self.proxy_protocol);
         set(&mut t.response_delay, &self.response_delay);
         set(&mut t.response_chunk, &self.response_chunk);
         set(&mut t.max_response_bytes, &self.max_response_bytes);

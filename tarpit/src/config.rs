@@ -86,6 +86,9 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// Peers whose X-Forwarded-For / X-Real-IP headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Read a PROXY protocol (v1 or v2) preamble from trusted proxies (HAProxy
+    /// `send-proxy-v2`).
+    pub proxy_protocol: bool,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +103,7 @@ impl Default for ServerConfig {
                 "127.0.0.0/8".parse().expect("valid CIDR"),
                 "::1/128".parse().expect("valid CIDR"),
             ],
+            proxy_protocol: false,
         }
     }
 }
@@ -323,6 +327,7 @@ mod tests {
             max_connections = 10
             max_connections_per_ip = 3
             trusted_proxies = ["10.0.0.0/8"]
+            proxy_protocol = true
             [tarpit]
             response_delay = 0.25
             response_chunk = "ab"

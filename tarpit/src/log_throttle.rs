@@ -55,3 +55,61 @@ mod tests {
         assert_eq!(throttle.check(t0 + Duration::from_secs(61)), None);
     }
 }
+
+/// A [`LogThrottle`] that many threads can share without a lock: for warnings raised on the
+/// io_uring workers' hot path.
+#[derive(Debug)]
+pub struct SharedLogThrottle {
+    epoch: Instant,
+    interval_ms: u64,
+    /// Milliseconds since `epoch` before which nothing may be logged.
+    next_ms: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl SharedLogThrottle {
+    /// A throttle allowing one message per `interval` across all threads.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            epoch: Instant::now(),
+            interval_ms: interval.as_millis() as u64,
+            next_ms: Default::default(),
+            suppressed: Default::default(),
+        }
+    }
+
+    /// Like [`LogThrottle::check`], for the current time.
+    pub fn check(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(next, now + self.interval_ms, Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Relaxed));
+        }
+        self.suppressed.fetch_add(1, Relaxed);
+        None
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+
+    #[test]
+    fn shared_throttle_lets_one_through_per_interval() {
+        let throttle = SharedLogThrottle::new(Duration::from_secs(3600));
+        assert_eq!(throttle.check(), Some(0));
+        assert_eq!(throttle.check(), None);
+        assert_eq!(throttle.check(), None);
+        // Force the interval to have passed.
+        throttle
+            .next_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(throttle.check(), Some(2));
+    }
+}

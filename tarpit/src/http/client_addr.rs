@@ -18,6 +18,8 @@ pub enum ClientAddrSource {
     XRealIp,
     /// `X-Forwarded-For` from a trusted proxy.
     XForwardedFor,
+    /// The PROXY protocol preamble of a trusted proxy.
+    ProxyProtocol,
 }
 
 impl ClientAddrSource {
@@ -27,6 +29,7 @@ impl ClientAddrSource {
             ClientAddrSource::Socket => "socket",
             ClientAddrSource::XRealIp => "x-real-ip",
             ClientAddrSource::XForwardedFor => "x-forwarded-for",
+            ClientAddrSource::ProxyProtocol => "proxy-protocol",
         }
     }
 }

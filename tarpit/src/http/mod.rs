@@ -3,4 +3,5 @@
 
 pub mod client_addr;
 pub mod head;
+pub mod proxy_protocol;
 pub mod response;

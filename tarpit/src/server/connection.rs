@@ -27,6 +27,7 @@ use crate::attribution::{EbpfLookup, TargetPorts};
 use crate::event::{ConnectionClosed, Event, RequestRecord, ResponseEnd};
 use crate::http::client_addr::{self, ClientAddr, ClientAddrSource};
 use crate::http::head::{HeadStatus, HttpVersion, ParsedHead, escape_preview, parse_head};
+use crate::http::proxy_protocol::{self, Preamble, ProxiedConnection};
 use crate::http::response::{CHUNKED_END, Framing};
 
 /// Bytes asked of the kernel per read while a head arrives.
@@ -55,6 +56,8 @@ pub(super) async fn serve(
         None => EbpfLookup::Unavailable,
     };
     let original_dst = super::listener::original_dst(&stream, local).map(|a| a.port());
+    let expect_preamble = shared.settings.proxy_protocol
+        && client_addr::is_trusted(peer.ip(), &shared.settings.trusted_proxies);
     let waits = Waits {
         cancelled: Box::pin(shared.cancel.clone().cancelled_owned()),
         lifetime_end: accepted + shared.settings.max_connection_lifetime,
@@ -71,6 +74,8 @@ pub(super) async fn serve(
         socket_ebpf,
         original_dst,
         proxied_lookup: None,
+        proxy: None,
+        expect_preamble,
     };
     let end_reason = conn.run().await;
     // Wakes any read still pending in the ring, so the socket really closes.
@@ -107,6 +112,10 @@ struct Connection {
     /// The last client 4-tuple a trusted proxy reported, and the hook's answer for it (entries
     /// are deleted when read, so a keep-alive client's next request reuses the answer).
     proxied_lookup: Option<((SocketAddr, SocketAddr), EbpfLookup)>,
+    /// The client connection a trusted proxy stated in its PROXY protocol preamble.
+    proxy: Option<ProxiedConnection>,
+    /// Whether a PROXY preamble may still arrive (trusted peer, protocol on, not yet seen).
+    expect_preamble: bool,
 }
 
 /// What ends a wait early.
@@ -287,7 +296,24 @@ impl Connection {
             (first || !pending.is_empty()).then(|| now + settings.request_timeout);
         let mut scratch = Vec::with_capacity(READ_CHUNK);
         loop {
-            if !pending.is_empty() {
+            if self.expect_preamble && !pending.is_empty() {
+                match proxy_protocol::parse(pending) {
+                    Preamble::Partial => {}
+                    Preamble::Absent => self.expect_preamble = false,
+                    Preamble::Complete { len, connection } => {
+                        pending.drain(..len);
+                        self.proxy = connection;
+                        self.expect_preamble = false;
+                    }
+                    Preamble::Invalid(reason) => {
+                        return HeadRead::Rejected {
+                            reason: format!("malformed_proxy_header: {reason}"),
+                            received: std::mem::take(pending),
+                        };
+                    }
+                }
+            }
+            if !pending.is_empty() && !self.expect_preamble {
                 match parse_head(pending, settings.head_limits) {
                     HeadStatus::Partial => {}
                     HeadStatus::Complete(head) => {
@@ -302,8 +328,18 @@ impl Connection {
                         };
                     }
                     HeadStatus::Rejected(rejection) => {
+                        // A PROXY preamble we did not accept is worth naming as such.
+                        let reason = if first && proxy_protocol::looks_like_proxy(pending) {
+                            if client_addr::is_trusted(self.peer.ip(), &settings.trusted_proxies) {
+                                "proxy_header_while_proxy_protocol_off".to_owned()
+                            } else {
+                                "proxy_header_from_untrusted_peer".to_owned()
+                            }
+                        } else {
+                            rejection.to_string()
+                        };
                         return HeadRead::Rejected {
-                            reason: rejection.to_string(),
+                            reason,
                             received: std::mem::take(pending),
                         };
                     }
@@ -476,19 +512,31 @@ impl Connection {
             client_addr::is_trusted(self.peer.ip(), &self.shared.settings.trusted_proxies);
         let header = |name| head.filter(|_| trusted).and_then(|h| h.header(name));
         let target_header = header("x-tarpit-target-port").and_then(|v| v.trim().parse().ok());
-        let client_tuple = client_addr::proxied_tuple(
-            header("x-local-addr"),
-            header("x-real-ip"),
-            header("x-real-port"),
-        );
+        // A PROXY preamble states the client connection; otherwise the proxy's headers may.
+        let client_tuple = match self.proxy {
+            Some(conn) => Some((conn.destination, conn.source)),
+            None => client_addr::proxied_tuple(
+                header("x-local-addr"),
+                header("x-real-ip"),
+                header("x-real-port"),
+            ),
+        };
+        let target_header = target_header.or(self.proxy.map(|c| c.destination.port()));
+        let sent_proxy_headers = head.is_some_and(|h| {
+            ["x-tarpit-target-port", "x-real-port", "x-local-addr"]
+                .iter()
+                .any(|n| h.header(n).is_some())
+        });
         if !trusted
-            && head.is_some_and(|h| {
-                ["x-tarpit-target-port", "x-real-port", "x-local-addr"]
-                    .iter()
-                    .any(|n| h.header(n).is_some())
-            })
+            && sent_proxy_headers
+            && let Some(suppressed) = self.shared.untrusted_proxy_warning.check()
         {
-            tracing::debug!(peer = %self.peer, "proxy headers from an untrusted peer ignored");
+            tracing::info!(
+                peer = %self.peer,
+                suppressed,
+                "proxy headers (X-Tarpit-Target-Port, X-Real-Port, X-Local-Addr) from a peer \
+                 outside trusted_proxies: recorded, not believed"
+            );
         }
         let ebpf = match (client_tuple, &self.shared.ebpf) {
             (Some(tuple), Some(map)) => match self.proxied_lookup {
@@ -514,10 +562,31 @@ impl Connection {
         }
     }
 
+    /// The client: from a PROXY preamble, else from trusted forwarding headers, else the peer.
+    fn client(&self, head: Option<&ParsedHead>) -> ClientAddr {
+        if let Some(conn) = self.proxy {
+            return ClientAddr {
+                ip: conn.source.ip().to_canonical(),
+                port: Some(conn.source.port()),
+                source: ClientAddrSource::ProxyProtocol,
+            };
+        }
+        match head {
+            Some(head) => {
+                client_addr::resolve(self.peer, &self.shared.settings.trusted_proxies, |n| {
+                    head.header(n)
+                })
+            }
+            None => ClientAddr {
+                ip: self.peer.ip().to_canonical(),
+                port: Some(self.peer.port()),
+                source: ClientAddrSource::Socket,
+            },
+        }
+    }
+
     fn request_record(&mut self, seq: u32, head: &ParsedHead, body: BodyPreview) -> RequestRecord {
-        let client = client_addr::resolve(self.peer, &self.shared.settings.trusted_proxies, |n| {
-            head.header(n)
-        });
+        let client = self.client(Some(head));
         let ports = self.target_ports(Some(head));
         let mut record = self.base_record(seq, client, head.head_len, ports);
         record.http_method = Some(head.method.clone());
@@ -540,11 +609,7 @@ impl Connection {
         received: &[u8],
         response_status: Option<u16>,
     ) -> RequestRecord {
-        let client = ClientAddr {
-            ip: self.peer.ip().to_canonical(),
-            port: Some(self.peer.port()),
-            source: ClientAddrSource::Socket,
-        };
+        let client = self.client(None);
         let ports = self.target_ports(None);
         let mut record = self.base_record(seq, client, received.len(), ports);
         record.error_message = Some(reason);

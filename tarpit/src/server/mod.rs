@@ -33,6 +33,8 @@ struct Shared {
     limits: Arc<ConnectionLimits>,
     /// The eBPF map of original destinations, when the hook is live.
     ebpf: Option<Arc<crate::ebpf::EbpfMap>>,
+    /// Rate limit for "proxy headers from an untrusted peer" warnings.
+    untrusted_proxy_warning: crate::log_throttle::SharedLogThrottle,
     next_conn_id: AtomicU64,
     cancel: CancellationToken,
 }
@@ -88,6 +90,9 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         )),
         next_conn_id: AtomicU64::new(first_conn_id),
         ebpf: attribution.as_ref().map(|a| a.map()),
+        untrusted_proxy_warning: crate::log_throttle::SharedLogThrottle::new(
+            std::time::Duration::from_secs(60),
+        ),
         cancel: CancellationToken::new(),
     });
     let mut handles = Vec::with_capacity(workers);

@@ -28,6 +28,8 @@ pub struct Settings {
     pub body_preview_bytes: usize,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Whether trusted peers send a PROXY protocol preamble.
+    pub proxy_protocol: bool,
 }
 
 impl Settings {
@@ -50,6 +52,7 @@ impl Settings {
             },
             body_preview_bytes: t.body_preview_bytes,
             trusted_proxies: config.server.trusted_proxies.clone(),
+            proxy_protocol: config.server.proxy_protocol,
         }
     }
 }
