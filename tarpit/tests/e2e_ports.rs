@@ -146,3 +146,52 @@ fn iptables_redirect_is_attributed_by_ebpf_and_original_dst() {
 fn nft_redirect_is_attributed_by_ebpf_and_original_dst() {
     run_lab("nft-redirect.sh add 8080 80 8888", "nft-redirect.sh remove");
 }
+
+#[test]
+fn a_second_tarpit_in_the_namespace_does_not_break_the_first() {
+    if !prerequisites_met(&["ip", "iptables", "ip6tables"]) {
+        return;
+    }
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let lab = Lab::new();
+    lab.in_sensor(&format!("{deploy}/iptables-redirect.sh add 8080 80"));
+    let args = |port: &'static str| {
+        [
+            "--host",
+            "0.0.0.0",
+            "--port",
+            port,
+            "--ebpf-mode",
+            "on",
+            "--response-delay",
+            "0.05",
+            "--max-response-bytes",
+            "2",
+        ]
+    };
+    let first = Tarpit::start_in_netns(&lab.sensor, &args("8080"));
+    let mut second = Tarpit::start_in_netns(&lab.sensor, &args("9090"));
+    assert!(
+        second.stderr().contains("eBPF hook live"),
+        "{}",
+        second.stderr()
+    );
+    let to80: SocketAddr = format!("{SENSOR_V4}:80").parse().unwrap();
+    lab.as_client(move || drop(request(to80, None, "/while-both-run")));
+    // Stopping the second detaches its hook only.
+    let (status, _) = second.terminate(std::time::Duration::from_secs(5));
+    assert!(status.success());
+    lab.as_client(move || drop(request(to80, None, "/after-second-stopped")));
+    first.wait_count("SELECT COUNT(*) FROM events", 2);
+    for path in ["/while-both-run", "/after-second-stopped"] {
+        let (ebpf, source): (Option<i64>, String) = first
+            .db()
+            .query_row(
+                "SELECT target_port_ebpf, target_port_source FROM events WHERE http_path = ?1",
+                [path],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((ebpf, source.as_str()), (Some(80), "ebpf"), "{path}");
+    }
+}

@@ -64,7 +64,7 @@ pub enum Unavailable {
     #[error("preparing the eBPF program failed: {0}")]
     Relocation(String),
     /// Loading or attaching failed.
-    #[error("{0} (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)")]
+    #[error(transparent)]
     Netfilter(#[from] netfilter::NetfilterError),
 }
 
@@ -72,7 +72,7 @@ pub enum Unavailable {
 #[derive(Debug)]
 pub struct Attribution {
     map: std::sync::Arc<EbpfMap>,
-    _links: Vec<netfilter::NetfilterLink>,
+    links: Vec<netfilter::NetfilterLink>,
     _program: OwnedFd,
     _ebpf: aya::Ebpf,
 }
@@ -116,10 +116,15 @@ impl Attribution {
         let fd = dup(map.1).map_err(|e| Unavailable::Maps(e.to_string()))?;
         Ok(Self {
             map: std::sync::Arc::new(EbpfMap { fd }),
-            _links: links,
+            links,
             _program: program,
             _ebpf: ebpf,
         })
+    }
+
+    /// The hook priorities it got (101 unless another program held it), IPv4 then IPv6.
+    pub fn priorities(&self) -> Vec<i32> {
+        self.links.iter().map(|l| l.priority).collect()
     }
 
     /// The map of original destinations, to share with the workers.

@@ -20,6 +20,10 @@ const BPF_NETFILTER: u32 = 45;
 const NF_INET_LOCAL_IN: u32 = 1;
 /// `NF_IP_PRI_NAT_SRC + 1`: just after the kernel's last NAT step on this hook.
 pub const PRIORITY: i32 = 101;
+/// The kernel allows one BPF program per hook and priority, so a second tarpit in the same
+/// namespace takes the next free one; every priority up to this one still runs after NAT
+/// (100) and long before conntrack confirmation.
+pub const LAST_PRIORITY: i32 = 120;
 /// `NFPROTO_IPV4`.
 pub const NFPROTO_IPV4: u32 = 2;
 /// `NFPROTO_IPV6`.
@@ -64,21 +68,39 @@ struct LinkCreateAttr {
 #[derive(Debug, thiserror::Error)]
 pub enum NetfilterError {
     /// BPF_PROG_LOAD failed; `log` is the verifier's explanation when it gave one.
-    #[error("BPF_PROG_LOAD of the netfilter program failed: {source}{log}")]
+    #[error(
+        "BPF_PROG_LOAD of the netfilter program failed: {source}{}{log}",
+        privilege_hint(source)
+    )]
     Load {
         /// The errno.
         source: std::io::Error,
         /// The verifier log, prefixed with a newline, or empty.
         log: String,
     },
-    /// BPF_LINK_CREATE failed (kernel without CONFIG_NETFILTER_BPF_LINK, or no privilege).
-    #[error("attaching the netfilter hook (family {family}) failed: {source}")]
+    /// BPF_LINK_CREATE failed (kernel without CONFIG_NETFILTER_BPF_LINK, no privilege, or
+    /// every priority taken).
+    #[error(
+        "attaching the netfilter hook (family {family}) failed: {source}{}",
+        privilege_hint(source)
+    )]
     Attach {
         /// NFPROTO_IPV4 or NFPROTO_IPV6.
         family: u32,
         /// The errno.
         source: std::io::Error,
     },
+}
+
+/// Explains EPERM/EACCES, the usual failure, in terms of what to grant.
+fn privilege_hint(error: &std::io::Error) -> &'static str {
+    match error.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => {
+            " (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON)"
+        }
+        Some(libc::EBUSY) => " (every priority from 101 to 120 is taken)",
+        _ => "",
+    }
 }
 
 fn bpf(cmd: libc::c_long, attr: *mut libc::c_void, size: usize) -> std::io::Result<OwnedFd> {
@@ -133,25 +155,41 @@ pub struct NetfilterLink {
     _fd: OwnedFd,
     /// NFPROTO_IPV4 or NFPROTO_IPV6.
     pub family: u32,
+    /// The hook priority it got.
+    pub priority: i32,
 }
 
-/// Attaches the program at NF_INET_LOCAL_IN, priority [`PRIORITY`], for one address family.
+/// Attaches the program at NF_INET_LOCAL_IN for one address family, at priority
+/// [`PRIORITY`] or, when another program holds it, the next free one up to [`LAST_PRIORITY`].
 pub fn attach(prog: &OwnedFd, family: u32) -> Result<NetfilterLink, NetfilterError> {
     use std::os::fd::AsRawFd;
-    let mut attr = LinkCreateAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        attach_type: BPF_NETFILTER,
-        pf: family,
-        hooknum: NF_INET_LOCAL_IN,
-        priority: PRIORITY,
-        ..Default::default()
-    };
-    let size = std::mem::size_of::<LinkCreateAttr>();
-    let fd = bpf(
-        BPF_LINK_CREATE,
-        (&mut attr as *mut LinkCreateAttr).cast(),
-        size,
-    )
-    .map_err(|source| NetfilterError::Attach { family, source })?;
-    Ok(NetfilterLink { _fd: fd, family })
+    let mut priority = PRIORITY;
+    loop {
+        let mut attr = LinkCreateAttr {
+            prog_fd: prog.as_raw_fd() as u32,
+            attach_type: BPF_NETFILTER,
+            pf: family,
+            hooknum: NF_INET_LOCAL_IN,
+            priority,
+            ..Default::default()
+        };
+        let size = std::mem::size_of::<LinkCreateAttr>();
+        match bpf(
+            BPF_LINK_CREATE,
+            (&mut attr as *mut LinkCreateAttr).cast(),
+            size,
+        ) {
+            Ok(fd) => {
+                return Ok(NetfilterLink {
+                    _fd: fd,
+                    family,
+                    priority,
+                });
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && priority < LAST_PRIORITY => {
+                priority += 1;
+            }
+            Err(source) => return Err(NetfilterError::Attach { family, source }),
+        }
+    }
 }

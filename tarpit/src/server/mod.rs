@@ -133,10 +133,13 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
 fn start_port_attribution(config: &Config) -> anyhow::Result<Option<Attribution>> {
     let mode = config.ebpf.mode;
     let (attribution, ebpf_state) = match Attribution::start(mode, config.ebpf.map_entries) {
-        Ok(attribution) => (
-            Some(attribution),
-            "eBPF hook live (netfilter LOCAL_IN, priority 101, IPv4 and IPv6)".to_owned(),
-        ),
+        Ok(attribution) => {
+            let priorities = attribution.priorities();
+            let state = format!(
+                "eBPF hook live (netfilter LOCAL_IN, priorities {priorities:?} for IPv4 and IPv6)"
+            );
+            (Some(attribution), state)
+        }
         Err(reason) if mode == EbpfMode::On => {
             anyhow::bail!("[ebpf] mode = \"on\", but eBPF port attribution cannot start: {reason}")
         }

@@ -58,10 +58,17 @@ impl Tarpit {
     /// Starts the binary inside network namespace `netns` (`ip netns exec`), in a fresh
     /// temporary directory; `args` must name the address and port.
     pub fn start_in_netns(netns: &str, args: &[&str]) -> Self {
+        Self::start_wrapped(&["ip", "netns", "exec", netns], args)
+    }
+
+    /// Starts the binary under a wrapper command (`ip netns exec NS`, `setpriv ...`), in a
+    /// fresh temporary directory; `args` must name the address and port.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Self {
         let tempdir = tempfile::tempdir().expect("temporary directory");
-        let mut command = Command::new("ip");
+        let mut command = Command::new(wrapper[0]);
         command
-            .args(["netns", "exec", netns, env!("CARGO_BIN_EXE_tarpit")])
+            .args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_tarpit"))
             .args(args);
         let mut tarpit = Self::spawn(command, tempdir.path(), 0);
         tarpit._tempdir = Some(tempdir);
