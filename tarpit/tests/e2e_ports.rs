@@ -171,8 +171,14 @@ fn a_second_tarpit_in_the_namespace_does_not_break_the_first() {
     };
     let first = Tarpit::start_in_netns(&lab.sensor, &args("8080"));
     let mut second = Tarpit::start_in_netns(&lab.sensor, &args("9090"));
+    // One BPF program per hook and priority: the second takes the next free priority.
     assert!(
-        second.stderr().contains("eBPF hook live"),
+        first.stderr().contains("priorities [101, 101]"),
+        "{}",
+        first.stderr()
+    );
+    assert!(
+        second.stderr().contains("priorities [102, 102]"),
         "{}",
         second.stderr()
     );
