@@ -116,6 +116,15 @@ pub struct Overrides {
     /// [storage] Capacity of the event queue.
     #[arg(long)]
     pub event_queue: Option<usize>,
+    /// [geoip] GeoLite2-City database file.
+    #[arg(long)]
+    pub geoip_city_db: Option<PathBuf>,
+    /// [geoip] GeoLite2-ASN database file.
+    #[arg(long)]
+    pub geoip_asn_db: Option<PathBuf>,
+    /// [geoip] Seconds between checks for replaced database files.
+    #[arg(long)]
+    pub geoip_reload_interval: Option<f64>,
     /// [ebpf] mode: auto, on or off.
     #[arg(long, value_enum)]
     pub ebpf_mode: Option<crate::ebpf::EbpfMode>,
@@ -157,6 +166,12 @@ impl Overrides {
         set(&mut st.json_log, &self.json_log);
         set(&mut st.event_queue, &self.event_queue);
         set(&mut config.ebpf.mode, &self.ebpf_mode);
+        set(&mut config.geoip.city_db, &self.geoip_city_db);
+        set(&mut config.geoip.asn_db, &self.geoip_asn_db);
+        set(
+            &mut config.geoip.reload_interval,
+            &self.geoip_reload_interval,
+        );
         set(&mut config.ebpf.map_entries, &self.ebpf_map_entries);
     }
 }

@@ -48,6 +48,33 @@ pub struct Config {
     pub storage: StorageConfig,
     /// eBPF port attribution.
     pub ebpf: EbpfConfig,
+    /// GeoIP/ASN enrichment.
+    pub geoip: GeoIpConfig,
+}
+
+/// `[geoip]`: MaxMind GeoLite2 files for the location and ASN columns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeoIpConfig {
+    /// GeoLite2-City (or GeoIP2-City) database.
+    pub city_db: PathBuf,
+    /// GeoLite2-ASN database.
+    pub asn_db: PathBuf,
+    /// Seconds between checks for a replaced (or newly added) file.
+    pub reload_interval: f64,
+    /// Addresses whose answers are cached.
+    pub cache_entries: usize,
+}
+
+impl Default for GeoIpConfig {
+    fn default() -> Self {
+        Self {
+            city_db: PathBuf::from("data/GeoLite2-City.mmdb"),
+            asn_db: PathBuf::from("data/GeoLite2-ASN.mmdb"),
+            reload_interval: 60.0,
+            cache_entries: 10_000,
+        }
+    }
 }
 
 /// `[ebpf]`: the netfilter hook that records original destination ports.
@@ -209,6 +236,11 @@ impl Config {
                 t.max_connection_lifetime,
                 7.0 * 86_400.0,
             ),
+            (
+                "geoip.reload_interval",
+                self.geoip.reload_interval,
+                86_400.0,
+            ),
         ] {
             if !(value.is_finite() && value > 0.0 && value <= max) {
                 return err(
@@ -346,6 +378,11 @@ mod tests {
             [ebpf]
             mode = "off"
             map_entries = 1024
+            [geoip]
+            city_db = "c.mmdb"
+            asn_db = "a.mmdb"
+            reload_interval = 0.5
+            cache_entries = 3
         "#;
         let config = Config::parse(text, "t.toml").unwrap();
         config.validate("t.toml").unwrap();

@@ -43,6 +43,10 @@ fn main() -> ExitCode {
     if check_only {
         println!("# effective configuration: valid");
         print!("{}", config.to_toml());
+        println!();
+        for line in tarpit::geoip::describe(&config.geoip.city_db, &config.geoip.asn_db) {
+            println!("# {line}");
+        }
         return ExitCode::SUCCESS;
     }
     match tarpit::server::run(&config) {

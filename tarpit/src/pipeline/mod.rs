@@ -17,6 +17,7 @@ use anyhow::Context;
 pub use channel::{EventReceiver, EventSender, PipelineStats, event_channel};
 
 use crate::event::Event;
+use crate::geoip::GeoIp;
 use crate::sink::SinkThread;
 
 /// How often lost events are reported in the diagnostics log.
@@ -33,6 +34,7 @@ impl Pipeline {
     /// writes out everything queued.
     pub fn start(
         rx: EventReceiver,
+        enrichment: Enrichment,
         sinks: Vec<SinkThread>,
         stats: Arc<PipelineStats>,
     ) -> anyhow::Result<Self> {
@@ -42,7 +44,7 @@ impl Pipeline {
             .context("building the pipeline runtime")?;
         let thread = std::thread::Builder::new()
             .name("pipeline".into())
-            .spawn(move || runtime.block_on(run(rx, sinks, stats)))
+            .spawn(move || runtime.block_on(run(rx, enrichment, sinks, stats)))
             .context("starting the pipeline thread")?;
         Ok(Self { thread })
     }
@@ -55,14 +57,33 @@ impl Pipeline {
     }
 }
 
-async fn run(mut rx: EventReceiver, sinks: Vec<SinkThread>, stats: Arc<PipelineStats>) {
+/// What the pipeline adds to requests before the sinks see them.
+#[derive(Debug, Default)]
+pub struct Enrichment {
+    /// GeoIP/ASN lookups of the client address.
+    pub geoip: Option<GeoIp>,
+}
+
+async fn run(
+    mut rx: EventReceiver,
+    mut enrichment: Enrichment,
+    sinks: Vec<SinkThread>,
+    stats: Arc<PipelineStats>,
+) {
     let mut report = tokio::time::interval(DROP_REPORT_INTERVAL);
     report.tick().await;
     let mut reported = (0, 0);
     loop {
         tokio::select! {
             event = rx.recv() => match event {
-                Some(event) => deliver(event, &sinks, &stats),
+                Some(mut event) => {
+                    if let (Event::Request(record), Some(geoip)) =
+                        (&mut event, enrichment.geoip.as_mut())
+                    {
+                        geoip.enrich(record);
+                    }
+                    deliver(event, &sinks, &stats)
+                }
                 None => break,
             },
             _ = report.tick() => reported = report_drops(&stats, reported),

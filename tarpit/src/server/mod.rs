@@ -18,12 +18,14 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::db;
 use crate::ebpf::{Attribution, EbpfMode, Unavailable};
-use crate::pipeline::{EventSender, Pipeline, PipelineStats, event_channel};
+use crate::geoip::GeoIp;
+use crate::pipeline::{Enrichment, EventSender, Pipeline, PipelineStats, event_channel};
 use crate::sink::SinkThread;
 use crate::sink::jsonl::JsonLinesSink;
 use crate::sink::sqlite::SqliteSink;
 use limits::ConnectionLimits;
 use settings::Settings;
+use std::time::Duration;
 
 /// What every worker and connection shares: read-only settings plus lock-free counters.
 #[derive(Debug)]
@@ -79,7 +81,16 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             stats.clone(),
         )?,
     ];
-    let pipeline = Pipeline::start(rx, sinks, stats.clone())?;
+    let geoip = &config.geoip;
+    let enrichment = Enrichment {
+        geoip: Some(GeoIp::open(
+            &geoip.city_db,
+            &geoip.asn_db,
+            Duration::from_secs_f64(geoip.reload_interval),
+            geoip.cache_entries,
+        )),
+    };
+    let pipeline = Pipeline::start(rx, enrichment, sinks, stats.clone())?;
 
     let shared = Arc::new(Shared {
         settings: Settings::from_config(config),

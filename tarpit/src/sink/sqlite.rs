@@ -70,9 +70,12 @@ fn insert_request(conn: &Connection, e: &RequestRecord) -> rusqlite::Result<()> 
             user_agent, headers_json, response_status, error_message, conn_id, request_seq,
             http_version, client_ip_source, peer_ip, peer_port, local_ip, local_port,
             target_port_source, head_size, raw_preview, body_preview, body_sha256, body_length,
-            target_port_ebpf, ebpf_lookup, target_port_original_dst, target_port_header)
+            target_port_ebpf, ebpf_lookup, target_port_original_dst, target_port_header,
+            country_iso_code, country_name, city_name, latitude, longitude, asn_number,
+            asn_organization)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                 ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
+                 ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34,
+                 ?35, ?36)",
     )?
     .execute(params![
         format_timestamp(e.timestamp),
@@ -104,6 +107,13 @@ fn insert_request(conn: &Connection, e: &RequestRecord) -> rusqlite::Result<()> 
         e.ebpf_lookup,
         e.target_port_original_dst,
         e.target_port_header,
+        e.country_iso_code,
+        e.country_name,
+        e.city_name,
+        e.latitude,
+        e.longitude,
+        e.asn_number,
+        e.asn_organization,
     ])?;
     Ok(())
 }
