@@ -36,6 +36,11 @@ fn check_config_prints_the_effective_configuration() {
         printed["storage"]["database"].as_str(),
         Some("data/tarpit_events.db")
     );
+    // The state of what the configuration points at is shown too.
+    assert!(
+        stdout.contains("# geoip.city_db data/GeoLite2-City.mmdb: not found"),
+        "{stdout}"
+    );
 }
 
 #[test]

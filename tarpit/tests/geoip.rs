@@ -77,7 +77,8 @@ fn location_and_asn_fill_the_seed_columns_and_a_new_file_is_picked_up() {
     request_from(&tarpit, "10.9.8.7", "/private");
 
     let db = tarpit.db();
-    let row = |path: &str| -> (
+    /// country_iso_code, country_name, city_name, latitude, longitude, asn_number, asn_organization
+    type GeoRow = (
         Option<String>,
         Option<String>,
         Option<String>,
@@ -85,7 +86,8 @@ fn location_and_asn_fill_the_seed_columns_and_a_new_file_is_picked_up() {
         Option<f64>,
         Option<i64>,
         Option<String>,
-    ) {
+    );
+    let row = |path: &str| -> GeoRow {
         db.query_row(
             "SELECT country_iso_code, country_name, city_name, latitude, longitude, asn_number,
                     asn_organization FROM events WHERE http_path = ?1",
