@@ -50,6 +50,82 @@ pub struct Config {
     pub ebpf: EbpfConfig,
     /// GeoIP/ASN enrichment.
     pub geoip: GeoIpConfig,
+    /// AbuseIPDB reporting (enabled by the ABUSEIPDB_API_KEY environment variable).
+    pub abuseipdb: AbuseIpDbConfig,
+}
+
+/// `[abuseipdb]`: how reports are made. Reporting is on only when `ABUSEIPDB_API_KEY` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AbuseIpDbConfig {
+    /// The report endpoint (tests point it at a local stand-in).
+    pub api_url: String,
+    /// AbuseIPDB category numbers (19 = bad web bot, 21 = web app attack).
+    pub categories: Vec<u8>,
+    /// At most one report per address within this many minutes (the API's minimum is 15).
+    pub report_interval_minutes: u64,
+    /// API calls per UTC day (1000 on the free tier).
+    pub daily_limit: u32,
+    /// Text that opens every report's comment.
+    pub comment_prefix: String,
+    /// Networks never reported.
+    pub whitelist_cidrs: Vec<IpNet>,
+    /// Autonomous systems never reported (needs the GeoIP ASN database).
+    pub whitelist_asns: Vec<u32>,
+    /// Regular expressions: a matching User-Agent is never reported.
+    pub whitelist_user_agents: Vec<String>,
+    /// Decide and record reports without sending them.
+    pub dry_run: bool,
+    /// Seconds one API call may take.
+    pub timeout_seconds: f64,
+    /// Retries of a report after a 5xx or a timeout, with doubling waits.
+    pub max_retries: u32,
+    /// Reports waiting to be sent; when full, the oldest is dropped (counted).
+    pub queue_size: usize,
+}
+
+impl Default for AbuseIpDbConfig {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.abuseipdb.com/api/v2/report".to_owned(),
+            categories: vec![19, 21],
+            report_interval_minutes: 40,
+            daily_limit: 1000,
+            comment_prefix: "HTTP scanner held by a tarpit:".to_owned(),
+            whitelist_cidrs: Vec::new(),
+            whitelist_asns: Vec::new(),
+            whitelist_user_agents: Vec::new(),
+            dry_run: false,
+            timeout_seconds: 10.0,
+            max_retries: 3,
+            queue_size: 1000,
+        }
+    }
+}
+
+impl AbuseIpDbConfig {
+    /// The User-Agent expressions, compiled; an error names the entry.
+    pub fn user_agent_regexes(&self) -> Result<Vec<regex::Regex>, (String, String)> {
+        self.whitelist_user_agents
+            .iter()
+            .enumerate()
+            .map(|(i, pattern)| {
+                regex::Regex::new(pattern).map_err(|e| {
+                    (
+                        format!("abuseipdb.whitelist_user_agents[{i}]"),
+                        e.to_string(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Whether reporting would run with no whitelist at all (worth a warning).
+    pub fn whitelist_is_empty(&self) -> bool {
+        self.whitelist_cidrs.is_empty()
+            && self.whitelist_asns.is_empty()
+            && self.whitelist_user_agents.is_empty()
+    }
 }
 
 /// `[geoip]`: MaxMind GeoLite2 files for the location and ASN columns.
@@ -291,6 +367,50 @@ impl Config {
                 ),
             );
         }
+        let a = &self.abuseipdb;
+        if a.report_interval_minutes < 15 {
+            return err(
+                "abuseipdb.report_interval_minutes",
+                format!(
+                    "must be at least 15 (AbuseIPDB accepts one report per address per 15 \
+                     minutes), got {}",
+                    a.report_interval_minutes
+                ),
+            );
+        }
+        if a.categories.is_empty() || a.categories.iter().any(|c| !(1..=23).contains(c)) {
+            return err(
+                "abuseipdb.categories",
+                format!(
+                    "must be one or more AbuseIPDB categories 1 to 23, got {:?}",
+                    a.categories
+                ),
+            );
+        }
+        if !(a.api_url.starts_with("https://") || a.api_url.starts_with("http://")) {
+            return err(
+                "abuseipdb.api_url",
+                format!("must be an http(s) URL, got {:?}", a.api_url),
+            );
+        }
+        if a.daily_limit == 0 || a.queue_size == 0 {
+            let key = if a.daily_limit == 0 {
+                "abuseipdb.daily_limit"
+            } else {
+                "abuseipdb.queue_size"
+            };
+            return err(key, "must be at least 1".into());
+        }
+        if !(a.timeout_seconds.is_finite() && a.timeout_seconds > 0.0 && a.timeout_seconds <= 300.0)
+        {
+            return err(
+                "abuseipdb.timeout_seconds",
+                format!("must be above 0 and at most 300, got {}", a.timeout_seconds),
+            );
+        }
+        if let Err((key, reason)) = a.user_agent_regexes() {
+            return err(&key, format!("not a valid regular expression: {reason}"));
+        }
         if !(1..=1 << 24).contains(&self.ebpf.map_entries) {
             return err(
                 "ebpf.map_entries",
@@ -451,6 +571,17 @@ mod tests {
             ("[storage]\nevent_queue = 0", "storage.event_queue"),
             ("[storage]\ndatabase = \"\"", "storage.database"),
             ("[ebpf]\nmap_entries = 0", "ebpf.map_entries"),
+            (
+                "[abuseipdb]\nreport_interval_minutes = 5",
+                "abuseipdb.report_interval_minutes",
+            ),
+            ("[abuseipdb]\ncategories = [99]", "abuseipdb.categories"),
+            ("[abuseipdb]\napi_url = \"ftp://x\"", "abuseipdb.api_url"),
+            ("[abuseipdb]\ndaily_limit = 0", "abuseipdb.daily_limit"),
+            (
+                "[abuseipdb]\nwhitelist_user_agents = [\"ok\", \"(unclosed\"]",
+                "abuseipdb.whitelist_user_agents[1]",
+            ),
         ] {
             let config = Config::parse(text, "c.toml").unwrap();
             let err = config.validate("c.toml").unwrap_err();

@@ -103,6 +103,23 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 2: whether the eBPF hook saw a translation (`translated` / `untranslated` / NULL = off).
     "ALTER TABLE events ADD COLUMN ebpf_lookup TEXT;",
+    // 3: AbuseIPDB reports, so the per-address interval and the daily budget survive restarts.
+    r#"
+    CREATE TABLE abuseipdb_reports (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ip TEXT NOT NULL,
+        reported_at TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        http_status INTEGER,
+        confidence_score INTEGER,
+        error TEXT,
+        categories TEXT,
+        comment TEXT,
+        conn_id INTEGER,
+        request_seq INTEGER
+    );
+    CREATE INDEX abuseipdb_reports_time ON abuseipdb_reports (reported_at);
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -169,6 +186,33 @@ pub fn mark_interrupted(conn: &Connection) -> Result<Recovered, DbError> {
         connections,
         requests,
     })
+}
+
+/// What AbuseIPDB reporting remembers across restarts: the addresses reported (or dry-run)
+/// since `interval_start` with their last time, and the API calls made since `day_start`.
+pub fn abuseipdb_history(
+    conn: &Connection,
+    interval_start: std::time::SystemTime,
+    day_start: std::time::SystemTime,
+) -> Result<(Vec<(std::net::IpAddr, std::time::SystemTime)>, u32), DbError> {
+    use crate::event::format_timestamp;
+    let mut stmt = conn.prepare(
+        "SELECT ip, MAX(reported_at) FROM abuseipdb_reports
+         WHERE outcome IN ('reported', 'dry_run') AND reported_at >= ?1 GROUP BY ip",
+    )?;
+    let reported = stmt
+        .query_map([format_timestamp(interval_start)], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?
+        .filter_map(Result::ok)
+        .filter_map(|(ip, at)| Some((ip.parse().ok()?, humantime::parse_rfc3339(&at).ok()?)))
+        .collect();
+    let calls: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM abuseipdb_reports WHERE http_status IS NOT NULL AND reported_at >= ?1",
+        [format_timestamp(day_start)],
+        |row| row.get(0),
+    )?;
+    Ok((reported, calls as u32))
 }
 
 /// The first connection id this run may use: ids stay unique across restarts.

@@ -25,6 +25,34 @@ pub enum Event {
     ResponseEnd(ResponseEnd),
     /// The connection is gone.
     ConnectionClosed(ConnectionClosed),
+    /// An AbuseIPDB report was made (or dry-run, or failed) for a request's client.
+    AbuseReport(AbuseReport),
+}
+
+/// The outcome of one AbuseIPDB report; the `abuseipdb_reports` table's columns.
+#[derive(Debug, Clone, Serialize)]
+pub struct AbuseReport {
+    /// The connection of the request that was reported.
+    pub conn_id: u64,
+    /// The request on that connection.
+    pub request_seq: u32,
+    /// The reported address.
+    pub ip: IpAddr,
+    /// When the outcome was known.
+    #[serde(serialize_with = "rfc3339")]
+    pub timestamp: SystemTime,
+    /// `reported`, `failed` or `dry_run`.
+    pub outcome: &'static str,
+    /// The API's HTTP status, when it answered.
+    pub http_status: Option<u16>,
+    /// The API's abuse confidence score for the address.
+    pub confidence_score: Option<u8>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The categories sent.
+    pub categories: String,
+    /// The comment sent.
+    pub comment: String,
 }
 
 impl Event {
@@ -35,6 +63,7 @@ impl Event {
             Event::Request(e) => e.conn_id,
             Event::ResponseEnd(e) => e.conn_id,
             Event::ConnectionClosed(e) => e.conn_id,
+            Event::AbuseReport(e) => e.conn_id,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod abuseipdb;
 pub mod attribution;
 pub mod cli;
 pub mod config;

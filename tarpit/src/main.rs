@@ -47,6 +47,24 @@ fn main() -> ExitCode {
         for line in tarpit::geoip::describe(&config.geoip.city_db, &config.geoip.asn_db) {
             println!("# {line}");
         }
+        let key = tarpit::abuseipdb::ApiKey::from_env();
+        match (&key, config.abuseipdb.dry_run) {
+            (Some(_), false) => {
+                println!("# abuseipdb: reporting on (ABUSEIPDB_API_KEY set, value not shown)")
+            }
+            (Some(_), true) => println!(
+                "# abuseipdb: dry run (ABUSEIPDB_API_KEY set, value not shown; nothing is sent)"
+            ),
+            (None, _) => println!(
+                "# abuseipdb: reporting off (ABUSEIPDB_API_KEY not set in the environment or .env)"
+            ),
+        }
+        if key.is_some() && config.abuseipdb.whitelist_is_empty() {
+            println!(
+                "# WARNING: abuseipdb reporting is enabled with an empty whitelist: search engines \
+                 and research scanners would be reported (see tarpit.example.toml)"
+            );
+        }
         return ExitCode::SUCCESS;
     }
     match tarpit::server::run(&config) {

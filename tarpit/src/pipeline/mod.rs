@@ -16,6 +16,9 @@ use anyhow::Context;
 
 pub use channel::{EventReceiver, EventSender, PipelineStats, event_channel};
 
+use tokio::sync::mpsc;
+
+use crate::abuseipdb::Reporter;
 use crate::event::Event;
 use crate::geoip::GeoIp;
 use crate::sink::SinkThread;
@@ -57,11 +60,13 @@ impl Pipeline {
     }
 }
 
-/// What the pipeline adds to requests before the sinks see them.
+/// What the pipeline does with requests besides recording them.
 #[derive(Debug, Default)]
 pub struct Enrichment {
     /// GeoIP/ASN lookups of the client address.
     pub geoip: Option<GeoIp>,
+    /// AbuseIPDB reporting, started on the pipeline runtime.
+    pub reporter: Option<crate::abuseipdb::ReporterSetup>,
 }
 
 async fn run(
@@ -73,21 +78,36 @@ async fn run(
     let mut report = tokio::time::interval(DROP_REPORT_INTERVAL);
     report.tick().await;
     let mut reported = (0, 0);
+    let (outcome_tx, mut outcomes) = mpsc::unbounded_channel();
+    let mut reporter = enrichment
+        .reporter
+        .take()
+        .map(|setup| Reporter::start(setup, outcome_tx));
     loop {
         tokio::select! {
             event = rx.recv() => match event {
                 Some(mut event) => {
-                    if let (Event::Request(record), Some(geoip)) =
-                        (&mut event, enrichment.geoip.as_mut())
-                    {
-                        geoip.enrich(record);
+                    if let Event::Request(record) = &mut event {
+                        if let Some(geoip) = enrichment.geoip.as_mut() {
+                            geoip.enrich(record);
+                        }
+                        if let Some(reporter) = reporter.as_mut() {
+                            reporter.offer(record);
+                        }
                     }
                     deliver(event, &sinks, &stats)
                 }
                 None => break,
             },
+            Some(outcome) = outcomes.recv() => deliver(outcome, &sinks, &stats),
             _ = report.tick() => reported = report_drops(&stats, reported),
         }
+    }
+    if let Some(reporter) = reporter {
+        reporter.stop();
+    }
+    while let Ok(outcome) = outcomes.try_recv() {
+        deliver(outcome, &sinks, &stats);
     }
     for sink in sinks {
         sink.finish();

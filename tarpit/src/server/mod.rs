@@ -56,6 +56,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         );
     }
     let first_conn_id = db::next_conn_id(&database)?;
+    let reporter = reporter_setup(config, &database)?;
     let json_log = JsonLinesSink::open(&storage.json_log)
         .with_context(|| format!("opening JSON log {}", storage.json_log.display()))?;
 
@@ -89,6 +90,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             Duration::from_secs_f64(geoip.reload_interval),
             geoip.cache_entries,
         )),
+        reporter,
     };
     let pipeline = Pipeline::start(rx, enrichment, sinks, stats.clone())?;
 
@@ -138,6 +140,46 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         .load(std::sync::atomic::Ordering::Relaxed);
     tracing::info!(dropped, sink_dropped, "stopped; every queued event written");
     Ok(())
+}
+
+/// AbuseIPDB reporting, when a key is set: the filters and the history that must survive a
+/// restart (addresses reported within the interval, API calls made today).
+fn reporter_setup(
+    config: &Config,
+    database: &rusqlite::Connection,
+) -> anyhow::Result<Option<crate::abuseipdb::ReporterSetup>> {
+    use crate::abuseipdb::{ApiKey, KEY_VAR, ReporterSetup, policy};
+    let Some(key) = ApiKey::from_env() else {
+        tracing::info!("AbuseIPDB reporting off: {KEY_VAR} is not set (environment or .env)");
+        return Ok(None);
+    };
+    let a = &config.abuseipdb;
+    if a.whitelist_is_empty() && !a.dry_run {
+        tracing::warn!(
+            "AbuseIPDB reporting is on with an empty whitelist: search engines and research \
+             scanners will be reported too (see tarpit.example.toml for a recommended one)"
+        );
+    }
+    let now = std::time::SystemTime::now();
+    let interval = Duration::from_secs(a.report_interval_minutes * 60);
+    let day_start = std::time::UNIX_EPOCH + Duration::from_secs(policy::utc_day(now) * 86_400);
+    let (history, calls_today) = db::abuseipdb_history(database, now - interval, day_start)
+        .context("reading report history")?;
+    let regexes = a
+        .user_agent_regexes()
+        .map_err(|(key, reason)| anyhow::anyhow!("{key}: {reason}"))?;
+    Ok(Some(ReporterSetup {
+        config: a.clone(),
+        key,
+        policy: policy::Policy {
+            whitelist_cidrs: a.whitelist_cidrs.clone(),
+            whitelist_asns: a.whitelist_asns.clone(),
+            whitelist_user_agents: regexes,
+            comment_prefix: a.comment_prefix.clone(),
+        },
+        history,
+        calls_today,
+    }))
 }
 
 /// Starts the eBPF hook as `[ebpf] mode` asks, and says once which port sources are live.

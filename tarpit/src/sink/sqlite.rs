@@ -8,8 +8,8 @@ use rusqlite::{Connection, params};
 
 use super::{Sink, SinkError};
 use crate::event::{
-    ConnectionClosed, ConnectionOpened, Event, RequestRecord, ResponseEnd, format_timestamp,
-    headers_to_json,
+    AbuseReport, ConnectionClosed, ConnectionOpened, Event, RequestRecord, ResponseEnd,
+    format_timestamp, headers_to_json,
 };
 
 /// Writes events into the `events` and `connections` tables (see [`crate::db`]).
@@ -38,6 +38,7 @@ impl Sink for SqliteSink {
                 Event::Request(e) => insert_request(&tx, e)?,
                 Event::ResponseEnd(e) => complete_request(&tx, e)?,
                 Event::ConnectionClosed(e) => complete_connection(&tx, e)?,
+                Event::AbuseReport(e) => record_report(&tx, e)?,
             }
         }
         tx.commit()?;
@@ -131,6 +132,36 @@ fn complete_request(conn: &Connection, e: &ResponseEnd) -> rusqlite::Result<()> 
         e.conn_id as i64,
         e.request_seq,
     ])?;
+    Ok(())
+}
+
+/// The report's row, and on success the seed columns of the request it was made for.
+fn record_report(conn: &Connection, e: &AbuseReport) -> rusqlite::Result<()> {
+    let at = format_timestamp(e.timestamp);
+    conn.prepare_cached(
+        "INSERT INTO abuseipdb_reports (ip, reported_at, outcome, http_status, confidence_score,
+                                        error, categories, comment, conn_id, request_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        e.ip.to_string(),
+        at,
+        e.outcome,
+        e.http_status,
+        e.confidence_score,
+        e.error,
+        e.categories,
+        e.comment,
+        e.conn_id as i64,
+        e.request_seq,
+    ])?;
+    if e.outcome == "reported" {
+        conn.prepare_cached(
+            "UPDATE events SET reported_to_abuseipdb = 1, abuseipdb_report_timestamp = ?1
+             WHERE conn_id = ?2 AND request_seq = ?3",
+        )?
+        .execute(params![at, e.conn_id as i64, e.request_seq])?;
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod fake_api;
 pub mod netns;
 
 use std::io::{Read, Write};
@@ -50,9 +51,27 @@ impl Tarpit {
     /// Starts the binary in `dir` (whose database may already exist); `run` numbers the stderr
     /// file so restarts keep each run's diagnostics.
     pub fn start_in(dir: &Path, args: &[&str], run: u32) -> Self {
+        Self::launch(dir, &[], args, run)
+    }
+
+    /// Starts the binary in `dir` with extra environment variables (`ABUSEIPDB_API_KEY` is
+    /// cleared first, so no test depends on the caller's environment).
+    pub fn launch(dir: &Path, env: &[(&str, &str)], args: &[&str], run: u32) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tarpit"));
         command.args(["--port", "0"]).args(args);
+        command.env_remove("ABUSEIPDB_API_KEY");
+        command.envs(env.iter().copied());
         Self::spawn(command, dir, run)
+    }
+
+    /// Starts the binary in a fresh directory holding `tarpit.toml` = `config`.
+    pub fn start_with_config(config: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
+        let tempdir = tempfile::tempdir().expect("temporary directory");
+        std::fs::write(tempdir.path().join("tarpit.toml"), config).unwrap();
+        let args = [&["--config", "tarpit.toml"], args].concat();
+        let mut tarpit = Self::launch(tempdir.path(), env, &args, 0);
+        tarpit._tempdir = Some(tempdir);
+        tarpit
     }
 
     /// Starts the binary inside network namespace `netns` (`ip netns exec`), in a fresh
@@ -69,7 +88,8 @@ impl Tarpit {
         command
             .args(&wrapper[1..])
             .arg(env!("CARGO_BIN_EXE_tarpit"))
-            .args(args);
+            .args(args)
+            .env_remove("ABUSEIPDB_API_KEY");
         let mut tarpit = Self::spawn(command, tempdir.path(), 0);
         tarpit._tempdir = Some(tempdir);
         tarpit
