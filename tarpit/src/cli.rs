@@ -107,6 +107,9 @@ pub struct Overrides {
     /// [tarpit] Seconds after which any connection is closed.
     #[arg(long)]
     pub max_connection_lifetime: Option<f64>,
+    /// [tarpit] Seconds a vanished peer may go unnoticed (TCP_USER_TIMEOUT and keepalive).
+    #[arg(long)]
+    pub peer_timeout: Option<f64>,
     /// [storage] SQLite database file.
     #[arg(long)]
     pub database: Option<PathBuf>,
@@ -162,6 +165,7 @@ impl Overrides {
             &mut t.max_connection_lifetime,
             &self.max_connection_lifetime,
         );
+        set(&mut t.peer_timeout, &self.peer_timeout);
         set(&mut st.database, &self.database);
         set(&mut st.json_log, &self.json_log);
         set(&mut st.event_queue, &self.event_queue);

@@ -235,6 +235,10 @@ pub struct TarpitConfig {
     pub keepalive_timeout: f64,
     /// Seconds after which any connection is closed, whatever it is doing.
     pub max_connection_lifetime: f64,
+    /// Seconds a peer may leave our bytes unacknowledged (TCP_USER_TIMEOUT, plus keepalive
+    /// probes while idle) before the connection ends as `peer_gone`: a scanner that vanished
+    /// without FIN or RST is not held for the whole drip.
+    pub peer_timeout: f64,
 }
 
 impl Default for TarpitConfig {
@@ -250,6 +254,7 @@ impl Default for TarpitConfig {
             body_preview_bytes: 4 * 1024,
             keepalive_timeout: 15.0,
             max_connection_lifetime: 3600.0,
+            peer_timeout: 60.0,
         }
     }
 }
@@ -304,6 +309,7 @@ impl Config {
         let err = |key: &str, reason: String| Err(ConfigError::new(source_name, key, reason));
         let t = &self.tarpit;
         for (key, value, max) in [
+            ("tarpit.peer_timeout", t.peer_timeout, 86_400.0),
             ("tarpit.response_delay", t.response_delay, 3600.0),
             ("tarpit.request_timeout", t.request_timeout, 3600.0),
             ("tarpit.keepalive_timeout", t.keepalive_timeout, 86_400.0),
@@ -491,6 +497,7 @@ mod tests {
             body_preview_bytes = 16
             keepalive_timeout = 3.5
             max_connection_lifetime = 60
+            peer_timeout = 30
             [storage]
             database = "x.db"
             json_log = "x.log"

@@ -56,6 +56,9 @@ pub(super) async fn serve(
         None => EbpfLookup::Unavailable,
     };
     let original_dst = super::listener::original_dst(&stream, local).map(|a| a.port());
+    if let Err(error) = super::listener::set_peer_timeout(&stream, shared.settings.peer_timeout) {
+        tracing::debug!(%peer, "cannot set the peer timeout: {error}");
+    }
     let expect_preamble = shared.settings.proxy_protocol
         && client_addr::is_trusted(peer.ip(), &shared.settings.trusted_proxies);
     let waits = Waits {
@@ -672,6 +675,8 @@ impl Connection {
 fn io_end_reason(error: &std::io::Error, other: &'static str) -> &'static str {
     match error.kind() {
         std::io::ErrorKind::ConnectionReset => "client_reset",
+        // TCP_USER_TIMEOUT or keepalive gave up: the peer vanished without FIN or RST.
+        std::io::ErrorKind::TimedOut => "peer_gone",
         std::io::ErrorKind::BrokenPipe
         | std::io::ErrorKind::ConnectionAborted
         | std::io::ErrorKind::NotConnected => "client_closed",

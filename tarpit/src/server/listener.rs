@@ -51,6 +51,24 @@ pub fn local_addr(fd: &impl AsRawFd) -> std::io::Result<SocketAddr> {
     Err(std::io::Error::other("socket is not an IP socket"))
 }
 
+/// Makes a vanished peer (no FIN, no RST: a scanner that died or was firewalled) end the
+/// connection within `timeout`: TCP_USER_TIMEOUT bounds how long sent data may stay
+/// unacknowledged (our drip), and keepalive probes cover the idle phases. The kernel then
+/// fails the next read or write with ETIMEDOUT.
+pub fn set_peer_timeout(fd: &impl AsRawFd, timeout: std::time::Duration) -> std::io::Result<()> {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: the caller's socket stays open for the duration of this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+    let millis = timeout.as_millis().clamp(1, u32::MAX as u128) as u32;
+    let idle = (timeout.as_secs() as u32 / 3).max(1);
+    setsockopt(&fd, sockopt::TcpUserTimeout, &millis)?;
+    setsockopt(&fd, sockopt::KeepAlive, &true)?;
+    setsockopt(&fd, sockopt::TcpKeepIdle, &idle)?;
+    setsockopt(&fd, sockopt::TcpKeepInterval, &idle.div_ceil(3).max(1))?;
+    setsockopt(&fd, sockopt::TcpKeepCount, &3)?;
+    Ok(())
+}
+
 /// The destination the client asked for before NAT, as conntrack recorded it
 /// (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`). `None` when conntrack has no entry (no
 /// netfilter NAT or conntrack in this namespace) or the address family is not IP.

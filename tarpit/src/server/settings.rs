@@ -22,6 +22,8 @@ pub struct Settings {
     pub keepalive_timeout: Duration,
     /// Hard ceiling on one connection's life.
     pub max_connection_lifetime: Duration,
+    /// How long a silent peer is tolerated (TCP_USER_TIMEOUT and keepalive).
+    pub peer_timeout: Duration,
     /// Bounds on one request head.
     pub head_limits: HeadLimits,
     /// Request body bytes kept for the record.
@@ -46,6 +48,7 @@ impl Settings {
             request_timeout: Duration::from_secs_f64(t.request_timeout),
             keepalive_timeout: Duration::from_secs_f64(t.keepalive_timeout),
             max_connection_lifetime: Duration::from_secs_f64(t.max_connection_lifetime),
+            peer_timeout: Duration::from_secs_f64(t.peer_timeout),
             head_limits: HeadLimits {
                 max_head: t.max_request_head,
                 max_headers: t.max_headers,

@@ -101,6 +101,11 @@ impl Lab {
         sh(&format!("ip netns exec {} sh -c '{command}'", self.sensor))
     }
 
+    /// Runs `command` inside the client namespace.
+    pub fn in_client(&self, command: &str) -> String {
+        sh(&format!("ip netns exec {} sh -c '{command}'", self.client))
+    }
+
     /// Runs `f` on a thread that has joined the client namespace.
     pub fn as_client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = format!("/var/run/netns/{}", self.client);
