@@ -7,6 +7,8 @@
 //! - `cargo xtask fuzz --seconds N`: fuzz the request-head reader for N seconds.
 //! - `cargo xtask ci-setup`: install what the tests need on a fresh machine (CI runs it).
 
+mod bench;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -41,6 +43,51 @@ enum Task {
     },
     /// Install the system packages and cargo tools the test suite needs.
     CiSetup,
+    /// Measure a tarpit on loopback (ours by default): `hold` or `churn`.
+    Bench {
+        /// `hold`: hold N connections at the default drip; `churn`: connect-request-close loops.
+        kind: BenchKind,
+        /// hold: connections to open.
+        #[arg(long, default_value_t = 10_000)]
+        conns: u64,
+        /// churn: concurrent connect-request-close loops.
+        #[arg(long, default_value_t = 64)]
+        workers: u64,
+        /// Seconds of measurement (after the ramp).
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// Client processes sharing the load.
+        #[arg(long, default_value_t = 4)]
+        processes: u64,
+        /// The server to measure instead of ours; `{port}` and `{dir}` are replaced.
+        #[arg(long)]
+        server_cmd: Option<String>,
+        /// A second server measured in the same run, printed beside the first (e.g. the
+        /// Python baseline: "python3 xtask/bench/baseline.py --port {port}").
+        #[arg(long)]
+        compare_cmd: Option<String>,
+    },
+    /// Load generator used by `bench` (runs in a child process).
+    #[command(hide = true)]
+    BenchClient {
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        index: u64,
+        #[arg(long)]
+        duration: u64,
+    },
+}
+
+/// What `cargo xtask bench` measures.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchKind {
+    Hold,
+    Churn,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +98,54 @@ fn main() -> anyhow::Result<()> {
         Task::Test { fuzz_seconds } => test(&root, fuzz_seconds),
         Task::Fuzz { seconds, jobs } => fuzz(&root, seconds, jobs),
         Task::CiSetup => ci_setup(),
+        Task::BenchClient {
+            role,
+            addr,
+            count,
+            index,
+            duration,
+        } => bench::client(&role, addr, count, index, duration),
+        Task::Bench {
+            kind,
+            conns,
+            workers,
+            duration,
+            processes,
+            server_cmd,
+            compare_cmd,
+        } => {
+            let ours = match server_cmd {
+                Some(cmd) => cmd,
+                None => {
+                    run(cargo(&root).args(["build", "--release", "-p", "tarpit"]))?;
+                    let target = std::env::var_os("CARGO_TARGET_DIR")
+                        .map_or_else(|| root.join("target"), PathBuf::from);
+                    format!(
+                        "{} --host 127.0.0.1 --port {{port}}",
+                        target.join("release/tarpit").display()
+                    )
+                }
+            };
+            let mut servers = vec![("server", ours)];
+            if let Some(cmd) = compare_cmd {
+                servers.push(("compared", cmd));
+            }
+            let mut columns = Vec::new();
+            for (name, cmd) in servers {
+                eprintln!("xtask: bench against {cmd}");
+                let figures = match kind {
+                    BenchKind::Hold => bench::hold(&cmd, name, conns, duration, processes)?,
+                    BenchKind::Churn => bench::churn(&cmd, name, workers, duration, processes)?,
+                };
+                columns.push(figures);
+            }
+            let title = match kind {
+                BenchKind::Hold => format!("hold: {conns} connections, {duration} s measured"),
+                BenchKind::Churn => format!("churn: {workers} loops, {duration} s measured"),
+            };
+            bench::print_table(&title, &mut columns);
+            Ok(())
+        }
     }
 }
 
