@@ -130,6 +130,9 @@ fn main() -> anyhow::Result<()> {
             if let Some(cmd) = compare_cmd {
                 servers.push(("compared", cmd));
             }
+            if servers.iter().any(|(_, cmd)| cmd.contains("baseline.py")) {
+                ensure_aiohttp()?;
+            }
             let mut columns = Vec::new();
             for (name, cmd) in servers {
                 eprintln!("xtask: bench against {cmd}");
@@ -387,6 +390,19 @@ fn build_ebpf(root: &Path) -> anyhow::Result<PathBuf> {
     }
     eprintln!("xtask: eBPF object at {}", dest.display());
     Ok(dest)
+}
+
+/// The Python baseline (xtask/bench/baseline.py) needs aiohttp from PyPI.
+fn ensure_aiohttp() -> anyhow::Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", "import aiohttp"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        eprintln!("xtask: installing aiohttp from PyPI for the Python baseline");
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "aiohttp"]))?;
+    }
+    Ok(())
 }
 
 /// Seed inputs for the request-head fuzzer.
