@@ -5,15 +5,20 @@
 //! row (with the reason in `error_message`) and the same slow response, then a close. Only a
 //! client that leaves before a head is complete gets no response (there is no one to send it to).
 //!
+//! A task ([`drive`]) serves one request up to the start of its response: it reads the head,
+//! records it, and writes the response head with the first tick. Then the connection moves to
+//! the worker's [`Dripper`], which writes the ticks without a task or timer of its own; after a
+//! complete keep-alive response the dripper starts a new task for the next request.
+//!
 //! All waiting goes through [`Waits::until`], which also ends the wait on shutdown and at the
-//! connection's lifetime ceiling, so no connection can outlive either. Drip ticks write
-//! pre-built `&'static` slices: nothing is allocated per tick.
+//! connection's lifetime ceiling, so no connection can outlive either.
 
 use std::future::Future;
 use std::net::{Shutdown, SocketAddr};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
@@ -22,84 +27,122 @@ use tokio_uring::net::TcpStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::Shared;
+use super::drip::{DripState, Dripper};
 use super::limits::ConnectionPermit;
 use crate::attribution::{EbpfLookup, TargetPorts};
 use crate::event::{ConnectionClosed, Event, RequestRecord, ResponseEnd};
 use crate::http::client_addr::{self, ClientAddr, ClientAddrSource};
 use crate::http::head::{HeadStatus, HttpVersion, ParsedHead, escape_preview, parse_head};
 use crate::http::proxy_protocol::{self, Preamble, ProxiedConnection};
-use crate::http::response::{CHUNKED_END, Framing};
+use crate::http::response::Framing;
 
 /// Bytes asked of the kernel per read while a head arrives.
 const READ_CHUNK: usize = 2048;
 /// Received bytes kept, escaped, in `raw_preview` for input that is not a request.
 const RAW_PREVIEW_BYTES: usize = 512;
-/// How long the final `0\r\n\r\n` may take at shutdown before the connection is just closed.
-const FAREWELL_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Serves one accepted connection until it ends, then records how it ended.
-pub(super) async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
-    conn_id: u64,
-    shared: Arc<Shared>,
-    permit: ConnectionPermit,
-) {
-    let accepted = Instant::now();
-    // Socket-level port attribution, once per connection: one map syscall, one getsockopt.
-    let socket_ebpf = match &shared.ebpf {
-        Some(map) => match map.take(local, peer) {
-            Some(original) => EbpfLookup::Translated(original.port()),
-            None => EbpfLookup::Untranslated(local.port()),
-        },
-        None => EbpfLookup::Unavailable,
-    };
-    let original_dst = super::listener::original_dst(&stream, local).map(|a| a.port());
-    if let Err(error) = super::listener::set_peer_timeout(&stream, shared.settings.peer_timeout) {
-        tracing::debug!(%peer, "cannot set the peer timeout: {error}");
+/// Serves a connection up to its next response, then hands it to the dripper (or closes it).
+pub(super) async fn drive(mut conn: Box<Connection>, dripper: &Rc<Dripper>) {
+    match conn.next_response().await {
+        Ok(state) => dripper.add(conn, state),
+        Err(reason) => conn.close(reason),
     }
-    let expect_preamble = shared.settings.proxy_protocol
-        && client_addr::is_trusted(peer.ip(), &shared.settings.trusted_proxies);
-    let waits = Waits {
-        cancelled: Box::pin(shared.cancel.clone().cancelled_owned()),
-        lifetime_end: accepted + shared.settings.max_connection_lifetime,
-    };
-    let mut conn = Connection {
-        stream,
-        shared,
-        conn_id,
-        peer,
-        local,
-        waits,
-        requests: 0,
-        bytes_sent: 0,
-        socket_ebpf,
-        original_dst,
-        proxied_lookup: None,
-        proxy: None,
-        expect_preamble,
-    };
-    let end_reason = conn.run().await;
-    // Wakes any read still pending in the ring, so the socket really closes.
-    let _ = conn.stream.shutdown(Shutdown::Both);
-    conn.shared
-        .events
-        .send(Event::ConnectionClosed(ConnectionClosed {
-            conn_id,
-            closed_at: SystemTime::now(),
-            requests: conn.requests,
-            bytes_sent: conn.bytes_sent,
-            duration_s: accepted.elapsed().as_secs_f64(),
-            end_reason,
-        }));
-    drop(permit);
 }
 
-/// The state of one connection.
-struct Connection {
-    stream: TcpStream,
-    shared: Arc<Shared>,
+impl Connection {
+    /// The state of a newly accepted connection: socket-level port attribution (one map
+    /// syscall, one getsockopt) and socket options, once per connection.
+    pub(super) fn accept(
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        conn_id: u64,
+        shared: Arc<Shared>,
+        permit: ConnectionPermit,
+    ) -> Box<Self> {
+        let accepted = Instant::now();
+        // Socket-level port attribution, once per connection: one map syscall, one getsockopt.
+        let socket_ebpf = match &shared.ebpf {
+            Some(map) => match map.take(local, peer) {
+                Some(original) => EbpfLookup::Translated(original.port()),
+                None => EbpfLookup::Untranslated(local.port()),
+            },
+            None => EbpfLookup::Unavailable,
+        };
+        let original_dst = super::listener::original_dst(&stream, local).map(|a| a.port());
+        if let Err(error) = super::listener::set_peer_timeout(&stream, shared.settings.peer_timeout)
+        {
+            tracing::debug!(%peer, "cannot set the peer timeout: {error}");
+        }
+        let expect_preamble = shared.settings.proxy_protocol
+            && client_addr::is_trusted(peer.ip(), &shared.settings.trusted_proxies);
+        let waits = Waits {
+            cancelled: Box::pin(shared.cancel.clone().cancelled_owned()),
+            lifetime_end: accepted + shared.settings.max_connection_lifetime,
+        };
+        Box::new(Connection {
+            stream,
+            shared,
+            permit,
+            accepted,
+            conn_id,
+            peer,
+            local,
+            waits,
+            requests: 0,
+            bytes_sent: 0,
+            pending: Vec::new(),
+            socket_ebpf,
+            original_dst,
+            proxied_lookup: None,
+            proxy: None,
+            expect_preamble,
+        })
+    }
+
+    /// Records the end of a response the dripper was writing.
+    pub(super) fn finish_response(&mut self, state: &DripState, outcome: Result<(), &'static str>) {
+        self.bytes_sent += state.sent;
+        self.shared.events.send(Event::ResponseEnd(ResponseEnd {
+            conn_id: self.conn_id,
+            request_seq: state.seq,
+            closed_at: SystemTime::now(),
+            bytes_sent: state.sent,
+            duration_s: state.started.elapsed().as_secs_f64(),
+            end_reason: outcome.err().unwrap_or("complete"),
+        }));
+    }
+
+    /// Closes the connection and records how it ended.
+    pub(super) fn close(self: Box<Self>, end_reason: &'static str) {
+        // Wakes any read still pending in the ring, so the socket really closes.
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.shared
+            .events
+            .send(Event::ConnectionClosed(ConnectionClosed {
+                conn_id: self.conn_id,
+                closed_at: SystemTime::now(),
+                requests: self.requests,
+                bytes_sent: self.bytes_sent,
+                duration_s: self.accepted.elapsed().as_secs_f64(),
+                end_reason,
+            }));
+        drop(self); // releases the permit and closes the socket
+    }
+
+    /// When the connection must end, whatever it is doing.
+    pub(super) fn lifetime_end(&self) -> Instant {
+        self.waits.lifetime_end
+    }
+}
+
+/// The state of one connection, while a task serves it and while the dripper holds it.
+pub(super) struct Connection {
+    pub(super) stream: TcpStream,
+    pub(super) shared: Arc<Shared>,
+    /// Its place under the connection caps, released when the connection is dropped.
+    #[allow(dead_code)] // held for its Drop
+    permit: ConnectionPermit,
+    accepted: Instant,
     conn_id: u64,
     peer: SocketAddr,
     local: SocketAddr,
@@ -108,6 +151,8 @@ struct Connection {
     requests: u32,
     /// Payload bytes dripped over all responses.
     bytes_sent: u64,
+    /// Bytes received but not yet used: a pipelined next request.
+    pending: Vec<u8>,
     /// The eBPF hook's answer for this socket's own 4-tuple.
     socket_ebpf: EbpfLookup,
     /// SO_ORIGINAL_DST's port for this socket.
@@ -203,85 +248,84 @@ struct BodyPreview {
 }
 
 impl Connection {
-    /// Serves requests until the connection ends; returns the end reason.
-    async fn run(&mut self) -> &'static str {
-        // Bytes received but not yet used: a pipelined next request.
-        let mut pending = Vec::new();
-        loop {
-            let read = self.read_head(&mut pending).await;
-            // Hold no head buffer through the drip: most connections have nothing pending.
-            if pending.is_empty() {
-                pending = Vec::new();
-            } else {
-                pending.shrink_to_fit();
+    /// Reads and records the next request, then writes its response head with the first tick.
+    /// Returns the drip's starting state, or why the connection ends.
+    async fn next_response(&mut self) -> Result<DripState, &'static str> {
+        let mut pending = std::mem::take(&mut self.pending);
+        let read = self.read_head(&mut pending).await;
+        // Hold no head buffer through the drip: most connections have nothing pending.
+        if !pending.is_empty() {
+            pending.shrink_to_fit();
+            self.pending = pending;
+        }
+        let seq = self.requests + 1;
+        let first = self.requests == 0;
+        let (record, plan) = match read {
+            HeadRead::Complete {
+                head,
+                body,
+                body_consumed,
+            } => {
+                let keep_alive = head.wants_keep_alive() && body_consumed;
+                let record = self.request_record(seq, &head, body);
+                (record, Ok((head.version, keep_alive)))
             }
-            let seq = self.requests + 1;
-            let first = self.requests == 0;
-            let (record, plan) = match read {
-                HeadRead::Complete {
-                    head,
-                    body,
-                    body_consumed,
-                } => {
-                    let keep_alive = head.wants_keep_alive() && body_consumed;
-                    let record = self.request_record(seq, &head, body);
-                    (record, Ok((head.version, keep_alive)))
+            HeadRead::Rejected { reason, received } => {
+                let record = self.rejected_record(seq, reason, &received, Some(200));
+                (record, Ok((HttpVersion::Http11, false)))
+            }
+            HeadRead::Idle => return Err("keepalive_timeout"),
+            HeadRead::Gone { reason, received } => {
+                if !first && received.is_empty() {
+                    return Err(reason);
                 }
-                HeadRead::Rejected { reason, received } => {
-                    let record = self.rejected_record(seq, reason, &received, Some(200));
-                    (record, Ok((HttpVersion::Http11, false)))
+                let error = format!("{reason}_before_request");
+                let record = self.rejected_record(seq, error, &received, None);
+                (record, Err(reason))
+            }
+            HeadRead::Interrupted {
+                interrupt,
+                received,
+            } => {
+                let reason = interrupt.end_reason();
+                if !first && received.is_empty() {
+                    return Err(reason);
                 }
-                HeadRead::Idle => return "keepalive_timeout",
-                HeadRead::Gone { reason, received } => {
-                    if !first && received.is_empty() {
-                        return reason;
-                    }
-                    let error = format!("{reason}_before_request");
-                    (
-                        self.rejected_record(seq, error, &received, None),
-                        Err(reason),
-                    )
-                }
-                HeadRead::Interrupted {
-                    interrupt,
-                    received,
-                } => {
-                    let reason = interrupt.end_reason();
-                    if !first && received.is_empty() {
-                        return reason;
-                    }
-                    let error = format!("{reason}_before_request");
-                    (
-                        self.rejected_record(seq, error, &received, None),
-                        Err(reason),
-                    )
-                }
-            };
-            self.requests = seq;
-            let started = Instant::now();
-            self.shared.events.send(Event::Request(Box::new(record)));
-
-            // `plan` is what to answer, or (no one left to answer) why the connection ends.
-            let (sent, outcome) = match plan {
-                Ok((version, keep_alive)) => {
-                    let (sent, outcome) = self.respond(version, keep_alive).await;
-                    (sent, outcome.map(|()| keep_alive))
-                }
-                Err(reason) => (0, Err(reason)),
-            };
-            self.bytes_sent += sent;
-            self.shared.events.send(Event::ResponseEnd(ResponseEnd {
-                conn_id: self.conn_id,
-                request_seq: seq,
-                closed_at: SystemTime::now(),
-                bytes_sent: sent,
-                duration_s: started.elapsed().as_secs_f64(),
-                end_reason: outcome.err().unwrap_or("complete"),
-            }));
-            match outcome {
-                Ok(true) => {}
-                Ok(false) => return "response_complete",
-                Err(reason) => return reason,
+                let error = format!("{reason}_before_request");
+                let record = self.rejected_record(seq, error, &received, None);
+                (record, Err(reason))
+            }
+        };
+        self.requests = seq;
+        let started = Instant::now();
+        self.shared.events.send(Event::Request(Box::new(record)));
+        // `plan` is what to answer, or (no one left to answer) why the connection ends.
+        let mut state = DripState {
+            seq,
+            started,
+            framing: Framing::Chunked,
+            keep_alive: false,
+            tick: 1,
+            offset: 0,
+            sent: 0,
+            next: started,
+        };
+        let outcome = match plan {
+            Ok((version, keep_alive)) => {
+                self.start_response(version, keep_alive).await.map(|sent| {
+                    state.framing = Framing::for_version(version);
+                    state.keep_alive = keep_alive;
+                    state.sent = sent;
+                    state.next = Instant::now() + self.shared.settings.response_delay;
+                })
+            }
+            Err(reason) => Err(reason),
+        };
+        match outcome {
+            Ok(()) => Ok(state),
+            Err(reason) => {
+                self.finish_response(&state, Err(reason));
+                Err(reason)
             }
         }
     }
@@ -445,58 +489,17 @@ impl Connection {
         (preview, body_consumed)
     }
 
-    /// Drips one response. Returns the payload bytes sent and `Ok` when it ran to its end, or
-    /// the reason it was cut short.
-    async fn respond(
+    /// Writes the response head with the first tick; returns the payload bytes that carried.
+    async fn start_response(
         &mut self,
         version: HttpVersion,
         keep_alive: bool,
-    ) -> (u64, Result<(), &'static str>) {
-        let shared = self.shared.clone();
-        let drip = &shared.settings.drip;
-        let delay = shared.settings.response_delay;
-        let framing = Framing::for_version(version);
+    ) -> Result<u64, &'static str> {
+        let drip = &self.shared.settings.drip;
         let (head, first_payload) =
             drip.head_with_first_tick(version, keep_alive, SystemTime::now());
-        if let Err(reason) = self.write(head).await {
-            return (0, Err(reason));
-        }
-        let mut sent = first_payload;
-        let mut next_tick = Instant::now() + delay;
-        // Tick 0 went with the head; after the last tick comes one more delay, then the end.
-        for index in 1..=drip.ticks() {
-            let stream = &self.stream;
-            let step = async {
-                tokio::time::sleep_until(next_tick).await;
-                match drip.ticks() > index {
-                    true => stream.write_all(drip.tick(index, framing).0).await.0,
-                    false => Ok(()),
-                }
-            };
-            match self.waits.until(step, None).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => return (sent, Err(io_end_reason(&error, "write_error"))),
-                Err(interrupt) => {
-                    if interrupt == Interrupt::Shutdown && framing == Framing::Chunked {
-                        // End the response properly: the client sees a complete reply.
-                        let farewell = self.stream.write_all(CHUNKED_END);
-                        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, farewell).await;
-                    }
-                    return (sent, Err(interrupt.end_reason()));
-                }
-            }
-            if index < drip.ticks() {
-                sent += drip.tick(index, framing).1;
-            }
-            // Keep the cadence; after a stall, resume from now rather than burst.
-            next_tick = (next_tick + delay).max(Instant::now());
-        }
-        if framing == Framing::Chunked
-            && let Err(reason) = self.write(CHUNKED_END).await
-        {
-            return (sent, Err(reason));
-        }
-        (sent, Ok(()))
+        self.write(head).await?;
+        Ok(first_payload)
     }
 
     /// Writes all of `bytes`, watching shutdown and the lifetime ceiling.
@@ -672,7 +675,7 @@ impl Connection {
 }
 
 /// The end reason an I/O error stands for.
-fn io_end_reason(error: &std::io::Error, other: &'static str) -> &'static str {
+pub(super) fn io_end_reason(error: &std::io::Error, other: &'static str) -> &'static str {
     match error.kind() {
         std::io::ErrorKind::ConnectionReset => "client_reset",
         // TCP_USER_TIMEOUT or keepalive gave up: the peer vanished without FIN or RST.

@@ -3,6 +3,7 @@
 //! responses, flush every event).
 
 mod connection;
+mod drip;
 pub mod limits;
 pub mod listener;
 pub mod settings;

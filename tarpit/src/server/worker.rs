@@ -14,7 +14,9 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tokio_uring::net::{TcpListener, TcpStream};
 
-use super::{Shared, connection, listener};
+use super::connection::Connection;
+use super::drip::{Dripper, LiveTask};
+use super::{Shared, listener};
 use crate::event::{ConnectionClosed, ConnectionOpened, Event};
 use crate::log_throttle::LogThrottle;
 
@@ -40,28 +42,21 @@ pub(super) fn spawn(
         })
 }
 
-/// Counts this worker's live connection tasks, so shutdown can wait for them.
-struct LiveTask(Rc<Cell<usize>>);
-
-impl LiveTask {
-    fn new(live: &Rc<Cell<usize>>) -> Self {
-        live.set(live.get() + 1);
-        Self(live.clone())
-    }
-}
-
-impl Drop for LiveTask {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
-    }
-}
-
 async fn accept_loop(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>) {
     let listen_addr = listener
         .local_addr()
         .expect("a bound listener has an address");
     let listener = TcpListener::from_std(listener);
     let live = Rc::new(Cell::new(0usize));
+    let dripper = Dripper::new(live.clone(), shared.cancel.clone());
+    let drip_task = LiveTask::new(&live);
+    tokio_uring::spawn({
+        let dripper = dripper.clone();
+        async move {
+            dripper.run().await;
+            drop(drip_task);
+        }
+    });
     let mut resource_warning = LogThrottle::new(Duration::from_secs(60));
     let cancel = shared.cancel.clone();
     let mut cancelled = std::pin::pin!(cancel.cancelled());
@@ -72,7 +67,7 @@ async fn accept_loop(index: usize, listener: std::net::TcpListener, shared: Arc<
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => admit(index, stream, peer, listen_addr, &shared, &live),
+            Ok((stream, peer)) => admit(index, stream, peer, listen_addr, &shared, &dripper),
             Err(error) => {
                 let out_of_resources = matches!(
                     error.raw_os_error(),
@@ -110,6 +105,7 @@ async fn accept_loop(index: usize, listener: std::net::TcpListener, shared: Arc<
         tracing::warn!(
             worker = index,
             open = live.get(),
+            dripping = dripper.held(),
             "connections still open after the shutdown grace period; closing them"
         );
     }
@@ -122,7 +118,7 @@ fn admit(
     peer: SocketAddr,
     listen_addr: SocketAddr,
     shared: &Arc<Shared>,
-    live: &Rc<Cell<usize>>,
+    dripper: &Rc<Dripper>,
 ) {
     let local = listener::local_addr(&stream).unwrap_or(listen_addr);
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
@@ -140,12 +136,8 @@ fn admit(
         }));
     match shared.limits.try_admit(peer.ip()) {
         Ok(permit) => {
-            let task = LiveTask::new(live);
-            let shared = shared.clone();
-            tokio_uring::spawn(async move {
-                connection::serve(stream, peer, local, conn_id, shared, permit).await;
-                drop(task);
-            });
+            let conn = Connection::accept(stream, peer, local, conn_id, shared.clone(), permit);
+            dripper.spawn_connection(conn);
         }
         Err(refusal) => {
             let _ = stream.shutdown(Shutdown::Both);

@@ -1,0 +1,256 @@
+//! The per-worker drip: every connection whose response has started waits here, as a small
+//! entry in a slab ordered by a min-heap of tick deadlines, instead of as a task with its own
+//! timer.
+//!
+//! Why: holding tens of thousands of connections for 30 minutes each is the whole job. A task
+//! per connection costs its whole future (about 2 KB) and a timer registration per tick; here a
+//! held connection costs its [`Connection`] state plus a few words, and one timer per worker
+//! fires for all connections due within a millisecond of each other. Each tick is one
+//! non-blocking `send` of a pre-built `&'static` slice: no allocation, no future, no lock.
+//! When a response ends, a keep-alive connection gets a fresh task to read its next request
+//! ([`super::connection::drive`]); any other is closed and recorded.
+
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, send};
+use slab::Slab;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::connection::{self, Connection};
+use crate::http::response::{CHUNKED_END, Framing};
+
+/// Ticks due this close together are written in one wake-up.
+const COALESCE: Duration = Duration::from_millis(1);
+
+/// Where one response's drip stands.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DripState {
+    /// The request this response answers.
+    pub seq: u32,
+    /// When the request was recorded (for `duration_s`).
+    pub started: Instant,
+    /// Chunked (HTTP/1.1) or raw (HTTP/1.0).
+    pub framing: Framing,
+    /// Whether the connection may carry another request afterwards.
+    pub keep_alive: bool,
+    /// The next tick to write (tick 0 went out with the head).
+    pub tick: u64,
+    /// Bytes of the current tick already written (a partial send is finished next time).
+    pub offset: u16,
+    /// Payload bytes sent so far.
+    pub sent: u64,
+    /// When the next tick is due.
+    pub next: Instant,
+}
+
+/// What one tick came to.
+enum Tick {
+    /// Written (or the socket was full for now): due again one delay later.
+    Again,
+    /// The response ended: `Ok` when it ran to its end, else why it stopped.
+    Done(Result<(), &'static str>),
+}
+
+/// Counts a worker's live tasks, so shutdown can wait for them.
+pub(super) struct LiveTask(Rc<Cell<usize>>);
+
+impl LiveTask {
+    pub(super) fn new(live: &Rc<Cell<usize>>) -> Self {
+        live.set(live.get() + 1);
+        Self(live.clone())
+    }
+}
+
+impl Drop for LiveTask {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    entries: Slab<(Box<Connection>, DripState)>,
+    deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
+}
+
+/// One worker's drip scheduler.
+pub(super) struct Dripper {
+    queue: RefCell<Queue>,
+    wake: Notify,
+    live: Rc<Cell<usize>>,
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+impl Dripper {
+    pub(super) fn new(
+        live: Rc<Cell<usize>>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Rc<Self> {
+        Rc::new(Self {
+            queue: RefCell::new(Queue::default()),
+            wake: Notify::new(),
+            live,
+            cancel,
+        })
+    }
+
+    /// Connections held by the drip right now.
+    pub(super) fn held(&self) -> usize {
+        self.queue.borrow().entries.len()
+    }
+
+    /// Starts a task that serves `conn` up to its next response (or its end).
+    pub(super) fn spawn_connection(self: &Rc<Self>, conn: Box<Connection>) {
+        let task = LiveTask::new(&self.live);
+        let dripper = self.clone();
+        tokio_uring::spawn(async move {
+            connection::drive(conn, &dripper).await;
+            drop(task);
+        });
+    }
+
+    /// Takes over a connection whose response head has been written.
+    pub(super) fn add(&self, conn: Box<Connection>, state: DripState) {
+        let mut queue = self.queue.borrow_mut();
+        let earliest = queue
+            .deadlines
+            .peek()
+            .is_none_or(|Reverse((due, _))| state.next < *due);
+        let key = queue.entries.insert((conn, state));
+        queue.deadlines.push(Reverse((state.next, key)));
+        drop(queue);
+        if earliest {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The worker's drip loop; returns after shutdown has ended every held response.
+    pub(super) async fn run(self: Rc<Self>) {
+        let cancel = self.cancel.clone();
+        let mut cancelled = std::pin::pin!(cancel.cancelled());
+        loop {
+            let next = self.queue.borrow().deadlines.peek().map(|r| r.0.0);
+            let idle = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(next.unwrap_or(idle)) => self.tick_due(),
+            }
+        }
+        self.finish_all();
+    }
+
+    /// Writes every tick due now (or within [`COALESCE`]).
+    fn tick_due(self: &Rc<Self>) {
+        let now = Instant::now();
+        loop {
+            let mut queue = self.queue.borrow_mut();
+            let key = match queue.deadlines.peek() {
+                Some(Reverse((due, key))) if *due <= now + COALESCE => *key,
+                _ => return,
+            };
+            queue.deadlines.pop();
+            let (conn, state) = &mut queue.entries[key];
+            match tick(conn, state, now) {
+                Tick::Again => {
+                    let delay = conn.shared.settings.response_delay;
+                    // Keep the cadence; after a stall, resume from now rather than burst.
+                    state.next = if state.next + delay <= now {
+                        now + delay
+                    } else {
+                        state.next + delay
+                    };
+                    let due = state.next;
+                    queue.deadlines.push(Reverse((due, key)));
+                }
+                Tick::Done(outcome) => {
+                    let (conn, state) = queue.entries.remove(key);
+                    drop(queue);
+                    self.finish(conn, state, outcome);
+                }
+            }
+        }
+    }
+
+    /// Records the end of a response, then reads the next request or closes.
+    fn finish(
+        self: &Rc<Self>,
+        mut conn: Box<Connection>,
+        state: DripState,
+        outcome: Result<(), &'static str>,
+    ) {
+        conn.finish_response(&state, outcome);
+        match outcome {
+            Ok(()) if state.keep_alive && !self.cancel.is_cancelled() => {
+                self.spawn_connection(conn)
+            }
+            Ok(()) => conn.close("response_complete"),
+            Err(reason) => conn.close(reason),
+        }
+    }
+
+    /// Shutdown: end every held response properly (the terminating chunk, best effort) and
+    /// record it.
+    fn finish_all(self: &Rc<Self>) {
+        let entries: Vec<_> = {
+            let mut queue = self.queue.borrow_mut();
+            queue.deadlines.clear();
+            queue.entries.drain().collect()
+        };
+        for (conn, state) in entries {
+            if state.framing == Framing::Chunked {
+                let _ = send_now(&conn, CHUNKED_END);
+            }
+            self.finish(conn, state, Err("shutdown"));
+        }
+    }
+}
+
+/// A non-blocking send; a full socket buffer is not an error (`Ok(0)`).
+fn send_now(conn: &Connection, bytes: &[u8]) -> std::io::Result<usize> {
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    match send(conn.stream.as_raw_fd(), bytes, flags) {
+        Ok(n) => Ok(n),
+        Err(Errno::EAGAIN) => Ok(0),
+        Err(errno) => Err(std::io::Error::from(errno)),
+    }
+}
+
+/// Writes one tick (or the terminating chunk) of a response.
+fn tick(conn: &Connection, state: &mut DripState, now: Instant) -> Tick {
+    if now >= conn.lifetime_end() {
+        return Tick::Done(Err("lifetime_exceeded"));
+    }
+    let drip = &conn.shared.settings.drip;
+    let last = state.tick >= drip.ticks();
+    let (bytes, payload) = match (last, state.framing) {
+        (false, framing) => drip.tick(state.tick, framing),
+        (true, Framing::Chunked) => (CHUNKED_END, 0),
+        (true, Framing::Raw) => return Tick::Done(Ok(())),
+    };
+    let rest = &bytes[state.offset as usize..];
+    match send_now(conn, rest) {
+        Ok(n) if n == rest.len() => {
+            if last {
+                return Tick::Done(Ok(()));
+            }
+            state.sent += payload;
+            state.tick += 1;
+            state.offset = 0;
+            Tick::Again
+        }
+        Ok(n) => {
+            state.offset += n as u16; // partial or full buffer: the rest goes next time
+            Tick::Again
+        }
+        Err(error) => Tick::Done(Err(connection::io_end_reason(&error, "write_error"))),
+    }
+}
