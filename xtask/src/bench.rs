@@ -48,6 +48,8 @@ pub struct Figures {
     requested: u64,
     rss_per_conn: Option<f64>,
     cpu_percent: Option<f64>,
+    /// Share of that CPU spent in the kernel (sockets, TCP, timers).
+    cpu_system_share: Option<f64>,
     cycles_per_s: Option<f64>,
     dropped_events: Option<u64>,
     rows: Option<u64>,
@@ -104,6 +106,16 @@ pub fn print_table(title: &str, columns: &mut [Figures]) {
         columns
             .iter()
             .map(|c| c.cpu_percent.map_or("-".into(), |p| format!("{p:.1}%")))
+            .collect(),
+    );
+    add(
+        "  of which in the kernel",
+        columns
+            .iter()
+            .map(|c| {
+                c.cpu_system_share
+                    .map_or("-".into(), |p| format!("{:.0}%", p * 100.0))
+            })
             .collect(),
     );
     let mut stat = |label: &str, pick: fn(&mut ClientReport) -> &mut Vec<u32>, p: f64| {
@@ -250,6 +262,12 @@ impl Server {
 
     /// CPU time used so far (user + system), in seconds.
     fn cpu_seconds(&self) -> f64 {
+        let (user, system) = self.cpu_split();
+        user + system
+    }
+
+    /// CPU time used so far as (user, system) seconds.
+    fn cpu_split(&self) -> (f64, f64) {
         let stat =
             std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         let after_name = stat.rsplit(')').next().unwrap_or("");
@@ -262,7 +280,7 @@ impl Server {
         };
         // Fields 14 and 15 of /proc/PID/stat; index 11 and 12 after the name.
         let hz = 100.0;
-        (ticks(11) + ticks(12)) / hz
+        (ticks(11) / hz, ticks(12) / hz)
     }
 
     /// SIGTERM, then wait (up to 30 s).
@@ -400,12 +418,16 @@ pub fn hold(
     let mut children = spawn_clients("hold", server.addr, &split(conns, processes), &extra)?;
     let mut cpu = None;
     let mut rss_held = 0;
+    let mut system_share = None;
     let reports = run_clients(&mut children, || {
-        let cpu_start = server.cpu_seconds();
+        let (user0, sys0) = server.cpu_split();
         let started = Instant::now();
         std::thread::sleep(Duration::from_secs(duration));
         rss_held = server.rss();
-        cpu = Some((server.cpu_seconds() - cpu_start) / started.elapsed().as_secs_f64() * 100.0);
+        let (user1, sys1) = server.cpu_split();
+        let used = (user1 - user0) + (sys1 - sys0);
+        system_share = (used > 0.0).then(|| (sys1 - sys0) / used);
+        cpu = Some(used / started.elapsed().as_secs_f64() * 100.0);
         Ok(())
     })?;
     let report = merge(reports);
@@ -415,6 +437,7 @@ pub fn hold(
         name: name.into(),
         rss_per_conn: Some(rss_held.saturating_sub(rss_before) as f64 / held as f64),
         cpu_percent: cpu,
+        cpu_system_share: system_share,
         dropped_events: dropped_events(&stderr),
         rows: count_rows(&dir.path().join("data/tarpit_events.db")),
         report,
@@ -547,8 +570,7 @@ async fn hold_client(
                 return r;
             };
             r.opened = 1;
-            r.connect_us.push(t0.elapsed().as_micros() as u32);
-            let t1 = Instant::now();
+            let _ramp_connect = t0.elapsed();
             let mut buf = [0u8; 512];
             if stream.write_all(REQUEST).await.is_err() {
                 r.read_error = 1;
@@ -556,7 +578,7 @@ async fn hold_client(
                 return r;
             }
             match stream.read(&mut buf).await {
-                Ok(n) if n > 0 => r.ttfb_us.push(t1.elapsed().as_micros() as u32),
+                Ok(n) if n > 0 => {}
                 _ => {
                     r.eof = 1;
                     ramped.fetch_add(1, Ordering::Relaxed);
@@ -608,11 +630,45 @@ async fn hold_client(
     wait_for_go().await;
     hold_started.set(Instant::now()).ok();
     go.notify_waiters();
+    // Latency under load: while the connections are held, a few probes spaced over the window
+    // time connect and request -> first byte (the ramp would measure the client's own burst).
+    let probes = tokio::spawn(probe_latency(addr, index, duration));
     let mut all = Vec::new();
     for task in tasks {
         all.push(task.await?);
     }
+    all.push(probes.await??);
     Ok(merge(all))
+}
+
+/// Probe connections during the hold: connect, request, first byte, close, 25 per process.
+async fn probe_latency(
+    addr: SocketAddr,
+    index: u64,
+    duration: u64,
+) -> anyhow::Result<ClientReport> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PROBES: u64 = 25;
+    let mut r = ClientReport::default();
+    let spacing = Duration::from_millis(duration * 1000 / (PROBES + 1));
+    for n in 0..PROBES {
+        tokio::time::sleep(spacing).await;
+        let t0 = Instant::now();
+        let Ok(mut stream) = connect_from(addr, source(index + 1000, n)).await else {
+            r.connect_failed += 1;
+            continue;
+        };
+        r.connect_us.push(t0.elapsed().as_micros() as u32);
+        let t1 = Instant::now();
+        let mut buf = [0u8; 512];
+        if stream.write_all(REQUEST).await.is_ok()
+            && matches!(stream.read(&mut buf).await, Ok(n) if n > 0)
+        {
+            r.ttfb_us.push(t1.elapsed().as_micros() as u32);
+        }
+        let _ = stream.set_zero_linger();
+    }
+    Ok(r)
 }
 
 async fn churn_client(
