@@ -38,6 +38,8 @@ struct Shared {
     ebpf: Option<Arc<crate::ebpf::EbpfMap>>,
     /// Rate limit for "proxy headers from an untrusted peer" warnings.
     untrusted_proxy_warning: crate::log_throttle::SharedLogThrottle,
+    /// Rate limit for "accept failed" warnings, shared by all workers: one a minute in all.
+    accept_warning: crate::log_throttle::SharedLogThrottle,
     next_conn_id: AtomicU64,
     cancel: CancellationToken,
 }
@@ -105,6 +107,9 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         next_conn_id: AtomicU64::new(first_conn_id),
         ebpf: attribution.as_ref().map(|a| a.map()),
         untrusted_proxy_warning: crate::log_throttle::SharedLogThrottle::new(
+            std::time::Duration::from_secs(60),
+        ),
+        accept_warning: crate::log_throttle::SharedLogThrottle::new(
             std::time::Duration::from_secs(60),
         ),
         cancel: CancellationToken::new(),

@@ -18,7 +18,6 @@ use super::connection::Connection;
 use super::drip::{Dripper, LiveTask};
 use super::{Shared, listener};
 use crate::event::{ConnectionClosed, ConnectionOpened, Event};
-use crate::log_throttle::LogThrottle;
 
 /// Submission queue size of each worker's ring.
 const RING_ENTRIES: u32 = 4096;
@@ -57,7 +56,6 @@ async fn accept_loop(index: usize, listener: std::net::TcpListener, shared: Arc<
             drop(drip_task);
         }
     });
-    let mut resource_warning = LogThrottle::new(Duration::from_secs(60));
     let cancel = shared.cancel.clone();
     let mut cancelled = std::pin::pin!(cancel.cancelled());
     loop {
@@ -81,7 +79,7 @@ async fn accept_loop(index: usize, listener: std::net::TcpListener, shared: Arc<
                 if error.raw_os_error() == Some(libc_errno::ECONNABORTED) {
                     continue; // the client gave up while queued: nothing to record
                 }
-                if let Some(suppressed) = resource_warning.check(std::time::Instant::now()) {
+                if let Some(suppressed) = shared.accept_warning.check() {
                     tracing::warn!(
                         worker = index,
                         suppressed,

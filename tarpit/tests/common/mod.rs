@@ -126,6 +126,11 @@ impl Tarpit {
         }
     }
 
+    /// The process id (of the wrapper's exec'd tarpit).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The diagnostics the process has written so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join(format!("stderr-{}.log", self.run)))
