@@ -217,3 +217,32 @@ fn client_that_never_reads() {
     assert!(sent > 0 && sent < 100_000_000, "{sent}");
     drop(stream);
 }
+
+#[test]
+fn reset_is_noticed_at_once_not_at_the_next_tick() {
+    // Ten seconds between ticks: a reset must not wait for the next one to be noticed.
+    let tarpit = Tarpit::start(&["--response-delay", "10", "--max-response-bytes", "100"]);
+    let mut stream = tarpit.connect();
+    stream.write_all(b"GET /rst-fast HTTP/1.1\r\n\r\n").unwrap();
+    let mut first = [0u8; 64];
+    std::io::Read::read(&mut stream, &mut first).unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // let the dripper take it over
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    let reset_at = Instant::now();
+    drop(stream);
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM connections WHERE end_reason = 'client_reset'",
+        1,
+    );
+    assert!(
+        reset_at.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        reset_at.elapsed()
+    );
+    assert_eq!(
+        tarpit.count("SELECT COUNT(*) FROM events WHERE end_reason = 'client_reset'"),
+        1
+    );
+}

@@ -129,6 +129,20 @@ impl Connection {
         drop(self); // releases the permit and closes the socket
     }
 
+    /// The socket, for the dripper's non-blocking sends and epoll registration.
+    pub(super) fn stream_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the fd belongs to `self.stream`, which outlives the borrow.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.stream.as_raw_fd()) }
+    }
+
+    /// The socket's pending error (SO_ERROR), e.g. ECONNRESET after a reset.
+    pub(super) fn socket_error(&self) -> Option<nix::errno::Errno> {
+        use nix::sys::socket::{getsockopt, sockopt::SocketError};
+        let code = getsockopt(&self.stream_fd(), SocketError).ok()?;
+        (code != 0).then(|| nix::errno::Errno::from_raw(code))
+    }
+
     /// When the connection must end, whatever it is doing.
     pub(super) fn lifetime_end(&self) -> Instant {
         self.waits.lifetime_end

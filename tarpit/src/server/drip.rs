@@ -9,6 +9,11 @@
 //! non-blocking `send` of a pre-built `&'static` slice: no allocation, no future, no lock.
 //! When a response ends, a keep-alive connection gets a fresh task to read its next request
 //! ([`super::connection::drive`]); any other is closed and recorded.
+//!
+//! A reset is noticed at once rather than at the next tick: held sockets are registered with a
+//! per-worker epoll instance for EPOLLERR/EPOLLHUP (never for a mere half-close: a scanner that
+//! shuts its write side may still be reading, and stays tarpitted). Without this, churning
+//! scanners that RST would occupy a slot for a whole tick each.
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
@@ -18,8 +23,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::socket::{MsgFlags, send};
 use slab::Slab;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -83,6 +90,8 @@ struct Queue {
 /// One worker's drip scheduler.
 pub(super) struct Dripper {
     queue: RefCell<Queue>,
+    /// Tells which held sockets were reset or hung up (see the module doc).
+    hangups: Option<Epoll>,
     wake: Notify,
     live: Rc<Cell<usize>>,
     cancel: tokio_util::sync::CancellationToken,
@@ -93,8 +102,14 @@ impl Dripper {
         live: Rc<Cell<usize>>,
         cancel: tokio_util::sync::CancellationToken,
     ) -> Rc<Self> {
+        let hangups = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+            .inspect_err(|e| {
+                tracing::warn!("no epoll for reset detection ({e}); resets wait for a tick")
+            })
+            .ok();
         Rc::new(Self {
             queue: RefCell::new(Queue::default()),
+            hangups,
             wake: Notify::new(),
             live,
             cancel,
@@ -123,7 +138,12 @@ impl Dripper {
             .deadlines
             .peek()
             .is_none_or(|Reverse((due, _))| state.next < *due);
-        let key = queue.entries.insert((conn, state));
+        let key = queue.entries.vacant_key();
+        if let Some(epoll) = &self.hangups {
+            let event = EpollEvent::new(EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP, key as u64);
+            let _ = epoll.add(conn.stream_fd(), event);
+        }
+        queue.entries.insert((conn, state));
         queue.deadlines.push(Reverse((state.next, key)));
         drop(queue);
         if earliest {
@@ -135,12 +155,33 @@ impl Dripper {
     pub(super) async fn run(self: Rc<Self>) {
         let cancel = self.cancel.clone();
         let mut cancelled = std::pin::pin!(cancel.cancelled());
+        // The epoll fd, watched by the runtime's reactor (a duplicate: AsyncFd owns it).
+        let watched = self
+            .hangups
+            .as_ref()
+            .and_then(|epoll| epoll.0.try_clone().ok())
+            // SAFETY: the duplicate is owned by the AsyncFd alone and closed with it.
+            .and_then(|fd| {
+                unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
+            });
         loop {
             let next = self.queue.borrow().deadlines.peek().map(|r| r.0.0);
             let idle = Instant::now() + Duration::from_secs(3600);
+            let hangup = async {
+                match &watched {
+                    Some(fd) => fd.readable().await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = &mut cancelled => break,
+                ready = hangup => {
+                    if let Some(mut guard) = ready {
+                        self.end_hung_up();
+                        guard.clear_ready();
+                    }
+                }
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep_until(next.unwrap_or(idle)) => self.tick_due(),
             }
@@ -148,17 +189,47 @@ impl Dripper {
         self.finish_all();
     }
 
+    /// Ends the held connections whose sockets were reset or hung up.
+    fn end_hung_up(self: &Rc<Self>) {
+        let Some(epoll) = &self.hangups else { return };
+        let mut events = [EpollEvent::empty(); 256];
+        loop {
+            let n = epoll.wait(&mut events, 0u16).unwrap_or(0);
+            for event in &events[..n] {
+                let key = event.data() as usize;
+                let entry = self.queue.borrow_mut().entries.try_remove(key);
+                if let Some((conn, state)) = entry {
+                    // Its heap deadline stays behind and is skipped when it comes due.
+                    let reason = match conn.socket_error() {
+                        Some(Errno::ETIMEDOUT) => "peer_gone",
+                        Some(Errno::ECONNRESET) => "client_reset",
+                        _ => "client_closed",
+                    };
+                    self.finish(conn, state, Err(reason));
+                }
+            }
+            if n < events.len() {
+                return;
+            }
+        }
+    }
+
     /// Writes every tick due now (or within [`COALESCE`]).
     fn tick_due(self: &Rc<Self>) {
         let now = Instant::now();
         loop {
             let mut queue = self.queue.borrow_mut();
-            let key = match queue.deadlines.peek() {
-                Some(Reverse((due, key))) if *due <= now + COALESCE => *key,
+            let (due, key) = match queue.deadlines.peek() {
+                Some(Reverse((due, key))) if *due <= now + COALESCE => (*due, *key),
                 _ => return,
             };
             queue.deadlines.pop();
-            let (conn, state) = &mut queue.entries[key];
+            // A deadline whose entry has ended (a reset), or whose key now holds another
+            // connection with its own deadline, is stale: skip it.
+            let Some((conn, state)) = queue.entries.get_mut(key).filter(|(_, s)| s.next == due)
+            else {
+                continue;
+            };
             match tick(conn, state, now) {
                 Tick::Again => {
                     let delay = conn.shared.settings.response_delay;
@@ -187,6 +258,9 @@ impl Dripper {
         state: DripState,
         outcome: Result<(), &'static str>,
     ) {
+        if let Some(epoll) = &self.hangups {
+            let _ = epoll.delete(conn.stream_fd());
+        }
         conn.finish_response(&state, outcome);
         match outcome {
             Ok(()) if state.keep_alive && !self.cancel.is_cancelled() => {
