@@ -154,20 +154,10 @@ pub struct RequestRecord {
     pub error_message: Option<String>,
     /// The first bytes received, escaped, for rejected input.
     pub raw_preview: Option<String>,
-    /// GeoIP: ISO country code of `client_ip` (filled by the pipeline).
-    pub country_iso_code: Option<String>,
-    /// GeoIP: country name.
-    pub country_name: Option<String>,
-    /// GeoIP: city name.
-    pub city_name: Option<String>,
-    /// GeoIP: approximate latitude.
-    pub latitude: Option<f64>,
-    /// GeoIP: approximate longitude.
-    pub longitude: Option<f64>,
-    /// GeoIP: autonomous system number.
-    pub asn_number: Option<u32>,
-    /// GeoIP: autonomous system organisation.
-    pub asn_organization: Option<String>,
+    /// GeoIP/ASN of `client_ip`, filled by the pipeline (the seed columns `country_iso_code`
+    /// ... `asn_organization`, flattened into the JSON line).
+    #[serde(flatten)]
+    pub geo: crate::geoip::GeoInfo,
 }
 
 /// The end of one response: completes the row that the `request` event created.

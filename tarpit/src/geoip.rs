@@ -21,7 +21,7 @@ use crate::event::RequestRecord;
 use crate::net_class::is_global;
 
 /// What GeoIP knows about one address: the seed columns it fills.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct GeoInfo {
     /// ISO 3166-1 alpha-2 country code.
     pub country_iso_code: Option<String>,
@@ -257,13 +257,7 @@ impl GeoIp {
     /// Fills a request's location and ASN columns from its client address.
     pub fn enrich(&mut self, record: &mut RequestRecord) {
         if let Some(info) = self.lookup(record.client_ip) {
-            record.country_iso_code = info.country_iso_code.clone();
-            record.country_name = info.country_name.clone();
-            record.city_name = info.city_name.clone();
-            record.latitude = info.latitude;
-            record.longitude = info.longitude;
-            record.asn_number = info.asn_number;
-            record.asn_organization = info.asn_organization.clone();
+            record.geo = GeoInfo::clone(&info);
         }
     }
 }

@@ -254,17 +254,10 @@ fn private_and_whitelisted_clients_are_never_reported() {
 
 #[test]
 fn whitelisted_asn_is_never_reported() {
-    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata/geoip/GeoLite2-ASN-Test.mmdb");
-    if !shared.is_file() {
-        assert!(
-            std::env::var_os("TARPIT_E2E").is_none(),
-            "TARPIT_E2E: {} missing",
-            shared.display()
-        );
-        eprintln!("SKIPPED: no ../shared/testdata/geoip (TARPIT_E2E=1 makes this a failure)");
+    let Some(dir) = common::shared_geoip_dir() else {
         return;
-    }
+    };
+    let shared = dir.join("GeoLite2-ASN-Test.mmdb");
     let api = FakeApi::start(vec![]);
     let env = [("ABUSEIPDB_API_KEY", KEY)];
     let extra = format!(

@@ -4,23 +4,8 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 
 use common::{FAST, Tarpit, read_response};
-
-fn shared_testdata() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/geoip");
-    if dir.join("GeoLite2-City-Test.mmdb").is_file() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("TARPIT_E2E").is_none(),
-        "TARPIT_E2E is set but {} has no MaxMind test databases",
-        dir.display()
-    );
-    eprintln!("SKIPPED: no ../shared/testdata/geoip (TARPIT_E2E=1 makes this a failure)");
-    None
-}
 
 /// A request from `client` as a trusted proxy (loopback) reports it.
 fn request_from(tarpit: &Tarpit, client: &str, path: &str) {
@@ -37,7 +22,7 @@ fn request_from(tarpit: &Tarpit, client: &str, path: &str) {
 
 #[test]
 fn location_and_asn_fill_the_seed_columns_and_a_new_file_is_picked_up() {
-    let Some(shared) = shared_testdata() else {
+    let Some(shared) = common::shared_geoip_dir() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -44,6 +44,7 @@ impl Policy {
             return Some("whitelisted network");
         }
         if record
+            .geo
             .asn_number
             .is_some_and(|asn| self.whitelist_asns.contains(&asn))
         {
@@ -220,13 +221,10 @@ mod tests {
             response_status: Some(200),
             error_message: None,
             raw_preview: None,
-            country_iso_code: None,
-            country_name: None,
-            city_name: None,
-            latitude: None,
-            longitude: None,
-            asn_number: asn,
-            asn_organization: None,
+            geo: crate::geoip::GeoInfo {
+                asn_number: asn,
+                ..Default::default()
+            },
         }
     }
 

@@ -677,13 +677,7 @@ impl Connection {
             response_status: None,
             error_message: None,
             raw_preview: None,
-            country_iso_code: None,
-            country_name: None,
-            city_name: None,
-            latitude: None,
-            longitude: None,
-            asn_number: None,
-            asn_organization: None,
+            geo: Default::default(),
         }
     }
 }

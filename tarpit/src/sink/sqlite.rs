@@ -108,13 +108,13 @@ fn insert_request(conn: &Connection, e: &RequestRecord) -> rusqlite::Result<()> 
         e.ebpf_lookup,
         e.target_port_original_dst,
         e.target_port_header,
-        e.country_iso_code,
-        e.country_name,
-        e.city_name,
-        e.latitude,
-        e.longitude,
-        e.asn_number,
-        e.asn_organization,
+        e.geo.country_iso_code,
+        e.geo.country_name,
+        e.geo.city_name,
+        e.geo.latitude,
+        e.geo.longitude,
+        e.geo.asn_number,
+        e.geo.asn_organization,
     ])?;
     Ok(())
 }

@@ -231,6 +231,22 @@ impl Drop for Tarpit {
     }
 }
 
+/// The official MaxMind test databases in `../shared/testdata/geoip` (beside the repository;
+/// CI has them). Without them a test skips, unless `TARPIT_E2E` is set: then it fails.
+pub fn shared_geoip_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/geoip");
+    if dir.join("GeoLite2-City-Test.mmdb").is_file() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("TARPIT_E2E").is_none(),
+        "TARPIT_E2E is set but {} has no MaxMind test databases",
+        dir.display()
+    );
+    eprintln!("SKIPPED: no ../shared/testdata/geoip (TARPIT_E2E=1 makes this a failure)");
+    None
+}
+
 /// Reads until the terminating chunk, the end of the stream, or the read timeout.
 pub fn read_response(stream: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
