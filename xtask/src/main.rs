@@ -261,11 +261,41 @@ fn fuzz(root: &Path, seconds: u64, jobs: u32) -> anyhow::Result<()> {
         eprintln!("xtask: installing cargo-fuzz from crates.io (once; about a minute)");
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
+    for (target, seeds) in FUZZ_TARGETS {
+        fuzz_target(root, target, seeds, seconds, jobs)?;
+    }
+    Ok(())
+}
+
+/// Fuzz targets under `tarpit/fuzz`, with seed inputs for each.
+const FUZZ_TARGETS: &[(&str, &[(&str, &[u8])])] =
+    &[("request_head", SEEDS), ("proxy_preamble", PROXY_SEEDS)];
+
+/// Seed inputs for the PROXY protocol fuzzer.
+const PROXY_SEEDS: &[(&str, &[u8])] = &[
+    (
+        "v1",
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 80\r\nGET / HTTP/1.1\r\n\r\n",
+    ),
+    ("v1-unknown", b"PROXY UNKNOWN\r\n"),
+    (
+        "v2",
+        b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\xc0\x00\x02\x01\xc6\x33\x64\x02\xdc\x04\x00\x50",
+    ),
+];
+
+fn fuzz_target(
+    root: &Path,
+    target: &str,
+    seeds: &[(&str, &[u8])],
+    seconds: u64,
+    jobs: u32,
+) -> anyhow::Result<()> {
     let fuzz_dir = root.join("tarpit");
-    // The corpus lives outside the repository; seeds give the fuzzer real requests to mutate.
-    let corpus = fuzz_dir.join("fuzz/corpus/request_head");
+    // The corpus lives outside the repository; seeds give the fuzzer real inputs to mutate.
+    let corpus = fuzz_dir.join("fuzz/corpus").join(target);
     std::fs::create_dir_all(&corpus)?;
-    for (name, seed) in SEEDS {
+    for (name, seed) in seeds {
         std::fs::write(corpus.join(name), seed)?;
     }
     let mut command = Command::new("rustup");
@@ -273,7 +303,7 @@ fn fuzz(root: &Path, seconds: u64, jobs: u32) -> anyhow::Result<()> {
         .current_dir(&fuzz_dir)
         .env_remove("RUSTC")
         .env_remove("RUSTUP_TOOLCHAIN")
-        .args(["run", "nightly", "cargo", "fuzz", "run", "request_head"])
+        .args(["run", "nightly", "cargo", "fuzz", "run", target])
         .arg("--")
         .arg(format!("-max_total_time={seconds}"))
         .arg("-max_len=20000")
