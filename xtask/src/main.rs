@@ -267,9 +267,11 @@ fn fuzz(root: &Path, seconds: u64, jobs: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Named seed inputs for a fuzz target.
+type Seeds = &'static [(&'static str, &'static [u8])];
+
 /// Fuzz targets under `tarpit/fuzz`, with seed inputs for each.
-const FUZZ_TARGETS: &[(&str, &[(&str, &[u8])])] =
-    &[("request_head", SEEDS), ("proxy_preamble", PROXY_SEEDS)];
+const FUZZ_TARGETS: &[(&str, Seeds)] = &[("request_head", SEEDS), ("proxy_preamble", PROXY_SEEDS)];
 
 /// Seed inputs for the PROXY protocol fuzzer.
 const PROXY_SEEDS: &[(&str, &[u8])] = &[
