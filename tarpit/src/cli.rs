@@ -128,6 +128,9 @@ pub struct Overrides {
     /// [geoip] Seconds between checks for replaced database files.
     #[arg(long)]
     pub geoip_reload_interval: Option<f64>,
+    /// [metrics] address:port of the Prometheus endpoint ("" = off).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
     /// [ebpf] mode: auto, on or off.
     #[arg(long, value_enum)]
     pub ebpf_mode: Option<crate::ebpf::EbpfMode>,
@@ -170,6 +173,7 @@ impl Overrides {
         set(&mut st.json_log, &self.json_log);
         set(&mut st.event_queue, &self.event_queue);
         set(&mut config.ebpf.mode, &self.ebpf_mode);
+        set(&mut config.metrics.listen, &self.metrics_listen);
         set(&mut config.geoip.city_db, &self.geoip_city_db);
         set(&mut config.geoip.asn_db, &self.geoip_asn_db);
         set(

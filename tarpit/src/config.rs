@@ -52,6 +52,33 @@ pub struct Config {
     pub geoip: GeoIpConfig,
     /// AbuseIPDB reporting (enabled by the ABUSEIPDB_API_KEY environment variable).
     pub abuseipdb: AbuseIpDbConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `address:port` serving `/metrics`; empty turns metrics off.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".to_owned(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to serve on, or `None` when metrics are off.
+    pub fn address(&self) -> Option<std::net::SocketAddr> {
+        (!self.listen.trim().is_empty())
+            .then(|| self.listen.trim().parse().ok())
+            .flatten()
+    }
 }
 
 /// `[abuseipdb]`: how reports are made. Reporting is on only when `ABUSEIPDB_API_KEY` is set.
@@ -417,6 +444,15 @@ impl Config {
         if let Err((key, reason)) = a.user_agent_regexes() {
             return err(&key, format!("not a valid regular expression: {reason}"));
         }
+        if !self.metrics.listen.trim().is_empty() && self.metrics.address().is_none() {
+            return err(
+                "metrics.listen",
+                format!(
+                    "must be address:port (e.g. 127.0.0.1:9464) or empty, got {:?}",
+                    self.metrics.listen
+                ),
+            );
+        }
         if !(1..=1 << 24).contains(&self.ebpf.map_entries) {
             return err(
                 "ebpf.map_entries",
@@ -578,6 +614,7 @@ mod tests {
             ("[storage]\nevent_queue = 0", "storage.event_queue"),
             ("[storage]\ndatabase = \"\"", "storage.database"),
             ("[ebpf]\nmap_entries = 0", "ebpf.map_entries"),
+            ("[metrics]\nlisten = \"localhost\"", "metrics.listen"),
             (
                 "[abuseipdb]\nreport_interval_minutes = 5",
                 "abuseipdb.report_interval_minutes",

@@ -231,6 +231,7 @@ impl GeoIp {
             return None;
         }
         if let Some(hit) = self.cache.get(&ip) {
+            metrics::counter!("tarpit_geoip_lookups_total", "result" => "cached").increment(1);
             return Some(hit.clone());
         }
         let mut info = GeoInfo::default();
@@ -249,6 +250,12 @@ impl GeoIp {
             info.asn_number = asn.autonomous_system_number;
             info.asn_organization = asn.autonomous_system_organization.map(str::to_owned);
         }
+        let result = if info == GeoInfo::default() {
+            "miss"
+        } else {
+            "hit"
+        };
+        metrics::counter!("tarpit_geoip_lookups_total", "result" => result).increment(1);
         let info = Arc::new(info);
         self.cache.put(ip, info.clone());
         Some(info)

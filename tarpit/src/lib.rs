@@ -17,6 +17,7 @@ pub mod event;
 pub mod geoip;
 pub mod http;
 pub mod log_throttle;
+pub mod metrics;
 pub mod net_class;
 pub mod pipeline;
 pub mod ports_report;

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::abuseipdb::Reporter;
 use crate::event::Event;
 use crate::geoip::GeoIp;
+use crate::metrics::MetricsSink;
 use crate::sink::SinkThread;
 
 /// How often lost events are reported in the diagnostics log.
@@ -67,6 +68,8 @@ pub struct Enrichment {
     pub geoip: Option<GeoIp>,
     /// AbuseIPDB reporting, started on the pipeline runtime.
     pub reporter: Option<crate::abuseipdb::ReporterSetup>,
+    /// Prometheus metrics: where to serve them, and the tarpit's own port (for labels).
+    pub metrics: Option<(std::net::SocketAddr, u16)>,
 }
 
 async fn run(
@@ -83,6 +86,16 @@ async fn run(
         .reporter
         .take()
         .map(|setup| Reporter::start(setup, outcome_tx));
+    let mut metrics =
+        enrichment
+            .metrics
+            .and_then(|(addr, own_port)| match crate::metrics::serve(addr) {
+                Ok(()) => Some(MetricsSink::new(own_port, stats.clone())),
+                Err(e) => {
+                    tracing::warn!("{e}; metrics off");
+                    None
+                }
+            });
     loop {
         tokio::select! {
             event = rx.recv() => match event {
@@ -95,11 +108,19 @@ async fn run(
                             reporter.offer(record);
                         }
                     }
+                    if let Some(metrics) = metrics.as_mut() {
+                        metrics.observe(&event);
+                    }
                     deliver(event, &sinks, &stats)
                 }
                 None => break,
             },
-            Some(outcome) = outcomes.recv() => deliver(outcome, &sinks, &stats),
+            Some(outcome) = outcomes.recv() => {
+                if let Some(metrics) = metrics.as_mut() {
+                    metrics.observe(&outcome);
+                }
+                deliver(outcome, &sinks, &stats)
+            }
             _ = report.tick() => reported = report_drops(&stats, reported),
         }
     }

@@ -94,6 +94,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             geoip.cache_entries,
         )),
         reporter,
+        metrics: config.metrics.address().map(|addr| (addr, bound.port())),
     };
     let pipeline = Pipeline::start(rx, enrichment, sinks, stats.clone())?;
 

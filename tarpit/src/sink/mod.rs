@@ -99,7 +99,11 @@ fn run(mut sink: impl Sink, rx: mpsc::Receiver<Arc<Event>>, stats: Arc<PipelineS
                 Err(_) => break,
             }
         }
-        if let Err(error) = sink.write_batch(&batch) {
+        let started = Instant::now();
+        let written = sink.write_batch(&batch);
+        metrics::histogram!("tarpit_sink_batch_seconds", "sink" => sink.name())
+            .record(started.elapsed().as_secs_f64());
+        if let Err(error) = written {
             stats
                 .sink_dropped
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);

@@ -1,0 +1,135 @@
+//! Prometheus metrics, derived from the event stream on the pipeline.
+//!
+//! Metrics are one more consumer of events, so the io_uring workers pay nothing for them: every
+//! counter below is computed from the events the workers already send (a dropped event is
+//! missing here too, and `tarpit_events_dropped_total` says how many). The exposition is served
+//! by `metrics-exporter-prometheus` on `[metrics] listen`; no hand-written HTTP.
+//!
+//! Labels stay low-cardinality: no addresses, no paths; methods from the standard list (else
+//! `other`); target ports from a fixed set of commonly scanned ports plus the tarpit's own (else
+//! `other`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use metrics::{counter, gauge};
+
+use crate::event::Event;
+use crate::pipeline::PipelineStats;
+
+/// Ports that get their own `target_port` label value; every other port is `other`.
+const LABELLED_PORTS: &[u16] = &[
+    21, 22, 23, 25, 80, 81, 88, 443, 1433, 2375, 3000, 3306, 5000, 5432, 5601, 6379, 6443, 7001,
+    8000, 8008, 8080, 8081, 8443, 8888, 9000, 9090, 9200, 10000,
+];
+
+/// Methods that get their own `method` label value.
+const LABELLED_METHODS: &[&str] = &[
+    "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE", "PRI",
+];
+
+/// Why the exporter could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve metrics on {addr}: {reason}")]
+pub struct MetricsError {
+    addr: SocketAddr,
+    reason: String,
+}
+
+/// Installs the Prometheus recorder and starts its HTTP listener on the current runtime.
+pub fn serve(addr: SocketAddr) -> Result<(), MetricsError> {
+    let err = |reason: String| MetricsError { addr, reason };
+    let (recorder, exporter) = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    metrics::set_global_recorder(recorder).map_err(|e| err(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = exporter.await {
+            tracing::error!("metrics listener stopped: {e:?}");
+        }
+    });
+    tracing::info!("Prometheus metrics on http://{addr}/metrics");
+    Ok(())
+}
+
+/// Turns events into metric updates.
+#[derive(Debug)]
+pub struct MetricsSink {
+    own_port: u16,
+    stats: Arc<PipelineStats>,
+    active: i64,
+    /// Seconds scanners have been held, summed exactly (counters take whole numbers).
+    held_seconds: f64,
+}
+
+impl MetricsSink {
+    /// `own_port` is the tarpit's listening port (it gets its own label value).
+    pub fn new(own_port: u16, stats: Arc<PipelineStats>) -> Self {
+        Self {
+            own_port,
+            stats,
+            active: 0,
+            held_seconds: 0.0,
+        }
+    }
+
+    fn port_label(&self, port: u16) -> String {
+        if port == self.own_port || LABELLED_PORTS.contains(&port) {
+            port.to_string()
+        } else {
+            "other".to_owned()
+        }
+    }
+
+    /// Updates the metrics for one event.
+    pub fn observe(&mut self, event: &Event) {
+        match event {
+            Event::ConnectionOpened(_) => {
+                counter!("tarpit_connections_accepted_total").increment(1);
+                self.active += 1;
+            }
+            Event::ConnectionClosed(e) => {
+                if let Some(reason) = e.end_reason.strip_prefix("refused_") {
+                    counter!("tarpit_connections_refused_total", "reason" => reason).increment(1);
+                }
+                counter!("tarpit_connection_end_total", "reason" => e.end_reason).increment(1);
+                self.active -= 1;
+            }
+            Event::Request(r) => {
+                let method = match r.http_method.as_deref() {
+                    Some(m) => LABELLED_METHODS
+                        .iter()
+                        .find(|known| known.eq_ignore_ascii_case(m))
+                        .copied()
+                        .unwrap_or("other"),
+                    None => "none",
+                };
+                let port = self.port_label(r.target_port);
+                counter!("tarpit_requests_total", "method" => method, "target_port" => port)
+                    .increment(1);
+                counter!("tarpit_port_attribution_total", "source" => r.target_port_source)
+                    .increment(1);
+                if let Some(lookup) = r.ebpf_lookup {
+                    counter!("tarpit_ebpf_lookups_total", "result" => lookup).increment(1);
+                }
+            }
+            Event::ResponseEnd(e) => {
+                counter!("tarpit_bytes_dripped_total").increment(e.bytes_sent);
+                // The tarpit's headline figure: how long scanners were kept busy.
+                self.held_seconds += e.duration_s;
+                counter!("tarpit_attacker_seconds_total").absolute(self.held_seconds as u64);
+                counter!("tarpit_response_end_total", "reason" => e.end_reason).increment(1);
+            }
+            Event::AbuseReport(e) => {
+                counter!("tarpit_abuseipdb_reports_total", "outcome" => e.outcome).increment(1);
+            }
+        }
+        gauge!("tarpit_connections_active").set(self.active as f64);
+        counter!("tarpit_events_dropped_total")
+            .absolute(self.stats.dropped_events.load(Ordering::Relaxed));
+        counter!("tarpit_sink_events_dropped_total")
+            .absolute(self.stats.sink_dropped.load(Ordering::Relaxed));
+    }
+}
