@@ -37,6 +37,24 @@ pub enum Command {
     CheckConfig(Overrides),
     /// Compare the port attribution sources (eBPF, SO_ORIGINAL_DST, proxy header).
     Ports(PortsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), generated from these definitions.
+    Man,
+}
+
+/// Writes the completion script for `shell` (`tarpit completions bash > /etc/bash_completion.d/tarpit`).
+pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "tarpit", out);
+}
+
+/// Writes the manual page (`tarpit man > /usr/local/share/man/man1/tarpit.1`).
+pub fn write_man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(out)
 }
 
 /// Flags of `tarpit ports`.

@@ -18,8 +18,26 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Completions { shell }) => {
+            tarpit::cli::write_completions(*shell, &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man) => {
+            return match tarpit::cli::write_man_page(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let (subcommand_flags, check_only) = match &cli.command {
-        None | Some(Command::Ports(_)) => (None, false),
+        None | Some(Command::Ports(_) | Command::Completions { .. } | Command::Man) => {
+            (None, false)
+        }
         Some(Command::Run(overrides)) => (Some(overrides), false),
         Some(Command::CheckConfig(overrides)) => (Some(overrides), true),
     };

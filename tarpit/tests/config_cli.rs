@@ -94,3 +94,26 @@ fn the_example_config_is_valid_and_documents_every_default() {
         }
     }
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, bash, _) = tarpit(&["completions", "bash"], dir.path());
+    assert_eq!(code, 0);
+    assert!(bash.contains("_tarpit()"), "{bash}");
+    assert!(bash.contains("check-config") && bash.contains("--response-delay"));
+    let (code, zsh, _) = tarpit(&["completions", "zsh"], dir.path());
+    assert_eq!(code, 0);
+    assert!(zsh.starts_with("#compdef tarpit"), "{zsh}");
+    let (code, man, _) = tarpit(&["man"], dir.path());
+    assert_eq!(code, 0);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH tarpit"),
+        "{man}"
+    );
+    assert!(
+        man.contains(r"check\-config") || man.contains("check-config"),
+        "{man}"
+    );
+    assert!(man.contains(r"response\-delay") || man.contains("response-delay"));
+}

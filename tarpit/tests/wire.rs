@@ -308,3 +308,53 @@ fn sigterm_ends_open_responses_and_flushes_within_five_seconds() {
     );
     assert!(tarpit.stderr().contains("every queued event written"));
 }
+
+#[test]
+fn sighup_reopens_the_json_log_and_nothing_is_lost_across_a_rotation() {
+    let tarpit = Tarpit::start(FAST);
+    let one_request = |path: &str| {
+        let mut stream = tarpit.connect();
+        write!(stream, "GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+        read_response(&mut stream);
+    };
+    one_request("/before-rotation");
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM connections WHERE end_reason IS NOT NULL",
+        1,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // logrotate: rename, then SIGHUP.
+    let log = tarpit.dir.join("logs/tarpit.log");
+    let rotated = tarpit.dir.join("logs/tarpit.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(tarpit.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    one_request("/after-rotation");
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM connections WHERE end_reason IS NOT NULL",
+        2,
+    );
+    let read = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        common::wait_for(std::time::Duration::from_secs(5), || {
+            let text = std::fs::read_to_string(path).ok()?;
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            (lines.len() >= 4).then_some(lines)
+        })
+        .unwrap_or_default()
+    };
+    let old = read(&rotated);
+    let new = read(&log);
+    // Each connection's four events are all in one file or the other.
+    assert_eq!(old.len(), 4, "{old:?}");
+    assert_eq!(new.len(), 4, "{new:?}");
+    assert_eq!(old[1]["http_path"], "/before-rotation");
+    assert_eq!(new[1]["http_path"], "/after-rotation");
+    assert!(tarpit.stderr().contains("reopened the JSON log"));
+}

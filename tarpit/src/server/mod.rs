@@ -62,6 +62,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let reporter = reporter_setup(config, &database)?;
     let json_log = JsonLinesSink::open(&storage.json_log)
         .with_context(|| format!("opening JSON log {}", storage.json_log.display()))?;
+    let reopen_json_log = json_log.reopen_flag();
 
     // Attach the hook before accepting, so no connection is missed.
     let attribution = start_port_attribution(config)?;
@@ -128,7 +129,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         "listening on {bound}"
     );
 
-    signals.wait();
+    signals.wait(&reopen_json_log);
     tracing::info!("shutting down: no new connections, ending open responses");
     shared.cancel.cancel();
     for handle in handles {
@@ -222,12 +223,13 @@ fn start_port_attribution(config: &Config) -> anyhow::Result<Option<Attribution>
     Ok(attribution)
 }
 
-/// SIGINT and SIGTERM handlers, installed before the server announces itself so a signal sent
-/// right after start-up is never missed.
+/// SIGINT and SIGTERM (stop) and SIGHUP (reopen the JSON log) handlers, installed before the
+/// server announces itself so a signal sent right after start-up is never missed.
 struct ShutdownSignals {
     runtime: tokio::runtime::Runtime,
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl ShutdownSignals {
@@ -240,18 +242,26 @@ impl ShutdownSignals {
         let _guard = runtime.enter();
         let interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
         Ok(Self {
             runtime,
             interrupt,
             terminate,
+            hangup,
         })
     }
 
-    fn wait(mut self) {
+    /// Returns on SIGINT or SIGTERM; each SIGHUP sets `reopen` for the JSON log sink.
+    fn wait(mut self, reopen: &std::sync::atomic::AtomicBool) {
         self.runtime.block_on(async {
-            tokio::select! {
-                _ = self.interrupt.recv() => {}
-                _ = self.terminate.recv() => {}
+            loop {
+                tokio::select! {
+                    _ = self.interrupt.recv() => return,
+                    _ = self.terminate.recv() => return,
+                    _ = self.hangup.recv() => {
+                        reopen.store(true, std::sync::atomic::Ordering::Release);
+                    }
+                }
             }
         });
     }

@@ -1,10 +1,15 @@
 //! The JSON lines forensic log: one object per event, field names equal to the SQLite columns,
 //! timestamps in RFC 3339 UTC. Separate from the operational diagnostics, which go to stderr.
+//!
+//! Log rotation: after logrotate renames the file, SIGHUP asks the sink to reopen its path
+//! ([`JsonLinesSink::reopen_flag`]); events written before the reopen are in the renamed file,
+//! the rest in the new one, so nothing is lost across a rotation.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Sink, SinkError};
 use crate::event::Event;
@@ -12,7 +17,9 @@ use crate::event::Event;
 /// Appends events to a JSON lines file, flushing after every batch.
 #[derive(Debug)]
 pub struct JsonLinesSink {
+    path: PathBuf,
     out: BufWriter<File>,
+    reopen: Arc<AtomicBool>,
 }
 
 impl JsonLinesSink {
@@ -21,10 +28,20 @@ impl JsonLinesSink {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Self {
-            out: BufWriter::with_capacity(64 * 1024, file),
+            path: path.to_path_buf(),
+            out: BufWriter::with_capacity(64 * 1024, Self::append(path)?),
+            reopen: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    fn append(path: &Path) -> std::io::Result<File> {
+        OpenOptions::new().create(true).append(true).open(path)
+    }
+
+    /// Set it (on SIGHUP) to make the sink reopen its path before its next batch.
+    pub fn reopen_flag(&self) -> Arc<AtomicBool> {
+        self.reopen.clone()
     }
 }
 
@@ -34,6 +51,11 @@ impl Sink for JsonLinesSink {
     }
 
     fn write_batch(&mut self, events: &[Arc<Event>]) -> Result<(), SinkError> {
+        if self.reopen.swap(false, Ordering::AcqRel) {
+            self.out.flush()?;
+            self.out = BufWriter::with_capacity(64 * 1024, Self::append(&self.path)?);
+            tracing::info!("reopened the JSON log {}", self.path.display());
+        }
         for event in events {
             serde_json::to_writer(&mut self.out, event.as_ref()).map_err(std::io::Error::from)?;
             self.out.write_all(b"\n")?;
