@@ -36,7 +36,9 @@ pub enum Command {
     /// Validate the configuration and print the effective values as TOML.
     CheckConfig(Overrides),
     /// Compare the port attribution sources (eBPF, SO_ORIGINAL_DST, proxy header).
-    Ports(PortsArgs),
+    Ports(QueryArgs),
+    /// What was caught: totals, time held, top sources, ASNs, countries, ports, paths, ...
+    Stats(QueryArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -57,9 +59,9 @@ pub fn write_man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
     clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(out)
 }
 
-/// Flags of `tarpit ports`.
+/// Flags of `tarpit ports` and `tarpit stats`: which database and which period.
 #[derive(Debug, Clone, Args)]
-pub struct PortsArgs {
+pub struct QueryArgs {
     /// Database to read (default: `storage.database` of the configuration).
     #[arg(long)]
     pub db: Option<PathBuf>,

@@ -23,3 +23,4 @@ pub mod pipeline;
 pub mod ports_report;
 pub mod server;
 pub mod sink;
+pub mod stats;

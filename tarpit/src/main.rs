@@ -35,9 +35,10 @@ fn main() -> ExitCode {
         _ => {}
     }
     let (subcommand_flags, check_only) = match &cli.command {
-        None | Some(Command::Ports(_) | Command::Completions { .. } | Command::Man) => {
-            (None, false)
-        }
+        None
+        | Some(
+            Command::Ports(_) | Command::Stats(_) | Command::Completions { .. } | Command::Man,
+        ) => (None, false),
         Some(Command::Run(overrides)) => (Some(overrides), false),
         Some(Command::CheckConfig(overrides)) => (Some(overrides), true),
     };
@@ -49,8 +50,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::Ports(args)) = &cli.command {
-        return match ports(args, &config) {
+    if let Some(Command::Ports(args) | Command::Stats(args)) = &cli.command {
+        let stats = matches!(cli.command, Some(Command::Stats(_)));
+        return match query(args, &config, stats) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error:#}");
@@ -94,8 +96,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// `tarpit ports`: reads the database and prints the attribution comparison.
-fn ports(args: &tarpit::cli::PortsArgs, config: &tarpit::config::Config) -> anyhow::Result<()> {
+/// `tarpit ports` and `tarpit stats`: read the database, print text tables or JSON.
+fn query(
+    args: &tarpit::cli::QueryArgs,
+    config: &tarpit::config::Config,
+    stats: bool,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let db = args.db.as_ref().unwrap_or(&config.storage.database);
     if !db.is_file() {
@@ -111,12 +117,18 @@ fn ports(args: &tarpit::cli::PortsArgs, config: &tarpit::config::Config) -> anyh
         .transpose()
         .map_err(anyhow::Error::msg)
         .context("--since")?;
-    let report = tarpit::ports_report::build(db, since)
-        .with_context(|| format!("reading {}", db.display()))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let reading = || format!("reading {}", db.display());
+    let (json, text) = if stats {
+        let report = tarpit::stats::build(db, since).with_context(reading)?;
+        (serde_json::to_string_pretty(&report)?, report.to_text())
     } else {
-        print!("{}", report.to_text());
+        let report = tarpit::ports_report::build(db, since).with_context(reading)?;
+        (serde_json::to_string_pretty(&report)?, report.to_text())
+    };
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{text}");
     }
     Ok(())
 }
