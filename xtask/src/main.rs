@@ -454,7 +454,14 @@ const SEEDS: &[(&str, &[u8])] = &[
 
 /// Debian packages the tests use (real peers such as curl, nginx, iptables come from here as
 /// the tests that drive them arrive). Kept here so CI and a newcomer install the same.
-const APT_PACKAGES: &[&str] = &["iproute2", "iptables", "nftables", "nginx-light", "systemd"];
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iptables",
+    "nftables",
+    "nginx-light",
+    "systemd",
+    "haproxy",
+];
 
 fn ci_setup() -> anyhow::Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
