@@ -215,6 +215,23 @@ pub fn abuseipdb_history(
     Ok((reported, calls as u32))
 }
 
+/// The `FROM` clause for reading `events` of a period. With a start time the rows are read
+/// through the `events(timestamp)` index: without ANALYZE statistics SQLite prefers an index
+/// that serves a GROUP BY and scans the whole table instead (20 s instead of 2 s for a day of
+/// a 10-million-row database).
+pub fn events_from(limited: bool) -> &'static str {
+    if limited {
+        "events INDEXED BY events_timestamp"
+    } else {
+        "events"
+    }
+}
+
+/// "since <time>" or "all time", for report headings.
+pub fn period_label(since: Option<&str>) -> String {
+    since.map_or("all time".to_owned(), |s| format!("since {s}"))
+}
+
 /// The first connection id this run may use: ids stay unique across restarts.
 pub fn next_conn_id(conn: &Connection) -> Result<u64, DbError> {
     let max: Option<i64> = conn

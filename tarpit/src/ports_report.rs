@@ -90,7 +90,10 @@ pub fn build(path: &Path, since: Option<String>) -> rusqlite::Result<PortsReport
         conn.query_row(sql, [&cutoff], |r| r.get::<_, Option<i64>>(0))
             .map(|v| v.unwrap_or(0) as u64)
     };
-    let filter = "FROM events WHERE timestamp >= ?1";
+    let filter = format!(
+        "FROM {} WHERE timestamp >= ?1",
+        crate::db::events_from(since.is_some())
+    );
     let requests = scalar(&format!("SELECT COUNT(*) {filter}"))?;
     let coverage = SOURCES
         .iter()
@@ -163,10 +166,7 @@ impl PortsReport {
     pub fn to_text(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        let since = self
-            .since
-            .as_deref()
-            .map_or("all time".to_owned(), |s| format!("since {s}"));
+        let since = crate::db::period_label(self.since.as_deref());
         let _ = writeln!(
             out,
             "Port attribution over {} requests ({since})\n",

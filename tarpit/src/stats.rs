@@ -63,13 +63,7 @@ pub fn build(path: &Path, since: Option<String>) -> rusqlite::Result<Stats> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let cutoff = since.clone().unwrap_or_default();
-    // With a period, read it through the timestamp index: without ANALYZE statistics SQLite
-    // prefers an index that serves the GROUP BY, and scans the whole table.
-    let from = if since.is_some() {
-        "events INDEXED BY events_timestamp"
-    } else {
-        "events"
-    };
+    let from = crate::db::events_from(since.is_some());
     let (requests, clients, bytes_sent, seconds_held, first, last) = conn.query_row(
         &format!(
             "SELECT COUNT(*), COUNT(DISTINCT client_ip), IFNULL(SUM(bytes_sent), 0),
@@ -148,10 +142,7 @@ impl Stats {
     pub fn to_text(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        let since = self
-            .since
-            .as_deref()
-            .map_or("all time".to_owned(), |s| format!("since {s}"));
+        let since = crate::db::period_label(self.since.as_deref());
         let _ = writeln!(out, "tarpit statistics ({since})\n");
         let _ = writeln!(out, "{:<22} {}", "requests", self.requests);
         let _ = writeln!(out, "{:<22} {}", "distinct clients", self.clients);
