@@ -69,10 +69,6 @@ impl Connection {
             None => EbpfLookup::Unavailable,
         };
         let original_dst = super::listener::original_dst(&stream, local).map(|a| a.port());
-        if let Err(error) = super::listener::set_peer_timeout(&stream, shared.settings.peer_timeout)
-        {
-            tracing::debug!(%peer, "cannot set the peer timeout: {error}");
-        }
         let expect_preamble = shared.settings.proxy_protocol
             && client_addr::is_trusted(peer.ip(), &shared.settings.trusted_proxies);
         let waits = Waits {

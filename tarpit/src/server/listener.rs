@@ -10,18 +10,27 @@ use nix::sys::socket::{
 };
 
 /// Binds `count` listeners to `addr`. When `addr` has port 0 the first listener picks a port and
-/// the others bind that same port, so a test can ask for "any free port".
-pub fn bind_all(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let first = bind_one(addr)?;
+/// the others bind that same port, so a test can ask for "any free port". `peer_timeout` is set
+/// on the listeners ([`set_peer_timeout`]): accepted sockets inherit it, so accept costs no
+/// extra syscalls for it.
+pub fn bind_all(
+    addr: SocketAddr,
+    count: usize,
+    peer_timeout: std::time::Duration,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = bind_one(addr, peer_timeout)?;
     let bound = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..count {
-        listeners.push(bind_one(bound)?);
+        listeners.push(bind_one(bound, peer_timeout)?);
     }
     Ok(listeners)
 }
 
-fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+fn bind_one(
+    addr: SocketAddr,
+    peer_timeout: std::time::Duration,
+) -> std::io::Result<std::net::TcpListener> {
     let family = match addr.ip() {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
@@ -29,6 +38,7 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let fd: OwnedFd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     setsockopt(&fd, sockopt::ReusePort, &true)?;
+    set_peer_timeout(&fd, peer_timeout)?;
     match addr {
         SocketAddr::V4(v4) => bind(fd.as_raw_fd(), &SockaddrIn::from(v4))?,
         SocketAddr::V6(v6) => bind(fd.as_raw_fd(), &SockaddrIn6::from(v6))?,
@@ -54,8 +64,8 @@ pub fn local_addr(fd: &impl AsRawFd) -> std::io::Result<SocketAddr> {
 /// Makes a vanished peer (no FIN, no RST: a scanner that died or was firewalled) end the
 /// connection within `timeout`: TCP_USER_TIMEOUT bounds how long sent data may stay
 /// unacknowledged (our drip), and keepalive probes cover the idle phases. The kernel then
-/// fails the next read or write with ETIMEDOUT.
-pub fn set_peer_timeout(fd: &impl AsRawFd, timeout: std::time::Duration) -> std::io::Result<()> {
+/// fails the next read or write with ETIMEDOUT. Set on a listener, accepted sockets inherit it.
+fn set_peer_timeout(fd: &impl AsRawFd, timeout: std::time::Duration) -> std::io::Result<()> {
     use std::os::fd::BorrowedFd;
     // SAFETY: the caller's socket stays open for the duration of this call.
     let fd = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
@@ -100,10 +110,29 @@ pub fn original_dst(fd: &impl AsRawFd, local: SocketAddr) -> Option<SocketAddr> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn accepted_sockets_inherit_the_peer_timeout_from_the_listener() {
+        let listeners =
+            bind_all("127.0.0.1:0".parse().unwrap(), 1, Duration::from_secs(7)).unwrap();
+        let _client = std::net::TcpStream::connect(listeners[0].local_addr().unwrap()).unwrap();
+        let (accepted, _) = listeners[0].accept().unwrap();
+        assert_eq!(
+            nix::sys::socket::getsockopt(&accepted, sockopt::TcpUserTimeout).unwrap(),
+            7000
+        );
+        assert!(nix::sys::socket::getsockopt(&accepted, sockopt::KeepAlive).unwrap());
+        assert_eq!(
+            nix::sys::socket::getsockopt(&accepted, sockopt::TcpKeepIdle).unwrap(),
+            2
+        );
+    }
 
     #[test]
     fn several_listeners_share_one_ephemeral_port() {
-        let listeners = bind_all("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let listeners =
+            bind_all("127.0.0.1:0".parse().unwrap(), 3, Duration::from_secs(60)).unwrap();
         let port = listeners[0].local_addr().unwrap().port();
         assert_ne!(port, 0);
         for l in &listeners {
@@ -115,7 +144,7 @@ mod tests {
 
     #[test]
     fn ipv6_loopback_binds() {
-        let listeners = bind_all("[::1]:0".parse().unwrap(), 1).unwrap();
+        let listeners = bind_all("[::1]:0".parse().unwrap(), 1, Duration::from_secs(60)).unwrap();
         assert!(listeners[0].local_addr().unwrap().is_ipv6());
     }
 }

@@ -72,7 +72,9 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         n => n,
     };
     let addr = SocketAddr::new(config.server.host, config.server.port);
-    let listeners = listener::bind_all(addr, workers).with_context(|| format!("binding {addr}"))?;
+    let peer_timeout = Duration::from_secs_f64(config.tarpit.peer_timeout);
+    let listeners = listener::bind_all(addr, workers, peer_timeout)
+        .with_context(|| format!("binding {addr}"))?;
     let bound = listeners[0].local_addr()?;
     let max_connections = limits::effective_max_connections(config.server.max_connections);
 
