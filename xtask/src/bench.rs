@@ -192,6 +192,14 @@ pub fn print_table(title: &str, columns: &mut [Figures]) {
     }
 }
 
+/// What [`Server::measure`] saw over a window.
+#[derive(Debug, Default, Clone, Copy)]
+struct Measured {
+    cpu_percent: f64,
+    system_share: Option<f64>,
+    rss: u64,
+}
+
 /// A server under test.
 struct Server {
     child: Child,
@@ -260,10 +268,20 @@ impl Server {
             .map_or(0, |kb| kb * 1024)
     }
 
-    /// CPU time used so far (user + system), in seconds.
-    fn cpu_seconds(&self) -> f64 {
-        let (user, system) = self.cpu_split();
-        user + system
+    /// Sleeps through the measurement window and returns the server's CPU use over it (% of
+    /// one core, kernel share) and its RSS at the end.
+    fn measure(&self, window: Duration) -> Measured {
+        let (user0, sys0) = self.cpu_split();
+        let started = Instant::now();
+        std::thread::sleep(window);
+        let rss = self.rss();
+        let (user1, sys1) = self.cpu_split();
+        let used = (user1 - user0) + (sys1 - sys0);
+        Measured {
+            cpu_percent: used / started.elapsed().as_secs_f64() * 100.0,
+            system_share: (used > 0.0).then(|| (sys1 - sys0) / used),
+            rss,
+        }
     }
 
     /// CPU time used so far as (user, system) seconds.
@@ -416,18 +434,9 @@ pub fn hold(
     let rss_before = server.rss();
     let extra = vec![format!("--duration {duration}")];
     let mut children = spawn_clients("hold", server.addr, &split(conns, processes), &extra)?;
-    let mut cpu = None;
-    let mut rss_held = 0;
-    let mut system_share = None;
+    let mut window = Measured::default();
     let reports = run_clients(&mut children, || {
-        let (user0, sys0) = server.cpu_split();
-        let started = Instant::now();
-        std::thread::sleep(Duration::from_secs(duration));
-        rss_held = server.rss();
-        let (user1, sys1) = server.cpu_split();
-        let used = (user1 - user0) + (sys1 - sys0);
-        system_share = (used > 0.0).then(|| (sys1 - sys0) / used);
-        cpu = Some(used / started.elapsed().as_secs_f64() * 100.0);
+        window = server.measure(Duration::from_secs(duration));
         Ok(())
     })?;
     let report = merge(reports);
@@ -435,9 +444,9 @@ pub fn hold(
     let held = report.held.max(1);
     Ok(Figures {
         name: name.into(),
-        rss_per_conn: Some(rss_held.saturating_sub(rss_before) as f64 / held as f64),
-        cpu_percent: cpu,
-        cpu_system_share: system_share,
+        rss_per_conn: Some(window.rss.saturating_sub(rss_before) as f64 / held as f64),
+        cpu_percent: Some(window.cpu_percent),
+        cpu_system_share: window.system_share,
         dropped_events: dropped_events(&stderr),
         rows: count_rows(&dir.path().join("data/tarpit_events.db")),
         report,
@@ -458,12 +467,9 @@ pub fn churn(
     let rss_start = server.rss();
     let extra = vec![format!("--duration {duration}")];
     let mut children = spawn_clients("churn", server.addr, &split(workers, processes), &extra)?;
-    let mut cpu = None;
+    let mut window = Measured::default();
     let reports = run_clients(&mut children, || {
-        let cpu_start = server.cpu_seconds();
-        let started = Instant::now();
-        std::thread::sleep(Duration::from_secs(duration));
-        cpu = Some((server.cpu_seconds() - cpu_start) / started.elapsed().as_secs_f64() * 100.0);
+        window = server.measure(Duration::from_secs(duration));
         Ok(())
     })?;
     let report = merge(reports);
@@ -482,7 +488,8 @@ pub fn churn(
     let (stderr, dir) = server.stop()?;
     Ok(Figures {
         name: name.into(),
-        cpu_percent: cpu,
+        cpu_percent: Some(window.cpu_percent),
+        cpu_system_share: window.system_share,
         cycles_per_s: Some(report.cycles as f64 / duration as f64),
         dropped_events: dropped_events(&stderr),
         rows: count_rows(&dir.path().join("data/tarpit_events.db")),
