@@ -15,7 +15,6 @@
 
 use std::future::Future;
 use std::net::{Shutdown, SocketAddr};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -24,7 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tokio_uring::buf::{BoundedBuf, IoBuf};
 use tokio_uring::net::TcpStream;
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::drip::{DripState, Dripper};
@@ -72,7 +71,7 @@ impl Connection {
         let expect_preamble = shared.settings.proxy_protocol
             && client_addr::is_trusted(peer.ip(), &shared.settings.trusted_proxies);
         let waits = Waits {
-            cancelled: Box::pin(shared.cancel.clone().cancelled_owned()),
+            cancel: shared.cancel.clone(),
             lifetime_end: accepted + shared.settings.max_connection_lifetime,
         };
         Box::new(Connection {
@@ -199,8 +198,11 @@ impl Interrupt {
 
 /// The two things every wait must also watch: shutdown and the lifetime ceiling.
 struct Waits {
-    /// Pinned once per connection, so a wait does not re-create it.
-    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Shutdown. Each wait makes its own (unallocated) `cancelled()` future and drops it with
+    /// the wait: a future kept across waits would leave this task's waker registered with the
+    /// token, and that waker keeps the whole finished task (~1.5 KB) alive while the dripper
+    /// holds the connection.
+    cancel: CancellationToken,
     lifetime_end: Instant,
 }
 
@@ -218,7 +220,7 @@ impl Waits {
         };
         tokio::select! {
             biased;
-            _ = self.cancelled.as_mut() => Err(Interrupt::Shutdown),
+            _ = self.cancel.cancelled() => Err(Interrupt::Shutdown),
             output = operation => Ok(output),
             _ = tokio::time::sleep_until(limit) => Err(on_limit),
         }
@@ -696,4 +698,61 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    use std::time::Duration;
+
+    use super::*;
+
+    struct CountingWaker;
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    /// A wait leaves nothing registered behind: the dripper keeps a connection long after its
+    /// task ended, and a waker kept by the shutdown token would keep that task's memory alive.
+    #[test]
+    fn a_finished_wait_keeps_no_waker() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        let mut waits = Waits {
+            cancel: CancellationToken::new(),
+            lifetime_end: Instant::now() + Duration::from_secs(60),
+        };
+        let counter = Arc::new(CountingWaker);
+        let waker = Waker::from(counter.clone());
+        let mut context = Context::from_waker(&waker);
+        // An operation still pending on its first poll, so every branch registers the waker.
+        let mut polled = false;
+        let operation = std::future::poll_fn(|_| {
+            if std::mem::replace(&mut polled, true) {
+                Poll::Ready(7)
+            } else {
+                Poll::Pending
+            }
+        });
+        {
+            let mut wait = std::pin::pin!(waits.until(operation, None));
+            assert!(wait.as_mut().poll(&mut context).is_pending());
+            assert!(
+                Arc::strong_count(&counter) > 2,
+                "the wait registered the waker"
+            );
+            assert!(matches!(
+                wait.as_mut().poll(&mut context),
+                Poll::Ready(Ok(7))
+            ));
+        }
+        drop(waker);
+        assert_eq!(Arc::strong_count(&counter), 1, "a waker outlived its wait");
+        assert!(!waits.cancel.is_cancelled());
+    }
 }

@@ -34,7 +34,7 @@ use super::connection::{self, Connection};
 use crate::http::response::{CHUNKED_END, Framing};
 
 /// Ticks due this close together are written in one wake-up.
-const COALESCE: Duration = Duration::from_millis(1);
+const COALESCE: Duration = Duration::from_millis(5);
 
 /// Where one response's drip stands.
 #[derive(Debug, Clone, Copy)]
