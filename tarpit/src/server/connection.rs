@@ -167,10 +167,12 @@ pub(super) struct Connection {
     /// SO_ORIGINAL_DST's port for this socket.
     original_dst: Option<u16>,
     /// The last client 4-tuple a trusted proxy reported, and the hook's answer for it (entries
-    /// are deleted when read, so a keep-alive client's next request reuses the answer).
-    proxied_lookup: Option<((SocketAddr, SocketAddr), EbpfLookup)>,
+    /// are deleted when read, so a keep-alive client's next request reuses the answer). Boxed,
+    /// like `proxy`: only connections from a proxy have it, and every held connection would
+    /// otherwise carry its bytes.
+    proxied_lookup: Option<Box<((SocketAddr, SocketAddr), EbpfLookup)>>,
     /// The client connection a trusted proxy stated in its PROXY protocol preamble.
-    proxy: Option<ProxiedConnection>,
+    proxy: Option<Box<ProxiedConnection>>,
     /// Whether a PROXY preamble may still arrive (trusted peer, protocol on, not yet seen).
     expect_preamble: bool,
 }
@@ -361,7 +363,7 @@ impl Connection {
                     Preamble::Absent => self.expect_preamble = false,
                     Preamble::Complete { len, connection } => {
                         pending.drain(..len);
-                        self.proxy = connection;
+                        self.proxy = connection.map(Box::new);
                         self.expect_preamble = false;
                     }
                     Preamble::Invalid(reason) => {
@@ -531,7 +533,7 @@ impl Connection {
         let header = |name| head.filter(|_| trusted).and_then(|h| h.header(name));
         let target_header = header("x-tarpit-target-port").and_then(|v| v.trim().parse().ok());
         // A PROXY preamble states the client connection; otherwise the proxy's headers may.
-        let client_tuple = match self.proxy {
+        let client_tuple = match self.proxy.as_deref() {
             Some(conn) => Some((conn.destination, conn.source)),
             None => client_addr::proxied_tuple(
                 header("x-local-addr"),
@@ -539,7 +541,7 @@ impl Connection {
                 header("x-real-port"),
             ),
         };
-        let target_header = target_header.or(self.proxy.map(|c| c.destination.port()));
+        let target_header = target_header.or(self.proxy.as_ref().map(|c| c.destination.port()));
         let sent_proxy_headers = head.is_some_and(|h| {
             ["x-tarpit-target-port", "x-real-port", "x-local-addr"]
                 .iter()
@@ -557,14 +559,14 @@ impl Connection {
             );
         }
         let ebpf = match (client_tuple, &self.shared.ebpf) {
-            (Some(tuple), Some(map)) => match self.proxied_lookup {
-                Some((seen, answer)) if seen == tuple => answer,
+            (Some(tuple), Some(map)) => match self.proxied_lookup.as_deref() {
+                Some(&(seen, answer)) if seen == tuple => answer,
                 _ => {
                     let answer = match map.take(tuple.0, tuple.1) {
                         Some(original) => EbpfLookup::Translated(original.port()),
                         None => EbpfLookup::Untranslated(tuple.0.port()),
                     };
-                    self.proxied_lookup = Some((tuple, answer));
+                    self.proxied_lookup = Some(Box::new((tuple, answer)));
                     answer
                 }
             },
@@ -582,7 +584,7 @@ impl Connection {
 
     /// The client: from a PROXY preamble, else from trusted forwarding headers, else the peer.
     fn client(&self, head: Option<&ParsedHead>) -> ClientAddr {
-        if let Some(conn) = self.proxy {
+        if let Some(conn) = self.proxy.as_deref() {
             return ClientAddr {
                 ip: conn.source.ip().to_canonical(),
                 port: Some(conn.source.port()),
