@@ -66,6 +66,11 @@ enum Task {
         /// Python baseline: "python3 xtask/bench/baseline.py --port {port}").
         #[arg(long)]
         compare_cmd: Option<String>,
+        /// Charge the clients' packet receive work to the clients, as on a real network: run in
+        /// a fresh network namespace whose loopback steers received packets (RPS) to CPU 1,
+        /// with the server pinned to CPU 0 and the clients to CPU 1. Needs root and 2 CPUs.
+        #[arg(long)]
+        isolate_rx: bool,
     },
     /// Load generator used by `bench` (runs in a child process).
     #[command(hide = true)]
@@ -113,7 +118,11 @@ fn main() -> anyhow::Result<()> {
             processes,
             server_cmd,
             compare_cmd,
+            isolate_rx,
         } => {
+            if isolate_rx && std::env::var_os(bench::ISOLATED_ENV).is_none() {
+                return bench::rerun_isolated();
+            }
             let ours = match server_cmd {
                 Some(cmd) => cmd,
                 None => {
@@ -129,6 +138,11 @@ fn main() -> anyhow::Result<()> {
             let mut servers = vec![("server", ours)];
             if let Some(cmd) = compare_cmd {
                 servers.push(("compared", cmd));
+            }
+            if isolate_rx {
+                for (_, cmd) in &mut servers {
+                    *cmd = format!("taskset -c 0 {cmd}");
+                }
             }
             if servers.iter().any(|(_, cmd)| cmd.contains("baseline.py")) {
                 ensure_aiohttp()?;
