@@ -39,6 +39,10 @@ pub enum Command {
     Ports(QueryArgs),
     /// What was caught: totals, time held, top sources, ASNs, countries, ports, paths, ...
     Stats(QueryArgs),
+    /// Write a self-contained HTML report (charts and a world map; no network needed to view).
+    Report(ReportArgs),
+    /// Export the recorded requests as CSV, JSON lines or Parquet, optionally anonymised.
+    Export(ExportArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -71,6 +75,45 @@ pub struct QueryArgs {
     /// Print JSON instead of text tables.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Flags of `tarpit report`.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// The HTML file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Database to read (default: `storage.database` of the configuration).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Only requests since this long ago (`24h`, `7d`) or this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+}
+
+/// Flags of `tarpit export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// The file format.
+    #[arg(long, value_enum)]
+    pub format: crate::export::Format,
+    /// The file to write (replaced if it exists).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Database to read (default: `storage.database` of the configuration).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Only requests since this long ago (`24h`, `7d`) or this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Replace every IP address by a keyed prefix-preserving pseudonym (Crypto-PAn) and drop
+    /// the AbuseIPDB reporting columns, for publication.
+    #[arg(long, requires = "key_file")]
+    pub anonymize: bool,
+    /// The 32-byte anonymisation key (raw, or 64 hex digits); the same key gives the same
+    /// pseudonyms in every export. Make one with `head -c 32 /dev/urandom > FILE`.
+    #[arg(long, value_name = "FILE", requires = "anonymize")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// One optional flag per configuration key; a given flag replaces the file's value.

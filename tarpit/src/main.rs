@@ -37,7 +37,12 @@ fn main() -> ExitCode {
     let (subcommand_flags, check_only) = match &cli.command {
         None
         | Some(
-            Command::Ports(_) | Command::Stats(_) | Command::Completions { .. } | Command::Man,
+            Command::Ports(_)
+            | Command::Stats(_)
+            | Command::Report(_)
+            | Command::Export(_)
+            | Command::Completions { .. }
+            | Command::Man,
         ) => (None, false),
         Some(Command::Run(overrides)) => (Some(overrides), false),
         Some(Command::CheckConfig(overrides)) => (Some(overrides), true),
@@ -53,6 +58,20 @@ fn main() -> ExitCode {
     if let Some(Command::Ports(args) | Command::Stats(args)) = &cli.command {
         let stats = matches!(cli.command, Some(Command::Stats(_)));
         return match query(args, &config, stats) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let analysis = match &cli.command {
+        Some(Command::Report(args)) => Some(report(args, &config)),
+        Some(Command::Export(args)) => Some(export(args, &config)),
+        _ => None,
+    };
+    if let Some(outcome) = analysis {
+        return match outcome {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error:#}");
@@ -96,6 +115,71 @@ fn main() -> ExitCode {
     }
 }
 
+/// The database a read-only command reads: `--db`, else the configured one; it must exist.
+fn existing_db<'a>(
+    db: Option<&'a std::path::PathBuf>,
+    config: &'a tarpit::config::Config,
+) -> anyhow::Result<&'a std::path::PathBuf> {
+    let db = db.unwrap_or(&config.storage.database);
+    if !db.is_file() {
+        anyhow::bail!(
+            "no database at {} (has the tarpit run here? --db names another)",
+            db.display()
+        );
+    }
+    Ok(db)
+}
+
+/// `--since` as an RFC 3339 cutoff.
+fn cutoff(since: Option<&str>) -> anyhow::Result<Option<String>> {
+    use anyhow::Context;
+    since
+        .map(|s| tarpit::ports_report::parse_since(s, std::time::SystemTime::now()))
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .context("--since")
+}
+
+/// `tarpit report`: the HTML report.
+fn report(args: &tarpit::cli::ReportArgs, config: &tarpit::config::Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let db = existing_db(args.db.as_ref(), config)?;
+    let since = cutoff(args.since.as_deref())?;
+    let html =
+        tarpit::report::render(db, since).with_context(|| format!("reading {}", db.display()))?;
+    std::fs::write(&args.out, html).with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("report written to {}", args.out.display());
+    Ok(())
+}
+
+/// `tarpit export`: the dataset file.
+fn export(args: &tarpit::cli::ExportArgs, config: &tarpit::config::Config) -> anyhow::Result<()> {
+    let db = existing_db(args.db.as_ref(), config)?;
+    let anonymizer = match &args.key_file {
+        Some(key_file) if args.anonymize => {
+            Some(tarpit::export::Anonymizer::from_key_file(key_file)?)
+        }
+        _ => None,
+    };
+    let options = tarpit::export::ExportOptions {
+        db: db.clone(),
+        out: args.out.clone(),
+        format: args.format,
+        since: cutoff(args.since.as_deref())?,
+        anonymizer,
+        progress: true,
+    };
+    let summary = tarpit::export::export(&options)?;
+    eprintln!(
+        "exported {} rows ({} columns{}) to {}",
+        summary.rows,
+        summary.columns,
+        if args.anonymize { ", anonymised" } else { "" },
+        args.out.display()
+    );
+    Ok(())
+}
+
 /// `tarpit ports` and `tarpit stats`: read the database, print text tables or JSON.
 fn query(
     args: &tarpit::cli::QueryArgs,
@@ -103,20 +187,8 @@ fn query(
     stats: bool,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    let db = args.db.as_ref().unwrap_or(&config.storage.database);
-    if !db.is_file() {
-        anyhow::bail!(
-            "no database at {} (has the tarpit run here? --db names another)",
-            db.display()
-        );
-    }
-    let since = args
-        .since
-        .as_deref()
-        .map(|s| tarpit::ports_report::parse_since(s, std::time::SystemTime::now()))
-        .transpose()
-        .map_err(anyhow::Error::msg)
-        .context("--since")?;
+    let db = existing_db(args.db.as_ref(), config)?;
+    let since = cutoff(args.since.as_deref())?;
     let reading = || format!("reading {}", db.display());
     let (json, text) = if stats {
         let report = tarpit::stats::build(db, since).with_context(reading)?;

@@ -696,10 +696,7 @@ pub(super) fn io_end_reason(error: &std::io::Error, other: &'static str) -> &'st
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(bytes))
 }
 
 #[cfg(test)]

@@ -1,0 +1,247 @@
+//! `tarpit export`: the `events` table as a dataset file (CSV, JSON lines or Parquet), for
+//! publication or for tools that do not read SQLite.
+//!
+//! Rows are streamed: one SQLite statement, one row at a time into the chosen writer (Parquet
+//! buffers one bounded row group), so exporting ten million rows needs no more memory than
+//! exporting ten. With `--anonymize` every address is replaced by its keyed prefix-preserving
+//! pseudonym ([`anonymize`]), including addresses inside headers, paths and previews, and the
+//! operational reporting columns are dropped, as for the dataset published by the tool this
+//! project replaces.
+
+pub mod anonymize;
+mod csv_file;
+mod jsonl_file;
+mod parquet_file;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags};
+
+pub use anonymize::Anonymizer;
+
+/// Columns left out of an anonymised export: they describe the sensor's own reporting, not the
+/// scanners (the report history table is never exported at all).
+pub const REPORTING_COLUMNS: &[&str] = &["reported_to_abuseipdb", "abuseipdb_report_timestamp"];
+
+/// Columns that hold one address each (anonymised as addresses, the rest as text).
+const ADDRESS_COLUMNS: &[&str] = &["client_ip", "peer_ip", "local_ip"];
+
+/// The file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Comma-separated values with a header row; an empty field is NULL; BLOBs in hex.
+    Csv,
+    /// One JSON object per line; BLOBs in hex.
+    Jsonl,
+    /// Apache Parquet (typed columns, BLOBs as binary, Snappy-compressed).
+    Parquet,
+}
+
+/// What went wrong while exporting.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The database could not be read.
+    #[error("reading {path}: {source}")]
+    Database {
+        /// The database file.
+        path: String,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The output could not be written.
+    #[error("writing {path}: {reason}")]
+    Write {
+        /// The output file.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The anonymisation key is unusable.
+    #[error(transparent)]
+    Key(#[from] anonymize::KeyError),
+}
+
+/// The SQLite type a column was declared with, which decides its type in typed formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// INTEGER.
+    Integer,
+    /// REAL.
+    Real,
+    /// TEXT (and anything undeclared).
+    Text,
+    /// BLOB.
+    Blob,
+}
+
+/// One exported column.
+#[derive(Debug, Clone)]
+pub struct Column {
+    /// Its name in the table and in the file.
+    pub name: String,
+    /// Its type.
+    pub kind: ColumnType,
+}
+
+/// Writes rows in one format; `finish` completes the file (footer, flush).
+trait RowWriter {
+    fn write_row(&mut self, row: &[Value]) -> Result<(), String>;
+    fn finish(self: Box<Self>) -> Result<(), String>;
+}
+
+/// What to export, and how.
+pub struct ExportOptions {
+    /// The database to read.
+    pub db: PathBuf,
+    /// The file to write (replaced if it exists).
+    pub out: PathBuf,
+    /// Its format.
+    pub format: Format,
+    /// Only rows at or after this RFC 3339 time.
+    pub since: Option<String>,
+    /// Replace addresses and drop the reporting columns.
+    pub anonymizer: Option<Anonymizer>,
+    /// Draw a progress bar on stderr (when it is a terminal).
+    pub progress: bool,
+}
+
+/// What an export wrote.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ExportSummary {
+    /// Rows written.
+    pub rows: u64,
+    /// Columns per row.
+    pub columns: usize,
+}
+
+/// The columns of `events` in table order, without the reporting ones when anonymising.
+pub fn columns(conn: &Connection, anonymized: bool) -> rusqlite::Result<Vec<Column>> {
+    let mut stmt =
+        conn.prepare("SELECT name, type FROM pragma_table_info('events') ORDER BY cid")?;
+    let columns = stmt
+        .query_map([], |r| {
+            let name: String = r.get(0)?;
+            let declared: String = r.get(1)?;
+            let kind = match declared.to_ascii_uppercase().as_str() {
+                "INTEGER" => ColumnType::Integer,
+                "REAL" => ColumnType::Real,
+                "BLOB" => ColumnType::Blob,
+                _ => ColumnType::Text,
+            };
+            Ok(Column { name, kind })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(columns
+        .into_iter()
+        .filter(|c| !(anonymized && REPORTING_COLUMNS.contains(&c.name.as_str())))
+        .collect())
+}
+
+/// Exports the rows, streaming; returns how many were written.
+pub fn export(options: &ExportOptions) -> Result<ExportSummary, ExportError> {
+    let db_error = |source| ExportError::Database {
+        path: options.db.display().to_string(),
+        source,
+    };
+    let conn = Connection::open_with_flags(&options.db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(db_error)?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(db_error)?;
+    let columns = columns(&conn, options.anonymizer.is_some()).map_err(db_error)?;
+    let cutoff = options.since.clone().unwrap_or_default();
+    let from = crate::db::events_from(options.since.is_some());
+    let total: i64 = conn
+        .query_row(
+            &format!("SELECT COUNT(*) FROM {from} WHERE timestamp >= ?1"),
+            [&cutoff],
+            |r| r.get(0),
+        )
+        .map_err(db_error)?;
+    let progress = progress_bar(options.progress, total as u64);
+
+    let write_error = |reason: String| ExportError::Write {
+        path: options.out.display().to_string(),
+        reason,
+    };
+    let mut writer = open_writer(options.format, &options.out, &columns).map_err(write_error)?;
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {} FROM {from} WHERE timestamp >= ?1 ORDER BY id",
+            names
+                .iter()
+                .map(|n| format!("\"{n}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .map_err(db_error)?;
+    let mut rows = stmt.query([&cutoff]).map_err(db_error)?;
+    let mut row_values: Vec<Value> = Vec::with_capacity(columns.len());
+    let mut written = 0u64;
+    while let Some(row) = rows.next().map_err(db_error)? {
+        row_values.clear();
+        for (i, column) in columns.iter().enumerate() {
+            let value: Value = row.get(i).map_err(db_error)?;
+            row_values.push(match &options.anonymizer {
+                Some(anonymizer) => anonymize_value(anonymizer, &column.name, value),
+                None => value,
+            });
+        }
+        writer.write_row(&row_values).map_err(write_error)?;
+        written += 1;
+        if written.is_multiple_of(4096) {
+            progress.set_position(written);
+        }
+    }
+    writer.finish().map_err(write_error)?;
+    progress.finish_and_clear();
+    Ok(ExportSummary {
+        rows: written,
+        columns: columns.len(),
+    })
+}
+
+/// A value with its addresses replaced: address columns as addresses, all text and BLOBs
+/// scrubbed (an address may hide in any header, path or preview).
+fn anonymize_value(anonymizer: &Anonymizer, column: &str, value: Value) -> Value {
+    match value {
+        Value::Text(text) if ADDRESS_COLUMNS.contains(&column) => {
+            Value::Text(anonymizer.address_field(&text))
+        }
+        Value::Text(text) => match anonymizer.scrub(&text) {
+            std::borrow::Cow::Borrowed(_) => Value::Text(text),
+            std::borrow::Cow::Owned(scrubbed) => Value::Text(scrubbed),
+        },
+        Value::Blob(bytes) => Value::Blob(anonymizer.scrub_bytes(&bytes)),
+        other => other,
+    }
+}
+
+fn open_writer(
+    format: Format,
+    out: &Path,
+    columns: &[Column],
+) -> Result<Box<dyn RowWriter>, String> {
+    Ok(match format {
+        Format::Csv => Box::new(csv_file::CsvWriter::create(out, columns)?),
+        Format::Jsonl => Box::new(jsonl_file::JsonlWriter::create(out, columns)?),
+        Format::Parquet => Box::new(parquet_file::ParquetWriter::create(out, columns)?),
+    })
+}
+
+/// A progress bar on stderr, or a hidden one when stderr is not a terminal (a log, a pipe).
+fn progress_bar(wanted: bool, total: u64) -> indicatif::ProgressBar {
+    if !wanted || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows ({per_sec}, {eta} left)")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
