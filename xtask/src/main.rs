@@ -475,6 +475,8 @@ const APT_PACKAGES: &[&str] = &[
     "nginx-light",
     "systemd",
     "haproxy",
+    // Headless browser that renders `tarpit report` in its test.
+    "chromium",
 ];
 
 fn ci_setup() -> anyhow::Result<()> {
