@@ -145,6 +145,9 @@ fn report(args: &tarpit::cli::ReportArgs, config: &tarpit::config::Config) -> an
     use anyhow::Context;
     let db = existing_db(args.db.as_ref(), config)?;
     let since = cutoff(args.since.as_deref())?;
+    if tarpit::export::same_file(db, &args.out) {
+        anyhow::bail!("--out {} is the database being read", args.out.display());
+    }
     let html =
         tarpit::report::render(db, since).with_context(|| format!("reading {}", db.display()))?;
     std::fs::write(&args.out, html).with_context(|| format!("writing {}", args.out.display()))?;

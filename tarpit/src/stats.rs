@@ -2,9 +2,11 @@
 //! top source addresses, ASNs, countries, target ports, paths, User-Agents, methods and end
 //! reasons, plus hourly counts. Text tables or JSON; read-only.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
@@ -58,69 +60,172 @@ const TOPS: &[(&str, &str)] = &[
     ("end reason", "end_reason"),
 ];
 
+/// Distinct values one top table counts in memory; past this, that table is counted by
+/// SQLite instead (slower, but its memory does not grow with the data).
+const MAX_DISTINCT: usize = 1_000_000;
+
+/// Counts of one top table's values during the single pass.
+#[derive(Default)]
+struct Tally {
+    integers: HashMap<i64, u64>,
+    texts: HashMap<Box<str>, u64>,
+    /// Too many distinct values: left to SQLite.
+    overflowed: bool,
+}
+
+impl Tally {
+    fn add(&mut self, value: ValueRef<'_>, cap: usize) {
+        if self.overflowed {
+            return;
+        }
+        match value {
+            ValueRef::Null => return,
+            ValueRef::Integer(i) => *self.integers.entry(i).or_insert(0) += 1,
+            ValueRef::Text(bytes) => {
+                let text = String::from_utf8_lossy(bytes);
+                match self.texts.get_mut(text.as_ref()) {
+                    Some(count) => *count += 1,
+                    None => {
+                        self.texts.insert(text.into(), 1);
+                    }
+                }
+            }
+            ValueRef::Real(f) => *self.texts.entry(f.to_string().into()).or_insert(0) += 1,
+            ValueRef::Blob(_) => {}
+        }
+        if self.integers.len() + self.texts.len() > cap {
+            *self = Tally {
+                overflowed: true,
+                ..Tally::default()
+            };
+        }
+    }
+
+    fn distinct(&self) -> u64 {
+        (self.integers.len() + self.texts.len()) as u64
+    }
+
+    /// The [`TOP`] most frequent, ties in SQLite's order (integers before text).
+    fn top(self) -> Vec<(String, u64)> {
+        let mut integers: Vec<(i64, u64)> = self.integers.into_iter().collect();
+        integers.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        integers.truncate(TOP);
+        let mut texts: Vec<(Box<str>, u64)> = self.texts.into_iter().collect();
+        texts.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        texts.truncate(TOP);
+        let mut merged: Vec<(u8, String, u64)> = integers
+            .into_iter()
+            .map(|(i, n)| (0, i.to_string(), n))
+            .chain(texts.into_iter().map(|(t, n)| (1, t.into(), n)))
+            .collect();
+        // Stable: within a kind the order above (which compared numbers as numbers) stays.
+        merged.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+        merged.truncate(TOP);
+        merged.into_iter().map(|(_, v, n)| (v, n)).collect()
+    }
+}
+
 /// Reads the statistics from the database at `path` (read-only).
+///
+/// One pass over the rows counts everything at once (a query per table would read a
+/// ten-million-row database ten times); a table with more than [`MAX_DISTINCT`] values is
+/// then counted by SQLite so memory stays bounded.
 pub fn build(path: &Path, since: Option<String>) -> rusqlite::Result<Stats> {
+    build_capped(path, since, MAX_DISTINCT)
+}
+
+/// [`build`] with a given cap on the distinct values counted in memory per table.
+fn build_capped(path: &Path, since: Option<String>, cap: usize) -> rusqlite::Result<Stats> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let cutoff = since.clone().unwrap_or_default();
     let from = crate::db::events_from(since.is_some());
-    let (requests, clients, bytes_sent, seconds_held, first, last) = conn.query_row(
-        &format!(
-            "SELECT COUNT(*), COUNT(DISTINCT client_ip), IFNULL(SUM(bytes_sent), 0),
-                IFNULL(SUM(duration_s), 0), MIN(timestamp), MAX(timestamp)
-         FROM {from} WHERE timestamp >= ?1"
-        ),
-        [&cutoff],
-        |r| {
-            Ok((
-                r.get::<_, i64>(0)? as u64,
-                r.get::<_, i64>(1)? as u64,
-                r.get::<_, i64>(2)? as u64,
-                r.get::<_, f64>(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        },
-    )?;
+    let expressions: Vec<&str> = TOPS.iter().map(|(_, expr)| *expr).collect();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT timestamp, bytes_sent, duration_s, {} FROM {from} WHERE timestamp >= ?1",
+        expressions.join(", ")
+    ))?;
+    let mut tallies: Vec<Tally> = TOPS.iter().map(|_| Tally::default()).collect();
+    let mut hours: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut requests, mut bytes_sent, mut seconds_held) = (0u64, 0i64, 0f64);
+    let (mut first, mut last): (Option<String>, Option<String>) = (None, None);
+    let mut rows = stmt.query([&cutoff])?;
+    while let Some(row) = rows.next()? {
+        requests += 1;
+        if let ValueRef::Text(bytes) = row.get_ref(0)? {
+            let timestamp = String::from_utf8_lossy(bytes);
+            if first.as_deref().is_none_or(|f| *timestamp < *f) {
+                first = Some(timestamp.to_string());
+            }
+            if last.as_deref().is_none_or(|l| *timestamp > *l) {
+                last = Some(timestamp.to_string());
+            }
+            let hour = timestamp.get(..13).unwrap_or(&timestamp);
+            match hours.get_mut(hour) {
+                Some(count) => *count += 1,
+                None => {
+                    hours.insert(hour.to_owned(), 1);
+                }
+            }
+        }
+        bytes_sent += row.get::<_, Option<i64>>(1)?.unwrap_or(0);
+        seconds_held += row.get::<_, Option<f64>>(2)?.unwrap_or(0.0);
+        for (i, tally) in tallies.iter_mut().enumerate() {
+            tally.add(row.get_ref(3 + i)?, cap);
+        }
+    }
+    let clients = match &tallies[0] {
+        tally if !tally.overflowed => tally.distinct(),
+        _ => conn.query_row(
+            &format!("SELECT COUNT(DISTINCT client_ip) FROM {from} WHERE timestamp >= ?1"),
+            [&cutoff],
+            |r| r.get::<_, i64>(0),
+        )? as u64,
+    };
     let mut top = Vec::with_capacity(TOPS.len());
-    for (title, expr) in TOPS {
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {expr} AS v, COUNT(*) AS n FROM {from}
-             WHERE timestamp >= ?1 AND v IS NOT NULL
-             GROUP BY v ORDER BY n DESC, v LIMIT {TOP}"
-        ))?;
-        let rows = stmt
-            .query_map([&cutoff], |r| {
-                let value: rusqlite::types::Value = r.get(0)?;
-                let text = match value {
-                    rusqlite::types::Value::Integer(i) => i.to_string(),
-                    rusqlite::types::Value::Text(t) => t,
-                    rusqlite::types::Value::Real(f) => f.to_string(),
-                    _ => String::new(),
-                };
-                Ok((text, r.get::<_, i64>(1)? as u64))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+    for ((title, expr), tally) in TOPS.iter().zip(tallies) {
+        let rows = if tally.overflowed {
+            top_by_sql(&conn, from, expr, &cutoff)?
+        } else {
+            tally.top()
+        };
         top.push(TopTable { title, rows });
     }
-    let mut stmt = conn.prepare(&format!(
-        "SELECT substr(timestamp, 1, 13) AS hour, COUNT(*) FROM {from}
-         WHERE timestamp >= ?1 GROUP BY hour ORDER BY hour"
-    ))?;
-    let hourly = stmt
-        .query_map([&cutoff], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
-        .collect::<rusqlite::Result<_>>()?;
     Ok(Stats {
         since,
         requests,
         clients,
-        bytes_sent,
+        bytes_sent: bytes_sent.max(0) as u64,
         seconds_held,
         first,
         last,
         top,
-        hourly,
+        hourly: hours.into_iter().collect(),
     })
+}
+
+/// One top table counted by SQLite (for values too many to count in memory).
+fn top_by_sql(
+    conn: &Connection,
+    from: &str,
+    expr: &str,
+    cutoff: &str,
+) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {expr} AS v, COUNT(*) AS n FROM {from}
+         WHERE timestamp >= ?1 AND v IS NOT NULL
+         GROUP BY v ORDER BY n DESC, v LIMIT {TOP}"
+    ))?;
+    stmt.query_map([cutoff], |r| {
+        let text = match r.get_ref(0)? {
+            ValueRef::Integer(i) => i.to_string(),
+            ValueRef::Real(f) => f.to_string(),
+            ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+            ValueRef::Null | ValueRef::Blob(_) => String::new(),
+        };
+        Ok((text, r.get::<_, i64>(1)? as u64))
+    })?
+    .collect()
 }
 
 /// Cuts a value for a table cell (User-Agents and paths can be long), on a char boundary.
@@ -248,6 +353,49 @@ mod tests {
         assert!(text.contains("top User-Agent"), "{text}");
         assert!(text.contains("2026-11-24T10:00           2"), "{text}");
         assert_eq!(build(&path, None).unwrap().requests, 4);
+    }
+
+    /// The single pass and SQLite agree on every figure, ties included, and a table with
+    /// more distinct values than the cap (here 2) is recounted by SQLite to the same result.
+    #[test]
+    fn the_single_pass_agrees_with_sql_and_overflow_falls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = crate::db::open(&path).unwrap();
+        for i in 0..500i64 {
+            conn.execute(
+                "INSERT INTO events (timestamp, client_ip, target_port, http_path, user_agent,
+                   http_method, bytes_sent, duration_s, asn_number, asn_organization,
+                   country_iso_code, conn_id, request_seq, end_reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'GET', ?6, 1.5, ?7, 'Org', ?8, ?9, 1, 'complete')",
+                rusqlite::params![
+                    format!("2026-11-2{}T{:02}:00:00.000Z", i % 3, i % 24),
+                    format!("198.51.100.{}", i % 37),
+                    [80, 443, 8080, 23, 8888][(i % 5) as usize] + i % 7,
+                    format!("/p{}", i % 13),
+                    (i % 4 != 0).then(|| format!("ua{}", i % 11)),
+                    i,
+                    (i % 3 != 0).then_some(64_496 + i % 9),
+                    ["US", "DE", "CN"][(i % 3) as usize],
+                    i,
+                ],
+            )
+            .unwrap();
+        }
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let single = build(&path, None).unwrap();
+        let capped = build_capped(&path, None, 2).unwrap();
+        for ((table, capped_table), (_, expr)) in single.top.iter().zip(&capped.top).zip(TOPS) {
+            let by_sql = top_by_sql(&conn, "events", expr, "").unwrap();
+            assert_eq!(table.rows, by_sql, "{}", table.title);
+            assert_eq!(capped_table.rows, by_sql, "{} (overflowed)", table.title);
+        }
+        assert_eq!((single.requests, single.clients), (500, 37));
+        assert_eq!((capped.requests, capped.clients), (500, 37));
+        assert_eq!(single.bytes_sent, (0..500).sum::<u64>());
+        assert_eq!(single.first.as_deref(), Some("2026-11-20T00:00:00.000Z"));
+        assert_eq!(single.last.as_deref(), Some("2026-11-22T23:00:00.000Z"));
+        assert_eq!(single.hourly.iter().map(|h| h.1).sum::<u64>(), 500);
     }
 
     #[test]

@@ -187,6 +187,15 @@ fn every_format_round_trips_every_column() {
     let parquet_path = dir.path().join("out.parquet");
     export(&db, &parquet_path, "parquet", &[]);
     let parquet_rows = read_parquet(&parquet_path);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "written under a temporary name, then renamed"
+    );
     assert_eq!(
         parquet_rows, expected,
         "parquet keeps types, NULLs and BLOBs exactly"

@@ -142,6 +142,12 @@ pub fn columns(conn: &Connection, anonymized: bool) -> rusqlite::Result<Vec<Colu
 
 /// Exports the rows, streaming; returns how many were written.
 pub fn export(options: &ExportOptions) -> Result<ExportSummary, ExportError> {
+    if same_file(&options.db, &options.out) {
+        return Err(ExportError::Write {
+            path: options.out.display().to_string(),
+            reason: "that is the database being exported".into(),
+        });
+    }
     let db_error = |source| ExportError::Database {
         path: options.db.display().to_string(),
         source,
@@ -160,17 +166,67 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, ExportError> {
             |r| r.get(0),
         )
         .map_err(db_error)?;
-    let progress = progress_bar(options.progress, total as u64);
-
     let write_error = |reason: String| ExportError::Write {
         path: options.out.display().to_string(),
         reason,
     };
-    let mut writer = open_writer(options.format, &options.out, &columns).map_err(write_error)?;
+    // Written beside the target and renamed at the end: an interrupted or failed export
+    // never leaves a truncated file under the name a publisher will pick up.
+    let partial = partial_path(&options.out);
+    let result = write_rows(&conn, options, &columns, &partial, total as u64);
+    match result {
+        Ok(written) => {
+            std::fs::rename(&partial, &options.out).map_err(|e| write_error(e.to_string()))?;
+            Ok(ExportSummary {
+                rows: written,
+                columns: columns.len(),
+            })
+        }
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(error)
+        }
+    }
+}
+
+/// `FILE.partial` beside `FILE`.
+fn partial_path(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+/// Streams the selected rows into a new file at `path`; returns how many were written.
+fn write_rows(
+    conn: &Connection,
+    options: &ExportOptions,
+    columns: &[Column],
+    path: &Path,
+    total: u64,
+) -> Result<u64, ExportError> {
+    let db_error = |source| ExportError::Database {
+        path: options.db.display().to_string(),
+        source,
+    };
+    let write_error = |reason: String| ExportError::Write {
+        path: options.out.display().to_string(),
+        reason,
+    };
+    let progress = progress_bar(options.progress, total);
+    let cutoff = options.since.clone().unwrap_or_default();
+    let from = crate::db::events_from(options.since.is_some());
+    let mut writer = open_writer(options.format, path, columns).map_err(write_error)?;
     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    // The order the chosen access path yields without sorting (a sort would hold every row):
+    // the table's for a full export, the timestamp index's for a period.
+    let order = if options.since.is_some() {
+        "timestamp, id"
+    } else {
+        "id"
+    };
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT {} FROM {from} WHERE timestamp >= ?1 ORDER BY id",
+            "SELECT {} FROM {from} WHERE timestamp >= ?1 ORDER BY {order}",
             names
                 .iter()
                 .map(|n| format!("\"{n}\""))
@@ -198,10 +254,21 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, ExportError> {
     }
     writer.finish().map_err(write_error)?;
     progress.finish_and_clear();
-    Ok(ExportSummary {
-        rows: written,
-        columns: columns.len(),
-    })
+    Ok(written)
+}
+
+/// Whether two paths name one existing file (writing the output must never truncate the
+/// database, or one of its WAL files, by a slip of the command line).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let (Ok(a), Ok(b)) = (a.canonicalize(), b.canonicalize()) else {
+        return false;
+    };
+    let suffixed = |suffix: &str| {
+        let mut name = a.clone().into_os_string();
+        name.push(suffix);
+        name
+    };
+    b == a || b.as_os_str() == suffixed("-wal") || b.as_os_str() == suffixed("-shm")
 }
 
 /// A value with its addresses replaced: address columns as addresses, all text and BLOBs
@@ -239,7 +306,7 @@ fn progress_bar(wanted: bool, total: u64) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows ({per_sec}, {eta} left)")
+        indicatif::ProgressStyle::with_template("{bar:40} {human_pos}/{human_len} rows, {eta} left")
     {
         bar.set_style(style);
     }
