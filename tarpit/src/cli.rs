@@ -63,15 +63,23 @@ pub fn write_man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
     clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(out)
 }
 
-/// Flags of `tarpit ports` and `tarpit stats`: which database and which period.
+/// Which database the read-only commands read, and which period of it.
 #[derive(Debug, Clone, Args)]
-pub struct QueryArgs {
+pub struct Source {
     /// Database to read (default: `storage.database` of the configuration).
     #[arg(long)]
     pub db: Option<PathBuf>,
     /// Only requests since this long ago (`24h`, `7d`) or this RFC 3339 time.
     #[arg(long)]
     pub since: Option<String>,
+}
+
+/// Flags of `tarpit ports` and `tarpit stats`.
+#[derive(Debug, Clone, Args)]
+pub struct QueryArgs {
+    /// Which database and period.
+    #[command(flatten)]
+    pub source: Source,
     /// Print JSON instead of text tables.
     #[arg(long)]
     pub json: bool,
@@ -83,12 +91,9 @@ pub struct ReportArgs {
     /// The HTML file to write.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// Database to read (default: `storage.database` of the configuration).
-    #[arg(long)]
-    pub db: Option<PathBuf>,
-    /// Only requests since this long ago (`24h`, `7d`) or this RFC 3339 time.
-    #[arg(long)]
-    pub since: Option<String>,
+    /// Which database and period.
+    #[command(flatten)]
+    pub source: Source,
 }
 
 /// Flags of `tarpit export`.
@@ -100,12 +105,9 @@ pub struct ExportArgs {
     /// The file to write (replaced if it exists).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// Database to read (default: `storage.database` of the configuration).
-    #[arg(long)]
-    pub db: Option<PathBuf>,
-    /// Only requests since this long ago (`24h`, `7d`) or this RFC 3339 time.
-    #[arg(long)]
-    pub since: Option<String>,
+    /// Which database and period.
+    #[command(flatten)]
+    pub source: Source,
     /// Replace every IP address by a keyed prefix-preserving pseudonym (Crypto-PAn) and drop
     /// the AbuseIPDB reporting columns, for publication.
     #[arg(long, requires = "key_file")]

@@ -143,8 +143,8 @@ fn cutoff(since: Option<&str>) -> anyhow::Result<Option<String>> {
 /// `tarpit report`: the HTML report.
 fn report(args: &tarpit::cli::ReportArgs, config: &tarpit::config::Config) -> anyhow::Result<()> {
     use anyhow::Context;
-    let db = existing_db(args.db.as_ref(), config)?;
-    let since = cutoff(args.since.as_deref())?;
+    let db = existing_db(args.source.db.as_ref(), config)?;
+    let since = cutoff(args.source.since.as_deref())?;
     if tarpit::export::same_file(db, &args.out) {
         anyhow::bail!("--out {} is the database being read", args.out.display());
     }
@@ -157,7 +157,7 @@ fn report(args: &tarpit::cli::ReportArgs, config: &tarpit::config::Config) -> an
 
 /// `tarpit export`: the dataset file.
 fn export(args: &tarpit::cli::ExportArgs, config: &tarpit::config::Config) -> anyhow::Result<()> {
-    let db = existing_db(args.db.as_ref(), config)?;
+    let db = existing_db(args.source.db.as_ref(), config)?;
     let anonymizer = match &args.key_file {
         Some(key_file) if args.anonymize => {
             Some(tarpit::export::Anonymizer::from_key_file(key_file)?)
@@ -168,7 +168,7 @@ fn export(args: &tarpit::cli::ExportArgs, config: &tarpit::config::Config) -> an
         db: db.clone(),
         out: args.out.clone(),
         format: args.format,
-        since: cutoff(args.since.as_deref())?,
+        since: cutoff(args.source.since.as_deref())?,
         anonymizer,
         progress: true,
     };
@@ -190,8 +190,8 @@ fn query(
     stats: bool,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    let db = existing_db(args.db.as_ref(), config)?;
-    let since = cutoff(args.since.as_deref())?;
+    let db = existing_db(args.source.db.as_ref(), config)?;
+    let since = cutoff(args.source.since.as_deref())?;
     let reading = || format!("reading {}", db.display());
     let (json, text) = if stats {
         let report = tarpit::stats::build(db, since).with_context(reading)?;
