@@ -20,9 +20,6 @@ use crate::pipeline::PipelineStats;
 
 /// Most events written in one batch (one transaction).
 const MAX_BATCH: usize = 4096;
-/// How long a busy sink lets events gather before its next batch. A lone event (an idle
-/// sensor) is written at once.
-const GATHER: Duration = Duration::from_millis(5);
 
 /// An error a sink reports for a batch it could not write.
 #[derive(Debug, thiserror::Error)]
@@ -119,13 +116,7 @@ fn run(mut sink: impl Sink, rx: mpsc::Receiver<Arc<Event>>, stats: Arc<PipelineS
                 );
             }
         }
-        // Under load (more than one event was waiting), let the next batch gather for a
-        // moment: each batch is a transaction, and a commit costs far more than a row.
-        let busy = batch.len() > 1;
         batch.clear();
-        if busy {
-            std::thread::sleep(GATHER);
-        }
     }
 }
 
