@@ -422,6 +422,24 @@ fn dropped_events(stderr: &str) -> Option<u64> {
         .ok()
 }
 
+/// Runs the `role` clients (`per_process` connections or loops each) against `server` and
+/// measures the server over the `duration`-second window; returns the clients' merged report.
+fn load(
+    server: &Server,
+    role: &str,
+    per_process: Vec<u64>,
+    duration: u64,
+) -> anyhow::Result<(ClientReport, Measured)> {
+    let extra = vec![format!("--duration {duration}")];
+    let mut children = spawn_clients(role, server.addr, &per_process, &extra)?;
+    let mut window = Measured::default();
+    let reports = run_clients(&mut children, || {
+        window = server.measure(Duration::from_secs(duration));
+        Ok(())
+    })?;
+    Ok((merge(reports), window))
+}
+
 /// `bench hold`: open `conns`, hold them `duration` seconds, measure.
 pub fn hold(
     command: &str,
@@ -432,14 +450,7 @@ pub fn hold(
 ) -> anyhow::Result<Figures> {
     let server = Server::start(command)?;
     let rss_before = server.rss();
-    let extra = vec![format!("--duration {duration}")];
-    let mut children = spawn_clients("hold", server.addr, &split(conns, processes), &extra)?;
-    let mut window = Measured::default();
-    let reports = run_clients(&mut children, || {
-        window = server.measure(Duration::from_secs(duration));
-        Ok(())
-    })?;
-    let report = merge(reports);
+    let (report, window) = load(&server, "hold", split(conns, processes), duration)?;
     let (stderr, dir) = server.stop()?;
     let held = report.held.max(1);
     Ok(Figures {
@@ -465,14 +476,7 @@ pub fn churn(
 ) -> anyhow::Result<Figures> {
     let server = Server::start(command)?;
     let rss_start = server.rss();
-    let extra = vec![format!("--duration {duration}")];
-    let mut children = spawn_clients("churn", server.addr, &split(workers, processes), &extra)?;
-    let mut window = Measured::default();
-    let reports = run_clients(&mut children, || {
-        window = server.measure(Duration::from_secs(duration));
-        Ok(())
-    })?;
-    let report = merge(reports);
+    let (report, window) = load(&server, "churn", split(workers, processes), duration)?;
     let rss_end = server.rss();
     // How long until every cycle has its row (polled while the server still runs).
     let db = server.dir.path().join("data/tarpit_events.db");
