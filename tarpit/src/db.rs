@@ -241,6 +241,20 @@ pub fn next_conn_id(conn: &Connection) -> Result<u64, DbError> {
     Ok(max.map_or(1, |m| m as u64 + 1))
 }
 
+/// Whether `b` names the database `a` or one of its WAL files: a command's output must never
+/// truncate the database by a slip of the command line.
+pub fn is_database_file(a: &Path, b: &Path) -> bool {
+    let (Ok(a), Ok(b)) = (a.canonicalize(), b.canonicalize()) else {
+        return false;
+    };
+    let suffixed = |suffix: &str| {
+        let mut name = a.clone().into_os_string();
+        name.push(suffix);
+        name
+    };
+    b == a || b.as_os_str() == suffixed("-wal") || b.as_os_str() == suffixed("-shm")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

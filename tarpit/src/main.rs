@@ -145,7 +145,7 @@ fn report(args: &tarpit::cli::ReportArgs, config: &tarpit::config::Config) -> an
     use anyhow::Context;
     let db = existing_db(args.source.db.as_ref(), config)?;
     let since = cutoff(args.source.since.as_deref())?;
-    if tarpit::export::same_file(db, &args.out) {
+    if tarpit::db::is_database_file(db, &args.out) {
         anyhow::bail!("--out {} is the database being read", args.out.display());
     }
     let html =

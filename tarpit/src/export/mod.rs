@@ -142,7 +142,7 @@ pub fn columns(conn: &Connection, anonymized: bool) -> rusqlite::Result<Vec<Colu
 
 /// Exports the rows, streaming; returns how many were written.
 pub fn export(options: &ExportOptions) -> Result<ExportSummary, ExportError> {
-    if same_file(&options.db, &options.out) {
+    if crate::db::is_database_file(&options.db, &options.out) {
         return Err(ExportError::Write {
             path: options.out.display().to_string(),
             reason: "that is the database being exported".into(),
@@ -255,20 +255,6 @@ fn write_rows(
     writer.finish().map_err(write_error)?;
     progress.finish_and_clear();
     Ok(written)
-}
-
-/// Whether two paths name one existing file (writing the output must never truncate the
-/// database, or one of its WAL files, by a slip of the command line).
-pub fn same_file(a: &Path, b: &Path) -> bool {
-    let (Ok(a), Ok(b)) = (a.canonicalize(), b.canonicalize()) else {
-        return false;
-    };
-    let suffixed = |suffix: &str| {
-        let mut name = a.clone().into_os_string();
-        name.push(suffix);
-        name
-    };
-    b == a || b.as_os_str() == suffixed("-wal") || b.as_os_str() == suffixed("-shm")
 }
 
 /// A value with its addresses replaced: address columns as addresses, all text and BLOBs
