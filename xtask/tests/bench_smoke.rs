@@ -1,0 +1,76 @@
+//! `cargo xtask bench` end to end at a small scale: the release build of the tarpit under a
+//! short hold and a short churn, read back from the printed table. No speed is asserted here
+//! (figures belong to the bench itself, see `docs/benchmarks.md`); this checks that the bench
+//! runs, that every connection it asks for is held or cycled, and that nothing is lost.
+
+use std::process::Command;
+
+/// Runs `xtask bench ARGS` and returns its standard output (the table).
+fn bench(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("running xtask bench");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "xtask bench {args:?} failed\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The server column of the table row labelled `label`.
+fn cell<'a>(table: &'a str, label: &str) -> &'a str {
+    table
+        .lines()
+        .find_map(|line| {
+            let mut cells = line.split('|').map(str::trim).skip(1);
+            (cells.next() == Some(label))
+                .then(|| cells.next())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("no row {label:?} in\n{table}"))
+}
+
+/// "1500.2 ms" -> 1500.2
+fn millis(value: &str) -> f64 {
+    value
+        .strip_suffix(" ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("not a duration: {value:?}"))
+}
+
+/// "N / M" -> (N, M)
+fn pair(value: &str) -> (u64, u64) {
+    let (a, b) = value.split_once(" / ").expect("N / M");
+    (a.parse().unwrap(), b.parse().unwrap())
+}
+
+#[test]
+fn bench_holds_and_churns_the_release_tarpit_without_loss() {
+    let hold = bench(&["hold", "--conns", "300", "--duration", "4"]);
+    assert_eq!(cell(&hold, "held / requested"), "300 / 300", "{hold}");
+    assert_eq!(cell(&hold, "failures (connect, eof, read)"), "0, 0, 0");
+    assert_eq!(cell(&hold, "dropped events"), "0");
+    // Every held connection has its row (the readiness probes add a few more).
+    let (rows, expected) = pair(cell(&hold, "rows written / expected"));
+    assert!(rows >= expected && expected == 300, "{hold}");
+    // The drip's cadence (1.5 s by default) is what the hold measures.
+    let gap = millis(cell(&hold, "drip gap p50"));
+    assert!((1450.0..1550.0).contains(&gap), "{hold}");
+    assert!(cell(&hold, "server RSS per held connection").ends_with(" B"));
+
+    let churn = bench(&["churn", "--workers", "8", "--duration", "3"]);
+    assert_eq!(cell(&churn, "failures (connect, eof, read)"), "0, 0, 0");
+    assert_eq!(cell(&churn, "dropped events"), "0");
+    let cycles: f64 = cell(&churn, "churn cycles/s").parse().unwrap();
+    assert!(cycles > 0.0, "{churn}");
+    let (rows, expected) = pair(cell(&churn, "rows written / expected"));
+    assert!(rows >= expected && expected as f64 >= cycles, "{churn}");
+    assert!(
+        cell(&churn, "rows settled after load").ends_with(" s"),
+        "{churn}"
+    );
+}
