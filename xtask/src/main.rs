@@ -191,14 +191,7 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
 /// debug build of it, churn measured 15-20% fewer cycles/s for the same server.
 fn rerun_release(root: &Path) -> anyhow::Result<()> {
     run(cargo(root).args(["build", "--release", "-p", "xtask"]))?;
-    let status = Command::new(target_dir(root).join("release/xtask"))
-        .args(std::env::args_os().skip(1))
-        .status()
-        .context("running the release build of xtask")?;
-    if !status.success() {
-        bail!("the bench failed ({status})");
-    }
-    Ok(())
+    run(Command::new(target_dir(root).join("release/xtask")).args(std::env::args_os().skip(1)))
 }
 
 /// Where cargo puts build output: `CARGO_TARGET_DIR` (CI keeps a cache there), else `target/`.
