@@ -43,6 +43,9 @@ pub enum Command {
     Report(ReportArgs),
     /// Export the recorded requests as CSV, JSON lines or Parquet, optionally anonymised.
     Export(ExportArgs),
+    /// Migrate a database (ours or the replaced tool's) to this build's schema, keeping a copy
+    /// of the original as FILE.pre-migration when it was the replaced tool's.
+    Migrate(MigrateArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -72,6 +75,14 @@ pub struct Source {
     /// Only requests since this long ago (`24h`, `7d`) or this RFC 3339 time.
     #[arg(long)]
     pub since: Option<String>,
+}
+
+/// Flags of `tarpit migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// Database to migrate (default: `storage.database` of the configuration).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
 }
 
 /// Flags of `tarpit ports` and `tarpit stats`.

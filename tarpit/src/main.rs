@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             | Command::Stats(_)
             | Command::Report(_)
             | Command::Export(_)
+            | Command::Migrate(_)
             | Command::Completions { .. }
             | Command::Man,
         ) => (None, false),
@@ -68,6 +69,7 @@ fn main() -> ExitCode {
     let analysis = match &cli.command {
         Some(Command::Report(args)) => Some(report(args, &config)),
         Some(Command::Export(args)) => Some(export(args, &config)),
+        Some(Command::Migrate(args)) => Some(migrate(args, &config)),
         _ => None,
     };
     if let Some(outcome) = analysis {
@@ -128,6 +130,24 @@ fn existing_db<'a>(
         );
     }
     Ok(db)
+}
+
+/// `tarpit migrate`: brings a database to this build's schema and says what it did.
+fn migrate(args: &tarpit::cli::MigrateArgs, config: &tarpit::config::Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let db = existing_db(args.db.as_ref(), config)?;
+    let before = tarpit::db::legacy::backup_path(db).exists();
+    tarpit::db::open(db).with_context(|| format!("migrating {}", db.display()))?;
+    println!(
+        "{}: schema version {}",
+        db.display(),
+        tarpit::db::SCHEMA_VERSION
+    );
+    let backup = tarpit::db::legacy::backup_path(db);
+    if !before && backup.exists() {
+        println!("original kept as {}", backup.display());
+    }
+    Ok(())
 }
 
 /// `--since` as an RFC 3339 cutoff.

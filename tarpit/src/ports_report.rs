@@ -7,9 +7,8 @@
 //! reports the wrong port.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use crate::event::format_timestamp;
@@ -82,9 +81,8 @@ pub fn parse_since(text: &str, now: SystemTime) -> Result<String, String> {
 }
 
 /// Builds the report from the database at `path` (opened read-only).
-pub fn build(path: &Path, since: Option<String>) -> rusqlite::Result<PortsReport> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+pub fn build(path: &Path, since: Option<String>) -> Result<PortsReport, crate::db::DbError> {
+    let conn = crate::db::open_read_only(path)?;
     let cutoff = since.clone().unwrap_or_default();
     let scalar = |sql: &str| -> rusqlite::Result<u64> {
         conn.query_row(sql, [&cutoff], |r| r.get::<_, Option<i64>>(0))
@@ -214,7 +212,7 @@ mod tests {
     use super::*;
 
     fn insert(
-        conn: &Connection,
+        conn: &rusqlite::Connection,
         ts: &str,
         ebpf: Option<i64>,
         orig: Option<i64>,
@@ -311,7 +309,7 @@ mod tests {
 
     #[test]
     fn since_takes_durations_and_times() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(86_400 * 2);
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(86_400 * 2);
         assert_eq!(parse_since("24h", now).unwrap(), "1970-01-02T00:00:00.000Z");
         assert_eq!(
             parse_since("2026-11-24T00:00:00Z", now).unwrap(),

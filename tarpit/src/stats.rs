@@ -4,10 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::time::Duration;
 
+use rusqlite::Connection;
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 /// How many rows each "top" table shows.
@@ -130,14 +129,17 @@ impl Tally {
 /// One pass over the rows counts everything at once (a query per table would read a
 /// ten-million-row database ten times); a table with more than [`MAX_DISTINCT`] values is
 /// then counted by SQLite so memory stays bounded.
-pub fn build(path: &Path, since: Option<String>) -> rusqlite::Result<Stats> {
+pub fn build(path: &Path, since: Option<String>) -> Result<Stats, crate::db::DbError> {
     build_capped(path, since, MAX_DISTINCT)
 }
 
 /// [`build`] with a given cap on the distinct values counted in memory per table.
-fn build_capped(path: &Path, since: Option<String>, cap: usize) -> rusqlite::Result<Stats> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+fn build_capped(
+    path: &Path,
+    since: Option<String>,
+    cap: usize,
+) -> Result<Stats, crate::db::DbError> {
+    let conn = crate::db::open_read_only(path)?;
     let cutoff = since.clone().unwrap_or_default();
     let from = crate::db::events_from(since.is_some());
     let expressions: Vec<&str> = TOPS.iter().map(|(_, expr)| *expr).collect();
@@ -382,7 +384,8 @@ mod tests {
             )
             .unwrap();
         }
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let conn =
+            Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
         let single = build(&path, None).unwrap();
         let capped = build_capped(&path, None, 2).unwrap();
         for ((table, capped_table), (_, expr)) in single.top.iter().zip(&capped.top).zip(TOPS) {

@@ -15,10 +15,9 @@ mod parquet_file;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use rusqlite::Connection;
 use rusqlite::types::Value;
-use rusqlite::{Connection, OpenFlags};
 
 pub use anonymize::Anonymizer;
 
@@ -51,6 +50,9 @@ pub enum ExportError {
         /// SQLite's error.
         source: rusqlite::Error,
     },
+    /// The database could not be opened or has a schema this build does not read.
+    #[error(transparent)]
+    Open(#[from] crate::db::DbError),
     /// The output could not be written.
     #[error("writing {path}: {reason}")]
     Write {
@@ -152,10 +154,7 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, ExportError> {
         path: options.db.display().to_string(),
         source,
     };
-    let conn = Connection::open_with_flags(&options.db, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(db_error)?;
-    conn.busy_timeout(Duration::from_secs(5))
-        .map_err(db_error)?;
+    let conn = crate::db::open_read_only(&options.db)?;
     let columns = columns(&conn, options.anonymizer.is_some()).map_err(db_error)?;
     let cutoff = options.since.clone().unwrap_or_default();
     let from = crate::db::events_from(options.since.is_some());

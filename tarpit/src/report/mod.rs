@@ -12,16 +12,17 @@ pub mod world;
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
-
-use rusqlite::{Connection, OpenFlags};
+use std::time::SystemTime;
 
 use crate::stats::Stats;
 
 /// Why a report could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    /// The database could not be read.
+    /// The database could not be opened or has a schema this build does not read.
+    #[error(transparent)]
+    Open(#[from] crate::db::DbError),
+    /// A query failed.
     #[error(transparent)]
     Database(#[from] rusqlite::Error),
     /// A chart could not be drawn.
@@ -75,8 +76,7 @@ impl ReportData {
     /// Reads the report's figures from the database (read-only).
     pub fn load(path: &Path, since: Option<String>) -> Result<Self, ReportError> {
         let stats = crate::stats::build(path, since.clone())?;
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        let conn = crate::db::open_read_only(path)?;
         let cutoff = since.unwrap_or_default();
         let from = crate::db::events_from(!cutoff.is_empty());
         let bucket_sql: String = DURATION_BUCKETS

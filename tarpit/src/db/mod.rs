@@ -4,7 +4,10 @@
 //! and meaning, so operators' existing SQL keeps working; our own columns follow them. The
 //! `connections` table has one row per accepted connection, inserted at accept, so that every
 //! accepted connection is on record even when it never sent a byte and the process is killed.
-//! Schema changes are numbered migrations tracked with `PRAGMA user_version`.
+//! Schema changes are numbered migrations tracked with `PRAGMA user_version`; a file of the
+//! replaced tool (no version, its own `events` table) is adopted by [`legacy`].
+
+pub mod legacy;
 
 use std::path::Path;
 
@@ -28,6 +31,41 @@ pub enum DbError {
     #[error("schema version {found} is newer than this tarpit understands ({supported})")]
     TooNew {
         /// Version in the file.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// The file holds tables that are neither ours nor the replaced tool's: never touched.
+    #[error(
+        "{path} is not a tarpit database: it has {found} but no schema version. It was left \
+         unchanged; point `[storage] database` (or --db) at another file, or move this one away"
+    )]
+    UnknownSchema {
+        /// The database file.
+        path: String,
+        /// What was found in it.
+        found: String,
+    },
+    /// A migration would overwrite an earlier migration's saved copy.
+    #[error(
+        "{path} needs migrating, but the copy {backup} already exists; move the copy away \
+         (it is the original of an earlier migration) and start again"
+    )]
+    BackupExists {
+        /// The database file.
+        path: String,
+        /// The copy that is in the way.
+        backup: String,
+    },
+    /// A read-only command was given a database that must be migrated first.
+    #[error(
+        "{path} has schema version {found} and needs migrating to {supported}: run \
+         `tarpit migrate --db {path}` (or start `tarpit run` on it) first"
+    )]
+    NeedsMigration {
+        /// The database file.
+        path: String,
+        /// Version in the file (0: the replaced tool's).
         found: i64,
         /// Newest version this build knows.
         supported: i64,
@@ -136,16 +174,70 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
         })?;
     }
     let mut conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Look before changing anything (WAL mode included): a file we do not know stays as it was.
+    let version = schema_version(&conn)?;
+    let adopt_legacy = match version {
+        0 => match legacy::inspect(&conn)? {
+            legacy::Unversioned::Empty => None,
+            legacy::Unversioned::Legacy { has_target_port } => Some(has_target_port),
+            legacy::Unversioned::Unknown(found) => {
+                return Err(DbError::UnknownSchema {
+                    path: path.display().to_string(),
+                    found,
+                });
+            }
+        },
+        _ => None,
+    };
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    if let Some(has_target_port) = adopt_legacy {
+        legacy::migrate_in_place(&mut conn, path, has_target_port)?;
+    }
     migrate(&mut conn)?;
     Ok(conn)
 }
 
+/// Opens an existing database read-only for the offline commands (`stats`, `ports`, `report`,
+/// `export`), after checking that its schema is the one this build reads. Nothing is changed:
+/// a file that needs migrating is named in the error with the command that migrates it.
+pub fn open_read_only(path: &Path) -> Result<Connection, DbError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let version = schema_version(&conn)?;
+    if version == 0 {
+        if let legacy::Unversioned::Unknown(found) = legacy::inspect(&conn)? {
+            return Err(DbError::UnknownSchema {
+                path: path.display().to_string(),
+                found,
+            });
+        }
+    }
+    if version > SCHEMA_VERSION {
+        return Err(DbError::TooNew {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version < SCHEMA_VERSION {
+        return Err(DbError::NeedsMigration {
+            path: path.display().to_string(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(conn)
+}
+
+/// The file's `PRAGMA user_version`.
+fn schema_version(conn: &Connection) -> Result<i64, DbError> {
+    Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?)
+}
+
 /// Applies every migration the file has not seen yet, each in its own transaction.
 pub fn migrate(conn: &mut Connection) -> Result<(), DbError> {
-    let current: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let current = schema_version(conn)?;
     if current > SCHEMA_VERSION {
         return Err(DbError::TooNew {
             found: current,
@@ -172,14 +264,15 @@ pub struct Recovered {
 
 /// Marks rows left open by a crash or `kill -9` as `end_reason = 'interrupted'`. Call it at start,
 /// before any new connection is recorded. `closed_at` stays empty: when they really ended is
-/// unknown.
+/// unknown. Rows of the replaced tool (no `conn_id`) never had an end reason and keep none.
 pub fn mark_interrupted(conn: &Connection) -> Result<Recovered, DbError> {
     let connections = conn.execute(
         "UPDATE connections SET end_reason = 'interrupted' WHERE end_reason IS NULL",
         [],
     )?;
     let requests = conn.execute(
-        "UPDATE events SET end_reason = 'interrupted' WHERE end_reason IS NULL",
+        "UPDATE events SET end_reason = 'interrupted'
+         WHERE end_reason IS NULL AND conn_id IS NOT NULL",
         [],
     )?;
     Ok(Recovered {
