@@ -159,3 +159,72 @@ fn malformed_preamble_from_a_trusted_peer_is_recorded() {
     assert!(error.starts_with("malformed_proxy_header: "), "{error}");
     tarpit.assert_still_answers();
 }
+
+/// Sends `preamble` and a request carrying the scanner's own forwarding headers; returns
+/// (client_ip, client_ip_source, target_port_header, target_port).
+fn forged_headers_after(tarpit: &Tarpit, preamble: &[u8]) -> (String, String, Option<i64>, i64) {
+    let mut stream = tarpit.connect();
+    let mut bytes = preamble.to_vec();
+    bytes.extend_from_slice(
+        b"GET /forged HTTP/1.1\r\nX-Real-IP: 8.8.4.4\r\nX-Forwarded-For: 8.8.8.8\r\n\
+          X-Real-Port: 53\r\nX-Local-Addr: 10.9.9.9:22\r\nX-Tarpit-Target-Port: 31337\r\n\r\n",
+    );
+    stream.write_all(&bytes).unwrap();
+    assert!(read_response(&mut stream).ends_with(FAST_BODY));
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE end_reason IS NOT NULL",
+        1,
+    );
+    tarpit
+        .db()
+        .query_row(
+            "SELECT client_ip, client_ip_source, target_port_header, target_port FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap()
+}
+
+#[test]
+fn after_a_preamble_the_scanners_own_target_port_header_is_not_believed() {
+    let tarpit = Tarpit::start(&[FAST, &["--proxy-protocol", "true"]].concat());
+    let preamble = v2_tcp4([203, 0, 113, 5], [198, 51, 100, 7], 4444, 8888);
+    let (ip, source, header, target) = forged_headers_after(&tarpit, &preamble);
+    assert_eq!(
+        (ip.as_str(), source.as_str()),
+        ("203.0.113.5", "proxy-protocol")
+    );
+    assert_eq!(
+        header,
+        Some(8888),
+        "the preamble's port, not the scanner's 31337"
+    );
+    assert_eq!(target, 8888);
+}
+
+#[test]
+fn proxy_unknown_leaves_the_client_unresolved_whatever_the_headers_say() {
+    let tarpit = Tarpit::start(&[FAST, &["--proxy-protocol", "true"]].concat());
+    let (ip, source, header, target) = forged_headers_after(&tarpit, b"PROXY UNKNOWN\r\n");
+    assert_eq!(
+        (ip.as_str(), source.as_str()),
+        ("127.0.0.1", "proxy-protocol-unknown")
+    );
+    assert_eq!(header, None);
+    assert_ne!(target, 31337);
+}
+
+#[test]
+fn proxy_v2_local_leaves_the_client_unresolved_whatever_the_headers_say() {
+    let tarpit = Tarpit::start(&[FAST, &["--proxy-protocol", "true"]].concat());
+    // Version 2, command LOCAL (0x20), family UNSPEC, no address block.
+    let mut preamble = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    preamble.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    let (ip, source, header, target) = forged_headers_after(&tarpit, &preamble);
+    assert_eq!(
+        (ip.as_str(), source.as_str()),
+        ("127.0.0.1", "proxy-protocol-unknown")
+    );
+    assert_eq!(header, None);
+    assert_ne!(target, 31337);
+}

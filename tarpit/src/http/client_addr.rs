@@ -20,6 +20,9 @@ pub enum ClientAddrSource {
     XForwardedFor,
     /// The PROXY protocol preamble of a trusted proxy.
     ProxyProtocol,
+    /// A PROXY preamble that named no client (`UNKNOWN`, v2 `LOCAL`): the peer is recorded,
+    /// and the HTTP headers, which are the scanner's own, are not believed.
+    ProxyProtocolUnknown,
 }
 
 impl ClientAddrSource {
@@ -30,6 +33,7 @@ impl ClientAddrSource {
             ClientAddrSource::XRealIp => "x-real-ip",
             ClientAddrSource::XForwardedFor => "x-forwarded-for",
             ClientAddrSource::ProxyProtocol => "proxy-protocol",
+            ClientAddrSource::ProxyProtocolUnknown => "proxy-protocol-unknown",
         }
     }
 }

@@ -91,6 +91,7 @@ impl Connection {
             proxied_lookup: None,
             proxy: None,
             expect_preamble,
+            carried_preamble: false,
         })
     }
 
@@ -175,6 +176,10 @@ pub(super) struct Connection {
     proxy: Option<Box<ProxiedConnection>>,
     /// Whether a PROXY preamble may still arrive (trusted peer, protocol on, not yet seen).
     expect_preamble: bool,
+    /// Whether the connection began with a PROXY preamble (even `UNKNOWN` / `LOCAL`). Such a
+    /// proxy works at the TCP level, so every HTTP header that follows is the client's own:
+    /// forwarding headers are never believed on it.
+    carried_preamble: bool,
 }
 
 /// What ends a wait early.
@@ -365,6 +370,7 @@ impl Connection {
                         pending.drain(..len);
                         self.proxy = connection.map(Box::new);
                         self.expect_preamble = false;
+                        self.carried_preamble = true;
                     }
                     Preamble::Invalid(reason) => {
                         return HeadRead::Rejected {
@@ -530,7 +536,12 @@ impl Connection {
     fn target_ports(&mut self, head: Option<&ParsedHead>) -> TargetPorts {
         let trusted =
             client_addr::is_trusted(self.peer.ip(), &self.shared.settings.trusted_proxies);
-        let header = |name| head.filter(|_| trusted).and_then(|h| h.header(name));
+        // After a PROXY preamble the headers come from the client, not from the proxy.
+        let believe_headers = trusted && !self.carried_preamble;
+        let header = |name| {
+            head.filter(|_| believe_headers)
+                .and_then(|h| h.header(name))
+        };
         let target_header = header("x-tarpit-target-port").and_then(|v| v.trim().parse().ok());
         // A PROXY preamble states the client connection; otherwise the proxy's headers may.
         let client_tuple = match self.proxy.as_deref() {
@@ -592,6 +603,11 @@ impl Connection {
             };
         }
         match head {
+            _ if self.carried_preamble => ClientAddr {
+                ip: self.peer.ip().to_canonical(),
+                port: Some(self.peer.port()),
+                source: ClientAddrSource::ProxyProtocolUnknown,
+            },
             Some(head) => {
                 client_addr::resolve(self.peer, &self.shared.settings.trusted_proxies, |n| {
                     head.header(n)
