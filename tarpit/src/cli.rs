@@ -144,9 +144,15 @@ pub struct Overrides {
     /// [server] Connections held at once (0 = derived from the open-file limit).
     #[arg(long)]
     pub max_connections: Option<usize>,
-    /// [server] Connections held at once from one address (0 = no cap).
+    /// [server] Connections held at once from one client (0 = no cap).
     #[arg(long)]
     pub max_connections_per_ip: Option<usize>,
+    /// [server] IPv4 prefix length counted as one client (8-32).
+    #[arg(long)]
+    pub per_ip_ipv4_prefix: Option<u8>,
+    /// [server] IPv6 prefix length counted as one client (16-128).
+    #[arg(long)]
+    pub per_ip_ipv6_prefix: Option<u8>,
     /// [server] Comma-separated CIDRs whose forwarding headers are believed.
     #[arg(long, value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<IpNet>>,
@@ -229,6 +235,8 @@ impl Overrides {
         set(&mut s.workers, &self.workers);
         set(&mut s.max_connections, &self.max_connections);
         set(&mut s.max_connections_per_ip, &self.max_connections_per_ip);
+        set(&mut s.per_ip_ipv4_prefix, &self.per_ip_ipv4_prefix);
+        set(&mut s.per_ip_ipv6_prefix, &self.per_ip_ipv6_prefix);
         set(&mut s.trusted_proxies, &self.trusted_proxies);
         set(&mut s.proxy_protocol, &self.proxy_protocol);
         set(&mut t.response_delay, &self.response_delay);

@@ -212,8 +212,13 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Connections held at once across all workers; 0 = derived from the open-file limit.
     pub max_connections: usize,
-    /// Connections held at once from one client address; 0 = no per-address cap.
+    /// Connections held at once from one client (behind a trusted proxy: the client it names,
+    /// never the proxy itself); 0 = no per-client cap.
     pub max_connections_per_ip: usize,
+    /// IPv4 prefix length that makes one client for `max_connections_per_ip` (32: each address).
+    pub per_ip_ipv4_prefix: u8,
+    /// IPv6 prefix length that makes one client (64: a client usually owns a whole /64).
+    pub per_ip_ipv6_prefix: u8,
     /// Peers whose X-Forwarded-For / X-Real-IP headers are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Read a PROXY protocol (v1 or v2) preamble from trusted proxies (HAProxy
@@ -229,6 +234,8 @@ impl Default for ServerConfig {
             workers: 0,
             max_connections: 0,
             max_connections_per_ip: 1024,
+            per_ip_ipv4_prefix: 32,
+            per_ip_ipv6_prefix: 64,
             trusted_proxies: vec![
                 "127.0.0.0/8".parse().expect("valid CIDR"),
                 "::1/128".parse().expect("valid CIDR"),
@@ -389,6 +396,18 @@ impl Config {
             return err(
                 "tarpit.body_preview_bytes",
                 format!("must be at most 1048576, got {}", t.body_preview_bytes),
+            );
+        }
+        if !(8..=32).contains(&self.server.per_ip_ipv4_prefix) {
+            return err(
+                "server.per_ip_ipv4_prefix",
+                format!("must be 8 to 32, got {}", self.server.per_ip_ipv4_prefix),
+            );
+        }
+        if !(16..=128).contains(&self.server.per_ip_ipv6_prefix) {
+            return err(
+                "server.per_ip_ipv6_prefix",
+                format!("must be 16 to 128, got {}", self.server.per_ip_ipv6_prefix),
             );
         }
         if self.server.workers > 1024 {

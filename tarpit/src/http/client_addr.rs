@@ -26,6 +26,17 @@ pub enum ClientAddrSource {
 }
 
 impl ClientAddrSource {
+    /// Whether a `client_ip_source` column value names a client a trusted proxy forwarded.
+    pub fn column_is_forwarded(column: &str) -> bool {
+        [
+            ClientAddrSource::XRealIp,
+            ClientAddrSource::XForwardedFor,
+            ClientAddrSource::ProxyProtocol,
+        ]
+        .iter()
+        .any(|source| source.as_str() == column)
+    }
+
     /// The name stored in the `client_ip_source` column.
     pub fn as_str(self) -> &'static str {
         match self {

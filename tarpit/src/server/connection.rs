@@ -150,7 +150,6 @@ pub(super) struct Connection {
     pub(super) stream: TcpStream,
     pub(super) shared: Arc<Shared>,
     /// Its place under the connection caps, released when the connection is dropped.
-    #[allow(dead_code)] // held for its Drop
     permit: ConnectionPermit,
     accepted: Instant,
     conn_id: u64,
@@ -315,6 +314,9 @@ impl Connection {
                 (record, Err(reason))
             }
         };
+        // Behind a trusted proxy the client is known only now: count it under the per-client
+        // cap. A client over its cap keeps its row (with its own address) and is closed.
+        let plan = plan.and_then(|answer| self.claim_client(&record).map(|()| answer));
         self.requests = seq;
         let started = Instant::now();
         self.shared.events.send(Event::Request(Box::new(record)));
@@ -529,6 +531,19 @@ impl Connection {
             Ok((Err(error), _)) => Err(io_end_reason(&error, "write_error")),
             Err(interrupt) => Err(interrupt.end_reason()),
         }
+    }
+
+    /// Counts a proxied request's client under the per-client cap. Connections from other peers
+    /// were counted at accept; a proxy's own address (no client named) is never capped.
+    fn claim_client(&mut self, record: &RequestRecord) -> Result<(), &'static str> {
+        if !ClientAddrSource::column_is_forwarded(record.client_ip_source)
+            || !client_addr::is_trusted(self.peer.ip(), &self.shared.settings.trusted_proxies)
+        {
+            return Ok(());
+        }
+        self.permit
+            .claim_client(record.client_ip)
+            .map_err(|refusal| refusal.as_str())
     }
 
     /// Every source's answer for a request; behind a trusted proxy that reports the client's

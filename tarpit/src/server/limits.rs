@@ -6,6 +6,12 @@
 //! counters. It never under-counts (a scanner cannot dodge the cap), uses fixed memory whatever
 //! the number of addresses, and over-counts only when an address collides with heavy addresses
 //! in both tables at once, which at 2 x 65,536 counters is rare.
+//!
+//! "One client" is an address aggregated by prefix: an IPv6 client owns at least a /64, so a
+//! per-/128 cap would be no cap (default /64 for IPv6, /32 for IPv4). Behind a trusted proxy the
+//! socket peer is the proxy, shared by every scanner; its connections are admitted under the
+//! total cap only, and each is counted against its real client once a request names it
+//! ([`ConnectionPermit::claim_client`]).
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -39,8 +45,47 @@ impl Refusal {
 pub struct ConnectionLimits {
     max_total: usize,
     max_per_ip: usize,
+    prefixes: ClientPrefixes,
     active: AtomicUsize,
     sketch: Option<Sketch>,
+}
+
+/// The prefix lengths that make one client for the per-client cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientPrefixes {
+    /// IPv4 prefix length (32: each address).
+    pub v4: u8,
+    /// IPv6 prefix length (64: each /64).
+    pub v6: u8,
+}
+
+impl Default for ClientPrefixes {
+    fn default() -> Self {
+        Self { v4: 32, v6: 64 }
+    }
+}
+
+impl ClientPrefixes {
+    /// The network `ip` belongs to, as counted by the per-client cap. IPv4-mapped IPv6 peers
+    /// (`::ffff:a.b.c.d`) count as IPv4.
+    pub fn client_key(self, ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let bits = u32::from(v4);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.v4.min(32)))
+                    .unwrap_or(0);
+                IpAddr::V4((bits & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.v6.min(128)))
+                    .unwrap_or(0);
+                IpAddr::V6((bits & mask).into())
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -58,9 +103,18 @@ impl Sketch {
         }
     }
 
-    fn slots(&self, ip: IpAddr) -> [usize; 2] {
-        let ip = ip.to_canonical();
-        [0, 1].map(|i| self.hashers[i].hash_one(ip) as usize % SLOTS)
+    fn slots(&self, key: IpAddr) -> [usize; 2] {
+        [0, 1].map(|i| self.hashers[i].hash_one(key) as usize % SLOTS)
+    }
+
+    /// Takes a place in both counters, or none when the client already holds `max` places.
+    fn acquire(&self, slots: [usize; 2], max: usize) -> bool {
+        let before = [0, 1].map(|i| self.rows[i][slots[i]].fetch_add(1, Ordering::AcqRel));
+        if before[0].min(before[1]) as usize >= max {
+            release(self, slots);
+            return false;
+        }
+        true
     }
 }
 
@@ -72,11 +126,13 @@ pub struct ConnectionPermit {
 }
 
 impl ConnectionLimits {
-    /// Caps of `max_total` connections and `max_per_ip` per address (0 = no per-address cap).
-    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+    /// Caps of `max_total` connections and `max_per_ip` per client (0 = no per-client cap),
+    /// a client being an address aggregated by `prefixes`.
+    pub fn new(max_total: usize, max_per_ip: usize, prefixes: ClientPrefixes) -> Self {
         Self {
             max_total,
             max_per_ip,
+            prefixes,
             active: AtomicUsize::new(0),
             sketch: (max_per_ip > 0).then(Sketch::new),
         }
@@ -87,30 +143,50 @@ impl ConnectionLimits {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Admits a connection from `ip`, or says which cap it hits.
-    pub fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
+    /// Admits a connection, or says which cap it hits. `client` is the peer's address, or
+    /// `None` for a trusted proxy: its connections count only under the total cap until a
+    /// request names the real client.
+    pub fn try_admit(
+        self: &Arc<Self>,
+        client: Option<IpAddr>,
+    ) -> Result<ConnectionPermit, Refusal> {
         if self.active.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.active.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::MaxConnections);
         }
-        let slots = match &self.sketch {
-            None => None,
-            Some(sketch) => {
-                let slots = sketch.slots(ip);
-                let before =
-                    [0, 1].map(|i| sketch.rows[i][slots[i]].fetch_add(1, Ordering::AcqRel));
-                if before[0].min(before[1]) as usize >= self.max_per_ip {
-                    release(sketch, slots);
-                    self.active.fetch_sub(1, Ordering::AcqRel);
-                    return Err(Refusal::PerIp);
-                }
-                Some(slots)
-            }
-        };
-        Ok(ConnectionPermit {
+        let mut permit = ConnectionPermit {
             limits: self.clone(),
-            slots,
-        })
+            slots: None,
+        };
+        if let Some(ip) = client {
+            // On refusal the permit is dropped, which gives the total place back.
+            permit.claim_client(ip)?;
+        }
+        Ok(permit)
+    }
+}
+
+impl ConnectionPermit {
+    /// Counts this connection against `client` (prefix-aggregated) under the per-client cap,
+    /// giving back the place of any client it was counted against before (a proxy's
+    /// keep-alive connection may carry several clients in turn). On refusal the connection
+    /// holds no per-client place.
+    pub fn claim_client(&mut self, client: IpAddr) -> Result<(), Refusal> {
+        let Some(sketch) = &self.limits.sketch else {
+            return Ok(());
+        };
+        let slots = sketch.slots(self.limits.prefixes.client_key(client));
+        if self.slots == Some(slots) {
+            return Ok(());
+        }
+        if let Some(previous) = self.slots.take() {
+            release(sketch, previous);
+        }
+        if !sketch.acquire(slots, self.limits.max_per_ip) {
+            return Err(Refusal::PerIp);
+        }
+        self.slots = Some(slots);
+        Ok(())
     }
 }
 
@@ -167,13 +243,71 @@ pub fn effective_max_connections(configured: usize) -> usize {
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_and_ipv4_by_address() {
+        let limits = Arc::new(ConnectionLimits::new(1000, 2, ClientPrefixes::default()));
+        let _a = limits.try_admit(ip("2001:db8:1:2::1")).unwrap();
+        let _b = limits.try_admit(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert_eq!(
+            limits
+                .try_admit(ip("2001:db8:1:2:dead:beef::1"))
+                .unwrap_err(),
+            Refusal::PerIp,
+            "a third address of the same /64 is the same client"
+        );
+        assert!(limits.try_admit(ip("2001:db8:1:3::1")).is_ok());
+        let _c = limits.try_admit(ip("192.0.2.1")).unwrap();
+        let _d = limits.try_admit(ip("192.0.2.1")).unwrap();
+        assert!(limits.try_admit(ip("192.0.2.2")).is_ok());
+        let wide = ClientPrefixes { v4: 24, v6: 48 };
+        assert_eq!(
+            wide.client_key("192.0.2.77".parse().unwrap()),
+            "192.0.2.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            wide.client_key("2001:db8:1:2::1".parse().unwrap()),
+            "2001:db8:1::".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn proxy_connections_count_against_the_client_they_carry() {
+        let limits = Arc::new(ConnectionLimits::new(1000, 2, ClientPrefixes::default()));
+        // Many connections from the proxy itself are admitted under the total cap only.
+        let mut from_proxy: Vec<_> = (0..5).map(|_| limits.try_admit(None).unwrap()).collect();
+        let scanner = "198.51.100.9".parse().unwrap();
+        from_proxy[0].claim_client(scanner).unwrap();
+        from_proxy[1].claim_client(scanner).unwrap();
+        assert_eq!(from_proxy[2].claim_client(scanner), Err(Refusal::PerIp));
+        // The scanner at its cap does not starve another client behind the same proxy.
+        from_proxy[3]
+            .claim_client("203.0.113.4".parse().unwrap())
+            .unwrap();
+        // A connection moving to another client gives its old place back.
+        from_proxy[1]
+            .claim_client("203.0.113.5".parse().unwrap())
+            .unwrap();
+        from_proxy[2].claim_client(scanner).unwrap();
+        drop(from_proxy);
+        assert_eq!(limits.active(), 0);
+        assert!(
+            limits
+                .sketch
+                .as_ref()
+                .unwrap()
+                .rows
+                .iter()
+                .all(|row| row.iter().all(|c| c.load(Ordering::Relaxed) == 0))
+        );
     }
 
     #[test]
     fn total_cap_refuses_then_admits_after_release() {
-        let limits = Arc::new(ConnectionLimits::new(2, 0));
+        let limits = Arc::new(ConnectionLimits::new(2, 0, ClientPrefixes::default()));
         let a = limits.try_admit(ip("10.0.0.1")).unwrap();
         let _b = limits.try_admit(ip("10.0.0.2")).unwrap();
         assert_eq!(
@@ -187,7 +321,7 @@ mod tests {
 
     #[test]
     fn per_ip_cap_counts_each_address() {
-        let limits = Arc::new(ConnectionLimits::new(1000, 3));
+        let limits = Arc::new(ConnectionLimits::new(1000, 3, ClientPrefixes::default()));
         let held: Vec<_> = (0..3)
             .map(|_| limits.try_admit(ip("192.0.2.1")).unwrap())
             .collect();

@@ -24,7 +24,7 @@ use crate::pipeline::{Enrichment, EventSender, Pipeline, PipelineStats, event_ch
 use crate::sink::SinkThread;
 use crate::sink::jsonl::JsonLinesSink;
 use crate::sink::sqlite::SqliteSink;
-use limits::ConnectionLimits;
+use limits::{ClientPrefixes, ConnectionLimits};
 use settings::Settings;
 use std::time::Duration;
 
@@ -107,6 +107,10 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         limits: Arc::new(ConnectionLimits::new(
             max_connections,
             config.server.max_connections_per_ip,
+            ClientPrefixes {
+                v4: config.server.per_ip_ipv4_prefix,
+                v6: config.server.per_ip_ipv6_prefix,
+            },
         )),
         next_conn_id: AtomicU64::new(first_conn_id),
         ebpf: attribution.as_ref().map(|a| a.map()),

@@ -132,7 +132,9 @@ fn admit(
             local_port: local.port(),
             worker,
         }));
-    match shared.limits.try_admit(peer.ip()) {
+    // A trusted proxy's connections carry many clients: each is counted when a request names it.
+    let proxied = crate::http::client_addr::is_trusted(peer.ip(), &shared.settings.trusted_proxies);
+    match shared.limits.try_admit((!proxied).then_some(peer.ip())) {
         Ok(permit) => {
             let conn = Connection::accept(stream, peer, local, conn_id, shared.clone(), permit);
             dripper.spawn_connection(conn);
