@@ -6,17 +6,18 @@
 //! datasets published months apart can be joined. The algorithm is the one of Xu, Fan, Ammar
 //! and Moon (ICNP 2002), with the usual IPv6 extension; its known answers are in the tests.
 //!
-//! [`Anonymizer::scrub`] finds addresses inside free text (headers such as X-Forwarded-For or
-//! Host, paths, previews), since a dataset is only as anonymous as its least obvious field.
+//! [`Anonymizer`] also replaces addresses inside free text (headers such as X-Forwarded-For or
+//! Host, paths, previews; found by [`super::scrub`]), since a dataset is only as anonymous as
+//! its least obvious field, and keys the hashes of content it scrubbed.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
-use std::sync::LazyLock;
 
 use aes::Aes128;
 use aes::cipher::{BlockCipherEncrypt, KeyInit};
-use regex::Regex;
+
+use super::scrub;
 
 /// Why a key file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -48,39 +49,7 @@ impl CryptoPan {
 
     /// Reads a key file: 32 raw bytes, or 64 hexadecimal digits (whitespace around is fine).
     pub fn from_key_file(path: &Path) -> Result<Self, KeyError> {
-        let error = |reason: String| KeyError {
-            path: path.display().to_string(),
-            reason,
-        };
-        let bytes = std::fs::read(path).map_err(|e| {
-            error(format!(
-                "{e} (make one with: head -c 32 /dev/urandom > {})",
-                path.display()
-            ))
-        })?;
-        let key: [u8; 32] = if bytes.len() == 32 {
-            bytes.try_into().expect("32 bytes")
-        } else {
-            let text = String::from_utf8_lossy(&bytes);
-            let text = text.trim();
-            if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(error(format!(
-                    "expected 32 raw bytes or 64 hexadecimal digits, found {} bytes",
-                    bytes.len()
-                )));
-            }
-            let mut key = [0u8; 32];
-            for (i, byte) in key.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("hex digits");
-            }
-            key
-        };
-        if key.iter().all(|&b| b == key[0]) {
-            return Err(error(
-                "the key is one repeated byte; use random bytes".into(),
-            ));
-        }
-        Ok(Self::new(&key))
+        Ok(Self::new(&read_key_file(path)?))
     }
 
     /// The pseudonym of an address (IPv4 maps to IPv4, IPv6 to IPv6).
@@ -122,37 +91,68 @@ impl CryptoPan {
     }
 }
 
+/// Reads a key file: 32 raw bytes, or 64 hexadecimal digits (whitespace around is fine).
+fn read_key_file(path: &Path) -> Result<[u8; 32], KeyError> {
+    let error = |reason: String| KeyError {
+        path: path.display().to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| {
+        error(format!(
+            "{e} (make one with: head -c 32 /dev/urandom > {})",
+            path.display()
+        ))
+    })?;
+    let key: [u8; 32] = if bytes.len() == 32 {
+        bytes.try_into().expect("32 bytes")
+    } else {
+        let text = String::from_utf8_lossy(&bytes);
+        let text = text.trim();
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(error(format!(
+                "expected 32 raw bytes or 64 hexadecimal digits, found {} bytes",
+                bytes.len()
+            )));
+        }
+        let mut key = [0u8; 32];
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("hex digits");
+        }
+        key
+    };
+    if key.iter().all(|&b| b == key[0]) {
+        return Err(error(
+            "the key is one repeated byte; use random bytes".into(),
+        ));
+    }
+    Ok(key)
+}
+
 fn encrypt(cipher: &Aes128, block: u128) -> u128 {
     let mut bytes = block.to_be_bytes().into();
     cipher.encrypt_block(&mut bytes);
     u128::from_be_bytes(bytes.into())
 }
 
-/// Runs of characters that may be an IPv6 address (at least two colons).
-static V6_CANDIDATE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*:[0-9A-Fa-f.:]*").expect("regex"));
-/// Dotted quads.
-static V4_CANDIDATE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?-u:\b)\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?-u:\b)").expect("regex")
-});
-
-/// Replaces addresses in export rows.
+/// Replaces addresses in export rows, and keys the hashes of content it scrubbed.
 pub struct Anonymizer {
     pan: CryptoPan,
+    /// The key, for the keyed hashes that replace content hashes.
+    key: [u8; 32],
 }
 
 impl Anonymizer {
     /// Uses the key in `key_file` (see [`CryptoPan::from_key_file`]).
     pub fn from_key_file(key_file: &Path) -> Result<Self, KeyError> {
-        Ok(Self {
-            pan: CryptoPan::from_key_file(key_file)?,
-        })
+        let key = read_key_file(key_file)?;
+        Ok(Self::new(&key))
     }
 
     /// An anonymizer for a key already in memory (tests, tools).
     pub fn new(key: &[u8; 32]) -> Self {
         Self {
             pan: CryptoPan::new(key),
+            key: *key,
         }
     }
 
@@ -160,46 +160,64 @@ impl Anonymizer {
     /// address is scrubbed as text instead.
     pub fn address_field(&self, text: &str) -> String {
         match text.parse::<IpAddr>() {
-            Ok(address) => self.pan.anonymize(address).to_string(),
+            Ok(address) => self.pan.anonymize(address.to_canonical()).to_string(),
             Err(_) => self.scrub(text).into_owned(),
         }
     }
 
-    /// Replaces every IPv4 and IPv6 address written in `text` by its pseudonym. Addresses
-    /// that are not written as such (decimal integers, percent-encoded) are not recognised.
-    pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let v6 = V6_CANDIDATE.replace_all(text, |found: &regex::Captures| {
-            let candidate = &found[0];
-            // A run may end in separators that are not part of the address ("::1:" or "a::b.").
-            let trimmed = candidate.trim_end_matches([':', '.']);
-            match trimmed.parse::<Ipv6Addr>() {
-                Ok(address) if trimmed.bytes().any(|b| b.is_ascii_hexdigit()) => {
-                    let rest = &candidate[trimmed.len()..];
-                    format!("{}{rest}", self.pan.anonymize_v6(address))
-                }
-                _ => candidate.to_string(),
-            }
-        });
-        match V4_CANDIDATE.replace_all(&v6, |found: &regex::Captures| {
-            match found[0].parse::<Ipv4Addr>() {
-                Ok(address) => self.pan.anonymize_v4(address).to_string(),
-                Err(_) => found[0].to_string(),
-            }
-        }) {
-            Cow::Borrowed(_) => v6,
-            Cow::Owned(owned) => Cow::Owned(owned),
-        }
+    fn pseudonym(&self, address: IpAddr) -> String {
+        self.pan.anonymize(address).to_string()
     }
 
-    /// [`Self::scrub`] for bytes that may not be UTF-8 (request body previews): addresses are
-    /// ASCII, so the text parts are scrubbed and every other byte is kept.
-    pub fn scrub_bytes(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(bytes.len());
-        for chunk in bytes.utf8_chunks() {
-            out.extend_from_slice(self.scrub(chunk.valid()).as_bytes());
-            out.extend_from_slice(chunk.invalid());
+    /// Replaces every address written in `text` by its pseudonym (see [`super::scrub`] for
+    /// what counts as an address). Text with no address is returned as it was.
+    pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let scrubbed = scrub::scrub_bytes(text.as_bytes(), false, &|a| self.pseudonym(a));
+        if scrubbed == text.as_bytes() {
+            return Cow::Borrowed(text);
         }
-        out
+        Cow::Owned(String::from_utf8_lossy(&scrubbed).into_owned())
+    }
+
+    /// [`Self::scrub`] for bytes that may not be UTF-8 (request body previews); `truncated`
+    /// says the bytes were cut, so a trailing partial address is masked.
+    pub fn scrub_bytes(&self, bytes: &[u8], truncated: bool) -> Vec<u8> {
+        scrub::scrub_bytes(bytes, truncated, &|a| self.pseudonym(a))
+    }
+
+    /// A `raw_preview` value: unescaped to the bytes received, scrubbed (the cut end of a
+    /// truncated preview masked), escaped again.
+    pub fn scrub_preview(&self, escaped: &str) -> String {
+        let (bytes, marker) = scrub::unescape_preview(escaped);
+        let mut text = self
+            .scrub_bytes(&bytes, marker.is_some())
+            .escape_ascii()
+            .to_string();
+        text.push_str(marker.unwrap_or_default());
+        text
+    }
+
+    /// A JSON text (`headers_json`): each string's decoded value scrubbed, order kept; text
+    /// that is not JSON is scrubbed as text.
+    pub fn scrub_json(&self, json: &str) -> String {
+        scrub::map_json_strings(json, &|s| self.scrub(s).into_owned())
+            .unwrap_or_else(|| self.scrub(json).into_owned())
+    }
+
+    /// Replaces a hash of received content (`body_sha256`): a public hash of content whose
+    /// addresses were scrubbed would let anyone recover them by hashing every candidate. The
+    /// keyed hash (HMAC-SHA-256 under the anonymisation key) still shows which rows carried
+    /// the same content, in every export made with the key, and nothing else.
+    pub fn keyed_hash(&self, hash: &str) -> String {
+        use hmac::{KeyInit as _, Mac};
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key).expect("any key size");
+        mac.update(b"tarpit export content hash v1\0");
+        mac.update(hash.as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
@@ -311,7 +329,7 @@ mod tests {
         ));
         assert_eq!(anonymizer.address_field("192.0.2.1"), "2.90.93.17");
         let body = [b"ip=192.0.2.1&x=".as_slice(), &[0xff, 0xfe]].concat();
-        let scrubbed_body = anonymizer.scrub_bytes(&body);
+        let scrubbed_body = anonymizer.scrub_bytes(&body, false);
         assert_eq!(
             scrubbed_body,
             [b"ip=2.90.93.17&x=".as_slice(), &[0xff, 0xfe]].concat()

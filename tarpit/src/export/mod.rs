@@ -12,6 +12,7 @@ pub mod anonymize;
 mod csv_file;
 mod jsonl_file;
 mod parquet_file;
+pub mod scrub;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,9 @@ pub const REPORTING_COLUMNS: &[&str] = &["reported_to_abuseipdb", "abuseipdb_rep
 
 /// Columns that hold one address each (anonymised as addresses, the rest as text).
 const ADDRESS_COLUMNS: &[&str] = &["client_ip", "peer_ip", "local_ip"];
+
+/// Columns that hash received content: replaced by a keyed hash when anonymising.
+const CONTENT_HASH_COLUMNS: &[&str] = &["body_sha256"];
 
 /// The file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -235,15 +239,23 @@ fn write_rows(
         .map_err(db_error)?;
     let mut rows = stmt.query([&cutoff]).map_err(db_error)?;
     let mut row_values: Vec<Value> = Vec::with_capacity(columns.len());
+    let body_length = columns.iter().position(|c| c.name == "body_length");
     let mut written = 0u64;
     while let Some(row) = rows.next().map_err(db_error)? {
         row_values.clear();
-        for (i, column) in columns.iter().enumerate() {
-            let value: Value = row.get(i).map_err(db_error)?;
-            row_values.push(match &options.anonymizer {
-                Some(anonymizer) => anonymize_value(anonymizer, &column.name, value),
-                None => value,
+        for i in 0..columns.len() {
+            row_values.push(row.get(i).map_err(db_error)?);
+        }
+        if let Some(anonymizer) = &options.anonymizer {
+            // A body preview shorter than the declared body was cut at the preview boundary.
+            let declared = body_length.and_then(|i| match row_values[i] {
+                Value::Integer(n) => Some(n),
+                _ => None,
             });
+            for (value, column) in row_values.iter_mut().zip(columns) {
+                let taken = std::mem::replace(value, Value::Null);
+                *value = anonymize_value(anonymizer, &column.name, taken, declared);
+            }
         }
         writer.write_row(&row_values).map_err(write_error)?;
         written += 1;
@@ -256,18 +268,34 @@ fn write_rows(
     Ok(written)
 }
 
-/// A value with its addresses replaced: address columns as addresses, all text and BLOBs
-/// scrubbed (an address may hide in any header, path or preview).
-fn anonymize_value(anonymizer: &Anonymizer, column: &str, value: Value) -> Value {
+/// A value with its addresses replaced: address columns as addresses, every text and BLOB
+/// scrubbed in the form it was received (an address may hide in any header, path or
+/// preview), content hashes keyed. `declared_body` is the row's `body_length`.
+fn anonymize_value(
+    anonymizer: &Anonymizer,
+    column: &str,
+    value: Value,
+    declared_body: Option<i64>,
+) -> Value {
     match value {
         Value::Text(text) if ADDRESS_COLUMNS.contains(&column) => {
             Value::Text(anonymizer.address_field(&text))
         }
+        Value::Text(text) if CONTENT_HASH_COLUMNS.contains(&column) => {
+            Value::Text(anonymizer.keyed_hash(&text))
+        }
+        Value::Text(text) if column == "raw_preview" => {
+            Value::Text(anonymizer.scrub_preview(&text))
+        }
+        Value::Text(text) if column == "headers_json" => Value::Text(anonymizer.scrub_json(&text)),
         Value::Text(text) => match anonymizer.scrub(&text) {
             std::borrow::Cow::Borrowed(_) => Value::Text(text),
             std::borrow::Cow::Owned(scrubbed) => Value::Text(scrubbed),
         },
-        Value::Blob(bytes) => Value::Blob(anonymizer.scrub_bytes(&bytes)),
+        Value::Blob(bytes) => {
+            let truncated = declared_body.is_some_and(|n| n > bytes.len() as i64);
+            Value::Blob(anonymizer.scrub_bytes(&bytes, truncated))
+        }
         other => other,
     }
 }
