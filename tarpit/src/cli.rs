@@ -127,6 +127,11 @@ pub struct ExportArgs {
     /// pseudonyms in every export. Make one with `head -c 32 /dev/urandom > FILE`.
     #[arg(long, value_name = "FILE", requires = "anonymize")]
     pub key_file: Option<PathBuf>,
+    /// CSV: write every text cell exactly. By default a cell starting with `=`, `+`, `-`, `@`,
+    /// a tab or a carriage return gets a leading `'`, so spreadsheets never run it as a
+    /// formula (JSON lines and Parquet are always exact).
+    #[arg(long)]
+    pub csv_raw: bool,
 }
 
 /// One optional flag per configuration key; a given flag replaces the file's value.

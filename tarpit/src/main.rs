@@ -191,6 +191,7 @@ fn export(args: &tarpit::cli::ExportArgs, config: &tarpit::config::Config) -> an
         since: cutoff(args.source.since.as_deref())?,
         anonymizer,
         progress: true,
+        csv_raw: args.csv_raw,
     };
     let summary = tarpit::export::export(&options)?;
     eprintln!(

@@ -439,3 +439,57 @@ fn an_anonymised_export_of_live_traffic_keeps_no_address() {
         assert!(!text.contains(address), "{address} survived: {text}");
     }
 }
+
+/// A scanner's formula in a header must not run when the CSV is opened in a spreadsheet;
+/// `--csv-raw`, JSON lines and Parquet keep it exactly.
+#[test]
+fn csv_cells_that_spreadsheets_would_run_are_neutralised_by_default() {
+    use std::io::Write;
+    let tarpit = common::Tarpit::start(common::FAST);
+    let formulas = [
+        "=cmd|' /C calc'!A0",
+        "+SUM(1,1)",
+        "-2+3",
+        "@SUM(A1)",
+        "\t=1+1",
+    ];
+    for (i, formula) in formulas.iter().enumerate() {
+        let mut stream = tarpit.connect();
+        stream
+            .write_all(
+                format!("GET /f{i} HTTP/1.1\r\nHost: s\r\nUser-Agent: {formula}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .unwrap();
+        common::read_response(&mut stream);
+    }
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE end_reason IS NOT NULL",
+        formulas.len() as i64,
+    );
+    let db = tarpit.dir.join("data/tarpit_events.db");
+    let stored: Vec<String> = db_rows(&db, None)
+        .iter()
+        .map(|r| as_text(&r["user_agent"]))
+        .collect();
+    let safe = tarpit.dir.join("safe.csv");
+    export(&db, &safe, "csv", &[]);
+    let raw = tarpit.dir.join("raw.csv");
+    export(&db, &raw, "csv", &["--csv-raw"]);
+    let jsonl = tarpit.dir.join("all.jsonl");
+    export(&db, &jsonl, "jsonl", &[]);
+    let safe_rows = read_csv(&safe);
+    let raw_rows = read_csv(&raw);
+    let json_rows = read_jsonl(&jsonl);
+    for (i, ua) in stored.iter().enumerate() {
+        assert!(
+            ua.starts_with(['=', '+', '-', '@', '\t']),
+            "the parser keeps the value: {ua:?}"
+        );
+        assert_eq!(safe_rows[i]["user_agent"], format!("'{ua}"));
+        assert_eq!(&raw_rows[i]["user_agent"], ua);
+        assert_eq!(json_rows[i]["user_agent"].as_str(), Some(ua.as_str()));
+        // Numbers are never prefixed.
+        assert!(!safe_rows[i]["id"].starts_with('\''));
+    }
+}

@@ -1,5 +1,11 @@
 //! CSV output: a header row of column names, then one record per row. NULL is an empty field
 //! and BLOBs are lower-case hex, so every spreadsheet and `csv` reader takes the file as is.
+//!
+//! Spreadsheet programs run a cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage
+//! return as a formula, and scanners put such text in every header (`=cmd|' /C calc'!A0` as a
+//! User-Agent). Unless raw output is asked for, such a text cell is prefixed with `'`, OWASP's
+//! "CSV injection" rule, which spreadsheets show as the text itself. Numbers are ours, not the
+//! client's, and are written as they are.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -13,11 +19,25 @@ use super::{Column, RowWriter};
 pub struct CsvWriter {
     writer: csv::Writer<BufWriter<File>>,
     record: Vec<String>,
+    /// Write text cells exactly, formulas included (`--csv-raw`).
+    raw: bool,
+}
+
+/// The first characters that make a spreadsheet read a cell as a formula (OWASP).
+const FORMULA_STARTS: &[char] = &['=', '+', '-', '@', '\t', '\r'];
+
+/// `text` as a spreadsheet will show it and never run it.
+pub fn neutralise_formula(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.starts_with(FORMULA_STARTS) {
+        std::borrow::Cow::Owned(format!("'{text}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }
 
 impl CsvWriter {
-    /// Creates `out` and writes the header row.
-    pub fn create(out: &Path, columns: &[Column]) -> Result<Self, String> {
+    /// Creates `out` and writes the header row; `raw` turns formula neutralisation off.
+    pub fn create(out: &Path, columns: &[Column], raw: bool) -> Result<Self, String> {
         let file = File::create(out).map_err(|e| e.to_string())?;
         let mut writer = csv::Writer::from_writer(BufWriter::new(file));
         writer
@@ -26,6 +46,7 @@ impl CsvWriter {
         Ok(Self {
             writer,
             record: Vec::with_capacity(columns.len()),
+            raw,
         })
     }
 }
@@ -37,7 +58,8 @@ impl RowWriter for CsvWriter {
             Value::Null => String::new(),
             Value::Integer(i) => i.to_string(),
             Value::Real(f) => f.to_string(),
-            Value::Text(t) => t.clone(),
+            Value::Text(t) if self.raw => t.clone(),
+            Value::Text(t) => neutralise_formula(t).into_owned(),
             Value::Blob(b) => hex::encode(b),
         }));
         self.writer
@@ -47,5 +69,27 @@ impl RowWriter for CsvWriter {
 
     fn finish(mut self: Box<Self>) -> Result<(), String> {
         self.writer.flush().map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_cells_are_neutralised_and_others_kept() {
+        for formula in [
+            "=cmd|' /C calc'!A0",
+            "+1+1",
+            "-2+3",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+        ] {
+            assert_eq!(neutralise_formula(formula), format!("'{formula}"));
+        }
+        for text in ["Mozilla/5.0", "", "'quoted", " =x", "GET"] {
+            assert_eq!(neutralise_formula(text), text);
+        }
     }
 }

@@ -112,6 +112,8 @@ pub struct ExportOptions {
     pub anonymizer: Option<Anonymizer>,
     /// Draw a progress bar on stderr (when it is a terminal).
     pub progress: bool,
+    /// CSV only: write text cells exactly, even those a spreadsheet would run as a formula.
+    pub csv_raw: bool,
 }
 
 /// What an export wrote.
@@ -218,7 +220,8 @@ fn write_rows(
     let progress = progress_bar(options.progress, total);
     let cutoff = options.since.clone().unwrap_or_default();
     let from = crate::db::events_from(options.since.is_some());
-    let mut writer = open_writer(options.format, path, columns).map_err(write_error)?;
+    let mut writer =
+        open_writer(options.format, path, columns, options.csv_raw).map_err(write_error)?;
     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
     // The order the chosen access path yields without sorting (a sort would hold every row):
     // the table's for a full export, the timestamp index's for a period.
@@ -304,9 +307,10 @@ fn open_writer(
     format: Format,
     out: &Path,
     columns: &[Column],
+    csv_raw: bool,
 ) -> Result<Box<dyn RowWriter>, String> {
     Ok(match format {
-        Format::Csv => Box::new(csv_file::CsvWriter::create(out, columns)?),
+        Format::Csv => Box::new(csv_file::CsvWriter::create(out, columns, csv_raw)?),
         Format::Jsonl => Box::new(jsonl_file::JsonlWriter::create(out, columns)?),
         Format::Parquet => Box::new(parquet_file::ParquetWriter::create(out, columns)?),
     })
