@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod net_class;
 pub mod pipeline;
 pub mod ports_report;
+pub mod privileges;
 pub mod report;
 pub mod server;
 pub mod sink;

@@ -41,7 +41,7 @@ impl Rng {
             *group = 0x1000 + (self.next() % 0xe000) as u16;
         }
         // Runs of zeros now and then, for `::` compression.
-        if self.next() % 2 == 0 {
+        if self.next().is_multiple_of(2) {
             groups[3] = 0;
             groups[4] = 0;
         }
@@ -272,7 +272,7 @@ fn no_address_survives_an_anonymised_export_in_any_format() {
     let mut addresses = Vec::new();
     let mut sent = 0;
     for case in 0..180u64 {
-        let address = if case % 2 == 0 {
+        let address = if case.is_multiple_of(2) {
             IpAddr::V4(rng.v4())
         } else {
             IpAddr::V6(rng.v6())

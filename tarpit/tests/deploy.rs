@@ -17,7 +17,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify_and_is_hardened() {
         "ProtectSystem=strict",
         "ReadWritePaths=/var/lib/tarpit",
         "PrivateTmp=yes",
-        "RestrictAddressFamilies=",
+        "\nRestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX\n",
         "SystemCallFilter=@system-service bpf io_uring_setup io_uring_enter io_uring_register",
         "AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
         "LimitNOFILE=1048576",
@@ -58,5 +58,24 @@ fn the_systemd_unit_passes_systemd_analyze_verify_and_is_hardened() {
     assert!(
         !report.contains("tarpit.service:"),
         "systemd-analyze complained about the unit: {report}"
+    );
+}
+
+#[test]
+fn logrotate_runs_as_the_tarpit_user() {
+    let snippet = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/logrotate/tarpit"
+    ))
+    .unwrap();
+    let directives: Vec<&str> = snippet
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    assert!(directives.contains(&"su tarpit tarpit"), "{snippet}");
+    assert!(
+        directives.contains(&"create 0640 tarpit tarpit"),
+        "{snippet}"
     );
 }

@@ -206,13 +206,13 @@ pub fn open_read_only(path: &Path) -> Result<Connection, DbError> {
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let version = schema_version(&conn)?;
-    if version == 0 {
-        if let legacy::Unversioned::Unknown(found) = legacy::inspect(&conn)? {
-            return Err(DbError::UnknownSchema {
-                path: path.display().to_string(),
-                found,
-            });
-        }
+    if version == 0
+        && let legacy::Unversioned::Unknown(found) = legacy::inspect(&conn)?
+    {
+        return Err(DbError::UnknownSchema {
+            path: path.display().to_string(),
+            found,
+        });
     }
     if version > SCHEMA_VERSION {
         return Err(DbError::TooNew {

@@ -212,10 +212,26 @@ impl EbpfMap {
             local_port: local.port(),
             peer_port: peer.port(),
         };
+        let value = self.lookup_and_delete(&key).ok()?;
+        Some(SocketAddr::new(unmapped(value.addr), value.port))
+    }
+
+    /// Whether this process may still use the map: a lookup of a key no connection has
+    /// (ENOENT) proves it; EPERM says the running kernel wants a capability for map calls
+    /// (before Linux 6.5, with `kernel.unprivileged_bpf_disabled` set).
+    pub fn probe_access(&self) -> Result<(), nix::errno::Errno> {
+        match self.lookup_and_delete(&ConnKey::default()) {
+            Ok(_) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(errno) => Err(errno),
+        }
+    }
+
+    /// One BPF_MAP_LOOKUP_AND_DELETE_ELEM call.
+    fn lookup_and_delete(&self, key: &ConnKey) -> Result<OrigDst, nix::errno::Errno> {
         let mut value = OrigDst::default();
         let mut attr = MapElemAttr {
             map_fd: self.fd.as_raw_fd() as u32,
-            key: (&key as *const ConnKey) as u64,
+            key: (key as *const ConnKey) as u64,
             value: (&mut value as *mut OrigDst) as u64,
             ..Default::default()
         };
@@ -228,7 +244,11 @@ impl EbpfMap {
                 std::mem::size_of::<MapElemAttr>(),
             )
         };
-        (ret == 0).then(|| SocketAddr::new(unmapped(value.addr), value.port))
+        if ret == 0 {
+            Ok(value)
+        } else {
+            Err(nix::errno::Errno::last())
+        }
     }
 }
 

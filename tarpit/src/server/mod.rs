@@ -76,6 +76,8 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let listeners = listener::bind_all(addr, workers, peer_timeout)
         .with_context(|| format!("binding {addr}"))?;
     let bound = listeners[0].local_addr()?;
+    // Everything privileged is done: the hook is attached and the ports are bound.
+    drop_capabilities(attribution.as_ref())?;
     let max_connections = limits::effective_max_connections(config.server.max_connections);
 
     let stats = Arc::new(PipelineStats::default());
@@ -197,6 +199,30 @@ fn reporter_setup(
 }
 
 /// Starts the eBPF hook as `[ebpf] mode` asks, and says once which port sources are live.
+/// Drops every capability (see [`crate::privileges`]) before any other thread starts.
+fn drop_capabilities(attribution: Option<&Attribution>) -> anyhow::Result<()> {
+    let map = attribution.map(|a| a.map());
+    let probe = map.as_ref().map(|map| move || map.probe_access());
+    let probe_ref = probe
+        .as_ref()
+        .map(|p| p as &dyn Fn() -> Result<(), nix::errno::Errno>);
+    let kept = crate::privileges::drop_after_start(probe_ref)?;
+    if kept.threads > 1 {
+        tracing::warn!(
+            threads = kept.threads,
+            "capabilities dropped while other threads existed; those keep theirs"
+        );
+    }
+    match kept.capabilities.as_slice() {
+        [] => tracing::info!("all capabilities dropped"),
+        kept => tracing::info!(
+            ?kept,
+            "capabilities dropped except those this kernel needs for eBPF map lookups"
+        ),
+    }
+    Ok(())
+}
+
 fn start_port_attribution(config: &Config) -> anyhow::Result<Option<Attribution>> {
     let mode = config.ebpf.mode;
     let (attribution, ebpf_state) = match Attribution::start(mode, config.ebpf.map_entries) {
