@@ -206,6 +206,9 @@ pub struct Overrides {
     /// [storage] Capacity of the event queue.
     #[arg(long)]
     pub event_queue: Option<usize>,
+    /// [storage] Bytes of events the channel and each sink queue may hold.
+    #[arg(long)]
+    pub event_queue_bytes: Option<usize>,
     /// [geoip] GeoLite2-City database file.
     #[arg(long)]
     pub geoip_city_db: Option<PathBuf>,
@@ -261,6 +264,7 @@ impl Overrides {
         set(&mut st.database, &self.database);
         set(&mut st.json_log, &self.json_log);
         set(&mut st.event_queue, &self.event_queue);
+        set(&mut st.event_queue_bytes, &self.event_queue_bytes);
         set(&mut config.ebpf.mode, &self.ebpf_mode);
         set(&mut config.metrics.listen, &self.metrics_listen);
         set(&mut config.geoip.city_db, &self.geoip_city_db);

@@ -304,6 +304,9 @@ pub struct StorageConfig {
     /// Capacity of the channel between the workers and the pipeline; a full channel drops
     /// events (counted) rather than slow a worker.
     pub event_queue: usize,
+    /// Bytes of events the channel, and each sink's queue, may hold at once: the memory bound
+    /// when a slow disk holds a sink back (a flood of 16 KiB heads must not grow without end).
+    pub event_queue_bytes: usize,
 }
 
 impl Default for StorageConfig {
@@ -312,6 +315,7 @@ impl Default for StorageConfig {
             database: PathBuf::from("data/tarpit_events.db"),
             json_log: PathBuf::from("logs/tarpit.log"),
             event_queue: 65_536,
+            event_queue_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -408,6 +412,15 @@ impl Config {
             return err(
                 "server.per_ip_ipv6_prefix",
                 format!("must be 16 to 128, got {}", self.server.per_ip_ipv6_prefix),
+            );
+        }
+        if !(64 * 1024..=16 * 1024 * 1024 * 1024).contains(&self.storage.event_queue_bytes) {
+            return err(
+                "storage.event_queue_bytes",
+                format!(
+                    "must be 65536 (64 KiB) to 17179869184 (16 GiB), got {}",
+                    self.storage.event_queue_bytes
+                ),
             );
         }
         if self.server.workers > 1024 {

@@ -66,6 +66,40 @@ impl Event {
             Event::AbuseReport(e) => e.conn_id,
         }
     }
+
+    /// What the event holds in memory while queued: itself plus the heap bytes of its
+    /// strings and buffers (capacities, as the allocator sees them). The queues are bounded
+    /// by this ([`crate::queue::ByteBudget`]).
+    pub fn queued_bytes(&self) -> usize {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+        std::mem::size_of::<Event>()
+            + match self {
+                Event::Request(r) => {
+                    std::mem::size_of::<RequestRecord>()
+                        + text(&r.http_method)
+                        + text(&r.http_path)
+                        + text(&r.http_query)
+                        + text(&r.user_agent)
+                        + text(&r.body_sha256)
+                        + text(&r.error_message)
+                        + text(&r.raw_preview)
+                        + r.body_preview.as_ref().map_or(0, Vec::capacity)
+                        + r.headers_json.capacity() * std::mem::size_of::<(String, String)>()
+                        + r.headers_json
+                            .iter()
+                            .map(|(k, v)| k.capacity() + v.capacity())
+                            .sum::<usize>()
+                        + r.geo.heap_bytes()
+                }
+                Event::AbuseReport(r) => {
+                    std::mem::size_of::<AbuseReport>()
+                        + text(&r.error)
+                        + r.categories.capacity()
+                        + r.comment.capacity()
+                }
+                _ => 0,
+            }
+    }
 }
 
 /// A new TCP connection, as the socket saw it.
@@ -157,7 +191,7 @@ pub struct RequestRecord {
     /// GeoIP/ASN of `client_ip`, filled by the pipeline (the seed columns `country_iso_code`
     /// ... `asn_organization`, flattened into the JSON line).
     #[serde(flatten)]
-    pub geo: crate::geoip::GeoInfo,
+    pub geo: GeoInfo,
 }
 
 /// The end of one response: completes the row that the `request` event created.
@@ -194,6 +228,41 @@ pub struct ConnectionClosed {
     pub duration_s: f64,
     /// Why it ended (`keepalive_timeout`, `client_closed`, `refused_max_connections`, ...).
     pub end_reason: &'static str,
+}
+
+/// What GeoIP knows about one address: the seed columns it fills. Defined here, with the
+/// record that carries it; `geoip` fills it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct GeoInfo {
+    /// ISO 3166-1 alpha-2 country code.
+    pub country_iso_code: Option<String>,
+    /// English country name.
+    pub country_name: Option<String>,
+    /// English city name.
+    pub city_name: Option<String>,
+    /// Approximate latitude.
+    pub latitude: Option<f64>,
+    /// Approximate longitude.
+    pub longitude: Option<f64>,
+    /// Autonomous system number.
+    pub asn_number: Option<u32>,
+    /// Autonomous system organisation.
+    pub asn_organization: Option<String>,
+}
+
+impl GeoInfo {
+    /// Heap bytes of its strings.
+    pub fn heap_bytes(&self) -> usize {
+        [
+            &self.country_iso_code,
+            &self.country_name,
+            &self.city_name,
+            &self.asn_organization,
+        ]
+        .iter()
+        .map(|s| s.as_ref().map_or(0, String::capacity))
+        .sum()
+    }
 }
 
 /// RFC 3339 UTC with milliseconds, the timestamp format of every forensic record.

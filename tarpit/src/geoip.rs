@@ -17,27 +17,9 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 use maxminddb::{Mmap, Reader, geoip2};
 
+pub use crate::event::GeoInfo;
 use crate::event::RequestRecord;
 use crate::net_class::is_global;
-
-/// What GeoIP knows about one address: the seed columns it fills.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct GeoInfo {
-    /// ISO 3166-1 alpha-2 country code.
-    pub country_iso_code: Option<String>,
-    /// English country name.
-    pub country_name: Option<String>,
-    /// English city name.
-    pub city_name: Option<String>,
-    /// Approximate latitude.
-    pub latitude: Option<f64>,
-    /// Approximate longitude.
-    pub longitude: Option<f64>,
-    /// Autonomous system number.
-    pub asn_number: Option<u32>,
-    /// Autonomous system organisation.
-    pub asn_organization: Option<String>,
-}
 
 /// Which of the two databases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,6 +23,7 @@ pub mod net_class;
 pub mod pipeline;
 pub mod ports_report;
 pub mod privileges;
+pub mod queue;
 pub mod report;
 pub mod server;
 pub mod sink;

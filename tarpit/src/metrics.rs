@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use metrics::{counter, gauge};
 
 use crate::event::Event;
-use crate::pipeline::PipelineStats;
+use crate::queue::PipelineStats;
 
 /// Ports that get their own `target_port` label value; every other port is `other`.
 const LABELLED_PORTS: &[u16] = &[

@@ -193,6 +193,17 @@ impl PortsReport {
         }
         let _ = writeln!(out, "\n{:<14} {:>10}", "winner", "requests");
         for (source, count) in &self.winners {
+            // The database is data: nothing from it reaches the terminal unfiltered.
+            let source: String = source
+                .chars()
+                .map(|c| {
+                    if crate::stats::is_unsafe_for_display(c) {
+                        ' '
+                    } else {
+                        c
+                    }
+                })
+                .collect();
             let _ = writeln!(out, "{source:<14} {count:>10}");
         }
         let _ = writeln!(out, "\ntop (header, eBPF) disagreements");
@@ -226,6 +237,23 @@ mod tests {
             rusqlite::params![ts, ebpf, orig, header, source],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn text_from_the_database_is_filtered_for_the_terminal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = crate::db::open(&path).unwrap();
+        let t = "2026-11-24T10:00:00.000Z";
+        insert(&conn, t, None, None, None, "ebpf\u{202E}\u{200B}\u{1b}[2J");
+        let text = build(&path, None).unwrap().to_text();
+        assert!(
+            !text
+                .chars()
+                .any(|c| c != '\n' && crate::stats::is_unsafe_for_display(c)),
+            "{text:?}"
+        );
+        assert!(text.contains("ebpf   [2J"), "{text}");
     }
 
     #[test]

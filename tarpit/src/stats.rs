@@ -63,11 +63,37 @@ const TOPS: &[(&str, &str)] = &[
 /// SQLite instead (slower, but its memory does not grow with the data).
 const MAX_DISTINCT: usize = 1_000_000;
 
+/// Characters of a value that are counted: longer values (16 KiB User-Agents) are counted by
+/// their first `MAX_KEY_CHARS` characters and shown with a trailing `…`, in memory and in
+/// SQLite alike, so no key holds more than 1 KiB.
+pub const MAX_KEY_CHARS: usize = 256;
+
+/// Bytes of keys one top table holds in memory; past this it is left to SQLite too.
+const MAX_TALLY_BYTES: usize = 64 * 1024 * 1024;
+
+/// The counted form of a value: at most [`MAX_KEY_CHARS`] characters.
+fn key_of(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_KEY_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]).into(),
+        None => text.into(),
+    }
+}
+
+/// [`key_of`] in SQL, for the tables SQLite counts.
+fn key_sql(expr: &str) -> String {
+    format!(
+        "CASE WHEN length({expr}) > {MAX_KEY_CHARS} THEN substr({expr}, 1, {MAX_KEY_CHARS}) || '…' \
+         ELSE {expr} END"
+    )
+}
+
 /// Counts of one top table's values during the single pass.
 #[derive(Default)]
 struct Tally {
     integers: HashMap<i64, u64>,
     texts: HashMap<Box<str>, u64>,
+    /// Bytes of the keys in `texts`.
+    key_bytes: usize,
     /// Too many distinct values: left to SQLite.
     overflowed: bool,
 }
@@ -82,17 +108,19 @@ impl Tally {
             ValueRef::Integer(i) => *self.integers.entry(i).or_insert(0) += 1,
             ValueRef::Text(bytes) => {
                 let text = String::from_utf8_lossy(bytes);
-                match self.texts.get_mut(text.as_ref()) {
+                let key = key_of(&text);
+                match self.texts.get_mut(key.as_ref()) {
                     Some(count) => *count += 1,
                     None => {
-                        self.texts.insert(text.into(), 1);
+                        self.key_bytes += key.len();
+                        self.texts.insert(key.into(), 1);
                     }
                 }
             }
             ValueRef::Real(f) => *self.texts.entry(f.to_string().into()).or_insert(0) += 1,
             ValueRef::Blob(_) => {}
         }
-        if self.integers.len() + self.texts.len() > cap {
+        if self.integers.len() + self.texts.len() > cap || self.key_bytes > MAX_TALLY_BYTES {
             *self = Tally {
                 overflowed: true,
                 ..Tally::default()
@@ -213,6 +241,7 @@ fn top_by_sql(
     expr: &str,
     cutoff: &str,
 ) -> rusqlite::Result<Vec<(String, u64)>> {
+    let expr = key_sql(expr);
     let mut stmt = conn.prepare(&format!(
         "SELECT {expr} AS v, COUNT(*) AS n FROM {from}
          WHERE timestamp >= ?1 AND v IS NOT NULL
@@ -230,11 +259,26 @@ fn top_by_sql(
     .collect()
 }
 
+/// Whether a character must not reach an operator's terminal: C0 and C1 controls (escape
+/// sequences), bidirectional overrides and isolates (text that reads in another order than it
+/// is), and zero-width characters (text that hides what it holds).
+pub fn is_unsafe_for_display(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
 /// Cuts a value for a table cell (User-Agents and paths can be long), on a char boundary.
 fn cell(text: &str, width: usize) -> String {
     let clean: String = text
         .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if is_unsafe_for_display(c) { ' ' } else { c })
         .collect();
     if clean.chars().count() <= width {
         return clean;
@@ -399,6 +443,53 @@ mod tests {
         assert_eq!(single.first.as_deref(), Some("2026-11-20T00:00:00.000Z"));
         assert_eq!(single.last.as_deref(), Some("2026-11-22T23:00:00.000Z"));
         assert_eq!(single.hourly.iter().map(|h| h.1).sum::<u64>(), 500);
+    }
+
+    #[test]
+    fn huge_values_are_counted_by_a_bounded_key_in_memory_and_in_sqlite_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = crate::db::open(&path).unwrap();
+        for i in 0..40i64 {
+            // 16 KiB User-Agents: four distinct beginnings, each with ten different endings.
+            let ua = format!(
+                "{}{}",
+                "é".repeat(100) + &format!("{:<200}", i % 4),
+                "x".repeat(16_000 + i as usize)
+            );
+            conn.execute(
+                "INSERT INTO events (timestamp, user_agent, conn_id, request_seq)
+                 VALUES ('2026-11-20T00:00:00.000Z', ?1, ?2, 1)",
+                rusqlite::params![ua, i],
+            )
+            .unwrap();
+        }
+        let ua_table = |stats: &Stats| {
+            stats
+                .top
+                .iter()
+                .find(|t| t.title == "User-Agent")
+                .unwrap()
+                .rows
+                .clone()
+        };
+        let in_memory = ua_table(&build(&path, None).unwrap());
+        let by_sqlite = ua_table(&build_capped(&path, None, 0).unwrap());
+        assert_eq!(in_memory, by_sqlite);
+        assert_eq!(in_memory.len(), 4);
+        for (key, count) in &in_memory {
+            assert_eq!(*count, 10);
+            assert_eq!(key.chars().count(), MAX_KEY_CHARS + 1, "{key}");
+            assert!(key.ends_with('…'));
+        }
+    }
+
+    #[test]
+    fn bidi_zero_width_and_control_characters_never_reach_the_terminal() {
+        let hostile = "/admin\u{202E}gpj.exe\u{200B}\u{2066}x\u{FEFF}\u{1b}[31m\u{9b}";
+        let shown = cell(hostile, 100);
+        assert!(!shown.chars().any(is_unsafe_for_display), "{shown:?}");
+        assert_eq!(shown, "/admin gpj.exe  x  [31m ");
     }
 
     #[test]

@@ -7,7 +7,6 @@
 //! never a private/reserved address, never a whitelisted network, ASN or User-Agent, at most
 //! one report per address per interval, and a daily budget.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -94,13 +93,21 @@ pub fn clean_comment(text: &str) -> String {
     out.trim().to_owned()
 }
 
+/// Addresses the ledger remembers at most. A flood of more distinct addresses than this within
+/// one interval (easy in dry run, where no budget limits claims) is refused new claims until
+/// the oldest expire, rather than grow without bound.
+pub const LEDGER_CAPACITY: usize = 100_000;
+
 /// What has been reported: per-address times (for the interval) and today's API calls (for
 /// the daily budget). Loaded from SQLite at start, so both survive a restart.
+///
+/// The addresses are kept in claim order (an LRU list keyed by address), so expired claims are
+/// dropped from the old end, and a claim costs O(1) whatever the number remembered.
 #[derive(Debug)]
 pub struct Ledger {
     interval: Duration,
     daily_limit: u32,
-    last_report: HashMap<IpAddr, SystemTime>,
+    last_report: lru::LruCache<IpAddr, SystemTime>,
     day: u64,
     calls_today: u32,
 }
@@ -127,35 +134,50 @@ impl Ledger {
         calls_today: u32,
         now: SystemTime,
     ) -> Self {
+        let mut history: Vec<(IpAddr, SystemTime)> = reported.into_iter().collect();
+        history.sort_by_key(|(_, at)| *at);
+        let mut last_report = lru::LruCache::unbounded();
+        for (ip, at) in history.into_iter().rev().take(LEDGER_CAPACITY).rev() {
+            last_report.put(ip, at);
+        }
         Self {
             interval,
             daily_limit,
-            last_report: reported.into_iter().collect(),
+            last_report,
             day: utc_day(now),
             calls_today,
         }
     }
 
-    /// Claims `ip` for a report now, unless it was reported (or claimed) within the interval.
+    /// Claims `ip` for a report now, unless it was reported (or claimed) within the interval,
+    /// or the ledger is full of claims still within it.
     pub fn claim(&mut self, ip: IpAddr, now: SystemTime) -> bool {
-        if let Some(last) = self.last_report.get(&ip)
-            && now.duration_since(*last).unwrap_or_default() < self.interval
-        {
+        let live = |at: &SystemTime| now.duration_since(*at).unwrap_or_default() < self.interval;
+        if self.last_report.peek(&ip).is_some_and(live) {
             return false;
         }
-        if self.last_report.len() >= 100_000 {
-            // Forget what no longer matters, so the map stays bounded.
-            let interval = self.interval;
-            self.last_report
-                .retain(|_, t| now.duration_since(*t).unwrap_or_default() < interval);
+        // Forget expired claims from the old end: each is removed once, so O(1) amortised.
+        while let Some((_, at)) = self.last_report.peek_lru() {
+            if live(at) {
+                break;
+            }
+            self.last_report.pop_lru();
         }
-        self.last_report.insert(ip, now);
+        if self.last_report.len() >= LEDGER_CAPACITY && !self.last_report.contains(&ip) {
+            return false;
+        }
+        self.last_report.put(ip, now);
         true
+    }
+
+    /// Addresses remembered now.
+    pub fn remembered(&self) -> usize {
+        self.last_report.len()
     }
 
     /// Gives a claim back after a report failed, so a later request may try again.
     pub fn release(&mut self, ip: IpAddr) {
-        self.last_report.remove(&ip);
+        self.last_report.pop(&ip);
     }
 
     /// Whether today's budget still allows an API call.
@@ -235,6 +257,28 @@ mod tests {
             whitelist_user_agents: vec![Regex::new("(?i)googlebot").unwrap()],
             comment_prefix: "Tarpit:".into(),
         }
+    }
+
+    #[test]
+    fn the_ledger_stays_bounded_and_forgets_expired_claims() {
+        let interval = Duration::from_secs(900);
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut ledger = Ledger::new(interval, 10, [], 0, t0);
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let total = LEDGER_CAPACITY as u32 + 5_000;
+        let claimed = (0..total).filter(|&i| ledger.claim(ip(i), t0)).count();
+        assert_eq!(
+            claimed, LEDGER_CAPACITY,
+            "claims beyond the capacity are refused"
+        );
+        assert_eq!(ledger.remembered(), LEDGER_CAPACITY);
+        // Still within the interval: the same address is not claimed twice.
+        assert!(!ledger.claim(ip(1), t0 + Duration::from_secs(60)));
+        // After the interval every old claim expires and new ones are taken again.
+        let later = t0 + interval;
+        assert!(ledger.claim(ip(total + 1), later));
+        assert_eq!(ledger.remembered(), 1);
+        assert!(ledger.claim(ip(1), later));
     }
 
     #[test]

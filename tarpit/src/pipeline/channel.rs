@@ -1,55 +1,85 @@
 //! The bounded channel between the io_uring workers and the pipeline.
 //!
 //! A worker must never wait on a slow disk, so [`EventSender::send`] never blocks: when the
-//! channel is full the event is dropped and counted in [`PipelineStats::dropped_events`], and the
-//! pipeline warns about it once a minute. Sizing (`storage.event_queue`) makes that rare.
+//! channel is full (in events, or in bytes: see [`crate::queue`]) the event is dropped and
+//! counted in [`PipelineStats::dropped_events`], and the pipeline warns about it once a
+//! minute. Sizing (`storage.event_queue`, `storage.event_queue_bytes`) makes that rare.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 
 use crate::event::Event;
-
-/// Counters shared by the workers and the pipeline; atomics, so the hot path takes no lock.
-#[derive(Debug, Default)]
-pub struct PipelineStats {
-    /// Events a worker could not queue because the channel was full.
-    pub dropped_events: AtomicU64,
-    /// Events a sink could not queue or could not write (its own backlog was full, or the
-    /// disk refused).
-    pub sink_dropped: AtomicU64,
-    /// Events handed to the sinks.
-    pub delivered: AtomicU64,
-}
+use crate::queue::{ByteBudget, PipelineStats};
 
 /// The worker side of the channel: cloneable, never blocks.
 #[derive(Debug, Clone)]
 pub struct EventSender {
     tx: mpsc::Sender<Event>,
+    bytes: Arc<ByteBudget>,
     stats: Arc<PipelineStats>,
 }
 
-/// The pipeline side of the channel.
-pub type EventReceiver = mpsc::Receiver<Event>;
+/// The pipeline side of the channel: gives each event's bytes back to the budget as it is
+/// taken.
+#[derive(Debug)]
+pub struct EventReceiver {
+    rx: mpsc::Receiver<Event>,
+    bytes: Arc<ByteBudget>,
+}
 
-/// Makes a channel holding at most `capacity` events.
-pub fn event_channel(capacity: usize, stats: Arc<PipelineStats>) -> (EventSender, EventReceiver) {
+/// Makes a channel holding at most `capacity` events and `max_bytes` bytes of them.
+pub fn event_channel(
+    capacity: usize,
+    max_bytes: usize,
+    stats: Arc<PipelineStats>,
+) -> (EventSender, EventReceiver) {
     let (tx, rx) = mpsc::channel(capacity);
-    (EventSender { tx, stats }, rx)
+    let bytes = Arc::new(ByteBudget::new(max_bytes));
+    (
+        EventSender {
+            tx,
+            bytes: bytes.clone(),
+            stats,
+        },
+        EventReceiver { rx, bytes },
+    )
 }
 
 impl EventSender {
     /// Queues an event, or drops and counts it when the channel is full. Never blocks.
     pub fn send(&self, event: Event) {
+        let size = event.queued_bytes();
+        if !self.bytes.try_reserve(size) {
+            self.stats.dropped_events.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         match self.tx.try_send(event) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
+                self.bytes.release(size);
                 self.stats.dropped_events.fetch_add(1, Ordering::Relaxed);
             }
             // The pipeline has stopped: only at the very end of shutdown, nothing to record.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => self.bytes.release(size),
         }
+    }
+}
+
+impl EventReceiver {
+    /// The next event, or `None` once every sender is gone and the channel is empty.
+    pub async fn recv(&mut self) -> Option<Event> {
+        let event = self.rx.recv().await?;
+        self.bytes.release(event.queued_bytes());
+        Some(event)
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        let event = self.rx.try_recv().ok()?;
+        self.bytes.release(event.queued_bytes());
+        Some(event)
     }
 }
 
@@ -73,13 +103,30 @@ mod tests {
     #[test]
     fn a_full_channel_drops_and_counts_instead_of_blocking() {
         let stats = Arc::new(PipelineStats::default());
-        let (tx, mut rx) = event_channel(2, stats.clone());
+        let (tx, mut rx) = event_channel(2, usize::MAX / 2, stats.clone());
         for id in 0..5 {
             tx.send(closed(id));
         }
         assert_eq!(stats.dropped_events.load(Ordering::Relaxed), 3);
         assert_eq!(rx.try_recv().unwrap().conn_id(), 0);
         assert_eq!(rx.try_recv().unwrap().conn_id(), 1);
-        assert!(rx.try_recv().is_err());
+        assert!(rx.try_recv().is_none());
+    }
+
+    #[test]
+    fn the_channel_is_bounded_in_bytes_as_well_as_events() {
+        let stats = Arc::new(PipelineStats::default());
+        let one = closed(0).queued_bytes();
+        let (tx, mut rx) = event_channel(1000, one * 3, stats.clone());
+        for id in 0..10 {
+            tx.send(closed(id));
+        }
+        assert_eq!(stats.dropped_events.load(Ordering::Relaxed), 7);
+        assert_eq!(rx.try_recv().unwrap().conn_id(), 0);
+        // Taking an event gives its bytes back.
+        tx.send(closed(10));
+        assert_eq!(stats.dropped_events.load(Ordering::Relaxed), 7);
+        let rest: Vec<u64> = std::iter::from_fn(|| rx.try_recv().map(|e| e.conn_id())).collect();
+        assert_eq!(rest, vec![1, 2, 10]);
     }
 }

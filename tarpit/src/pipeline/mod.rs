@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-pub use channel::{EventReceiver, EventSender, PipelineStats, event_channel};
+pub use crate::queue::PipelineStats;
+pub use channel::{EventReceiver, EventSender, event_channel};
 
 use tokio::sync::mpsc;
 

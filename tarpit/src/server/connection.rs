@@ -314,6 +314,12 @@ impl Connection {
                 (record, Err(reason))
             }
         };
+        // Bytes after a request that does not keep the connection alive (the unread rest of a
+        // body larger than its preview, say) will never be read: free them now rather than
+        // hold them through a drip of up to half an hour.
+        if !matches!(plan, Ok((_, true))) {
+            self.pending = Vec::new();
+        }
         // Behind a trusted proxy the client is known only now: count it under the per-client
         // cap. A client over its cap keeps its row (with its own address) and is closed.
         let plan = plan.and_then(|answer| self.claim_client(&record).map(|()| answer));

@@ -81,14 +81,15 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let max_connections = limits::effective_max_connections(config.server.max_connections);
 
     let stats = Arc::new(PipelineStats::default());
-    let (events, rx) = event_channel(storage.event_queue, stats.clone());
+    let (events, rx) = event_channel(
+        storage.event_queue,
+        storage.event_queue_bytes,
+        stats.clone(),
+    );
+    let queue = (storage.event_queue, storage.event_queue_bytes);
     let sinks = vec![
-        SinkThread::spawn(json_log, storage.event_queue, stats.clone())?,
-        SinkThread::spawn(
-            SqliteSink::new(database),
-            storage.event_queue,
-            stats.clone(),
-        )?,
+        SinkThread::spawn(json_log, queue, stats.clone())?,
+        SinkThread::spawn(SqliteSink::new(database), queue, stats.clone())?,
     ];
     let geoip = &config.geoip;
     let enrichment = Enrichment {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::event::Event;
 use crate::log_throttle::LogThrottle;
-use crate::pipeline::PipelineStats;
+use crate::queue::{ByteBudget, PipelineStats};
 
 /// Most events written in one batch (one transaction).
 const MAX_BATCH: usize = 4096;
@@ -41,40 +41,52 @@ pub trait Sink: Send + 'static {
     fn write_batch(&mut self, events: &[Arc<Event>]) -> Result<(), SinkError>;
 }
 
-/// A sink running on its own thread, fed through a bounded queue.
+/// A sink running on its own thread, fed through a queue bounded in events and in bytes.
 #[derive(Debug)]
 pub struct SinkThread {
     name: &'static str,
     tx: SyncSender<Arc<Event>>,
+    bytes: Arc<ByteBudget>,
     thread: JoinHandle<()>,
     stats: Arc<PipelineStats>,
 }
 
 impl SinkThread {
-    /// Starts `sink` on a thread with a queue of `capacity` events.
+    /// Starts `sink` on a thread with a queue of `(events, bytes)` at most. An event's bytes
+    /// count until the batch holding it is written.
     pub fn spawn(
         sink: impl Sink,
-        capacity: usize,
+        (capacity, max_bytes): (usize, usize),
         stats: Arc<PipelineStats>,
     ) -> std::io::Result<Self> {
         let name = sink.name();
         let (tx, rx) = mpsc::sync_channel(capacity);
+        let bytes = Arc::new(ByteBudget::new(max_bytes));
         let thread_stats = stats.clone();
+        let thread_bytes = bytes.clone();
         let thread = std::thread::Builder::new()
             .name(format!("sink-{name}"))
-            .spawn(move || run(sink, rx, thread_stats))?;
+            .spawn(move || run(sink, rx, thread_bytes, thread_stats))?;
         Ok(Self {
             name,
             tx,
+            bytes,
             thread,
             stats,
         })
     }
 
-    /// Queues an event without waiting; a full queue drops it and counts it.
+    /// Queues an event without waiting; a queue full in events or bytes drops it and counts
+    /// it.
     pub fn offer(&self, event: Arc<Event>) {
+        let size = event.queued_bytes();
+        if !self.bytes.try_reserve(size) {
+            self.stats.sink_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(event)
         {
+            self.bytes.release(size);
             self.stats.sink_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -88,7 +100,12 @@ impl SinkThread {
     }
 }
 
-fn run(mut sink: impl Sink, rx: mpsc::Receiver<Arc<Event>>, stats: Arc<PipelineStats>) {
+fn run(
+    mut sink: impl Sink,
+    rx: mpsc::Receiver<Arc<Event>>,
+    bytes: Arc<ByteBudget>,
+    stats: Arc<PipelineStats>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut failures = LogThrottle::new(Duration::from_secs(60));
     while let Ok(first) = rx.recv() {
@@ -116,6 +133,7 @@ fn run(mut sink: impl Sink, rx: mpsc::Receiver<Arc<Event>>, stats: Arc<PipelineS
                 );
             }
         }
+        bytes.release(batch.iter().map(|e| e.queued_bytes()).sum());
         batch.clear();
     }
 }
@@ -165,7 +183,7 @@ mod tests {
             seen: seen.clone(),
             fail_first: false,
         };
-        let thread = SinkThread::spawn(sink, 10_000, stats.clone()).unwrap();
+        let thread = SinkThread::spawn(sink, (10_000, usize::MAX / 2), stats.clone()).unwrap();
         for id in 0..1000 {
             thread.offer(event(id));
         }
@@ -182,7 +200,7 @@ mod tests {
             seen: seen.clone(),
             fail_first: true,
         };
-        let thread = SinkThread::spawn(sink, 10, stats.clone()).unwrap();
+        let thread = SinkThread::spawn(sink, (10, usize::MAX / 2), stats.clone()).unwrap();
         thread.offer(event(1));
         // Wait until the failing batch has been taken, then send one that must succeed.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -193,5 +211,52 @@ mod tests {
         thread.finish();
         assert_eq!(stats.sink_dropped.load(Ordering::Relaxed), 1);
         assert_eq!(*seen.lock().unwrap(), vec![2]);
+    }
+
+    /// A sink that waits until it is let go: what it has not written stays queued.
+    struct Stalled {
+        open: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Sink for Stalled {
+        fn name(&self) -> &'static str {
+            "stalled"
+        }
+        fn write_batch(&mut self, _: &[Arc<Event>]) -> Result<(), SinkError> {
+            while !self.open.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_sink_holds_at_most_its_byte_budget() {
+        let stats = Arc::new(PipelineStats::default());
+        let one = event(0).queued_bytes();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = SinkThread::spawn(
+            Stalled { open: open.clone() },
+            (1000, one * 5),
+            stats.clone(),
+        )
+        .unwrap();
+        for id in 0..100 {
+            thread.offer(event(id));
+        }
+        // At most five events' worth queued (with the stalled batch); the rest dropped and
+        // counted.
+        assert!(thread.bytes.used() <= one * 5);
+        assert_eq!(stats.sink_dropped.load(Ordering::Relaxed), 95);
+        // Written batches give their bytes back.
+        open.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while thread.bytes.used() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(thread.bytes.used(), 0);
+        thread.offer(event(100));
+        thread.finish();
+        assert_eq!(stats.sink_dropped.load(Ordering::Relaxed), 95);
     }
 }
