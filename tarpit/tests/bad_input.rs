@@ -246,3 +246,11 @@ fn reset_is_noticed_at_once_not_at_the_next_tick() {
         1
     );
 }
+
+#[test]
+fn sixteen_kib_of_blank_lines_are_tarpitted_and_recorded() {
+    let tarpit = start();
+    let (error, preview) = send_and_expect_drip(&tarpit, &b"\r\n".repeat(8 * 1024));
+    assert_eq!(error, "head_too_large");
+    assert!(preview.unwrap().starts_with("\\r\\n\\r\\n"));
+}

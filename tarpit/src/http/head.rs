@@ -129,10 +129,17 @@ pub fn parse_head(buf: &[u8], limits: HeadLimits) -> HeadStatus {
     if looks_like_tls(buf) {
         return HeadStatus::Rejected(Rejection::TlsClientHello);
     }
-    match find_head_end(buf) {
+    let status = match find_head_end(buf) {
         Some(_) => parse_complete(buf, limits),
-        None if buf.len() >= limits.max_head => HeadStatus::Rejected(Rejection::HeadTooLarge),
         None => check_request_line(buf),
+    };
+    // Still partial at the limit: no request will fit (16 KiB of blank lines, which HTTP
+    // allows before a request line, are partial however many arrive).
+    match status {
+        HeadStatus::Partial if buf.len() >= limits.max_head => {
+            HeadStatus::Rejected(Rejection::HeadTooLarge)
+        }
+        status => status,
     }
 }
 
@@ -284,6 +291,20 @@ mod tests {
         assert_eq!(head.header("user-agent"), Some("zgrab/0.x"));
         assert_eq!(head.head_len, raw.len() - 4);
         assert!(head.wants_keep_alive());
+    }
+
+    #[test]
+    fn blank_lines_up_to_the_limit_are_a_head_too_large() {
+        let blank = b"\r\n".repeat(LIMITS.max_head / 2);
+        assert!(matches!(
+            parse_head(&blank[..100], LIMITS),
+            HeadStatus::Partial
+        ));
+        assert_eq!(rejection(&blank), Rejection::HeadTooLarge);
+        let bare = b"\n".repeat(LIMITS.max_head);
+        assert_eq!(rejection(&bare), Rejection::HeadTooLarge);
+        // Blank lines before a request are allowed.
+        assert_eq!(complete(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n").path, "/");
     }
 
     #[test]
