@@ -9,7 +9,12 @@
 //! - **X-Tarpit-Target-Port** (`target_port_header`): from trusted proxies only.
 //! - the **local port** of the accepted socket.
 //!
-//! Direct connections: eBPF, then SO_ORIGINAL_DST, then the local port. Behind a trusted
+//! Direct connections: eBPF, then SO_ORIGINAL_DST, then the local port; except that a miss in
+//! the eBPF map (`untranslated`) never overrides SO_ORIGINAL_DST showing a translation: under
+//! a SYN flood the LRU map evicts entries before their connections are accepted, and conntrack
+//! still knows. Such a request is recorded with `ebpf_lookup = 'untranslated'` and
+//! `target_port_source = 'original_dst'` ([`TargetPorts::ebpf_missed_translation`]), and
+//! counted in the metric `tarpit_ebpf_map_misses_total`. Behind a trusted
 //! proxy the socket-level sources describe the proxy's hop, not the client's, so the proxy's
 //! word ranks above them: eBPF looked up with the client's 4-tuple (when the proxy passed it),
 //! then the header, then SO_ORIGINAL_DST, then the local port.
@@ -62,6 +67,11 @@ pub struct TargetPorts {
 impl TargetPorts {
     /// The winning port and the name of its source (`target_port`, `target_port_source`).
     pub fn resolve(&self) -> (u16, &'static str) {
+        if self.ebpf_missed_translation()
+            && let Some(port) = self.original_dst
+        {
+            return (port, "original_dst");
+        }
         if let Some(port) = self.ebpf.port() {
             return (port, "ebpf");
         }
@@ -75,6 +85,22 @@ impl TargetPorts {
         }
         (self.local, "local_port")
     }
+}
+
+impl TargetPorts {
+    /// Whether the hook's map had no entry for a direct connection that conntrack says was
+    /// translated (SO_ORIGINAL_DST differs from the port reached): an evicted entry.
+    pub fn ebpf_missed_translation(&self) -> bool {
+        matches!(self.ebpf, EbpfLookup::Untranslated(_))
+            && !self.proxied
+            && self.original_dst.is_some_and(|port| port != self.local)
+    }
+}
+
+/// Whether a recorded request is one where the eBPF map missed a translation (see
+/// [`TargetPorts::ebpf_missed_translation`]), from its columns.
+pub fn recorded_ebpf_miss(ebpf_lookup: Option<&str>, target_port_source: &str) -> bool {
+    ebpf_lookup == Some("untranslated") && target_port_source == "original_dst"
 }
 
 #[cfg(test)]
@@ -111,6 +137,21 @@ mod tests {
         assert_eq!(p.resolve(), (8888, "original_dst"));
         let p = ports(EbpfLookup::Unavailable, None, None);
         assert_eq!(p.resolve(), (8080, "local_port"));
+    }
+
+    #[test]
+    fn an_ebpf_miss_never_overrides_a_translation_conntrack_saw() {
+        let evicted = ports(EbpfLookup::Untranslated(8080), Some(80), None);
+        assert!(evicted.ebpf_missed_translation());
+        assert_eq!(evicted.resolve(), (80, "original_dst"));
+        // Conntrack agrees there was no translation: the hook's answer stands.
+        let direct = ports(EbpfLookup::Untranslated(8080), Some(8080), None);
+        assert!(!direct.ebpf_missed_translation());
+        assert_eq!(direct.resolve(), (8080, "ebpf"));
+        // Behind a proxy SO_ORIGINAL_DST describes the proxy's hop, not the client's.
+        let proxied = ports(EbpfLookup::Untranslated(8080), Some(80), Some(443));
+        assert!(!proxied.ebpf_missed_translation());
+        assert_eq!(proxied.resolve(), (8080, "ebpf"));
     }
 
     #[test]

@@ -114,6 +114,9 @@ impl MetricsSink {
                 if let Some(lookup) = r.ebpf_lookup {
                     counter!("tarpit_ebpf_lookups_total", "result" => lookup).increment(1);
                 }
+                if crate::attribution::recorded_ebpf_miss(r.ebpf_lookup, r.target_port_source) {
+                    counter!("tarpit_ebpf_map_misses_total").increment(1);
+                }
             }
             Event::ResponseEnd(e) => {
                 counter!("tarpit_bytes_dripped_total").increment(e.bytes_sent);

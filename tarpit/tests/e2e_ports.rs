@@ -201,3 +201,98 @@ fn a_second_tarpit_in_the_namespace_does_not_break_the_first() {
         assert_eq!((ebpf, source.as_str()), (Some(80), "ebpf"), "{path}");
     }
 }
+
+/// Scrapes the metrics endpoint on 127.0.0.1:`port` inside the sensor namespace.
+fn scrape_in(lab: &Lab, port: u16) -> String {
+    let path = format!("/var/run/netns/{}", lab.sensor);
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let ns = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    })
+    .join()
+    .unwrap()
+}
+
+/// Under a SYN flood the hook's LRU map evicts entries before their connections are accepted:
+/// such a miss must not override SO_ORIGINAL_DST, which still shows the translation, and each
+/// is counted in `tarpit_ebpf_map_misses_total`. The flood is made certain by stopping the
+/// tarpit (SIGSTOP) while the clients connect: the kernel completes the handshakes and the
+/// hook records them into a map of one entry.
+#[test]
+fn an_evicted_ebpf_entry_never_overrides_original_dst_and_is_counted() {
+    if !prerequisites_met(&["ip", "iptables", "ip6tables"]) {
+        return;
+    }
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let lab = Lab::new();
+    lab.in_sensor(&format!("{deploy}/iptables-redirect.sh add 8080 80"));
+    let tarpit = Tarpit::start_in_netns(
+        &lab.sensor,
+        &[
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8080",
+            "--ebpf-mode",
+            "on",
+            "--ebpf-map-entries",
+            "1",
+            "--metrics-listen",
+            "127.0.0.1:9464",
+            "--response-delay",
+            "0.05",
+            "--max-response-bytes",
+            "2",
+        ],
+    );
+    let pid = nix::unistd::Pid::from_raw(tarpit.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    const N: usize = 30;
+    let to80: SocketAddr = format!("{SENSOR_V4}:80").parse().unwrap();
+    let streams = lab.as_client(move || {
+        (0..N)
+            .map(|_| {
+                std::net::TcpStream::connect_timeout(&to80, std::time::Duration::from_secs(5))
+                    .unwrap()
+            })
+            .collect::<Vec<_>>()
+    });
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        use std::io::Write;
+        write!(stream, "GET /flood/{i} HTTP/1.1\r\nHost: sensor\r\n\r\n").unwrap();
+    }
+    tarpit.wait_count("SELECT COUNT(*) FROM events", N as i64);
+    let db = tarpit.db();
+    let (wrong, misses): (i64, i64) = db
+        .query_row(
+            "SELECT SUM(target_port != 80),
+                    SUM(ebpf_lookup = 'untranslated' AND target_port_source = 'original_dst'
+                        AND target_port_original_dst = 80)
+             FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(wrong, 0, "every connection dialled 80");
+    assert!(misses >= (N as i64) / 2, "evicted entries: {misses} of {N}");
+    let counted = common::wait_for(std::time::Duration::from_secs(10), || {
+        let text = scrape_in(&lab, 9464);
+        let value: i64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tarpit_ebpf_map_misses_total "))?
+            .trim()
+            .parse()
+            .ok()?;
+        (value == misses).then_some(value)
+    });
+    assert_eq!(counted, Some(misses));
+    lab.in_sensor(&format!("{deploy}/iptables-redirect.sh remove 8080 80"));
+}
