@@ -180,6 +180,15 @@ fn a_full_disk_drops_and_counts_events_and_writing_resumes_when_space_returns() 
     .expect("the row written after space returned");
     let (status, _) = tarpit.terminate(Duration::from_secs(5));
     assert!(status.success());
+    // A write cut short by the full disk left no half line: every line is a whole object,
+    // and the lines written after space returned are there.
+    let text = std::fs::read_to_string(&log).unwrap();
+    for (n, line) in text.lines().enumerate() {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("line {}: {e}: {:.200}", n + 1, line));
+        assert!(value.is_object(), "line {}", n + 1);
+    }
+    assert!(text.contains("/after-space-returned"));
     // The losses were counted and reported.
     let stderr = tarpit.stderr();
     let sink_dropped: u64 = stderr

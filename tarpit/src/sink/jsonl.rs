@@ -4,9 +4,13 @@
 //! Log rotation: after logrotate renames the file, SIGHUP asks the sink to reopen its path
 //! ([`JsonLinesSink::reopen_flag`]); events written before the reopen are in the renamed file,
 //! the rest in the new one, so nothing is lost across a rotation.
+//!
+//! A failed write (ENOSPC) must not leave half a line for the next one to be glued to: each
+//! batch is serialised whole in memory, written with one `write_all`, and on failure the file is
+//! cut back to the length it had before the batch, so the next line starts a line of its own.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,11 +18,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::{Sink, SinkError};
 use crate::event::Event;
 
-/// Appends events to a JSON lines file, flushing after every batch.
+/// Appends events to a JSON lines file, one write per batch.
 #[derive(Debug)]
 pub struct JsonLinesSink {
     path: PathBuf,
-    out: BufWriter<File>,
+    out: File,
+    /// A failed batch could not be cut back: start the next one on a new line.
+    needs_newline: bool,
+    /// The batch being serialised, reused between batches.
+    lines: Vec<u8>,
     reopen: Arc<AtomicBool>,
 }
 
@@ -28,9 +36,12 @@ impl JsonLinesSink {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
+        let out = Self::append(path)?;
         Ok(Self {
             path: path.to_path_buf(),
-            out: BufWriter::with_capacity(64 * 1024, Self::append(path)?),
+            out,
+            needs_newline: false,
+            lines: Vec::with_capacity(64 * 1024),
             reopen: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -52,15 +63,32 @@ impl Sink for JsonLinesSink {
 
     fn write_batch(&mut self, events: &[Arc<Event>]) -> Result<(), SinkError> {
         if self.reopen.swap(false, Ordering::AcqRel) {
-            self.out.flush()?;
-            self.out = BufWriter::with_capacity(64 * 1024, Self::append(&self.path)?);
+            self.out = Self::append(&self.path)?;
             tracing::info!("reopened the JSON log {}", self.path.display());
         }
-        for event in events {
-            serde_json::to_writer(&mut self.out, event.as_ref()).map_err(std::io::Error::from)?;
-            self.out.write_all(b"\n")?;
+        self.lines.clear();
+        if self.needs_newline {
+            self.lines.push(b'\n');
         }
-        self.out.flush()?;
+        for event in events {
+            serde_json::to_writer(&mut self.lines, event.as_ref())
+                .map_err(std::io::Error::from)?;
+            self.lines.push(b'\n');
+        }
+        // Where a failed batch is cut back to (one fstat per batch; read now, so that a file
+        // truncated by someone else is never extended).
+        let before = self.out.metadata()?.len();
+        if let Err(error) = self.out.write_all(&self.lines) {
+            // Cut the partial batch off (shrinking needs no space); if even that fails, the
+            // next batch starts on a new line.
+            self.needs_newline = self.out.set_len(before).is_err();
+            return Err(error.into());
+        }
+        self.needs_newline = false;
+        // Big batches should not keep a big buffer for ever.
+        if self.lines.capacity() > 1024 * 1024 {
+            self.lines = Vec::with_capacity(64 * 1024);
+        }
         Ok(())
     }
 }
