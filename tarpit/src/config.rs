@@ -95,6 +95,10 @@ pub struct AbuseIpDbConfig {
     pub daily_limit: u32,
     /// Text that opens every report's comment.
     pub comment_prefix: String,
+    /// The sensor's own public addresses that are on no interface (a cloud or NAT address):
+    /// masked as `[sensor]` in comments, like the address each connection arrived on and the
+    /// proxy in front, which are masked always.
+    pub sensor_addresses: Vec<IpNet>,
     /// Networks never reported.
     pub whitelist_cidrs: Vec<IpNet>,
     /// Autonomous systems never reported (needs the GeoIP ASN database).
@@ -119,6 +123,7 @@ impl Default for AbuseIpDbConfig {
             report_interval_minutes: 40,
             daily_limit: 1000,
             comment_prefix: "HTTP scanner held by a tarpit:".to_owned(),
+            sensor_addresses: Vec::new(),
             whitelist_cidrs: Vec::new(),
             whitelist_asns: Vec::new(),
             whitelist_user_agents: Vec::new(),

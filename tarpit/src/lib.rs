@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod abuseipdb;
+pub mod address_text;
 pub mod attribution;
 pub mod cli;
 pub mod config;

@@ -187,7 +187,7 @@ fn readable_forms(cells: Vec<String>) -> String {
             all.push_str(&String::from_utf8_lossy(&bytes));
             all.push('\n');
         }
-        let (unescaped, _) = tarpit::export::scrub::unescape_preview(&cell);
+        let (unescaped, _) = tarpit::address_text::unescape_preview(&cell);
         all.push_str(&String::from_utf8_lossy(&unescaped));
         all.push('\n');
         let mut decoded = cell.clone();

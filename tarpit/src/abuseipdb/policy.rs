@@ -30,6 +30,8 @@ pub struct Policy {
     pub whitelist_user_agents: Vec<Regex>,
     /// Text that opens every comment.
     pub comment_prefix: String,
+    /// The sensor's own addresses beyond those each request shows (cloud or NAT addresses).
+    pub sensor_addresses: Vec<IpNet>,
 }
 
 impl Policy {
@@ -58,7 +60,11 @@ impl Policy {
     }
 
     /// The report's comment: what the scanner did, never secrets (no query string, no
-    /// headers but the User-Agent), without control characters, within the API's 1024 bytes.
+    /// headers but the User-Agent) and never the sensor's own addresses (scanners put the
+    /// address they probe in paths and User-Agents: the one the connection arrived on, the
+    /// proxy in front and `sensor_addresses` become `[sensor]`, in any spelling
+    /// [`crate::address_text`] recognises), without control characters, within the API's
+    /// 1024 bytes.
     pub fn comment(&self, record: &RequestRecord) -> String {
         let what = match (&record.http_method, &record.http_path) {
             (Some(method), Some(path)) => format!("{method} {path}"),
@@ -75,7 +81,22 @@ impl Policy {
             text.push_str(", User-Agent: ");
             text.push_str(ua);
         }
-        clean_comment(&text)
+        let client = record.client_ip.to_canonical();
+        let peer = record.peer_ip.to_canonical();
+        let own = |address: IpAddr| {
+            let address = address.to_canonical();
+            address == record.local_ip.to_canonical()
+                || (peer != client && address == peer)
+                || self.sensor_addresses.iter().any(|n| n.contains(&address))
+        };
+        let masked = crate::address_text::scrub_bytes(text.as_bytes(), false, &|address| {
+            if own(address) {
+                "[sensor]".to_owned()
+            } else {
+                address.to_string()
+            }
+        });
+        clean_comment(&String::from_utf8_lossy(&masked))
     }
 }
 
@@ -256,7 +277,33 @@ mod tests {
             whitelist_asns: vec![15169],
             whitelist_user_agents: vec![Regex::new("(?i)googlebot").unwrap()],
             comment_prefix: "Tarpit:".into(),
+            sensor_addresses: vec!["198.51.100.0/24".parse().unwrap()],
         }
+    }
+
+    #[test]
+    fn comments_never_name_the_sensor() {
+        let mut r = record("81.2.69.142", None, None);
+        r.local_ip = "203.0.113.10".parse().unwrap();
+        r.peer_ip = "10.0.0.5".parse().unwrap();
+        r.http_path = Some("/proxy/http://203.0.113.10/x_10.0.0.5/cb/192.0.2.55".into());
+        r.user_agent = Some("scan (+https://198.51.100.77) 203.000.113.010 ::ffff:10.0.0.5".into());
+        let c = policy().comment(&r);
+        for own in [
+            "203.0.113.10",
+            "198.51.100.77",
+            "10.0.0.5",
+            "203.000.113.010",
+        ] {
+            assert!(!c.contains(own), "{own} in {c}");
+        }
+        assert_eq!(c.matches("[sensor]").count(), 5, "{c}");
+        // Other addresses (a callback server, say) are the scanner's, and stay.
+        assert!(c.contains("192.0.2.55"), "{c}");
+        // Not proxied: the peer is the client, who may be named.
+        let mut direct = record("81.2.69.142", Some("from 81.2.69.142"), None);
+        direct.local_ip = "203.0.113.10".parse().unwrap();
+        assert!(policy().comment(&direct).contains("from 81.2.69.142"));
     }
 
     #[test]

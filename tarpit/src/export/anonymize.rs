@@ -7,7 +7,7 @@
 //! and Moon (ICNP 2002), with the usual IPv6 extension; its known answers are in the tests.
 //!
 //! [`Anonymizer`] also replaces addresses inside free text (headers such as X-Forwarded-For or
-//! Host, paths, previews; found by [`super::scrub`]), since a dataset is only as anonymous as
+//! Host, paths, previews; found by [`crate::address_text`]), since a dataset is only as anonymous as
 //! its least obvious field, and keys the hashes of content it scrubbed.
 
 use std::borrow::Cow;
@@ -17,7 +17,7 @@ use std::path::Path;
 use aes::Aes128;
 use aes::cipher::{BlockCipherEncrypt, KeyInit};
 
-use super::scrub;
+use crate::address_text as scrub;
 
 /// Why a key file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +169,7 @@ impl Anonymizer {
         self.pan.anonymize(address).to_string()
     }
 
-    /// Replaces every address written in `text` by its pseudonym (see [`super::scrub`] for
+    /// Replaces every address written in `text` by its pseudonym (see [`crate::address_text`] for
     /// what counts as an address). Text with no address is returned as it was.
     pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let scrubbed = scrub::scrub_bytes(text.as_bytes(), false, &|a| self.pseudonym(a));

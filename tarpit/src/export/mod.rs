@@ -12,7 +12,6 @@ pub mod anonymize;
 mod csv_file;
 mod jsonl_file;
 mod parquet_file;
-pub mod scrub;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

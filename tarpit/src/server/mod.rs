@@ -193,6 +193,7 @@ fn reporter_setup(
             whitelist_asns: a.whitelist_asns.clone(),
             whitelist_user_agents: regexes,
             comment_prefix: a.comment_prefix.clone(),
+            sensor_addresses: a.sensor_addresses.clone(),
         },
         history,
         calls_today,

@@ -71,8 +71,7 @@ impl Sink for JsonLinesSink {
             self.lines.push(b'\n');
         }
         for event in events {
-            serde_json::to_writer(&mut self.lines, event.as_ref())
-                .map_err(std::io::Error::from)?;
+            serde_json::to_writer(&mut self.lines, event.as_ref()).map_err(std::io::Error::from)?;
             self.lines.push(b'\n');
         }
         // Where a failed batch is cut back to (one fstat per batch; read now, so that a file

@@ -1,4 +1,5 @@
-//! Finding every address in what a client sent, so an anonymised export keeps none.
+//! Finding every address in what a client sent: so that an anonymised export keeps none
+//! (`export::anonymize`) and an AbuseIPDB comment never names the sensor (`abuseipdb::policy`).
 //!
 //! The scanner works on the bytes as they were received, never on an escaped form (an escape's
 //! hex digits would run into the address and hide it), and it does not look for word
