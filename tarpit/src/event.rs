@@ -288,13 +288,17 @@ fn escaped_bytes<S: Serializer>(bytes: &Option<Vec<u8>>, serializer: S) -> Resul
     }
 }
 
-/// `headers_json` as the text stored in SQLite.
+/// `headers_json` as the text stored in SQLite: the same object as in the JSON log, in the
+/// order the header lines arrived (header order is part of a client's fingerprint, and the
+/// replaced tool kept it too).
 pub fn headers_to_json(headers: &[(String, String)]) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = headers
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    serde_json::Value::Object(map).to_string()
+    struct InOrder<'a>(&'a [(String, String)]);
+    impl Serialize for InOrder<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            header_object(self.0, serializer)
+        }
+    }
+    serde_json::to_string(&InOrder(headers)).expect("strings always serialise")
 }
 
 #[cfg(test)]
@@ -328,5 +332,17 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_str(&headers_to_json(&headers)).unwrap();
         assert_eq!(parsed["User-Agent"], "curl");
         assert_eq!(parsed["Host"], "x");
+    }
+
+    #[test]
+    fn stored_headers_keep_the_order_they_arrived_in() {
+        let headers: Vec<(String, String)> = ["Zeta", "Host", "Accept", "X-A"]
+            .iter()
+            .map(|n| (n.to_string(), "v".to_owned()))
+            .collect();
+        assert_eq!(
+            headers_to_json(&headers),
+            r#"{"Zeta":"v","Host":"v","Accept":"v","X-A":"v"}"#
+        );
     }
 }

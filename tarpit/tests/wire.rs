@@ -211,6 +211,12 @@ fn the_sqlite_row_has_every_seed_column_and_the_json_log_matches() {
     assert_eq!(path, "/cgi-bin/luci");
     assert_eq!(query, "cmd=id&x=%20");
     assert_eq!(ua, "Mozilla/5.0 (scan)");
+    // The order the header lines arrived in, as in the JSON log (not sorted).
+    assert!(
+        headers
+            .starts_with(r#"{"Host":"sensor","User-Agent":"Mozilla/5.0 (scan)","Content-Length""#),
+        "{headers}"
+    );
     let headers: serde_json::Value = serde_json::from_str(&headers).unwrap();
     assert_eq!(headers["Host"], "sensor");
     assert_eq!(headers["Content-Length"], "11");
