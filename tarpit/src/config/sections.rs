@@ -1,0 +1,279 @@
+//! The configuration's sections, each with its defaults: one struct per TOML table, every key
+//! documented once, here.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::ebpf::EbpfMode;
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `address:port` serving `/metrics`; empty turns metrics off.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".to_owned(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to serve on, or `None` when metrics are off.
+    pub fn address(&self) -> Option<std::net::SocketAddr> {
+        (!self.listen.trim().is_empty())
+            .then(|| self.listen.trim().parse().ok())
+            .flatten()
+    }
+}
+
+/// `[abuseipdb]`: how reports are made. Reporting is on only when `ABUSEIPDB_API_KEY` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AbuseIpDbConfig {
+    /// The report endpoint (tests point it at a local stand-in).
+    pub api_url: String,
+    /// AbuseIPDB category numbers (19 = bad web bot, 21 = web app attack).
+    pub categories: Vec<u8>,
+    /// At most one report per address within this many minutes (the API's minimum is 15).
+    pub report_interval_minutes: u64,
+    /// API calls per UTC day (1000 on the free tier).
+    pub daily_limit: u32,
+    /// Text that opens every report's comment.
+    pub comment_prefix: String,
+    /// The sensor's own public addresses that are on no interface (a cloud or NAT address):
+    /// masked as `[sensor]` in comments, like the address each connection arrived on and the
+    /// proxy in front, which are masked always.
+    pub sensor_addresses: Vec<IpNet>,
+    /// Networks never reported.
+    pub whitelist_cidrs: Vec<IpNet>,
+    /// Autonomous systems never reported (needs the GeoIP ASN database).
+    pub whitelist_asns: Vec<u32>,
+    /// Regular expressions: a matching User-Agent is never reported.
+    pub whitelist_user_agents: Vec<String>,
+    /// Decide and record reports without sending them.
+    pub dry_run: bool,
+    /// Seconds one API call may take.
+    pub timeout_seconds: f64,
+    /// Retries of a report after a 5xx or a timeout, with doubling waits.
+    pub max_retries: u32,
+    /// Reports waiting to be sent; when full, the oldest is dropped (counted).
+    pub queue_size: usize,
+}
+
+impl Default for AbuseIpDbConfig {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.abuseipdb.com/api/v2/report".to_owned(),
+            categories: vec![19, 21],
+            report_interval_minutes: 40,
+            daily_limit: 1000,
+            comment_prefix: "HTTP scanner held by a tarpit:".to_owned(),
+            sensor_addresses: Vec::new(),
+            whitelist_cidrs: Vec::new(),
+            whitelist_asns: Vec::new(),
+            whitelist_user_agents: Vec::new(),
+            dry_run: false,
+            timeout_seconds: 10.0,
+            max_retries: 3,
+            queue_size: 1000,
+        }
+    }
+}
+
+impl AbuseIpDbConfig {
+    /// The User-Agent expressions, compiled; an error names the entry.
+    pub fn user_agent_regexes(&self) -> Result<Vec<regex::Regex>, (String, String)> {
+        self.whitelist_user_agents
+            .iter()
+            .enumerate()
+            .map(|(i, pattern)| {
+                regex::Regex::new(pattern).map_err(|e| {
+                    (
+                        format!("abuseipdb.whitelist_user_agents[{i}]"),
+                        e.to_string(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Whether reporting would run with no whitelist at all (worth a warning).
+    pub fn whitelist_is_empty(&self) -> bool {
+        self.whitelist_cidrs.is_empty()
+            && self.whitelist_asns.is_empty()
+            && self.whitelist_user_agents.is_empty()
+    }
+}
+
+/// `[geoip]`: MaxMind GeoLite2 files for the location and ASN columns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeoIpConfig {
+    /// GeoLite2-City (or GeoIP2-City) database.
+    pub city_db: PathBuf,
+    /// GeoLite2-ASN database.
+    pub asn_db: PathBuf,
+    /// Seconds between checks for a replaced (or newly added) file.
+    pub reload_interval: f64,
+    /// Addresses whose answers are cached.
+    pub cache_entries: usize,
+}
+
+impl Default for GeoIpConfig {
+    fn default() -> Self {
+        Self {
+            city_db: PathBuf::from("data/GeoLite2-City.mmdb"),
+            asn_db: PathBuf::from("data/GeoLite2-ASN.mmdb"),
+            reload_interval: 60.0,
+            cache_entries: 10_000,
+        }
+    }
+}
+
+/// `[ebpf]`: the netfilter hook that records original destination ports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbpfConfig {
+    /// `auto` (use it when possible, else say why), `on` (refuse to start without it), `off`.
+    pub mode: EbpfMode,
+    /// Entries of the kernel map of original destinations (68 bytes each); entries are removed
+    /// as connections are accepted, so this bounds only a backlog or unclaimed entries.
+    pub map_entries: u32,
+}
+
+impl Default for EbpfConfig {
+    fn default() -> Self {
+        Self {
+            mode: EbpfMode::Auto,
+            map_entries: 65_536,
+        }
+    }
+}
+
+/// `[server]`: listening sockets, worker threads and connection caps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to bind; loopback by default so a first run exposes nothing.
+    pub host: IpAddr,
+    /// Port to bind; 0 picks a free one (tests use this).
+    pub port: u16,
+    /// io_uring worker threads, each with its own SO_REUSEPORT listener; 0 = one per core.
+    pub workers: usize,
+    /// Connections held at once across all workers; 0 = derived from the open-file limit.
+    pub max_connections: usize,
+    /// Connections held at once from one client (behind a trusted proxy: the client it names,
+    /// never the proxy itself); 0 = no per-client cap.
+    pub max_connections_per_ip: usize,
+    /// IPv4 prefix length that makes one client for `max_connections_per_ip` (32: each address).
+    pub per_ip_ipv4_prefix: u8,
+    /// IPv6 prefix length that makes one client (64: a client usually owns a whole /64).
+    pub per_ip_ipv6_prefix: u8,
+    /// Peers whose X-Forwarded-For / X-Real-IP headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Read a PROXY protocol (v1 or v2) preamble from trusted proxies (HAProxy
+    /// `send-proxy-v2`).
+    pub proxy_protocol: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 8080,
+            workers: 0,
+            max_connections: 0,
+            max_connections_per_ip: 1024,
+            per_ip_ipv4_prefix: 32,
+            per_ip_ipv6_prefix: 64,
+            trusted_proxies: vec![
+                "127.0.0.0/8".parse().expect("valid CIDR"),
+                "::1/128".parse().expect("valid CIDR"),
+            ],
+            proxy_protocol: false,
+        }
+    }
+}
+
+/// `[tarpit]`: the drip and the limits on what a client may send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TarpitConfig {
+    /// Seconds between two drip chunks.
+    pub response_delay: f64,
+    /// The bytes sent on each tick (the payload of one HTTP chunk).
+    pub response_chunk: String,
+    /// Payload bytes per response; the response ends after this many.
+    pub max_response_bytes: u64,
+    /// Value of the `Server:` response header; default mimics a common web server.
+    pub server_header: String,
+    /// Seconds a client has to send a complete request head (and body preview).
+    pub request_timeout: f64,
+    /// Largest request head accepted, in bytes; more is logged as `head_too_large`.
+    pub max_request_head: usize,
+    /// Most header lines accepted; more is logged as `too_many_headers`.
+    pub max_headers: usize,
+    /// Request body bytes kept (with their SHA-256) for the record.
+    pub body_preview_bytes: usize,
+    /// Seconds an idle keep-alive connection waits for its next request.
+    pub keepalive_timeout: f64,
+    /// Seconds after which any connection is closed, whatever it is doing.
+    pub max_connection_lifetime: f64,
+    /// Seconds a peer may leave our bytes unacknowledged (TCP_USER_TIMEOUT, plus keepalive
+    /// probes while idle) before the connection ends as `peer_gone`: a scanner that vanished
+    /// without FIN or RST is not held for the whole drip.
+    pub peer_timeout: f64,
+}
+
+impl Default for TarpitConfig {
+    fn default() -> Self {
+        Self {
+            response_delay: 1.5,
+            response_chunk: ".".to_owned(),
+            max_response_bytes: 1200,
+            server_header: "nginx".to_owned(),
+            request_timeout: 10.0,
+            max_request_head: 16 * 1024,
+            max_headers: 100,
+            body_preview_bytes: 4 * 1024,
+            keepalive_timeout: 15.0,
+            max_connection_lifetime: 3600.0,
+            peer_timeout: 60.0,
+        }
+    }
+}
+
+/// `[storage]`: the SQLite database, the JSON lines log and the queue that feeds them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// SQLite database file (created with its directory when missing).
+    pub database: PathBuf,
+    /// JSON lines forensic log (created with its directory when missing).
+    pub json_log: PathBuf,
+    /// Capacity of the channel between the workers and the pipeline; a full channel drops
+    /// events (counted) rather than slow a worker.
+    pub event_queue: usize,
+    /// Bytes of events the channel, and each sink's queue, may hold at once: the memory bound
+    /// when a slow disk holds a sink back (a flood of 16 KiB heads must not grow without end).
+    pub event_queue_bytes: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            database: PathBuf::from("data/tarpit_events.db"),
+            json_log: PathBuf::from("logs/tarpit.log"),
+            event_queue: 65_536,
+            event_queue_bytes: 32 * 1024 * 1024,
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Range checks of every value, after parsing and again after the command-line flags: each
+//! failure names the key and says what would be accepted.
+
+use super::{Config, ConfigError};
+
+impl Config {
+    /// Checks every value's range; `source_name` says where the values came from.
+    pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, reason: String| Err(ConfigError::new(source_name, key, reason));
+        let t = &self.tarpit;
+        for (key, value, max) in [
+            ("tarpit.peer_timeout", t.peer_timeout, 86_400.0),
+            ("tarpit.response_delay", t.response_delay, 3600.0),
+            ("tarpit.request_timeout", t.request_timeout, 3600.0),
+            ("tarpit.keepalive_timeout", t.keepalive_timeout, 86_400.0),
+            (
+                "tarpit.max_connection_lifetime",
+                t.max_connection_lifetime,
+                7.0 * 86_400.0,
+            ),
+            (
+                "geoip.reload_interval",
+                self.geoip.reload_interval,
+                86_400.0,
+            ),
+        ] {
+            if !(value.is_finite() && value > 0.0 && value <= max) {
+                return err(
+                    key,
+                    format!("must be a number of seconds above 0 and at most {max}, got {value}"),
+                );
+            }
+        }
+        if t.response_chunk.is_empty() || t.response_chunk.len() > 1024 {
+            return err(
+                "tarpit.response_chunk",
+                format!("must be 1 to 1024 bytes, got {}", t.response_chunk.len()),
+            );
+        }
+        if t.max_response_bytes == 0 {
+            return err("tarpit.max_response_bytes", "must be at least 1".into());
+        }
+        if t.server_header.chars().any(|c| c.is_control()) {
+            return err(
+                "tarpit.server_header",
+                "must not contain control characters".into(),
+            );
+        }
+        if !(1024..=1024 * 1024).contains(&t.max_request_head) {
+            return err(
+                "tarpit.max_request_head",
+                format!("must be 1024 to 1048576 bytes, got {}", t.max_request_head),
+            );
+        }
+        if !(1..=10_000).contains(&t.max_headers) {
+            return err(
+                "tarpit.max_headers",
+                format!("must be 1 to 10000, got {}", t.max_headers),
+            );
+        }
+        if t.body_preview_bytes > 1024 * 1024 {
+            return err(
+                "tarpit.body_preview_bytes",
+                format!("must be at most 1048576, got {}", t.body_preview_bytes),
+            );
+        }
+        if !(8..=32).contains(&self.server.per_ip_ipv4_prefix) {
+            return err(
+                "server.per_ip_ipv4_prefix",
+                format!("must be 8 to 32, got {}", self.server.per_ip_ipv4_prefix),
+            );
+        }
+        if !(16..=128).contains(&self.server.per_ip_ipv6_prefix) {
+            return err(
+                "server.per_ip_ipv6_prefix",
+                format!("must be 16 to 128, got {}", self.server.per_ip_ipv6_prefix),
+            );
+        }
+        if !(64 * 1024..=16 * 1024 * 1024 * 1024).contains(&self.storage.event_queue_bytes) {
+            return err(
+                "storage.event_queue_bytes",
+                format!(
+                    "must be 65536 (64 KiB) to 17179869184 (16 GiB), got {}",
+                    self.storage.event_queue_bytes
+                ),
+            );
+        }
+        if self.server.workers > 1024 {
+            return err(
+                "server.workers",
+                format!(
+                    "must be 0 (one per core) to 1024, got {}",
+                    self.server.workers
+                ),
+            );
+        }
+        let a = &self.abuseipdb;
+        if a.report_interval_minutes < 15 {
+            return err(
+                "abuseipdb.report_interval_minutes",
+                format!(
+                    "must be at least 15 (AbuseIPDB accepts one report per address per 15 \
+                     minutes), got {}",
+                    a.report_interval_minutes
+                ),
+            );
+        }
+        if a.categories.is_empty() || a.categories.iter().any(|c| !(1..=23).contains(c)) {
+            return err(
+                "abuseipdb.categories",
+                format!(
+                    "must be one or more AbuseIPDB categories 1 to 23, got {:?}",
+                    a.categories
+                ),
+            );
+        }
+        if !(a.api_url.starts_with("https://") || a.api_url.starts_with("http://")) {
+            return err(
+                "abuseipdb.api_url",
+                format!("must be an http(s) URL, got {:?}", a.api_url),
+            );
+        }
+        if a.daily_limit == 0 || a.queue_size == 0 {
+            let key = if a.daily_limit == 0 {
+                "abuseipdb.daily_limit"
+            } else {
+                "abuseipdb.queue_size"
+            };
+            return err(key, "must be at least 1".into());
+        }
+        if !(a.timeout_seconds.is_finite() && a.timeout_seconds > 0.0 && a.timeout_seconds <= 300.0)
+        {
+            return err(
+                "abuseipdb.timeout_seconds",
+                format!("must be above 0 and at most 300, got {}", a.timeout_seconds),
+            );
+        }
+        if let Err((key, reason)) = a.user_agent_regexes() {
+            return err(&key, format!("not a valid regular expression: {reason}"));
+        }
+        if !self.metrics.listen.trim().is_empty() && self.metrics.address().is_none() {
+            return err(
+                "metrics.listen",
+                format!(
+                    "must be address:port (e.g. 127.0.0.1:9464) or empty, got {:?}",
+                    self.metrics.listen
+                ),
+            );
+        }
+        if !(1..=1 << 24).contains(&self.ebpf.map_entries) {
+            return err(
+                "ebpf.map_entries",
+                format!("must be 1 to 16777216, got {}", self.ebpf.map_entries),
+            );
+        }
+        if self.storage.event_queue == 0 {
+            return err("storage.event_queue", "must be at least 1".into());
+        }
+        for (key, path) in [
+            ("storage.database", &self.storage.database),
+            ("storage.json_log", &self.storage.json_log),
+        ] {
+            if path.as_os_str().is_empty() {
+                return err(key, "must not be empty".into());
+            }
+        }
+        Ok(())
+    }
+}
