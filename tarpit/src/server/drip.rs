@@ -4,11 +4,11 @@
 //!
 //! Why: holding tens of thousands of connections for 30 minutes each is the whole job. A task
 //! per connection costs its whole future (about 2 KB) and a timer registration per tick; here a
-//! held connection costs its [`Connection`] state plus a few words, and one timer per worker
+//! held connection costs its connection state plus a few words, and one timer per worker
 //! fires for all connections due within a millisecond of each other. Each tick is one
 //! non-blocking `send` of a pre-built `&'static` slice: no allocation, no future, no lock.
 //! When a response ends, a keep-alive connection gets a fresh task to read its next request
-//! ([`super::connection::drive`]); any other is closed and recorded.
+//! ([`Held::drive`]); any other is closed and recorded.
 //!
 //! A reset is noticed at once rather than at the next tick: held sockets are registered with a
 //! per-worker epoll instance for EPOLLERR/EPOLLHUP (never for a mere half-close: a scanner that
@@ -18,7 +18,8 @@
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::os::fd::AsRawFd;
+use std::future::Future;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -30,8 +31,40 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::connection::{self, Connection};
+use super::settings::Settings;
 use crate::http::response::{CHUNKED_END, Framing};
+
+/// What the dripper needs of a connection it holds. Implemented by the connection module's
+/// `Connection`; defined here, below it, so that the two modules do not import each other.
+pub(super) trait Held: Sized + 'static {
+    /// The socket, for non-blocking sends and epoll registration.
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// The socket's pending error (SO_ERROR), to name a hang-up.
+    fn socket_error(&self) -> Option<Errno>;
+    /// When the connection must end, whatever it is doing.
+    fn lifetime_end(&self) -> Instant;
+    /// The drip's pre-built ticks and cadence.
+    fn settings(&self) -> &Settings;
+    /// Records the end of a response the dripper was writing.
+    fn finish_response(&mut self, state: &DripState, outcome: Result<(), &'static str>);
+    /// Closes the connection and records how it ended.
+    fn close(self: Box<Self>, end_reason: &'static str);
+    /// Serves the connection up to its next response (or its end), on a task of its own.
+    fn drive(self: Box<Self>, dripper: &Rc<Dripper<Self>>) -> impl Future<Output = ()>;
+}
+
+/// The end reason an I/O error stands for; `other` for errors that say nothing about the peer.
+pub(super) fn io_end_reason(error: &std::io::Error, other: &'static str) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::ConnectionReset => "client_reset",
+        // TCP_USER_TIMEOUT or keepalive gave up: the peer vanished without FIN or RST.
+        std::io::ErrorKind::TimedOut => "peer_gone",
+        std::io::ErrorKind::BrokenPipe
+        | std::io::ErrorKind::ConnectionAborted
+        | std::io::ErrorKind::NotConnected => "client_closed",
+        _ => other,
+    }
+}
 
 /// Ticks due this close together are written in one wake-up.
 const COALESCE: Duration = Duration::from_millis(5);
@@ -81,15 +114,23 @@ impl Drop for LiveTask {
     }
 }
 
-#[derive(Default)]
-struct Queue {
-    entries: Slab<(Box<Connection>, DripState)>,
+struct Queue<C> {
+    entries: Slab<(Box<C>, DripState)>,
     deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
 }
 
-/// One worker's drip scheduler.
-pub(super) struct Dripper {
-    queue: RefCell<Queue>,
+impl<C> Default for Queue<C> {
+    fn default() -> Self {
+        Self {
+            entries: Slab::new(),
+            deadlines: BinaryHeap::new(),
+        }
+    }
+}
+
+/// One worker's drip scheduler, for the connections (`C`) it holds.
+pub(super) struct Dripper<C> {
+    queue: RefCell<Queue<C>>,
     /// Tells which held sockets were reset or hung up (see the module doc).
     hangups: Option<Epoll>,
     wake: Notify,
@@ -97,7 +138,7 @@ pub(super) struct Dripper {
     cancel: tokio_util::sync::CancellationToken,
 }
 
-impl Dripper {
+impl<C: Held> Dripper<C> {
     pub(super) fn new(
         live: Rc<Cell<usize>>,
         cancel: tokio_util::sync::CancellationToken,
@@ -122,17 +163,17 @@ impl Dripper {
     }
 
     /// Starts a task that serves `conn` up to its next response (or its end).
-    pub(super) fn spawn_connection(self: &Rc<Self>, conn: Box<Connection>) {
+    pub(super) fn spawn_connection(self: &Rc<Self>, conn: Box<C>) {
         let task = LiveTask::new(&self.live);
         let dripper = self.clone();
         tokio_uring::spawn(async move {
-            connection::drive(conn, &dripper).await;
+            conn.drive(&dripper).await;
             drop(task);
         });
     }
 
     /// Takes over a connection whose response head has been written.
-    pub(super) fn add(&self, conn: Box<Connection>, state: DripState) {
+    pub(super) fn add(&self, conn: Box<C>, state: DripState) {
         let mut queue = self.queue.borrow_mut();
         let earliest = queue
             .deadlines
@@ -141,7 +182,7 @@ impl Dripper {
         let key = queue.entries.vacant_key();
         if let Some(epoll) = &self.hangups {
             let event = EpollEvent::new(EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP, key as u64);
-            let _ = epoll.add(conn.stream_fd(), event);
+            let _ = epoll.add(conn.fd(), event);
         }
         queue.entries.insert((conn, state));
         queue.deadlines.push(Reverse((state.next, key)));
@@ -230,9 +271,9 @@ impl Dripper {
             else {
                 continue;
             };
-            match tick(conn, state, now) {
+            match tick(conn.as_ref(), state, now) {
                 Tick::Again => {
-                    let delay = conn.shared.settings.response_delay;
+                    let delay = conn.settings().response_delay;
                     // Keep the cadence; after a stall, resume from now rather than burst.
                     state.next = if state.next + delay <= now {
                         now + delay
@@ -254,12 +295,12 @@ impl Dripper {
     /// Records the end of a response, then reads the next request or closes.
     fn finish(
         self: &Rc<Self>,
-        mut conn: Box<Connection>,
+        mut conn: Box<C>,
         state: DripState,
         outcome: Result<(), &'static str>,
     ) {
         if let Some(epoll) = &self.hangups {
-            let _ = epoll.delete(conn.stream_fd());
+            let _ = epoll.delete(conn.fd());
         }
         conn.finish_response(&state, outcome);
         match outcome {
@@ -281,7 +322,7 @@ impl Dripper {
         };
         for (conn, state) in entries {
             if state.framing == Framing::Chunked {
-                let _ = send_now(&conn, CHUNKED_END);
+                let _ = send_now(conn.as_ref(), CHUNKED_END);
             }
             self.finish(conn, state, Err("shutdown"));
         }
@@ -289,9 +330,9 @@ impl Dripper {
 }
 
 /// A non-blocking send; a full socket buffer is not an error (`Ok(0)`).
-fn send_now(conn: &Connection, bytes: &[u8]) -> std::io::Result<usize> {
+fn send_now(conn: &impl Held, bytes: &[u8]) -> std::io::Result<usize> {
     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-    match send(conn.stream.as_raw_fd(), bytes, flags) {
+    match send(conn.fd().as_raw_fd(), bytes, flags) {
         Ok(n) => Ok(n),
         Err(Errno::EAGAIN) => Ok(0),
         Err(errno) => Err(std::io::Error::from(errno)),
@@ -299,11 +340,11 @@ fn send_now(conn: &Connection, bytes: &[u8]) -> std::io::Result<usize> {
 }
 
 /// Writes one tick (or the terminating chunk) of a response.
-fn tick(conn: &Connection, state: &mut DripState, now: Instant) -> Tick {
+fn tick(conn: &impl Held, state: &mut DripState, now: Instant) -> Tick {
     if now >= conn.lifetime_end() {
         return Tick::Done(Err("lifetime_exceeded"));
     }
-    let drip = &conn.shared.settings.drip;
+    let drip = &conn.settings().drip;
     let last = state.tick >= drip.ticks();
     let (bytes, payload) = match (last, state.framing) {
         (false, framing) => drip.tick(state.tick, framing),
@@ -325,6 +366,6 @@ fn tick(conn: &Connection, state: &mut DripState, now: Instant) -> Tick {
             state.offset += n as u16; // partial or full buffer: the rest goes next time
             Tick::Again
         }
-        Err(error) => Tick::Done(Err(connection::io_end_reason(&error, "write_error"))),
+        Err(error) => Tick::Done(Err(io_end_reason(&error, "write_error"))),
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tokio_uring::net::{TcpListener, TcpStream};
 
-use super::connection::Connection;
+use super::connection::{Connection, ConnectionDripper};
 use super::drip::{Dripper, LiveTask};
 use super::{Shared, listener};
 use crate::event::{ConnectionClosed, ConnectionOpened, Event};
@@ -116,7 +116,7 @@ fn admit(
     peer: SocketAddr,
     listen_addr: SocketAddr,
     shared: &Arc<Shared>,
-    dripper: &Rc<Dripper>,
+    dripper: &Rc<ConnectionDripper>,
 ) {
     let local = listener::local_addr(&stream).unwrap_or(listen_addr);
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);

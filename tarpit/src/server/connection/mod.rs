@@ -26,8 +26,9 @@ use tokio_uring::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::drip::{DripState, Dripper};
+use super::drip::{DripState, Dripper, Held, io_end_reason};
 use super::limits::ConnectionPermit;
+use super::settings::Settings;
 use crate::attribution::{EbpfLookup, TargetPorts};
 use crate::event::{ConnectionClosed, Event, RequestRecord, ResponseEnd};
 use crate::http::client_addr::{self, ClientAddr, ClientAddrSource};
@@ -39,13 +40,9 @@ use crate::http::response::Framing;
 const READ_CHUNK: usize = 2048;
 /// Received bytes kept, escaped, in `raw_preview` for input that is not a request.
 const RAW_PREVIEW_BYTES: usize = 512;
-/// Serves a connection up to its next response, then hands it to the dripper (or closes it).
-pub(super) async fn drive(mut conn: Box<Connection>, dripper: &Rc<Dripper>) {
-    match conn.next_response().await {
-        Ok(state) => dripper.add(conn, state),
-        Err(reason) => conn.close(reason),
-    }
-}
+
+/// The worker's dripper, holding connections of this module.
+pub(super) type ConnectionDripper = Dripper<Connection>;
 
 impl Connection {
     /// The state of a newly accepted connection: socket-level port attribution (one map
@@ -94,9 +91,19 @@ impl Connection {
             carried_preamble: false,
         })
     }
+}
 
-    /// Records the end of a response the dripper was writing.
-    pub(super) fn finish_response(&mut self, state: &DripState, outcome: Result<(), &'static str>) {
+impl Held for Connection {
+    /// Serves the connection up to its next response, then hands it to the dripper (or
+    /// closes it).
+    async fn drive(mut self: Box<Self>, dripper: &Rc<ConnectionDripper>) {
+        match self.next_response().await {
+            Ok(state) => dripper.add(self, state),
+            Err(reason) => self.close(reason),
+        }
+    }
+
+    fn finish_response(&mut self, state: &DripState, outcome: Result<(), &'static str>) {
         self.bytes_sent += state.sent;
         self.shared.events.send(Event::ResponseEnd(ResponseEnd {
             conn_id: self.conn_id,
@@ -108,8 +115,7 @@ impl Connection {
         }));
     }
 
-    /// Closes the connection and records how it ended.
-    pub(super) fn close(self: Box<Self>, end_reason: &'static str) {
+    fn close(self: Box<Self>, end_reason: &'static str) {
         // Wakes any read still pending in the ring, so the socket really closes.
         let _ = self.stream.shutdown(Shutdown::Both);
         self.shared
@@ -125,23 +131,24 @@ impl Connection {
         drop(self); // releases the permit and closes the socket
     }
 
-    /// The socket, for the dripper's non-blocking sends and epoll registration.
-    pub(super) fn stream_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsRawFd;
         // SAFETY: the fd belongs to `self.stream`, which outlives the borrow.
         unsafe { std::os::fd::BorrowedFd::borrow_raw(self.stream.as_raw_fd()) }
     }
 
-    /// The socket's pending error (SO_ERROR), e.g. ECONNRESET after a reset.
-    pub(super) fn socket_error(&self) -> Option<nix::errno::Errno> {
+    fn socket_error(&self) -> Option<nix::errno::Errno> {
         use nix::sys::socket::{getsockopt, sockopt::SocketError};
-        let code = getsockopt(&self.stream_fd(), SocketError).ok()?;
+        let code = getsockopt(&self.fd(), SocketError).ok()?;
         (code != 0).then(|| nix::errno::Errno::from_raw(code))
     }
 
-    /// When the connection must end, whatever it is doing.
-    pub(super) fn lifetime_end(&self) -> Instant {
+    fn lifetime_end(&self) -> Instant {
         self.waits.lifetime_end
+    }
+
+    fn settings(&self) -> &Settings {
+        &self.shared.settings
     }
 }
 
@@ -716,19 +723,6 @@ impl Connection {
             raw_preview: None,
             geo: Default::default(),
         }
-    }
-}
-
-/// The end reason an I/O error stands for.
-pub(super) fn io_end_reason(error: &std::io::Error, other: &'static str) -> &'static str {
-    match error.kind() {
-        std::io::ErrorKind::ConnectionReset => "client_reset",
-        // TCP_USER_TIMEOUT or keepalive gave up: the peer vanished without FIN or RST.
-        std::io::ErrorKind::TimedOut => "peer_gone",
-        std::io::ErrorKind::BrokenPipe
-        | std::io::ErrorKind::ConnectionAborted
-        | std::io::ErrorKind::NotConnected => "client_closed",
-        _ => other,
     }
 }
 
