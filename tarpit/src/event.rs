@@ -69,7 +69,7 @@ impl Event {
 
     /// What the event holds in memory while queued: itself plus the heap bytes of its
     /// strings and buffers (capacities, as the allocator sees them). The queues are bounded
-    /// by this ([`crate::queue::ByteBudget`]).
+    /// by this (the byte budgets of the `queue` module).
     pub fn queued_bytes(&self) -> usize {
         let text = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
         std::mem::size_of::<Event>()

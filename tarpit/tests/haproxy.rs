@@ -4,21 +4,11 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::fronts;
 use common::netns::prerequisites_met;
 use common::{FAST, FAST_BODY, Tarpit, read_response, wait_for};
-
-/// HAProxy in the foreground; killed on drop.
-struct Haproxy(std::process::Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn haproxy_send_proxy_v2_gives_the_scanners_address() {
@@ -26,33 +16,8 @@ fn haproxy_send_proxy_v2_gives_the_scanners_address() {
         return;
     }
     let tarpit = Tarpit::start(&[FAST, &["--proxy-protocol", "true"]].concat());
-    let front = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    // The shipped configuration, with the test's ports.
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/haproxy/tarpit.cfg"
-    ))
-    .unwrap();
-    // This machine caps descriptors at 20,000; HAProxy wants two per connection.
-    let config = shipped
-        .replace("maxconn 100000", "maxconn 4000")
-        .replace("bind :80", &format!("bind 127.0.0.1:{front}"))
-        .replace("127.0.0.1:8080", &tarpit.addr.to_string());
-    let path = tarpit.dir.join("haproxy.cfg");
-    std::fs::write(&path, config).unwrap();
-    let _haproxy = Haproxy(
-        Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy starts"),
-    );
+    let front = fronts::free_port();
+    let _haproxy = fronts::haproxy(&tarpit, front);
     let mut stream = wait_for(Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", front)).ok()
     })

@@ -45,13 +45,43 @@ fn max_connections_refuses_the_extra_one() {
 
 #[test]
 fn max_connections_per_ip_refuses_the_extra_one() {
-    let tarpit = Tarpit::start(&["--max-connections-per-ip", "3", "--response-delay", "10"]);
+    // Loopback is a trusted proxy by default, whose own address is never capped (its clients
+    // are, once named: tests/per_client_limits.rs); here it is an ordinary client.
+    let tarpit = Tarpit::start(&[
+        "--max-connections-per-ip",
+        "3",
+        "--response-delay",
+        "10",
+        "--trusted-proxies",
+        "192.0.2.0/24",
+    ]);
     let held: Vec<_> = (0..3).map(|_| tarpit.connect()).collect();
     tarpit.wait_count("SELECT COUNT(*) FROM connections", 3);
     assert_refused_at_once(&tarpit);
     tarpit.wait_count(
         "SELECT COUNT(*) FROM connections WHERE end_reason = 'refused_per_ip'",
         1,
+    );
+    drop(held);
+}
+
+#[test]
+fn a_trusted_proxys_own_address_is_never_capped() {
+    // Loopback is trusted by default: connections that name no client are the proxy's own.
+    let tarpit = Tarpit::start(&["--max-connections-per-ip", "2", "--response-delay", "10"]);
+    let held: Vec<_> = (0..5)
+        .map(|_| {
+            let mut s = tarpit.connect();
+            s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            let mut first = [0u8; 12];
+            s.read_exact(&mut first).unwrap();
+            assert_eq!(&first, b"HTTP/1.1 200");
+            s
+        })
+        .collect();
+    assert_eq!(
+        tarpit.count("SELECT COUNT(*) FROM connections WHERE end_reason LIKE 'refused%'"),
+        0
     );
     drop(held);
 }

@@ -7,9 +7,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::fronts::{self, free_port};
 use common::netns::prerequisites_met;
 use common::{Tarpit, wait_for};
 
@@ -24,28 +24,6 @@ const HELD: &[&str] = &[
     "--max-connections-per-ip",
     "2",
 ];
-
-/// A front end in the foreground; SIGQUIT then kill on drop (nginx's master stops its workers
-/// on SIGQUIT; HAProxy stops on either).
-struct Front(Child);
-
-impl Drop for Front {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
-        std::thread::sleep(Duration::from_millis(200));
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Connects to the front end from `source` (another loopback address: another client).
 fn connect_from(source: &str, front: u16) -> TcpStream {
@@ -139,26 +117,7 @@ fn behind_haproxy_the_cap_counts_each_scanner_not_the_proxy() {
     }
     let tarpit = Tarpit::start(&[HELD, &["--proxy-protocol", "true"]].concat());
     let front = free_port();
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/haproxy/tarpit.cfg"
-    ))
-    .unwrap();
-    let config = shipped
-        .replace("maxconn 100000", "maxconn 4000")
-        .replace("bind :80", &format!("bind 127.0.0.1:{front}"))
-        .replace("127.0.0.1:8080", &tarpit.addr.to_string());
-    let path = tarpit.dir.join("haproxy.cfg");
-    std::fs::write(&path, config).unwrap();
-    let _haproxy = Front(
-        Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy starts"),
-    );
+    let _haproxy = fronts::haproxy(&tarpit, front);
     a_capped_client_cannot_starve_another(&tarpit, front, "proxy-protocol");
 }
 
@@ -169,36 +128,6 @@ fn behind_nginx_the_cap_counts_each_scanner_not_the_proxy() {
     }
     let tarpit = Tarpit::start(HELD);
     let front = free_port();
-    let site = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/nginx/tarpit-site.conf"
-    ))
-    .unwrap()
-    .replace(
-        "listen 80 default_server;",
-        &format!("listen 127.0.0.1:{front} default_server;"),
-    )
-    .replace("listen [::]:80 default_server;", "")
-    .replace("127.0.0.1:8080", &tarpit.addr.to_string());
-    let dir = tarpit.dir.display();
-    let conf = tarpit.dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "pid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\nevents {{}}\n\
-             http {{\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n{site}\n}}\n"
-        ),
-    )
-    .unwrap();
-    let _nginx = Front(
-        Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx starts"),
-    );
+    let _nginx = fronts::nginx(&tarpit, front);
     a_capped_client_cannot_starve_another(&tarpit, front, "x-real-ip");
 }

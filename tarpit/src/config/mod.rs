@@ -1,5 +1,5 @@
 //! The tarpit's configuration: one TOML file, every key optional, every key overridable by a
-//! `run` flag (see [`crate::cli`]).
+//! `run` flag (see the `cli` module).
 //!
 //! Parsing is strict on purpose: an operator who mistypes `respones_delay` must be told, not
 //! silently given the default. Every error names the file, the key and the reason

@@ -372,32 +372,11 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        let seed = [
-            "id",
-            "timestamp",
-            "client_ip",
-            "client_port",
-            "target_port",
-            "http_method",
-            "http_path",
-            "http_query",
-            "user_agent",
-            "headers_json",
-            "response_status",
-            "bytes_sent",
-            "duration_s",
-            "error_message",
-            "country_iso_code",
-            "country_name",
-            "city_name",
-            "latitude",
-            "longitude",
-            "asn_number",
-            "asn_organization",
-            "reported_to_abuseipdb",
-            "abuseipdb_report_timestamp",
-        ];
+        // The replaced tool's columns first, in its order (target_port after client_port).
+        let mut seed = legacy::LEGACY_COLUMNS.to_vec();
+        seed.insert(4, "target_port");
         assert_eq!(&columns[..seed.len()], &seed[..]);
+        assert_eq!(seed.len(), 23);
         for ours in ["conn_id", "end_reason", "closed_at", "target_port_source"] {
             assert!(columns.iter().any(|c| c == ours), "{ours}");
         }

@@ -5,6 +5,7 @@
 
 pub mod dataset;
 pub mod fake_api;
+pub mod fronts;
 pub mod netns;
 
 use std::io::{Read, Write};

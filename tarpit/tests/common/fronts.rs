@@ -1,0 +1,91 @@
+//! Real front ends from apt, started by a test in front of its tarpit on a free loopback port:
+//! HAProxy with the shipped `deploy/haproxy/tarpit.cfg` (send-proxy-v2) and nginx with the
+//! shipped `deploy/nginx/tarpit-site.conf`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::Tarpit;
+
+/// A front end in the foreground: SIGQUIT (nginx's master stops its workers on it), then
+/// kill, on drop.
+pub struct Front(Child);
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// HAProxy on 127.0.0.1:`front`, passing to `tarpit` with a PROXY v2 preamble.
+pub fn haproxy(tarpit: &Tarpit, front: u16) -> Front {
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/haproxy/tarpit.cfg"
+    ))
+    .unwrap();
+    // This machine caps descriptors at 20,000; HAProxy wants two per connection.
+    let config = shipped
+        .replace("maxconn 100000", "maxconn 4000")
+        .replace("bind :80", &format!("bind 127.0.0.1:{front}"))
+        .replace("127.0.0.1:8080", &tarpit.addr.to_string());
+    let path = tarpit.dir.join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    Front(
+        Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy starts"),
+    )
+}
+
+/// nginx on 127.0.0.1:`front`, proxying to `tarpit` with X-Real-IP and the other headers.
+pub fn nginx(tarpit: &Tarpit, front: u16) -> Front {
+    let site = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/nginx/tarpit-site.conf"
+    ))
+    .unwrap()
+    .replace(
+        "listen 80 default_server;",
+        &format!("listen 127.0.0.1:{front} default_server;"),
+    )
+    .replace("listen [::]:80 default_server;", "")
+    .replace("127.0.0.1:8080", &tarpit.addr.to_string());
+    let dir = tarpit.dir.display();
+    let conf = tarpit.dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\nevents {{}}\n\
+             http {{\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n{site}\n}}\n"
+        ),
+    )
+    .unwrap();
+    Front(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx starts"),
+    )
+}
