@@ -90,6 +90,11 @@ fn a_flood_of_big_heads_against_a_stalled_sink_stays_within_the_byte_budgets() {
     // allocator slack. Without byte bounds the stalled sink alone would hold the whole flood
     // (about 3000 x 16 KiB = 47 MiB).
     let bound = 3 * BUDGET + 8 * 1024 * 1024;
+    eprintln!(
+        "RSS grew by {} KiB during the flood (bound {} KiB)",
+        grown / 1024,
+        bound / 1024
+    );
     assert!(
         grown < bound,
         "RSS grew by {} KiB during a flood of {FLOOD} 15 KiB heads (bound {} KiB)",
