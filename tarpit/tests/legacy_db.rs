@@ -120,6 +120,7 @@ fn adopt(with_target_port: bool) {
     };
     let before = rows(&db, legacy_columns);
     assert_eq!(before.len(), 5);
+    let original_bytes = std::fs::read(&db).unwrap();
 
     // Offline commands refuse to read it before migration, and change nothing.
     let out = tarpit_cmd(dir.path(), &["stats"]);
@@ -142,8 +143,9 @@ fn adopt(with_target_port: bool) {
         .collect();
     assert_eq!(log_lines.len(), 1, "one log line names the copy: {stderr}");
 
-    // The copy is the original, unchanged.
+    // The copy is the original, byte for byte.
     let backup = dir.path().join("data/tarpit_events.db.pre-migration");
+    assert_eq!(std::fs::read(&backup).unwrap(), original_bytes);
     assert_eq!(rows(&backup, legacy_columns), before);
     let conn = rusqlite::Connection::open(&backup).unwrap();
     let version: i64 = conn

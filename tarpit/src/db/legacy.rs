@@ -136,37 +136,41 @@ pub fn inspect(conn: &Connection) -> Result<Unversioned, DbError> {
 
 /// Where the copy of a file is kept before it is migrated.
 pub fn backup_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".pre-migration");
-    PathBuf::from(name)
+    suffixed(path, ".pre-migration")
 }
 
-/// Saves a copy of the database (with whatever its WAL holds) to `FILE.pre-migration`, then
-/// brings the replaced tool's table to our version 1 in one transaction. The copy is made with
-/// `VACUUM INTO`, which reads through SQLite and so includes committed pages still in the WAL
-/// that a plain file copy would miss; an existing copy is never overwritten.
-pub fn migrate_in_place(
-    conn: &mut Connection,
-    path: &Path,
-    has_target_port: bool,
-) -> Result<PathBuf, DbError> {
+/// Copies the file, byte for byte, to `FILE.pre-migration` (and a WAL the replaced tool left
+/// beside it to `FILE.pre-migration-wal`, so the copy opens with everything that was
+/// committed), before anything touches it, and says so in one log line. An existing copy is
+/// never overwritten: it is the original of an earlier attempt.
+pub fn save_copy(path: &Path) -> Result<PathBuf, DbError> {
     let backup = backup_path(path);
+    let copy_error = |source: std::io::Error| DbError::Copy {
+        path: path.display().to_string(),
+        backup: backup.display().to_string(),
+        source,
+    };
     if backup.exists() {
         return Err(DbError::BackupExists {
             path: path.display().to_string(),
             backup: backup.display().to_string(),
         });
     }
-    let backup_text = backup.to_str().ok_or_else(|| DbError::BackupExists {
-        path: path.display().to_string(),
-        backup: format!("{} (not UTF-8)", backup.display()),
-    })?;
-    conn.execute("VACUUM INTO ?1", [backup_text])?;
+    std::fs::copy(path, &backup).map_err(copy_error)?;
+    let wal = suffixed(path, "-wal");
+    if wal.metadata().is_ok_and(|m| m.len() > 0) {
+        std::fs::copy(&wal, suffixed(&backup, "-wal")).map_err(copy_error)?;
+    }
     tracing::info!(
         database = %path.display(),
         copy = %backup.display(),
-        "migrating the replaced tool's database in place; the original is saved as the copy"
+        "migrating the replaced tool's database in place; the original is kept as the copy"
     );
+    Ok(backup)
+}
+
+/// Brings the replaced tool's table to our schema version 1, in one transaction.
+pub fn migrate_in_place(conn: &mut Connection, has_target_port: bool) -> Result<(), DbError> {
     let tx = conn.transaction()?;
     if !has_target_port {
         tx.execute_batch("ALTER TABLE events ADD COLUMN target_port INTEGER;")?;
@@ -174,7 +178,14 @@ pub fn migrate_in_place(
     tx.execute_batch(TO_VERSION_1)?;
     tx.pragma_update(None, "user_version", 1)?;
     tx.commit()?;
-    Ok(backup)
+    Ok(())
+}
+
+/// `path` with `suffix` appended to its file name.
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 #[cfg(test)]
@@ -230,5 +241,31 @@ mod tests {
             })
             .unwrap();
         assert_eq!(reason, None);
+    }
+
+    #[test]
+    fn the_copy_holds_what_only_the_wal_had_and_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+                 CREATE TABLE events (id INTEGER PRIMARY KEY, timestamp TEXT);
+                 INSERT INTO events (timestamp) VALUES ('a'), ('b'), ('c');",
+            )
+            .unwrap();
+        // The writer stays open: the rows are in the WAL only.
+        let backup = save_copy(&path).unwrap();
+        let copy = Connection::open(&backup).unwrap();
+        let n: i64 = copy
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 3);
+        drop((copy, writer));
+        assert!(matches!(
+            save_copy(&path),
+            Err(DbError::BackupExists { .. })
+        ));
     }
 }

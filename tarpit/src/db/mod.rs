@@ -57,6 +57,16 @@ pub enum DbError {
         /// The copy that is in the way.
         backup: String,
     },
+    /// The copy made before a migration could not be written.
+    #[error("{path} needs migrating, but copying it to {backup} failed: {source}")]
+    Copy {
+        /// The database file.
+        path: String,
+        /// The copy.
+        backup: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A read-only command was given a database that must be migrated first.
     #[error(
         "{path} has schema version {found} and needs migrating to {supported}: run \
@@ -190,10 +200,14 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
         },
         _ => None,
     };
+    // The copy comes before anything is written, WAL mode included.
+    if adopt_legacy.is_some() {
+        legacy::save_copy(path)?;
+    }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     if let Some(has_target_port) = adopt_legacy {
-        legacy::migrate_in_place(&mut conn, path, has_target_port)?;
+        legacy::migrate_in_place(&mut conn, has_target_port)?;
     }
     migrate(&mut conn)?;
     Ok(conn)
