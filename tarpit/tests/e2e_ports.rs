@@ -204,11 +204,8 @@ fn a_second_tarpit_in_the_namespace_does_not_break_the_first() {
 
 /// Scrapes the metrics endpoint on 127.0.0.1:`port` inside the sensor namespace.
 fn scrape_in(lab: &Lab, port: u16) -> String {
-    let path = format!("/var/run/netns/{}", lab.sensor);
-    std::thread::spawn(move || {
+    lab.as_sensor(move || {
         use std::io::{Read, Write};
-        let ns = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
             .unwrap();
@@ -216,8 +213,6 @@ fn scrape_in(lab: &Lab, port: u16) -> String {
         s.read_to_string(&mut text).unwrap();
         text
     })
-    .join()
-    .unwrap()
 }
 
 /// Under a SYN flood the hook's LRU map evicts entries before their connections are accepted:

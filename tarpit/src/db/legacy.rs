@@ -45,7 +45,8 @@ pub const LEGACY_COLUMNS: &[&str] = &[
 /// creates that the old table lacks, the indexes, and the `connections` table. Columns are added
 /// nullable, so old rows read NULL in them; `(conn_id, request_seq)` is unique through an index,
 /// which SQLite lets hold any number of NULL pairs.
-const TO_VERSION_1: &str = r#"
+const TO_VERSION_1: &str = concat!(
+    r#"
     ALTER TABLE events ADD COLUMN conn_id INTEGER;
     ALTER TABLE events ADD COLUMN request_seq INTEGER;
     ALTER TABLE events ADD COLUMN http_version TEXT;
@@ -68,22 +69,9 @@ const TO_VERSION_1: &str = r#"
     CREATE UNIQUE INDEX IF NOT EXISTS events_conn_request ON events (conn_id, request_seq);
     CREATE INDEX IF NOT EXISTS events_timestamp ON events (timestamp);
     CREATE INDEX IF NOT EXISTS events_client_ip ON events (client_ip);
-    CREATE TABLE connections (
-        conn_id INTEGER PRIMARY KEY,
-        opened_at TEXT NOT NULL,
-        peer_ip TEXT NOT NULL,
-        peer_port INTEGER NOT NULL,
-        local_ip TEXT NOT NULL,
-        local_port INTEGER NOT NULL,
-        worker INTEGER,
-        closed_at TEXT,
-        end_reason TEXT,
-        requests INTEGER,
-        bytes_sent INTEGER,
-        duration_s REAL
-    );
-    CREATE INDEX connections_opened_at ON connections (opened_at);
-"#;
+"#,
+    super::connections_ddl!()
+);
 
 /// What a file with `user_version` 0 holds.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -82,10 +82,36 @@ pub enum DbError {
     },
 }
 
+/// The `connections` table of schema version 1, shared by the first migration and the
+/// adoption of the replaced tool's database ([`legacy`]), which had no such table.
+macro_rules! connections_ddl {
+    () => {
+        r#"
+    CREATE TABLE connections (
+        conn_id INTEGER PRIMARY KEY,
+        opened_at TEXT NOT NULL,
+        peer_ip TEXT NOT NULL,
+        peer_port INTEGER NOT NULL,
+        local_ip TEXT NOT NULL,
+        local_port INTEGER NOT NULL,
+        worker INTEGER,
+        closed_at TEXT,
+        end_reason TEXT,
+        requests INTEGER,
+        bytes_sent INTEGER,
+        duration_s REAL
+    );
+    CREATE INDEX connections_opened_at ON connections (opened_at);
+"#
+    };
+}
+pub(crate) use connections_ddl;
+
 /// Migrations, in order; migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
     // 1: the replaced tool's `events` columns first, then ours; and `connections`.
-    r#"
+    concat!(
+        r#"
     CREATE TABLE events (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         timestamp TEXT NOT NULL,
@@ -133,22 +159,9 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX events_timestamp ON events (timestamp);
     CREATE INDEX events_client_ip ON events (client_ip);
-    CREATE TABLE connections (
-        conn_id INTEGER PRIMARY KEY,
-        opened_at TEXT NOT NULL,
-        peer_ip TEXT NOT NULL,
-        peer_port INTEGER NOT NULL,
-        local_ip TEXT NOT NULL,
-        local_port INTEGER NOT NULL,
-        worker INTEGER,
-        closed_at TEXT,
-        end_reason TEXT,
-        requests INTEGER,
-        bytes_sent INTEGER,
-        duration_s REAL
-    );
-    CREATE INDEX connections_opened_at ON connections (opened_at);
-    "#,
+"#,
+        connections_ddl!()
+    ),
     // 2: whether the eBPF hook saw a translation (`translated` / `untranslated` / NULL = off).
     "ALTER TABLE events ADD COLUMN ebpf_lookup TEXT;",
     // 3: AbuseIPDB reports, so the per-address interval and the daily budget survive restarts.

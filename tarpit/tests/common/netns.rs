@@ -108,15 +108,26 @@ impl Lab {
 
     /// Runs `f` on a thread that has joined the client namespace.
     pub fn as_client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.client);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("client namespace");
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("client thread")
+        in_namespace(&self.client, f)
     }
+
+    /// Runs `f` on a thread that has joined the sensor namespace (to reach the tarpit's
+    /// loopback-only endpoints, such as metrics).
+    pub fn as_sensor<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_namespace(&self.sensor, f)
+    }
+}
+
+/// Runs `f` on a thread that has joined the network namespace `name`.
+fn in_namespace<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{name}");
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).expect("namespace");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("namespace thread")
 }
 
 impl Drop for Lab {
