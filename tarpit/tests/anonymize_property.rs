@@ -233,29 +233,16 @@ fn cells_jsonl(path: &Path) -> Vec<String> {
 }
 
 fn cells_parquet(path: &Path) -> Vec<String> {
-    use arrow_array::{Array, BinaryArray, StringArray};
-    let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let mut cells = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        for column in batch.columns() {
-            for i in 0..column.len() {
-                if column.is_null(i) {
-                    continue;
-                }
-                if let Some(a) = column.as_any().downcast_ref::<StringArray>() {
-                    cells.push(a.value(i).to_owned());
-                } else if let Some(a) = column.as_any().downcast_ref::<BinaryArray>() {
-                    cells.push(a.value(i).iter().map(|b| format!("{b:02x}")).collect());
-                }
-            }
-        }
-    }
-    cells
+    use rusqlite::types::Value;
+    common::dataset::read_parquet(path)
+        .into_iter()
+        .flat_map(|row| row.into_values())
+        .filter_map(|value| match value {
+            Value::Text(text) => Some(text),
+            Value::Blob(bytes) => Some(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]

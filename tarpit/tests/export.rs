@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::dataset::{self, CLIENTS, SENSOR};
+use common::dataset::{self, CLIENTS, SENSOR, read_parquet};
 use rusqlite::types::Value;
 
 fn tarpit(args: &[&str]) -> (bool, String) {
@@ -40,7 +40,7 @@ fn export(db: &Path, out: &Path, format: &str, extra: &[&str]) -> String {
 
 /// A row as column name -> value, in the file's own terms made comparable: text formats
 /// cannot tell NULL from "" (CSV) or carry BLOBs but as hex.
-type Row = HashMap<String, Value>;
+type Row = dataset::Row;
 
 fn db_rows(db: &Path, since: Option<&str>) -> Vec<Row> {
     let conn = rusqlite::Connection::open(db).unwrap();
@@ -92,43 +92,6 @@ fn read_jsonl(path: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-/// Every cell of a Parquet file, as SQLite values (strings as text, binary as BLOB).
-fn read_parquet(path: &Path) -> Vec<Row> {
-    use arrow_array::{Array, BinaryArray, Float64Array, Int64Array, StringArray};
-    let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        let schema = batch.schema();
-        for i in 0..batch.num_rows() {
-            let mut row = Row::new();
-            for (c, field) in schema.fields().iter().enumerate() {
-                let column = batch.column(c);
-                let value = if column.is_null(i) {
-                    Value::Null
-                } else if let Some(a) = column.as_any().downcast_ref::<Int64Array>() {
-                    Value::Integer(a.value(i))
-                } else if let Some(a) = column.as_any().downcast_ref::<Float64Array>() {
-                    Value::Real(a.value(i))
-                } else if let Some(a) = column.as_any().downcast_ref::<StringArray>() {
-                    Value::Text(a.value(i).to_owned())
-                } else if let Some(a) = column.as_any().downcast_ref::<BinaryArray>() {
-                    Value::Blob(a.value(i).to_vec())
-                } else {
-                    panic!("unexpected type of {}", field.name())
-                };
-                row.insert(field.name().clone(), value);
-            }
-            rows.push(row);
-        }
-    }
-    rows
 }
 
 fn fixture(rows: usize) -> (tempfile::TempDir, PathBuf) {

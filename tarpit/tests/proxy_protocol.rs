@@ -17,21 +17,25 @@ fn v2_tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     out
 }
 
+/// Sends `preamble` then `request`, expects the whole drip, and waits for the row.
+fn send_after(tarpit: &Tarpit, preamble: &[u8], request: &[u8]) {
+    let mut stream = tarpit.connect();
+    stream.write_all(&[preamble, request].concat()).unwrap();
+    assert!(read_response(&mut stream).ends_with(FAST_BODY));
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE end_reason IS NOT NULL",
+        1,
+    );
+}
+
 /// Sends `preamble` then a request; returns the row's client columns and header port.
 fn exchange(
     tarpit: &Tarpit,
     preamble: &[u8],
     path: &str,
 ) -> (String, Option<i64>, String, Option<i64>, Option<String>) {
-    let mut stream = tarpit.connect();
-    let mut bytes = preamble.to_vec();
-    bytes.extend_from_slice(format!("GET {path} HTTP/1.1\r\nX-Real-Port: 9\r\n\r\n").as_bytes());
-    stream.write_all(&bytes).unwrap();
-    assert!(read_response(&mut stream).ends_with(FAST_BODY));
-    tarpit.wait_count(
-        "SELECT COUNT(*) FROM events WHERE end_reason IS NOT NULL",
-        1,
-    );
+    let request = format!("GET {path} HTTP/1.1\r\nX-Real-Port: 9\r\n\r\n");
+    send_after(tarpit, preamble, request.as_bytes());
     tarpit
         .db()
         .query_row(
@@ -163,17 +167,11 @@ fn malformed_preamble_from_a_trusted_peer_is_recorded() {
 /// Sends `preamble` and a request carrying the scanner's own forwarding headers; returns
 /// (client_ip, client_ip_source, target_port_header, target_port).
 fn forged_headers_after(tarpit: &Tarpit, preamble: &[u8]) -> (String, String, Option<i64>, i64) {
-    let mut stream = tarpit.connect();
-    let mut bytes = preamble.to_vec();
-    bytes.extend_from_slice(
+    send_after(
+        tarpit,
+        preamble,
         b"GET /forged HTTP/1.1\r\nX-Real-IP: 8.8.4.4\r\nX-Forwarded-For: 8.8.8.8\r\n\
           X-Real-Port: 53\r\nX-Local-Addr: 10.9.9.9:22\r\nX-Tarpit-Target-Port: 31337\r\n\r\n",
-    );
-    stream.write_all(&bytes).unwrap();
-    assert!(read_response(&mut stream).ends_with(FAST_BODY));
-    tarpit.wait_count(
-        "SELECT COUNT(*) FROM events WHERE end_reason IS NOT NULL",
-        1,
     );
     tarpit
         .db()

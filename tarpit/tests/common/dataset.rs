@@ -110,3 +110,44 @@ pub fn synthetic_db(path: &Path, rows: usize) {
     }
     tx.commit().unwrap();
 }
+
+/// A row as column name -> value.
+pub type Row = std::collections::HashMap<String, rusqlite::types::Value>;
+
+/// Every cell of a Parquet file, as SQLite values (strings as text, binary as BLOB).
+pub fn read_parquet(path: &Path) -> Vec<Row> {
+    use arrow_array::{Array, BinaryArray, Float64Array, Int64Array, StringArray};
+    use rusqlite::types::Value;
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let schema = batch.schema();
+        for i in 0..batch.num_rows() {
+            let mut row = Row::new();
+            for (c, field) in schema.fields().iter().enumerate() {
+                let column = batch.column(c);
+                let value = if column.is_null(i) {
+                    Value::Null
+                } else if let Some(a) = column.as_any().downcast_ref::<Int64Array>() {
+                    Value::Integer(a.value(i))
+                } else if let Some(a) = column.as_any().downcast_ref::<Float64Array>() {
+                    Value::Real(a.value(i))
+                } else if let Some(a) = column.as_any().downcast_ref::<StringArray>() {
+                    Value::Text(a.value(i).to_owned())
+                } else if let Some(a) = column.as_any().downcast_ref::<BinaryArray>() {
+                    Value::Blob(a.value(i).to_vec())
+                } else {
+                    panic!("unexpected type of {}", field.name())
+                };
+                row.insert(field.name().clone(), value);
+            }
+            rows.push(row);
+        }
+    }
+    rows
+}
