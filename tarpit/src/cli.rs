@@ -227,6 +227,9 @@ pub struct Overrides {
     /// [ebpf] map_entries: size of the kernel map of original destinations.
     #[arg(long)]
     pub ebpf_map_entries: Option<u32>,
+    /// [classify] rules: an operator rule file, read after the built-in rules.
+    #[arg(long)]
+    pub classify_rules: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -274,6 +277,9 @@ impl Overrides {
             &self.geoip_reload_interval,
         );
         set(&mut config.ebpf.map_entries, &self.ebpf_map_entries);
+        if let Some(rules) = &self.classify_rules {
+            config.classify.rules = Some(rules.clone());
+        }
     }
 }
 

@@ -9,9 +9,12 @@
 //! the head is parsed or rejected) and a `response_end` ("after"), then `connection_closed`.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
+
+use crate::fingerprint::{Fingerprint, SynFields};
 
 /// One thing that happened to one connection.
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +93,9 @@ impl Event {
                             .map(|(k, v)| k.capacity() + v.capacity())
                             .sum::<usize>()
                         + r.geo.heap_bytes()
+                        + r.fingerprint.heap_bytes()
+                        + r.client_hello.as_ref().map_or(0, Vec::capacity)
+                        + r.tags.capacity() * std::mem::size_of::<Arc<str>>()
                 }
                 Event::AbuseReport(r) => {
                     std::mem::size_of::<AbuseReport>()
@@ -192,6 +198,20 @@ pub struct RequestRecord {
     /// ... `asn_organization`, flattened into the JSON line).
     #[serde(flatten)]
     pub geo: GeoInfo,
+    /// SYN, TLS and header-order fingerprints, derived on the pipeline from what the worker
+    /// captured (the worker fills only `header_order`).
+    #[serde(flatten)]
+    pub fingerprint: Fingerprint,
+    /// The client's SYN as the worker parsed it; `None` behind a proxy (it would be the
+    /// proxy's). Turned into `fingerprint` on the pipeline.
+    #[serde(skip)]
+    pub syn: Option<SynFields>,
+    /// The ClientHello record of TLS input, for the pipeline to fingerprint; freed there.
+    #[serde(skip)]
+    pub client_hello: Option<Vec<u8>>,
+    /// Classification tags (`attack:sqli`, `tool:curl`, ...), filled by the pipeline; the
+    /// `request_tags` table's rows.
+    pub tags: Vec<Arc<str>>,
 }
 
 /// The end of one response: completes the row that the `request` event created.

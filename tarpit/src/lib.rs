@@ -10,12 +10,14 @@
 pub mod abuseipdb;
 pub mod address_text;
 pub mod attribution;
+pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod ebpf;
 pub mod event;
 pub mod export;
+pub mod fingerprint;
 pub mod geoip;
 pub mod http;
 pub mod log_throttle;

@@ -117,6 +117,10 @@ impl MetricsSink {
                 if crate::attribution::recorded_ebpf_miss(r.ebpf_lookup, r.target_port_source) {
                     counter!("tarpit_ebpf_map_misses_total").increment(1);
                 }
+                // Label values come only from the rule set's tags, so the series are bounded.
+                for tag in &r.tags {
+                    counter!("tarpit_request_tags_total", "tag" => tag.to_string()).increment(1);
+                }
             }
             Event::ResponseEnd(e) => {
                 counter!("tarpit_bytes_dripped_total").increment(e.bytes_sent);

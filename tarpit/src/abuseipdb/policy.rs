@@ -268,6 +268,10 @@ mod tests {
                 asn_number: asn,
                 ..Default::default()
             },
+            fingerprint: Default::default(),
+            syn: None,
+            client_hello: None,
+            tags: Vec::new(),
         }
     }
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use sections::{
-    AbuseIpDbConfig, EbpfConfig, GeoIpConfig, MetricsConfig, ServerConfig, StorageConfig,
-    TarpitConfig,
+    AbuseIpDbConfig, ClassifyConfig, EbpfConfig, GeoIpConfig, MetricsConfig, ServerConfig,
+    StorageConfig, TarpitConfig,
 };
 
 /// A configuration problem, located precisely enough that the operator can fix it in one edit.
@@ -58,6 +58,8 @@ pub struct Config {
     pub abuseipdb: AbuseIpDbConfig,
     /// Prometheus metrics.
     pub metrics: MetricsConfig,
+    /// Request classification.
+    pub classify: ClassifyConfig,
 }
 
 impl Config {

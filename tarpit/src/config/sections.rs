@@ -138,6 +138,15 @@ impl Default for GeoIpConfig {
     }
 }
 
+/// `[classify]`: the classification rules (see `tarpit/assets/classify-rules.toml`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifyConfig {
+    /// An operator rule file read after the built-in rules (same `id` replaces, new `id`
+    /// adds); re-read when it changes. None: the built-in rules only.
+    pub rules: Option<PathBuf>,
+}
+
 /// `[ebpf]`: the netfilter hook that records original destination ports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -164,6 +164,13 @@ impl Config {
                 return err(key, "must not be empty".into());
             }
         }
+        // The rule file is loaded here, so a bad rule stops the start with file, rule and
+        // reason (later edits are re-read by the pipeline, which keeps the old rules on error).
+        if let Some(rules) = &self.classify.rules
+            && let Err(error) = crate::classify::rules::load(Some(rules))
+        {
+            return err("classify.rules", error.to_string());
+        }
         Ok(())
     }
 }

@@ -181,6 +181,32 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX abuseipdb_reports_time ON abuseipdb_reports (reported_at);
     "#,
+    // 4: fingerprints (SYN, TLS ClientHello, header order) and classification tags. Tags are
+    // keyed by the row id, so rows of the replaced tool's database (no conn_id) get them too.
+    r#"
+    ALTER TABLE events ADD COLUMN syn_ttl INTEGER;
+    ALTER TABLE events ADD COLUMN syn_initial_ttl INTEGER;
+    ALTER TABLE events ADD COLUMN syn_df INTEGER;
+    ALTER TABLE events ADD COLUMN syn_window INTEGER;
+    ALTER TABLE events ADD COLUMN syn_mss INTEGER;
+    ALTER TABLE events ADD COLUMN syn_wscale INTEGER;
+    ALTER TABLE events ADD COLUMN syn_options TEXT;
+    ALTER TABLE events ADD COLUMN syn_fp TEXT;
+    ALTER TABLE events ADD COLUMN tls_version TEXT;
+    ALTER TABLE events ADD COLUMN tls_sni TEXT;
+    ALTER TABLE events ADD COLUMN tls_alpn TEXT;
+    ALTER TABLE events ADD COLUMN ja4 TEXT;
+    ALTER TABLE events ADD COLUMN header_order TEXT;
+    ALTER TABLE events ADD COLUMN header_order_hash TEXT;
+    CREATE TABLE request_tags (
+        event_id INTEGER NOT NULL REFERENCES events (id),
+        conn_id INTEGER,
+        request_seq INTEGER,
+        tag TEXT NOT NULL,
+        PRIMARY KEY (event_id, tag)
+    ) WITHOUT ROWID;
+    CREATE INDEX request_tags_tag ON request_tags (tag);
+    "#,
 ];
 
 /// The schema version this build writes.

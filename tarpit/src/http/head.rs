@@ -84,6 +84,8 @@ pub struct ParsedHead {
     /// Headers in arrival order; repeated names are joined with ", " under the first spelling.
     /// Values that are not UTF-8 are stored lossily.
     pub headers: Vec<(String, String)>,
+    /// The header names as sent: lower-case, comma-joined, repeats kept (`header_order`).
+    pub header_order: String,
     /// Bytes the head occupied, up to and including the blank line.
     pub head_len: usize,
 }
@@ -127,7 +129,13 @@ impl ParsedHead {
 /// end of the head has not arrived (no allocation, one scan).
 pub fn parse_head(buf: &[u8], limits: HeadLimits) -> HeadStatus {
     if looks_like_tls(buf) {
-        return HeadStatus::Rejected(Rejection::TlsClientHello);
+        // Wait for the whole first record (the ClientHello is fingerprinted), within the
+        // head limit; a record that cannot fit is rejected at the limit.
+        return match crate::fingerprint::tls::record_len(buf) {
+            Some(len) if buf.len() < len && buf.len() < limits.max_head => HeadStatus::Partial,
+            None if buf.len() < 5 => HeadStatus::Partial,
+            _ => HeadStatus::Rejected(Rejection::TlsClientHello),
+        };
     }
     let status = match find_head_end(buf) {
         Some(_) => parse_complete(buf, limits),
@@ -210,6 +218,7 @@ fn parse_complete(buf: &[u8], limits: HeadLimits) -> HeadStatus {
         query,
         version,
         headers: merge_headers(request.headers),
+        header_order: crate::fingerprint::header_order(request.headers.iter().map(|h| h.name)),
         head_len,
     })
 }
@@ -351,11 +360,22 @@ mod tests {
 
     #[test]
     fn tls_client_hello_is_recognised() {
+        // The whole first record is waited for (it is fingerprinted), then rejected.
+        let partial = [0x16, 0x03, 0x01, 0x00, 0x04, 0x01];
+        assert_eq!(parse_head(&partial, LIMITS), HeadStatus::Partial);
+        assert_eq!(parse_head(&partial[..3], LIMITS), HeadStatus::Partial);
         assert_eq!(
-            rejection(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]),
+            rejection(&[0x16, 0x03, 0x01, 0x00, 0x02, 0x01, 0x00]),
             Rejection::TlsClientHello
         );
         assert_eq!(parse_head(&[0x16], LIMITS), HeadStatus::Partial);
+        // A record longer than the head limit is rejected when the limit is reached.
+        let mut huge = vec![0x16, 0x03, 0x01, 0xff, 0xff];
+        huge.resize(LIMITS.max_head, 0);
+        assert_eq!(
+            parse_head(&huge, LIMITS),
+            HeadStatus::Rejected(Rejection::TlsClientHello)
+        );
     }
 
     #[test]

@@ -20,7 +20,9 @@ pub use channel::{EventReceiver, EventSender, event_channel};
 use tokio::sync::mpsc;
 
 use crate::abuseipdb::Reporter;
-use crate::event::Event;
+use crate::classify::{LiveRules, RequestView};
+use crate::event::{Event, RequestRecord};
+use crate::fingerprint::Fingerprint;
 use crate::geoip::GeoIp;
 use crate::metrics::MetricsSink;
 use crate::sink::SinkThread;
@@ -71,6 +73,40 @@ pub struct Enrichment {
     pub reporter: Option<crate::abuseipdb::ReporterSetup>,
     /// Prometheus metrics: where to serve them, and the tarpit's own port (for labels).
     pub metrics: Option<(std::net::SocketAddr, u16)>,
+    /// The classification rules (re-read when the operator file changes).
+    pub rules: Option<LiveRules>,
+}
+
+/// How often the operator's rule file is checked for changes.
+const RULES_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The pipeline's work on a request before it is recorded: the fingerprint strings from what
+/// the worker captured, then the tags.
+fn fingerprint_and_classify(record: &mut RequestRecord, rules: Option<&LiveRules>) {
+    let header_order = record.fingerprint.header_order.take();
+    record.fingerprint = Fingerprint::compute(
+        record.syn.as_ref(),
+        record.client_hello.as_deref(),
+        header_order,
+    );
+    record.client_hello = None; // fingerprinted: no sink needs the bytes
+    if let Some(rules) = rules {
+        record.tags = rules.classifier().classify(&request_view(record));
+    }
+}
+
+/// The classifier's view of a live request: the same fields `tarpit classify` reads back from
+/// the database, so a stored row re-tags to what it was tagged live.
+pub fn request_view(record: &RequestRecord) -> RequestView<'_> {
+    RequestView {
+        method: record.http_method.as_deref(),
+        path: record.http_path.as_deref(),
+        query: record.http_query.as_deref(),
+        headers: &record.headers_json,
+        user_agent: record.user_agent.as_deref(),
+        body: record.body_preview.as_deref(),
+        raw: record.raw_preview.as_deref(),
+    }
 }
 
 async fn run(
@@ -81,6 +117,8 @@ async fn run(
 ) {
     let mut report = tokio::time::interval(DROP_REPORT_INTERVAL);
     report.tick().await;
+    let mut rules_check = tokio::time::interval(RULES_CHECK_INTERVAL);
+    rules_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported = (0, 0);
     let (outcome_tx, mut outcomes) = mpsc::unbounded_channel();
     let mut reporter = enrichment
@@ -102,6 +140,7 @@ async fn run(
             event = rx.recv() => match event {
                 Some(mut event) => {
                     if let Event::Request(record) = &mut event {
+                        fingerprint_and_classify(record, enrichment.rules.as_ref());
                         if let Some(geoip) = enrichment.geoip.as_mut() {
                             geoip.enrich(record);
                         }
@@ -123,6 +162,11 @@ async fn run(
                 deliver(outcome, &sinks, &stats)
             }
             _ = report.tick() => reported = report_drops(&stats, reported),
+            _ = rules_check.tick() => {
+                if let Some(rules) = enrichment.rules.as_mut() {
+                    rules.reload_if_changed();
+                }
+            }
         }
     }
     if let Some(reporter) = reporter {

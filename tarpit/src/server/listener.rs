@@ -39,6 +39,7 @@ fn bind_one(
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     setsockopt(&fd, sockopt::ReusePort, &true)?;
     set_peer_timeout(&fd, peer_timeout)?;
+    set_save_syn(&fd)?;
     match addr {
         SocketAddr::V4(v4) => bind(fd.as_raw_fd(), &SockaddrIn::from(v4))?,
         SocketAddr::V6(v6) => bind(fd.as_raw_fd(), &SockaddrIn6::from(v6))?,
@@ -77,6 +78,51 @@ fn set_peer_timeout(fd: &impl AsRawFd, timeout: std::time::Duration) -> std::io:
     setsockopt(&fd, sockopt::TcpKeepInterval, &idle.div_ceil(3).max(1))?;
     setsockopt(&fd, sockopt::TcpKeepCount, &3)?;
     Ok(())
+}
+
+/// Asks the kernel to keep each incoming SYN's IP and TCP headers (`TCP_SAVE_SYN`, Linux 4.2)
+/// until [`saved_syn`] reads them: the SYN fingerprint. Set on a listener, it applies to every
+/// connection it accepts.
+fn set_save_syn(fd: &impl AsRawFd) -> std::io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket and a pointer to an int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_SAVE_SYN,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The client's SYN, parsed (`TCP_SAVED_SYN`). Reading it also frees the kernel's copy, so it
+/// is read once per accepted connection, fingerprint wanted or not. `None` when the kernel kept
+/// none (a listener without `TCP_SAVE_SYN`) or the headers are not IPv4/IPv6 + TCP.
+pub fn saved_syn(fd: &impl AsRawFd) -> Option<crate::fingerprint::SynFields> {
+    // IPv6 header (40) + the largest TCP header (60), with room to spare.
+    let mut buf = [0u8; 128];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: a valid socket; the kernel writes at most `len` bytes into `buf` and sets `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_SAVED_SYN,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    crate::fingerprint::syn::parse(buf.get(..len as usize)?)
 }
 
 /// The destination the client asked for before NAT, as conntrack recorded it
@@ -127,6 +173,18 @@ mod tests {
             nix::sys::socket::getsockopt(&accepted, sockopt::TcpKeepIdle).unwrap(),
             2
         );
+    }
+
+    #[test]
+    fn accepted_sockets_give_their_syn_once() {
+        let listeners =
+            bind_all("127.0.0.1:0".parse().unwrap(), 1, Duration::from_secs(7)).unwrap();
+        let _client = std::net::TcpStream::connect(listeners[0].local_addr().unwrap()).unwrap();
+        let (accepted, _) = listeners[0].accept().unwrap();
+        let syn = saved_syn(&accepted).expect("the listener saved the SYN");
+        assert_eq!((syn.ip_version, syn.ttl, syn.df), (4, 64, Some(true)));
+        assert!(syn.mss.is_some(), "Linux always sends MSS");
+        assert_eq!(saved_syn(&accepted), None, "reading frees the saved SYN");
     }
 
     #[test]

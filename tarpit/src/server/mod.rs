@@ -16,6 +16,7 @@ use std::sync::atomic::AtomicU64;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::classify::LiveRules;
 use crate::config::Config;
 use crate::db;
 use crate::ebpf::{Attribution, EbpfMode, Unavailable};
@@ -101,6 +102,10 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         )),
         reporter,
         metrics: config.metrics.address().map(|addr| (addr, bound.port())),
+        rules: Some(
+            LiveRules::load(config.classify.rules.clone())
+                .context("loading the classification rules")?,
+        ),
     };
     let pipeline = Pipeline::start(rx, enrichment, sinks, stats.clone())?;
 

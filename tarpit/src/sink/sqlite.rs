@@ -73,10 +73,12 @@ fn insert_request(conn: &Connection, e: &RequestRecord) -> rusqlite::Result<()> 
             target_port_source, head_size, raw_preview, body_preview, body_sha256, body_length,
             target_port_ebpf, ebpf_lookup, target_port_original_dst, target_port_header,
             country_iso_code, country_name, city_name, latitude, longitude, asn_number,
-            asn_organization)
+            asn_organization, syn_ttl, syn_initial_ttl, syn_df, syn_window, syn_mss, syn_wscale,
+            syn_options, syn_fp, tls_version, tls_sni, tls_alpn, ja4, header_order,
+            header_order_hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
                  ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34,
-                 ?35, ?36)",
+                 ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49, ?50)",
     )?
     .execute(params![
         format_timestamp(e.timestamp),
@@ -115,7 +117,28 @@ fn insert_request(conn: &Connection, e: &RequestRecord) -> rusqlite::Result<()> 
         e.geo.longitude,
         e.geo.asn_number,
         e.geo.asn_organization,
+        e.fingerprint.syn_ttl,
+        e.fingerprint.syn_initial_ttl,
+        e.fingerprint.syn_df,
+        e.fingerprint.syn_window,
+        e.fingerprint.syn_mss,
+        e.fingerprint.syn_wscale,
+        e.fingerprint.syn_options,
+        e.fingerprint.syn_fp,
+        e.fingerprint.tls_version,
+        e.fingerprint.tls_sni,
+        e.fingerprint.tls_alpn,
+        e.fingerprint.ja4,
+        e.fingerprint.header_order,
+        e.fingerprint.header_order_hash,
     ])?;
+    for tag in &e.tags {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO request_tags (event_id, conn_id, request_seq, tag)
+             SELECT id, conn_id, request_seq, ?3 FROM events WHERE conn_id = ?1 AND request_seq = ?2",
+        )?
+        .execute(params![e.conn_id as i64, e.request_seq, tag.as_ref()])?;
+    }
     Ok(())
 }
 

@@ -67,6 +67,7 @@ impl Connection {
             None => EbpfLookup::Unavailable,
         };
         let original_dst = super::listener::original_dst(&stream, local).map(|a| a.port());
+        let syn = super::listener::saved_syn(&stream);
         let expect_preamble = shared.settings.proxy_protocol
             && client_addr::is_trusted(peer.ip(), &shared.settings.trusted_proxies);
         let waits = Waits {
@@ -91,6 +92,7 @@ impl Connection {
             proxy: None,
             expect_preamble,
             carried_preamble: false,
+            syn,
         })
     }
 }
@@ -188,6 +190,8 @@ pub(super) struct Connection {
     /// proxy works at the TCP level, so every HTTP header that follows is the client's own:
     /// forwarding headers are never believed on it.
     carried_preamble: bool,
+    /// The client's SYN (`TCP_SAVED_SYN`, read once at accept), for the SYN fingerprint.
+    syn: Option<crate::fingerprint::SynFields>,
 }
 
 /// What ends a wait early.

@@ -129,6 +129,7 @@ impl Connection {
         record.http_version = Some(head.version.as_str());
         record.user_agent = head.header("user-agent").map(str::to_owned);
         record.headers_json = head.headers.clone();
+        record.fingerprint.header_order = Some(head.header_order.clone());
         record.body_preview = body.bytes;
         record.body_sha256 = body.sha256;
         record.body_length = body.declared_length;
@@ -150,6 +151,10 @@ impl Connection {
         record.raw_preview =
             (!received.is_empty()).then(|| escape_preview(received, RAW_PREVIEW_BYTES));
         record.response_status = response_status;
+        if record.error_message.as_deref() == Some("tls_client_hello") {
+            let end = crate::fingerprint::tls::record_len(received).unwrap_or(0);
+            record.client_hello = received.get(..end).map(<[u8]>::to_vec);
+        }
         record
     }
 
@@ -161,6 +166,10 @@ impl Connection {
         ports: TargetPorts,
     ) -> RequestRecord {
         let (target_port, target_port_source) = ports.resolve();
+        // Behind a proxy the saved SYN is the proxy's, not the client's.
+        let syn = self
+            .syn
+            .filter(|_| client.source == ClientAddrSource::Socket);
         RequestRecord {
             conn_id: self.conn_id,
             request_seq: seq,
@@ -192,6 +201,10 @@ impl Connection {
             error_message: None,
             raw_preview: None,
             geo: Default::default(),
+            fingerprint: Default::default(),
+            syn,
+            client_hello: None,
+            tags: Vec::new(),
         }
     }
 }
