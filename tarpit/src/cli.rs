@@ -46,6 +46,9 @@ pub enum Command {
     /// Migrate a database (ours or the replaced tool's) to this build's schema, keeping a copy
     /// of the original as FILE.pre-migration when it was the replaced tool's.
     Migrate(MigrateArgs),
+    /// Re-tag every stored request with the current classification rules (the built-in rules
+    /// and `[classify] rules`), replacing the tags stored before.
+    Classify(ClassifyArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -83,6 +86,17 @@ pub struct MigrateArgs {
     /// Database to migrate (default: `storage.database` of the configuration).
     #[arg(long)]
     pub db: Option<PathBuf>,
+}
+
+/// Flags of `tarpit classify`.
+#[derive(Debug, Clone, Args)]
+pub struct ClassifyArgs {
+    /// Database to re-tag (default: `storage.database` of the configuration).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Operator rule file (default: `classify.rules` of the configuration).
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
 }
 
 /// Flags of `tarpit ports` and `tarpit stats`.

@@ -28,6 +28,8 @@ pub mod ports_report;
 pub mod privileges;
 pub mod queue;
 pub mod report;
+pub mod retag;
 pub mod server;
 pub mod sink;
 pub mod stats;
+pub mod tag_stats;

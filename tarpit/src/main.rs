@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             | Command::Report(_)
             | Command::Export(_)
             | Command::Migrate(_)
+            | Command::Classify(_)
             | Command::Completions { .. }
             | Command::Man,
         ) => (None, false),
@@ -70,6 +71,7 @@ fn main() -> ExitCode {
         Some(Command::Report(args)) => Some(report(args, &config)),
         Some(Command::Export(args)) => Some(export(args, &config)),
         Some(Command::Migrate(args)) => Some(migrate(args, &config)),
+        Some(Command::Classify(args)) => Some(classify(args, &config)),
         _ => None,
     };
     if let Some(outcome) = analysis {
@@ -147,6 +149,28 @@ fn migrate(args: &tarpit::cli::MigrateArgs, config: &tarpit::config::Config) -> 
     if !before && backup.exists() {
         println!("original kept as {}", backup.display());
     }
+    Ok(())
+}
+
+/// `tarpit classify`: re-tags the stored requests and says how many got which.
+fn classify(
+    args: &tarpit::cli::ClassifyArgs,
+    config: &tarpit::config::Config,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let db = existing_db(args.db.as_ref(), config)?;
+    let rules = args.rules.as_ref().or(config.classify.rules.as_ref());
+    let classifier = tarpit::classify::Classifier::load(rules.map(|p| p.as_path()))?;
+    let summary = tarpit::retag::retag(db, &classifier)
+        .with_context(|| format!("re-tagging {}", db.display()))?;
+    println!(
+        "{}: {} requests re-tagged with {} rules: {} tagged, {} tags",
+        db.display(),
+        summary.rows,
+        classifier.rule_count(),
+        summary.tagged,
+        summary.tags
+    );
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! `tarpit stats`: what the tarpit caught, from the SQLite database: totals, time held, and the
 //! top source addresses, ASNs, countries, target ports, paths, User-Agents, methods and end
-//! reasons, plus hourly counts. Text tables or JSON; read-only.
+//! reasons, the classification's top tags ([`crate::tag_stats`]), plus hourly counts. Text tables or JSON; read-only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -221,6 +221,7 @@ fn build_capped(
         };
         top.push(TopTable { title, rows });
     }
+    top.extend(crate::tag_stats::top_tables(&conn, from, &cutoff)?);
     Ok(Stats {
         since,
         requests,

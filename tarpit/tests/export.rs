@@ -45,7 +45,11 @@ type Row = dataset::Row;
 fn db_rows(db: &Path, since: Option<&str>) -> Vec<Row> {
     let conn = rusqlite::Connection::open(db).unwrap();
     let mut stmt = conn
-        .prepare("SELECT * FROM events WHERE timestamp >= ?1 ORDER BY id")
+        .prepare(
+            "SELECT *, (SELECT group_concat(tag, ',') FROM (SELECT tag FROM request_tags
+                         WHERE event_id = events.id ORDER BY tag)) AS tags
+             FROM events WHERE timestamp >= ?1 ORDER BY id",
+        )
         .unwrap();
     let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
     stmt.query_map([since.unwrap_or("")], |r| {

@@ -49,8 +49,12 @@ fn check(mode: &str) {
     // The process started as root with every capability.
     assert_eq!(nonzero_capability_sets(tarpit.pid()), Vec::new());
     tarpit.assert_still_answers();
-    let lookups = tarpit.count("SELECT COUNT(*) FROM events WHERE ebpf_lookup = 'untranslated'");
     if mode == "on" {
+        // The row is written by the pipeline after the answer: wait for it.
+        let lookups = tarpit.wait_count(
+            "SELECT COUNT(*) FROM events WHERE ebpf_lookup = 'untranslated'",
+            1,
+        );
         assert!(lookups >= 1, "the hook's map is still read");
     }
 }

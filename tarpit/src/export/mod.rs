@@ -124,7 +124,16 @@ pub struct ExportSummary {
     pub columns: usize,
 }
 
-/// The columns of `events` in table order, without the reporting ones when anonymising.
+/// The exported column that is not in `events`: the request's classification tags, sorted and
+/// comma-joined (empty when it has none), from `request_tags`.
+pub const TAGS_COLUMN: &str = "tags";
+
+/// The SQL that fills [`TAGS_COLUMN`] for the current `events` row.
+const TAGS_SELECT: &str = "(SELECT group_concat(tag, ',') FROM \
+     (SELECT tag FROM request_tags WHERE request_tags.event_id = events.id ORDER BY tag))";
+
+/// The columns of `events` in table order, then [`TAGS_COLUMN`]; without the reporting ones
+/// when anonymising.
 pub fn columns(conn: &Connection, anonymized: bool) -> rusqlite::Result<Vec<Column>> {
     let mut stmt =
         conn.prepare("SELECT name, type FROM pragma_table_info('events') ORDER BY cid")?;
@@ -144,6 +153,10 @@ pub fn columns(conn: &Connection, anonymized: bool) -> rusqlite::Result<Vec<Colu
     Ok(columns
         .into_iter()
         .filter(|c| !(anonymized && REPORTING_COLUMNS.contains(&c.name.as_str())))
+        .chain(std::iter::once(Column {
+            name: TAGS_COLUMN.to_owned(),
+            kind: ColumnType::Text,
+        }))
         .collect())
 }
 
@@ -234,7 +247,10 @@ fn write_rows(
             "SELECT {} FROM {from} WHERE timestamp >= ?1 ORDER BY {order}",
             names
                 .iter()
-                .map(|n| format!("\"{n}\""))
+                .map(|&n| match n {
+                    TAGS_COLUMN => TAGS_SELECT.to_owned(),
+                    n => format!("\"{n}\""),
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         ))

@@ -189,6 +189,17 @@ pub fn to_html(data: &ReportData, now: SystemTime) -> Result<String, ReportError
     ] {
         bars.push(charts::bars(label, data.top(title)).map_err(chart_error("top"))?);
     }
+    let mut tag_bars = Vec::new();
+    for (title, label) in [
+        ("attack class", "Attack classes"),
+        ("CVE", "CVEs tried"),
+        ("targeted application", "Targeted applications"),
+        ("tool", "Tools"),
+        (crate::tag_stats::TIME_PER_TOOL, "Seconds held per tool"),
+        ("crawler", "Crawlers"),
+    ] {
+        tag_bars.push(charts::bars(label, data.top(title)).map_err(chart_error("tags"))?);
+    }
 
     let mut html = String::with_capacity(256 * 1024);
     let period = crate::db::period_label(stats.since.as_deref());
@@ -237,6 +248,14 @@ pub fn to_html(data: &ReportData, now: SystemTime) -> Result<String, ReportError
         data.locations.len()
     );
     for svg in &bars {
+        let _ = write!(html, "<figure>{svg}</figure>");
+    }
+    html.push_str(
+        "</div>\n<h2>Who they were and what they tried</h2>\
+         <p class=\"muted\">Requests per tag of the classification rules (tarpit classify \
+         re-tags stored requests with the current rules).</p><div class=\"grid\">",
+    );
+    for svg in &tag_bars {
         let _ = write!(html, "<figure>{svg}</figure>");
     }
     let _ = write!(

@@ -107,6 +107,18 @@ pub fn synthetic_db(path: &Path, rows: usize) {
             ],
         )
         .expect("insert a row");
+        // Tags as the classifier would give them: the query names a URL (ssrf), even rows
+        // came from curl.
+        let id = tx.last_insert_rowid();
+        let tags = [(i % 3 == 0, "attack:ssrf"), (i % 2 == 0, "tool:curl")];
+        for (_, tag) in tags.iter().filter(|(has, _)| *has) {
+            tx.execute(
+                "INSERT INTO request_tags (event_id, conn_id, request_seq, tag)
+                 VALUES (?1, ?2, 1, ?3)",
+                rusqlite::params![id, i as i64, tag],
+            )
+            .expect("insert a tag");
+        }
     }
     tx.commit().unwrap();
 }

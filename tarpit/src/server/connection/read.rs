@@ -91,6 +91,13 @@ impl Connection {
                             reason: "no_request".into(),
                             received: Vec::new(),
                         },
+                        // A ClientHello cut short is still TLS (its record is awaited whole).
+                        (false, _) if crate::fingerprint::tls::record_len(pending).is_some() => {
+                            HeadRead::Rejected {
+                                reason: "tls_client_hello".into(),
+                                received: std::mem::take(pending),
+                            }
+                        }
                         (false, _) => HeadRead::Rejected {
                             reason: "head_timeout".into(),
                             received: std::mem::take(pending),

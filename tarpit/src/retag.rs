@@ -1,0 +1,181 @@
+//! `tarpit classify`: re-tags every stored request with the current rules. Rules get better;
+//! old data should too, including rows adopted from the replaced tool's database.
+//!
+//! Rows are read in id order in batches; each batch's tags are replaced in one short
+//! transaction, so a running tarpit writing the same file waits at most one batch.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::{Connection, params};
+
+use crate::classify::{Classifier, RequestView};
+
+/// Rows per transaction.
+const BATCH: i64 = 5_000;
+
+/// What a run did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RetagSummary {
+    /// Requests read.
+    pub rows: u64,
+    /// Requests that got at least one tag.
+    pub tagged: u64,
+    /// Tags written.
+    pub tags: u64,
+}
+
+/// One stored request, as the classifier reads it.
+struct StoredRequest {
+    id: i64,
+    conn_id: Option<i64>,
+    request_seq: Option<i64>,
+    method: Option<String>,
+    path: Option<String>,
+    query: Option<String>,
+    headers: Vec<(String, String)>,
+    user_agent: Option<String>,
+    body: Option<Vec<u8>>,
+    raw: Option<String>,
+}
+
+impl StoredRequest {
+    fn view(&self) -> RequestView<'_> {
+        RequestView {
+            method: self.method.as_deref(),
+            path: self.path.as_deref(),
+            query: self.query.as_deref(),
+            headers: &self.headers,
+            user_agent: self.user_agent.as_deref(),
+            body: self.body.as_deref(),
+            raw: self.raw.as_deref(),
+        }
+    }
+}
+
+/// `headers_json` back into header pairs (ours and the replaced tool's are JSON objects); text
+/// that is not one gives no headers rather than an error: the rest of the row still counts.
+fn headers_of(json: Option<&str>) -> Vec<(String, String)> {
+    let Some(Ok(serde_json::Value::Object(map))) = json.map(serde_json::from_str) else {
+        return Vec::new();
+    };
+    map.into_iter()
+        .map(|(name, value)| match value {
+            serde_json::Value::String(text) => (name, text),
+            other => (name, other.to_string()),
+        })
+        .collect()
+}
+
+/// Re-tags every request in the database at `path` with `classifier`.
+pub fn retag(path: &Path, classifier: &Classifier) -> Result<RetagSummary, crate::db::DbError> {
+    // The schema check of the read-only commands: an old or foreign file is refused, with what
+    // to do, before anything is written.
+    drop(crate::db::open_read_only(path)?);
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    let mut summary = RetagSummary::default();
+    let mut after = i64::MIN;
+    loop {
+        let batch = read_batch(&conn, after)?;
+        let Some(last) = batch.last() else {
+            break;
+        };
+        let (first, last) = (batch[0].id, last.id);
+        let tagged: Vec<(&StoredRequest, Vec<Arc<str>>)> = batch
+            .iter()
+            .map(|request| (request, classifier.classify(&request.view())))
+            .collect();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM request_tags WHERE event_id BETWEEN ?1 AND ?2",
+            params![first, last],
+        )?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO request_tags (event_id, conn_id, request_seq, tag)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (request, tags) in &tagged {
+                summary.rows += 1;
+                summary.tagged += u64::from(!tags.is_empty());
+                for tag in tags {
+                    insert.execute(params![
+                        request.id,
+                        request.conn_id,
+                        request.request_seq,
+                        tag.as_ref()
+                    ])?;
+                    summary.tags += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        after = last;
+    }
+    Ok(summary)
+}
+
+fn read_batch(conn: &Connection, after: i64) -> rusqlite::Result<Vec<StoredRequest>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, conn_id, request_seq, http_method, http_path, http_query, headers_json,
+                user_agent, body_preview, raw_preview
+         FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    stmt.query_map(params![after, BATCH], |r| {
+        Ok(StoredRequest {
+            id: r.get(0)?,
+            conn_id: r.get(1)?,
+            request_seq: r.get(2)?,
+            method: r.get(3)?,
+            path: r.get(4)?,
+            query: r.get(5)?,
+            headers: headers_of(r.get::<_, Option<String>>(6)?.as_deref()),
+            user_agent: r.get(7)?,
+            body: r.get(8)?,
+            raw: r.get(9)?,
+        })
+    })?
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_rows_are_retagged_and_stale_tags_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = crate::db::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO events (id, timestamp, conn_id, request_seq, http_method, http_path,
+                                 http_query, headers_json, user_agent)
+             VALUES (1, 't', 1, 1, 'GET', '/index.php', 'id=1%27%20or%20%271%27=%271',
+                     '{\"User-Agent\":\"sqlmap/1.7\"}', 'sqlmap/1.7'),
+                    (2, 't', 2, 1, 'GET', '/', NULL, 'not json', NULL)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO request_tags (event_id, tag) VALUES (2, 'attack:stale')",
+            [],
+        )
+        .unwrap();
+        let classifier = Classifier::load(None).unwrap();
+        let summary = retag(&path, &classifier).unwrap();
+        assert_eq!(summary.rows, 2);
+        let tags: Vec<(i64, String)> = conn
+            .prepare("SELECT event_id, tag FROM request_tags ORDER BY event_id, tag")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(tags.contains(&(1, "attack:sqli".into())), "{tags:?}");
+        assert!(tags.contains(&(1, "tool:sqlmap".into())), "{tags:?}");
+        assert!(!tags.iter().any(|(_, t)| t == "attack:stale"), "{tags:?}");
+        assert_eq!(summary.tags, tags.len() as u64);
+        assert_eq!(headers_of(Some("{\"A\":1}")), [("A".into(), "1".into())]);
+    }
+}

@@ -1,0 +1,117 @@
+//! The classification's share of `tarpit stats` and `tarpit report`: the top attack classes,
+//! CVEs, targeted applications, tools and crawlers, and how long each tool was held. Tags are
+//! counted per request (`request_tags` joined to `events` for the period).
+
+use rusqlite::Connection;
+
+use crate::stats::TopTable;
+
+/// Rows per table.
+const TOP: usize = 10;
+
+/// (family, table title), in display order. The titles are what the report looks tables up by.
+pub const FAMILY_TABLES: &[(&str, &str)] = &[
+    ("attack", "attack class"),
+    ("cve", "CVE"),
+    ("target", "targeted application"),
+    ("tool", "tool"),
+    ("crawler", "crawler"),
+];
+
+/// The title of the time-held-per-tool table (whole seconds summed over requests).
+pub const TIME_PER_TOOL: &str = "seconds held per tool";
+
+/// The tag tables for requests at or after `cutoff` (`from` is `db::events_from`).
+pub fn top_tables(conn: &Connection, from: &str, cutoff: &str) -> rusqlite::Result<Vec<TopTable>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT request_tags.tag, COUNT(*), TOTAL(events.duration_s)
+         FROM {from} JOIN request_tags ON request_tags.event_id = events.id
+         WHERE events.timestamp >= ?1
+         GROUP BY request_tags.tag"
+    ))?;
+    // Distinct tags are bounded by the rule sets that wrote them: counted in memory.
+    let counts = stmt
+        .query_map([cutoff], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, f64>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut tables = Vec::with_capacity(FAMILY_TABLES.len() + 1);
+    for (family, title) in FAMILY_TABLES {
+        tables.push(TopTable {
+            title,
+            rows: top(counts
+                .iter()
+                .filter_map(|(tag, n, _)| named(tag, family).map(|name| (name.to_owned(), *n)))),
+        });
+    }
+    tables.push(TopTable {
+        title: TIME_PER_TOOL,
+        rows: top(counts.iter().filter_map(|(tag, _, seconds)| {
+            named(tag, "tool").map(|name| (name.to_owned(), seconds.round() as u64))
+        })),
+    });
+    Ok(tables)
+}
+
+/// The tag's name when it is of `family`.
+fn named<'a>(tag: &'a str, family: &str) -> Option<&'a str> {
+    tag.strip_prefix(family)?.strip_prefix(':')
+}
+
+/// The [`TOP`] largest, ties by name.
+fn top(rows: impl Iterator<Item = (String, u64)>) -> Vec<(String, u64)> {
+    let mut rows: Vec<(String, u64)> = rows.filter(|(_, n)| *n > 0).collect();
+    rows.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    rows.truncate(TOP);
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_counted_per_family_and_tools_by_time_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = crate::db::open(&path).unwrap();
+        for (id, duration, tags) in [
+            (1, 10.0, &["attack:sqli", "tool:sqlmap"][..]),
+            (2, 20.0, &["attack:sqli", "tool:curl"][..]),
+            (3, 100.0, &["tool:curl", "cve:CVE-2021-44228"][..]),
+        ] {
+            conn.execute(
+                "INSERT INTO events (id, timestamp, conn_id, request_seq, duration_s)
+                 VALUES (?1, '2026-01-01T00:00:00Z', ?1, 1, ?2)",
+                rusqlite::params![id, duration],
+            )
+            .unwrap();
+            for tag in tags {
+                conn.execute(
+                    "INSERT INTO request_tags (event_id, tag) VALUES (?1, ?2)",
+                    rusqlite::params![id, tag],
+                )
+                .unwrap();
+            }
+        }
+        let tables = top_tables(&conn, "events", "").unwrap();
+        let find = |title: &str| &tables.iter().find(|t| t.title == title).unwrap().rows;
+        assert_eq!(find("attack class"), &[("sqli".to_owned(), 2)]);
+        assert_eq!(find("CVE"), &[("CVE-2021-44228".to_owned(), 1)]);
+        assert_eq!(
+            find("tool"),
+            &[("curl".to_owned(), 2), ("sqlmap".to_owned(), 1)]
+        );
+        assert_eq!(
+            find(TIME_PER_TOOL),
+            &[("curl".to_owned(), 120), ("sqlmap".to_owned(), 10)]
+        );
+        assert!(find("crawler").is_empty());
+        let later = top_tables(&conn, "events", "2027").unwrap();
+        assert!(later.iter().all(|t| t.rows.is_empty()));
+    }
+}
