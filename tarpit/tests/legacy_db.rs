@@ -282,3 +282,57 @@ fn migrate_command_adopts_the_file_and_says_where_the_copy_is() {
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["requests"], 5, "{stats}");
 }
+
+/// Rules get better; old data should too: `tarpit classify` tags the replaced tool's rows
+/// (which have no conn_id), and `stats` counts them.
+#[test]
+fn classify_tags_the_replaced_tools_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    write_legacy_db(&db, false);
+    let refused = tarpit_cmd(dir.path(), &["classify", "--db", "old.db"]);
+    assert!(!refused.status.success(), "an unmigrated file is refused");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("tarpit migrate"));
+    assert!(
+        tarpit_cmd(dir.path(), &["migrate", "--db", "old.db"])
+            .status
+            .success()
+    );
+    let out = tarpit_cmd(dir.path(), &["classify", "--db", "old.db"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("5 requests re-tagged"), "{stdout}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let tags: Vec<Vec<Value>> = conn
+        .prepare("SELECT event_id, conn_id, tag FROM request_tags ORDER BY event_id, tag")
+        .unwrap()
+        .query_map([], |r| Ok(vec![r.get(0)?, r.get(1)?, r.get(2)?]))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for id in 1..=5 {
+        for tag in ["target:wordpress", "tool:zgrab"] {
+            assert!(
+                tags.contains(&vec![
+                    Value::Integer(id),
+                    Value::Null,
+                    Value::Text(tag.into())
+                ]),
+                "row {id} lacks {tag}: {tags:?}"
+            );
+        }
+    }
+    let out = tarpit_cmd(dir.path(), &["stats", "--db", "old.db", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tools = stats["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["title"] == "tool")
+        .unwrap();
+    assert_eq!(tools["rows"][0], serde_json::json!(["zgrab", 5]), "{stats}");
+}

@@ -490,6 +490,14 @@ const APT_PACKAGES: &[&str] = &[
     "haproxy",
     // Headless browser that renders `tarpit report` in its test.
     "chromium",
+    // Real clients and scanners for the fingerprint and classification tests, and the
+    // labelled payloads the classification is measured on (`cargo xtask classify-eval`).
+    "curl",
+    "openssl",
+    "nmap",
+    "sqlmap",
+    "wfuzz",
+    "dirb",
 ];
 
 fn ci_setup() -> anyhow::Result<()> {
