@@ -88,11 +88,9 @@ pub fn record_len(bytes: &[u8]) -> Option<usize> {
 /// Parses the ClientHello in the first TLS record of `bytes`. `None` when it is not one or is
 /// cut short (a hello longer than its first record, or a client that stopped sending).
 pub fn parse(bytes: &[u8]) -> Option<ClientHello> {
-    let mut record = Reader(bytes);
-    if record.u8()? != 0x16 {
-        return None;
-    }
-    record.u16()?; // record version: ignored by JA4
+    // The same record [`record_len`] waits for: a handshake record of TLS (major version 3).
+    let mut record = Reader(bytes.get(..record_len(bytes)?)?);
+    record.bytes(3)?; // type and record version: ignored by JA4
     let mut handshake = record.block(2)?;
     if handshake.u8()? != 1 {
         return None; // not a ClientHello
