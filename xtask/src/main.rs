@@ -8,6 +8,7 @@
 //! - `cargo xtask ci-setup`: install what the tests need on a fresh machine (CI runs it).
 
 mod bench;
+mod classify_eval;
 mod fuzz;
 
 use std::path::{Path, PathBuf};
@@ -44,7 +45,15 @@ enum Task {
     },
     /// Install the system packages and cargo tools the test suite needs.
     CiSetup,
-    /// Measure a tarpit on loopback (ours by default): `hold` or `churn`.
+    /// Measure the default classification rules on labelled payloads from Debian packages
+    /// (recall per class, false positives on benign input): the table in docs/classification.md.
+    ClassifyEval {
+        /// Also print up to this many undetected payloads per set.
+        #[arg(long, default_value_t = 0)]
+        misses: usize,
+    },
+    /// Measure a tarpit on loopback (ours by default): `hold` or `churn`; or `classify`:
+    /// requests per second the default rules classify on one core.
     Bench {
         /// `hold`: hold N connections at the default drip; `churn`: connect-request-close loops.
         kind: BenchKind,
@@ -94,6 +103,7 @@ enum Task {
 enum BenchKind {
     Hold,
     Churn,
+    Classify,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -104,6 +114,14 @@ fn main() -> anyhow::Result<()> {
         Task::Test { fuzz_seconds } => test(&root, fuzz_seconds),
         Task::Fuzz { seconds, jobs } => fuzz::fuzz(&root, seconds, jobs),
         Task::CiSetup => ci_setup(),
+        Task::ClassifyEval { misses } => {
+            classify_eval::run_eval(&root, &["--misses".into(), misses.to_string()], false)
+        }
+        Task::Bench {
+            kind: BenchKind::Classify,
+            duration,
+            ..
+        } => classify_eval::run_eval(&root, &["--bench".into(), duration.to_string()], true),
         Task::BenchClient {
             role,
             addr,
@@ -155,12 +173,14 @@ fn main() -> anyhow::Result<()> {
                 let figures = match kind {
                     BenchKind::Hold => bench::hold(&cmd, name, conns, duration, processes)?,
                     BenchKind::Churn => bench::churn(&cmd, name, workers, duration, processes)?,
+                    BenchKind::Classify => unreachable!("handled above"),
                 };
                 columns.push(figures);
             }
             let title = match kind {
                 BenchKind::Hold => format!("hold: {conns} connections, {duration} s measured"),
                 BenchKind::Churn => format!("churn: {workers} loops, {duration} s measured"),
+                BenchKind::Classify => unreachable!("handled above"),
             };
             bench::print_table(&title, &mut columns);
             Ok(())

@@ -71,7 +71,8 @@ impl Field {
         }
     }
 
-    fn text(self, fields: &normalize::Fields) -> &str {
+    /// The field's text in a decoded request.
+    pub fn text(self, fields: &normalize::Fields) -> &str {
         match self {
             Field::Method => &fields.method,
             Field::Path => &fields.path,
@@ -190,14 +191,15 @@ impl Classifier {
                 hits[field_set.rule_of_pattern[pattern]] += 1;
             }
         }
-        let mut values: Option<Vec<&str>> = None;
+        let mut values: Option<Vec<std::borrow::Cow<'_, str>>> = None;
         let mut tags: Vec<Arc<str>> = Vec::new();
         for (rule, hit) in self.rules.iter().zip(&hits) {
             if *hit != rule.conditions {
                 continue;
             }
             if let Some(detector) = rule.detector {
-                let values = values.get_or_insert_with(|| normalize::parameter_values(&fields));
+                let values =
+                    values.get_or_insert_with(|| normalize::parameter_values(&fields, request));
                 if !values.iter().any(|v| detector.detects(v)) {
                     continue;
                 }

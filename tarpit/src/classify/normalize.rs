@@ -97,13 +97,55 @@ pub fn decode(text: &str, plus_is_space: bool) -> String {
         if !current.contains('%') {
             break;
         }
-        let decoded = percent_encoding::percent_decode_str(&current).decode_utf8_lossy();
+        let unaliased = unalias(&current);
+        let decoded = percent_encoding::percent_decode_str(&unaliased).decode_utf8_lossy();
         if decoded == current {
             break;
         }
         current = Cow::Owned(decoded.into_owned());
     }
     current.into_owned()
+}
+
+/// Encodings that old servers (IIS, Tomcat) decoded to `.`, `/` and `\\`: overlong UTF-8
+/// (`%c0%ae`, RFC 3629 forbids it) and IIS's `%uXXXX`. Scanners still send them to slip a
+/// traversal past filters, so they are read as the characters they stood for.
+const ALIASES: &[(&str, &str)] = &[
+    ("%c0%ae", "."),
+    ("%c0%2e", "."),
+    ("%e0%80%ae", "."),
+    ("%c0%af", "/"),
+    ("%c0%2f", "/"),
+    ("%e0%80%af", "/"),
+    ("%c1%9c", "\\"),
+    ("%c1%1c", "\\"),
+    ("%c0%5c", "\\"),
+    ("%u002e", "."),
+    ("%u2215", "/"),
+    ("%u2216", "\\"),
+];
+
+/// `text` with every [`ALIASES`] spelling (any case) replaced; borrowed when it has none.
+fn unalias(text: &str) -> Cow<'_, str> {
+    let lower = text.to_ascii_lowercase();
+    if !ALIASES.iter().any(|(alias, _)| lower.contains(alias)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    'scan: while at < text.len() {
+        for (alias, plain) in ALIASES {
+            if lower[at..].starts_with(alias) {
+                out.push_str(plain);
+                at += alias.len();
+                continue 'scan;
+            }
+        }
+        let c = text[at..].chars().next().expect("at a char boundary");
+        out.push(c);
+        at += c.len_utf8();
+    }
+    Cow::Owned(out)
 }
 
 /// Collapses repeated slashes and `/./` (servers treat them as one), keeps everything else.
@@ -125,27 +167,31 @@ fn normalize_path(path: &str) -> String {
 }
 
 /// The values a user controls, one by one (libinjection judges single values): query and form
-/// parameters (keys too), cookie values, path segments and the headers scanners inject into.
-pub fn parameter_values(fields: &Fields) -> Vec<&str> {
-    let mut values = Vec::new();
-    for part in fields.query.split('&').chain(fields.body.split('&')) {
-        match part.split_once('=') {
-            Some((key, value)) => {
-                values.push(key);
-                values.push(value);
+/// parameters (keys too), split on `&` and `=` before decoding (a decoded `=` is part of the
+/// value: `1 AND 1=1`), cookie values, path segments and the headers scanners inject into.
+pub fn parameter_values<'a>(fields: &'a Fields, request: &RequestView<'_>) -> Vec<Cow<'a, str>> {
+    let mut values: Vec<Cow<'a, str>> = Vec::new();
+    let body = request.body.map(String::from_utf8_lossy);
+    for list in [request.query, body.as_deref()].into_iter().flatten() {
+        for part in list.split('&') {
+            match part.split_once('=') {
+                Some((key, value)) => {
+                    values.push(decode(key, true).into());
+                    values.push(decode(value, true).into());
+                }
+                None => values.push(decode(part, true).into()),
             }
-            None => values.push(part),
         }
     }
-    values.extend(fields.path.split('/'));
+    values.extend(fields.path.split('/').map(Cow::Borrowed));
     for (name, value) in fields.headers.lines().filter_map(|l| l.split_once(": ")) {
         match name {
             "cookie" => values.extend(
                 value
                     .split(';')
-                    .filter_map(|c| c.split_once('=').map(|(_, v)| v)),
+                    .filter_map(|c| c.split_once('=').map(|(_, v)| Cow::Borrowed(v))),
             ),
-            "user-agent" | "referer" | "x-forwarded-for" => values.push(value),
+            "user-agent" | "referer" | "x-forwarded-for" => values.push(Cow::Borrowed(value)),
             _ => {}
         }
     }
@@ -171,6 +217,9 @@ mod tests {
         assert_eq!(decode("a+b", false), "a+b");
         assert_eq!(decode("%zz%", false), "%zz%");
         assert_eq!(decode("%ff", false), "\u{fffd}");
+        assert_eq!(decode("%C0%AE%c0%ae%c0%afboot.ini", false), "../boot.ini");
+        assert_eq!(decode("%25c0%25ae%25c0%25ae%25c1%259cx", false), "..\\x");
+        assert_eq!(decode("%u002e%u002e%u2215é", false), "../é");
     }
 
     #[test]
@@ -197,9 +246,17 @@ mod tests {
         assert_eq!(fields.headers, "cookie: a=1' or 1=1\n");
         assert_eq!(fields.body, "u=a b");
         assert!(fields.anywhere.contains("<script>") && fields.anywhere.contains("a b"));
-        let values = parameter_values(&fields);
-        assert!(values.contains(&"<script>"));
-        assert!(values.contains(&"1' or 1=1"), "{values:?}");
-        assert!(!values.contains(&"x"), "plain words are skipped");
+        let values = parameter_values(&fields, &view);
+        let has = |v: &str| values.iter().any(|x| x == v);
+        assert!(has("<script>"));
+        assert!(has("1' or 1=1"), "{values:?}");
+        assert!(!has("x"), "plain words are skipped");
+        let equals = RequestView {
+            query: Some("id=1%20AND%205907%3D5907&b=2"),
+            ..Default::default()
+        };
+        let fields = Fields::of(&equals);
+        let values = parameter_values(&fields, &equals);
+        assert!(values.iter().any(|v| v == "1 AND 5907=5907"), "{values:?}");
     }
 }
