@@ -336,7 +336,7 @@ fn evaluate(classifier: &Classifier, misses: usize) {
                 false_positives += 1;
                 if examples.len() < 4 {
                     let what = sample.query.as_deref().unwrap_or(&sample.path);
-                    let what = if wrong == &["tool:"] {
+                    let what = if *wrong == ["tool:"] {
                         &sample.user_agent
                     } else {
                         what
