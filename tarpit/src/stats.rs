@@ -221,7 +221,11 @@ fn build_capped(
         };
         top.push(TopTable { title, rows });
     }
-    top.extend(crate::tag_stats::top_tables(&conn, from, &cutoff)?);
+    top.extend(
+        crate::tag_stats::top_tables(&conn, from, &cutoff)?
+            .into_iter()
+            .map(|(title, rows)| TopTable { title, rows }),
+    );
     Ok(Stats {
         since,
         requests,

@@ -1,10 +1,12 @@
 //! The classification's share of `tarpit stats` and `tarpit report`: the top attack classes,
 //! CVEs, targeted applications, tools and crawlers, and how long each tool was held. Tags are
-//! counted per request (`request_tags` joined to `events` for the period).
+//! counted per request (`request_tags` joined to `events` for the period). Below `stats`,
+//! which shows these tables beside its own.
 
 use rusqlite::Connection;
 
-use crate::stats::TopTable;
+/// One table: its title and (value, count) rows, largest first.
+pub type TagTable = (&'static str, Vec<(String, u64)>);
 
 /// Rows per table.
 const TOP: usize = 10;
@@ -22,7 +24,7 @@ pub const FAMILY_TABLES: &[(&str, &str)] = &[
 pub const TIME_PER_TOOL: &str = "seconds held per tool";
 
 /// The tag tables for requests at or after `cutoff` (`from` is `db::events_from`).
-pub fn top_tables(conn: &Connection, from: &str, cutoff: &str) -> rusqlite::Result<Vec<TopTable>> {
+pub fn top_tables(conn: &Connection, from: &str, cutoff: &str) -> rusqlite::Result<Vec<TagTable>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT request_tags.tag, COUNT(*), TOTAL(events.duration_s)
          FROM {from} JOIN request_tags ON request_tags.event_id = events.id
@@ -41,19 +43,15 @@ pub fn top_tables(conn: &Connection, from: &str, cutoff: &str) -> rusqlite::Resu
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut tables = Vec::with_capacity(FAMILY_TABLES.len() + 1);
     for (family, title) in FAMILY_TABLES {
-        tables.push(TopTable {
-            title,
-            rows: top(counts
-                .iter()
-                .filter_map(|(tag, n, _)| named(tag, family).map(|name| (name.to_owned(), *n)))),
-        });
+        let rows = counts
+            .iter()
+            .filter_map(|(tag, n, _)| named(tag, family).map(|name| (name.to_owned(), *n)));
+        tables.push((*title, top(rows)));
     }
-    tables.push(TopTable {
-        title: TIME_PER_TOOL,
-        rows: top(counts.iter().filter_map(|(tag, _, seconds)| {
-            named(tag, "tool").map(|name| (name.to_owned(), seconds.round() as u64))
-        })),
+    let seconds = counts.iter().filter_map(|(tag, _, seconds)| {
+        named(tag, "tool").map(|name| (name.to_owned(), seconds.round() as u64))
     });
+    tables.push((TIME_PER_TOOL, top(seconds)));
     Ok(tables)
 }
 
@@ -99,7 +97,7 @@ mod tests {
             }
         }
         let tables = top_tables(&conn, "events", "").unwrap();
-        let find = |title: &str| &tables.iter().find(|t| t.title == title).unwrap().rows;
+        let find = |title: &str| &tables.iter().find(|t| t.0 == title).unwrap().1;
         assert_eq!(find("attack class"), &[("sqli".to_owned(), 2)]);
         assert_eq!(find("CVE"), &[("CVE-2021-44228".to_owned(), 1)]);
         assert_eq!(
@@ -112,6 +110,6 @@ mod tests {
         );
         assert!(find("crawler").is_empty());
         let later = top_tables(&conn, "events", "2027").unwrap();
-        assert!(later.iter().all(|t| t.rows.is_empty()));
+        assert!(later.iter().all(|t| t.1.is_empty()));
     }
 }
