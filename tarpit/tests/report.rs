@@ -103,7 +103,7 @@ fn chromium_renders_the_report_offline() {
             .args(["netns", "exec", &namespace, "sh", "-c"])
             .arg(format!(
                 "chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
-                 --user-data-dir={profile} --window-size=1100,2600 --enable-logging=stderr \
+                 --user-data-dir={profile} --window-size=1100,3900 --enable-logging=stderr \
                  --v=0 {extra} file://{page}",
                 profile = dir.path().join("profile").display(),
                 page = page.display(),
@@ -141,7 +141,7 @@ fn chromium_renders_the_report_offline() {
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
     let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
     let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
-    assert_eq!((width, height), (1100, 2600));
+    assert_eq!((width, height), (1100, 3900));
     assert!(
         bytes.len() > 50_000,
         "a page of charts, not a blank one ({} bytes)",

@@ -121,7 +121,8 @@ pub fn activity(hourly: &[(String, u64)]) -> Result<String, String> {
 
 /// A horizontal bar chart of a top table, the largest at the top.
 pub fn bars(title: &str, rows: &[(String, u64)]) -> Result<String, String> {
-    let height = 60 + 26 * rows.len().max(1) as u32;
+    // Room for three bars at least: fewer would squeeze the labels out of a short chart.
+    let height = 60 + 26 * rows.len().max(3) as u32;
     svg((HALF, height), |root| {
         if rows.is_empty() {
             return empty(root, title);

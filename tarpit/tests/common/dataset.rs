@@ -47,11 +47,31 @@ const PLACES: &[(&str, f64, f64)] = &[
 ];
 
 const PATHS: &[&str] = &["/", "/.env", "/wp-login.php", "/cgi-bin/luci", HOSTILE_PATH];
+
+/// The tools the rows are tagged with (their User-Agents stay `scanner/N`, which no rule knows).
+const TOOLS: &[&str] = &[
+    "tool:zgrab",
+    "tool:curl",
+    "tool:masscan",
+    "tool:go-http-client",
+    "tool:nmap",
+    "tool:python-requests",
+    "tool:sqlmap",
+];
+
+/// CVEs some rows are tagged with.
+const CVES: &[&str] = &[
+    "cve:CVE-2021-44228",
+    "cve:CVE-2017-9841",
+    "cve:CVE-2021-41773",
+    "cve:CVE-2022-1388",
+];
 const PORTS: &[i64] = &[80, 8080, 8888, 443, 23];
 
 /// Creates `path` with `rows` requests spread over the two days before 2026-11-24T12:00Z.
 pub fn synthetic_db(path: &Path, rows: usize) {
     let conn = tarpit::db::open(path).expect("create the database");
+    let classifier = tarpit::classify::Classifier::load(None).expect("the built-in rules");
     let start = humantime::parse_rfc3339("2026-11-22T12:00:00Z").unwrap();
     let tx = conn.unchecked_transaction().unwrap();
     for i in 0..rows {
@@ -107,11 +127,27 @@ pub fn synthetic_db(path: &Path, rows: usize) {
             ],
         )
         .expect("insert a row");
-        // Tags as the classifier would give them: the query names a URL (ssrf), even rows
-        // came from curl.
+        // Tags: what the built-in rules give the row's path and query, a tool by row, and a
+        // CVE on some rows.
         let id = tx.last_insert_rowid();
-        let tags = [(i % 3 == 0, "attack:ssrf"), (i % 2 == 0, "tool:curl")];
-        for (_, tag) in tags.iter().filter(|(has, _)| *has) {
+        let query = (i % 3 == 0).then(|| format!("url=http://{IN_QUERY}/x"));
+        let view = tarpit::classify::RequestView {
+            method: Some("GET"),
+            path: Some(PATHS[i % PATHS.len()]),
+            query: query.as_deref(),
+            ..Default::default()
+        };
+        let mut tags: Vec<String> = classifier
+            .classify(&view)
+            .iter()
+            .map(|t| t.to_string())
+            .filter(|t| !t.starts_with("tool:"))
+            .collect();
+        tags.push(TOOLS[i % TOOLS.len()].to_owned());
+        if i % 4 == 0 {
+            tags.push(CVES[(i / 4) % CVES.len()].to_owned());
+        }
+        for tag in &tags {
             tx.execute(
                 "INSERT INTO request_tags (event_id, conn_id, request_seq, tag)
                  VALUES (?1, ?2, 1, ?3)",
