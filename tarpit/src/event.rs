@@ -93,7 +93,10 @@ impl Event {
                             .map(|(k, v)| k.capacity() + v.capacity())
                             .sum::<usize>()
                         + r.geo.heap_bytes()
-                        + r.fingerprint.heap_bytes()
+                        + r.fingerprint
+                            .as_ref()
+                            .map_or(0, |f| std::mem::size_of::<Fingerprint>() + f.heap_bytes())
+                        + r.header_order.as_ref().map_or(0, String::capacity)
                         + r.client_hello.as_ref().map_or(0, Vec::capacity)
                         + r.tags.capacity() * std::mem::size_of::<Arc<str>>()
                 }
@@ -199,9 +202,13 @@ pub struct RequestRecord {
     #[serde(flatten)]
     pub geo: GeoInfo,
     /// SYN, TLS and header-order fingerprints, derived on the pipeline from what the worker
-    /// captured (the worker fills only `header_order`).
+    /// captured (`syn`, `client_hello`, `header_order`). Boxed and absent until then, so a
+    /// request costs the workers' queues no more than what they captured.
     #[serde(flatten)]
-    pub fingerprint: Fingerprint,
+    pub fingerprint: Option<Box<Fingerprint>>,
+    /// The header names in order, as the worker saw them; moved into `fingerprint`.
+    #[serde(skip)]
+    pub header_order: Option<String>,
     /// The client's SYN as the worker parsed it; `None` behind a proxy (it would be the
     /// proxy's). Turned into `fingerprint` on the pipeline.
     #[serde(skip)]

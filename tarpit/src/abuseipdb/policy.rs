@@ -268,7 +268,8 @@ mod tests {
                 asn_number: asn,
                 ..Default::default()
             },
-            fingerprint: Default::default(),
+            fingerprint: None,
+            header_order: None,
             syn: None,
             client_hello: None,
             tags: Vec::new(),

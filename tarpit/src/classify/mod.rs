@@ -154,9 +154,9 @@ impl Classifier {
             if field_patterns.is_empty() {
                 continue;
             }
+            // The regex crate's default limits: a rule set that needs more is too big to match
+            // at the rate the pipeline must keep.
             let set = regex::RegexSetBuilder::new(&field_patterns)
-                .size_limit(64 << 20)
-                .dfa_size_limit(16 << 20)
                 .build()
                 .map_err(|e| RuleError {
                     file: "(rule set)".into(),

@@ -83,12 +83,11 @@ const RULES_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// The pipeline's work on a request before it is recorded: the fingerprint strings from what
 /// the worker captured, then the tags.
 fn fingerprint_and_classify(record: &mut RequestRecord, rules: Option<&LiveRules>) {
-    let header_order = record.fingerprint.header_order.take();
-    record.fingerprint = Fingerprint::compute(
+    record.fingerprint = Some(Box::new(Fingerprint::compute(
         record.syn.as_ref(),
         record.client_hello.as_deref(),
-        header_order,
-    );
+        record.header_order.take(),
+    )));
     record.client_hello = None; // fingerprinted: no sink needs the bytes
     if let Some(rules) = rules {
         record.tags = rules.classifier().classify(&request_view(record));

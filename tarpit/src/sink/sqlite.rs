@@ -11,6 +11,7 @@ use crate::event::{
     AbuseReport, ConnectionClosed, ConnectionOpened, Event, RequestRecord, ResponseEnd,
     format_timestamp, headers_to_json,
 };
+use crate::fingerprint::Fingerprint;
 
 /// Writes events into the `events` and `connections` tables (see [`crate::db`]).
 #[derive(Debug)]
@@ -65,6 +66,8 @@ fn insert_connection(conn: &Connection, e: &ConnectionOpened) -> rusqlite::Resul
 }
 
 fn insert_request(conn: &Connection, e: &RequestRecord) -> rusqlite::Result<()> {
+    let absent = Fingerprint::default();
+    let fp = e.fingerprint.as_deref().unwrap_or(&absent);
     conn.prepare_cached(
         "INSERT OR IGNORE INTO events (
             timestamp, client_ip, client_port, target_port, http_method, http_path, http_query,
@@ -117,20 +120,20 @@ fn insert_request(conn: &Connection, e: &RequestRecord) -> rusqlite::Result<()> 
         e.geo.longitude,
         e.geo.asn_number,
         e.geo.asn_organization,
-        e.fingerprint.syn_ttl,
-        e.fingerprint.syn_initial_ttl,
-        e.fingerprint.syn_df,
-        e.fingerprint.syn_window,
-        e.fingerprint.syn_mss,
-        e.fingerprint.syn_wscale,
-        e.fingerprint.syn_options,
-        e.fingerprint.syn_fp,
-        e.fingerprint.tls_version,
-        e.fingerprint.tls_sni,
-        e.fingerprint.tls_alpn,
-        e.fingerprint.ja4,
-        e.fingerprint.header_order,
-        e.fingerprint.header_order_hash,
+        fp.syn_ttl,
+        fp.syn_initial_ttl,
+        fp.syn_df,
+        fp.syn_window,
+        fp.syn_mss,
+        fp.syn_wscale,
+        fp.syn_options,
+        fp.syn_fp,
+        fp.tls_version,
+        fp.tls_sni,
+        fp.tls_alpn,
+        fp.ja4,
+        fp.header_order,
+        fp.header_order_hash,
     ])?;
     for tag in &e.tags {
         conn.prepare_cached(

@@ -129,7 +129,7 @@ impl Connection {
         record.http_version = Some(head.version.as_str());
         record.user_agent = head.header("user-agent").map(str::to_owned);
         record.headers_json = head.headers.clone();
-        record.fingerprint.header_order = Some(head.header_order.clone());
+        record.header_order = Some(head.header_order.clone());
         record.body_preview = body.bytes;
         record.body_sha256 = body.sha256;
         record.body_length = body.declared_length;
@@ -201,7 +201,8 @@ impl Connection {
             error_message: None,
             raw_preview: None,
             geo: Default::default(),
-            fingerprint: Default::default(),
+            fingerprint: None,
+            header_order: None,
             syn,
             client_hello: None,
             tags: Vec::new(),
