@@ -349,24 +349,17 @@ mod tests {
         };
         assert!(tags_of(live.classifier(), view("ours-1")).contains(&"tool:ours".into()));
         assert!(!live.reload_if_changed());
-        std::fs::write(&path, rule("^ours-2")).unwrap();
-        let later = SystemTime::now() + std::time::Duration::from_secs(5);
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
+        // Each edit gets a later modification time, as a real edit a few seconds apart would.
+        let rewrite = |text: String, seconds: u64| {
+            std::fs::write(&path, text).unwrap();
+            let later = SystemTime::now() + std::time::Duration::from_secs(seconds);
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(later).unwrap();
+        };
+        rewrite(rule("^ours-2"), 5);
         assert!(live.reload_if_changed());
         assert!(tags_of(live.classifier(), view("ours-2")).contains(&"tool:ours".into()));
-        std::fs::write(&path, rule("(")).unwrap();
-        let later = later + std::time::Duration::from_secs(5);
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
+        rewrite(rule("("), 10);
         assert!(!live.reload_if_changed());
         assert!(tags_of(live.classifier(), view("ours-2")).contains(&"tool:ours".into()));
     }
