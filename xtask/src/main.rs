@@ -52,8 +52,9 @@ enum Task {
         #[arg(long, default_value_t = 0)]
         misses: usize,
     },
-    /// Measure a tarpit on loopback (ours by default): `hold` or `churn`; or `classify`:
-    /// requests per second the default rules classify on one core.
+    /// Measure a tarpit on loopback (ours by default): `hold` or `churn`; `classify`: requests
+    /// per second the default rules classify on one core; `scanners`: real scanners (gobuster,
+    /// ffuf, nmap http-enum) against nginx and the tarpit, `--duration` seconds each.
     Bench {
         /// `hold`: hold N connections at the default drip; `churn`: connect-request-close loops.
         kind: BenchKind,
@@ -76,6 +77,13 @@ enum Task {
         /// Python baseline: "python3 xtask/bench/baseline.py --port {port}").
         #[arg(long)]
         compare_cmd: Option<String>,
+        /// scanners: another tarpit configuration to point the scanners at, as
+        /// `NAME=ARGS` (e.g. `adaptive=--mode adaptive`); repeatable. The default drip always runs.
+        #[arg(long)]
+        tarpit_args: Vec<String>,
+        /// scanners: run only the scanners whose name starts with this.
+        #[arg(long)]
+        only: Option<String>,
         /// Charge the clients' packet receive work to the clients, as on a real network: run in
         /// a fresh network namespace whose loopback steers received packets (RPS) to CPU 1,
         /// with the server pinned to CPU 0 and the clients to CPU 1. Needs root and 2 CPUs.
@@ -104,6 +112,7 @@ enum BenchKind {
     Hold,
     Churn,
     Classify,
+    Scanners,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -122,6 +131,29 @@ fn main() -> anyhow::Result<()> {
             duration,
             ..
         } => classify_eval::run_eval(&root, &["--bench".into(), duration.to_string()], true),
+        Task::Bench {
+            kind: BenchKind::Scanners,
+            duration,
+            tarpit_args,
+            only,
+            ..
+        } => {
+            run(cargo(&root).args(["build", "--release", "-p", "tarpit"]))?;
+            let binary = target_dir(&root).join("release/tarpit");
+            let base = format!("{} --host 127.0.0.1 --port {{port}}", binary.display());
+            let mut tarpits = vec![("tarpit drip".to_owned(), base.clone())];
+            for extra in tarpit_args {
+                let (name, args) = extra.split_once('=').unwrap_or((&extra, ""));
+                tarpits.push((format!("tarpit {name}"), format!("{base} {args}")));
+            }
+            let window = std::time::Duration::from_secs(duration);
+            let results = bench::scanners::scanners(&tarpits, window, only.as_deref())?;
+            let columns: Vec<String> = std::iter::once("nginx".to_owned())
+                .chain(tarpits.into_iter().map(|(name, _)| name))
+                .collect();
+            bench::scanners::print(&results, &columns, window);
+            Ok(())
+        }
         Task::BenchClient {
             role,
             addr,
@@ -138,6 +170,7 @@ fn main() -> anyhow::Result<()> {
             server_cmd,
             compare_cmd,
             isolate_rx,
+            ..
         } => {
             if cfg!(debug_assertions) {
                 return rerun_release(&root);
@@ -173,14 +206,14 @@ fn main() -> anyhow::Result<()> {
                 let figures = match kind {
                     BenchKind::Hold => bench::hold(&cmd, name, conns, duration, processes)?,
                     BenchKind::Churn => bench::churn(&cmd, name, workers, duration, processes)?,
-                    BenchKind::Classify => unreachable!("handled above"),
+                    BenchKind::Classify | BenchKind::Scanners => unreachable!("handled above"),
                 };
                 columns.push(figures);
             }
             let title = match kind {
                 BenchKind::Hold => format!("hold: {conns} connections, {duration} s measured"),
                 BenchKind::Churn => format!("churn: {workers} loops, {duration} s measured"),
-                BenchKind::Classify => unreachable!("handled above"),
+                BenchKind::Classify | BenchKind::Scanners => unreachable!("handled above"),
             };
             bench::print_table(&title, &mut columns);
             Ok(())
@@ -438,6 +471,9 @@ const APT_PACKAGES: &[&str] = &[
     "sqlmap",
     "wfuzz",
     "dirb",
+    // Scanners of `cargo xtask bench scanners` (and its smoke test).
+    "gobuster",
+    "ffuf",
 ];
 
 fn ci_setup() -> anyhow::Result<()> {

@@ -74,3 +74,54 @@ fn bench_holds_and_churns_the_release_tarpit_without_loss() {
         "{churn}"
     );
 }
+
+/// Whether a command is on PATH; with `TARPIT_E2E` set, a missing one fails the test.
+fn have(tools: &[&str]) -> bool {
+    let missing: Vec<&&str> = tools
+        .iter()
+        .filter(|tool| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("TARPIT_E2E").is_none(),
+        "TARPIT_E2E is set and {missing:?} are missing (cargo xtask ci-setup installs them)"
+    );
+    eprintln!("SKIPPED: {missing:?} missing");
+    false
+}
+
+/// The scanner bench runs a real scanner against nginx and the tarpit and reads back what each
+/// recorded: gobuster (defaults: 10 threads, 10 s timeout) goes through the whole word list on
+/// nginx and gives up on the drip after its first request times out.
+#[test]
+fn scanner_bench_runs_gobuster_against_nginx_and_the_tarpit() {
+    if !have(&["gobuster", "nginx"]) {
+        return;
+    }
+    let table = bench(&["scanners", "--only", "gobuster", "--duration", "30"]);
+    let row = |target: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("| gobuster | {target} |")))
+            .unwrap_or_else(|| panic!("no {target} row in\n{table}"))
+            .split('|')
+            .map(|c| c.trim().to_owned())
+            .collect()
+    };
+    let nginx = row("nginx");
+    assert!(
+        nginx[3].parse::<u64>().unwrap() >= 20_469,
+        "the whole list: {table}"
+    );
+    assert_eq!(nginx[6], "finished", "{table}");
+    let drip = row("tarpit drip");
+    assert!(drip[3].parse::<u64>().unwrap() >= 1, "{table}");
+    assert!(drip[6].starts_with("aborted"), "{table}");
+}

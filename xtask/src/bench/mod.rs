@@ -9,6 +9,7 @@
 mod client;
 mod isolate;
 mod report;
+pub mod scanners;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr};

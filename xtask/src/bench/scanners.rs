@@ -1,0 +1,278 @@
+//! `cargo xtask bench scanners`: real scanners from Debian's packages (gobuster, ffuf, nmap with
+//! `http-enum`), each with its default settings and one fixed word list, for a fixed window,
+//! against (a) nginx serving a small site (found pages 200, the rest 404, at once) and (b) the
+//! tarpit, in its default drip and in every extra configuration named with `--tarpit-args`.
+//!
+//! Per scanner and target it reports what the server recorded (requests, distinct paths,
+//! attacker-seconds held: the sum of request hold times) and how the scanner ended: finished,
+//! aborted (a non-zero exit), or still scanning when the window closed (then it is stopped).
+//! Loopback only; every run is bounded by the window.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use super::{Server, free_port};
+
+/// The fixed word list: dirb's big list (20,469 words), from Debian's `dirb` package. No
+/// scanner gets through it against the tarpit within a window of minutes.
+pub const WORDLIST: &str = "/usr/share/dirb/wordlists/big.txt";
+
+/// The scanners, by name, with their command lines (`{url}`, `{port}`, `{wordlist}` replaced).
+/// Only output options are added to the defaults (no progress bar).
+pub const SCANNERS: &[(&str, &str)] = &[
+    ("gobuster", "gobuster dir -q -z -u {url}/ -w {wordlist}"),
+    ("ffuf", "ffuf -s -u {url}/FUZZ -w {wordlist}"),
+    (
+        "nmap http-enum",
+        "nmap -n -Pn -p {port} -sV --script http-enum 127.0.0.1",
+    ),
+];
+
+/// What one scanner did against one target.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Requests the server recorded.
+    pub requests: u64,
+    /// Distinct paths among them.
+    pub distinct_paths: u64,
+    /// Seconds the server held the scanner's requests, summed.
+    pub held_seconds: f64,
+    /// `finished`, `aborted (exit N)` or `still scanning`.
+    pub outcome: String,
+    /// Seconds until the scanner ended (or the window closed).
+    pub wall_seconds: f64,
+}
+
+/// A server the scanners are pointed at.
+enum Target {
+    /// nginx with a private configuration and root.
+    Nginx {
+        child: std::process::Child,
+        dir: tempfile::TempDir,
+        port: u16,
+    },
+    /// The tarpit (its own database in its temporary directory).
+    Tarpit(Server),
+}
+
+impl Target {
+    fn port(&self) -> u16 {
+        match self {
+            Target::Nginx { port, .. } => *port,
+            Target::Tarpit(server) => server.addr.port(),
+        }
+    }
+
+    /// Stops the server and reads what it recorded.
+    fn finish(self) -> anyhow::Result<(u64, u64, f64)> {
+        match self {
+            Target::Nginx { mut child, dir, .. } => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(dir.path().join("access.log"))?;
+                let mut paths = std::collections::HashSet::new();
+                let (mut requests, mut held) = (0, 0.0);
+                for line in log.lines() {
+                    // `$request_time $uri`
+                    let Some((time, uri)) = line.split_once(' ') else {
+                        continue;
+                    };
+                    requests += 1;
+                    held += time.parse::<f64>().unwrap_or(0.0);
+                    paths.insert(uri.to_owned());
+                }
+                Ok((requests, paths.len() as u64, held))
+            }
+            Target::Tarpit(server) => {
+                let (_, dir) = server.stop()?;
+                // Read with Python's sqlite3, as the other benches do (xtask links no SQLite).
+                let out = Command::new("python3")
+                    .arg("-c")
+                    .arg(
+                        "import sqlite3,sys; print(*sqlite3.connect(sys.argv[1]).execute(\
+                         'select count(*), count(distinct http_path), total(duration_s) \
+                         from events').fetchone())",
+                    )
+                    .arg(dir.path().join("data/tarpit_events.db"))
+                    .output()?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                let fields: Vec<&str> = text.split_whitespace().collect();
+                let [requests, paths, held] = fields[..] else {
+                    bail!("reading the tarpit's database: {text}");
+                };
+                Ok((requests.parse()?, paths.parse()?, held.parse()?))
+            }
+        }
+    }
+}
+
+/// nginx on a free loopback port: `/index.html`, `/admin/` and `/login.php` exist, the rest is
+/// 404; every request is logged with its time.
+fn start_nginx() -> anyhow::Result<Target> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let root = dir.path().join("www");
+    std::fs::create_dir_all(root.join("admin"))?;
+    for page in ["index.html", "admin/index.html", "login.php"] {
+        std::fs::write(root.join(page), "<html><body>It works.</body></html>\n")?;
+    }
+    let d = dir.path().display();
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pid {d}/nginx.pid;\nerror_log {d}/error.log;\nworker_processes 1;\n\
+             events {{}}\nhttp {{\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  \
+             log_format timed '$request_time $uri';\n  access_log {d}/access.log timed;\n  \
+             server {{\n    listen 127.0.0.1:{port};\n    root {root};\n  }}\n}}\n",
+            root = root.display()
+        ),
+    )?;
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nginx (apt-get install nginx-light)")?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("nginx did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The readiness probe is not a scanner's request.
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(dir.path().join("access.log"), "")?;
+    Ok(Target::Nginx { child, dir, port })
+}
+
+/// Runs `command` until it exits or `window` passes; returns its outcome and wall time.
+fn run_scanner(command: &str, window: Duration, log: &Path) -> anyhow::Result<(String, f64)> {
+    let started = Instant::now();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {command}"))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(log)?)
+        .stderr(std::fs::File::options().append(true).open(log)?)
+        .spawn()
+        .with_context(|| format!("starting {command}"))?;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let outcome = match status.code() {
+                Some(0) => "finished".to_owned(),
+                Some(code) => format!("aborted (exit {code})"),
+                None => "killed".to_owned(),
+            };
+            return Ok((outcome, started.elapsed().as_secs_f64()));
+        }
+        if started.elapsed() >= window {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(("still scanning".to_owned(), window.as_secs_f64()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every tool the bench needs, or the apt packages that provide them.
+fn check_prerequisites() -> anyhow::Result<()> {
+    let missing: Vec<&str> = [
+        ("gobuster", "gobuster"),
+        ("ffuf", "ffuf"),
+        ("nmap", "nmap"),
+        ("nginx", "nginx-light"),
+    ]
+    .iter()
+    .filter(|(tool, _)| {
+        !Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+    .map(|(_, package)| *package)
+    .collect();
+    let mut missing = missing;
+    if !Path::new(WORDLIST).exists() {
+        missing.push("dirb");
+    }
+    if !missing.is_empty() {
+        bail!(
+            "apt-get install {} (the scanner bench needs them)",
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Runs every scanner against every target; `tarpits` are (column name, tarpit command line
+/// with `{port}`). Returns, per scanner, the runs in target order (nginx first).
+pub fn scanners(
+    tarpits: &[(String, String)],
+    window: Duration,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<(&'static str, Vec<Run>)>> {
+    check_prerequisites()?;
+    let logs = tempfile::tempdir()?;
+    let mut results = Vec::new();
+    for (scanner, template) in SCANNERS {
+        if only.is_some_and(|o| !scanner.starts_with(o)) {
+            continue;
+        }
+        let mut runs = Vec::new();
+        let targets = std::iter::once(None).chain(tarpits.iter().map(Some));
+        for (index, tarpit) in targets.enumerate() {
+            let target = match tarpit {
+                None => start_nginx()?,
+                Some((_, command)) => Target::Tarpit(Server::start(command)?),
+            };
+            let port = target.port();
+            let command = template
+                .replace("{url}", &format!("http://127.0.0.1:{port}"))
+                .replace("{port}", &port.to_string())
+                .replace("{wordlist}", WORDLIST);
+            eprintln!("xtask: {scanner} against target {index}: {command}");
+            let log: PathBuf = logs
+                .path()
+                .join(format!("{}-{index}.log", scanner.replace(' ', "-")));
+            let (outcome, wall_seconds) = run_scanner(&command, window, &log)?;
+            let (requests, distinct_paths, held_seconds) = target.finish()?;
+            runs.push(Run {
+                requests,
+                distinct_paths,
+                held_seconds,
+                outcome,
+                wall_seconds,
+            });
+        }
+        results.push((*scanner, runs));
+    }
+    Ok(results)
+}
+
+/// The results as a Markdown table, one row per scanner and target.
+pub fn print(results: &[(&str, Vec<Run>)], columns: &[String], window: Duration) {
+    println!(
+        "\nscanners: dirb big.txt ({WORDLIST}), window {} s\n",
+        window.as_secs()
+    );
+    println!(
+        "| scanner | target | requests recorded | distinct paths | attacker-seconds held | outcome | ran for |"
+    );
+    println!("|---|---|---:|---:|---:|---|---:|");
+    for (scanner, runs) in results {
+        for (run, column) in runs.iter().zip(columns) {
+            println!(
+                "| {scanner} | {column} | {} | {} | {:.1} | {} | {:.1} s |",
+                run.requests, run.distinct_paths, run.held_seconds, run.outcome, run.wall_seconds
+            );
+        }
+    }
+}
