@@ -122,6 +122,14 @@ impl ReportData {
         })
     }
 
+    /// One bar chart per (top table title, chart caption).
+    fn bar_charts(&self, wanted: &[(&str, &str)]) -> Result<Vec<String>, ReportError> {
+        wanted
+            .iter()
+            .map(|(title, label)| charts::bars(label, self.top(title)).map_err(chart_error("top")))
+            .collect()
+    }
+
     /// A top table of the stats by title (empty when there is none).
     fn top(&self, title: &str) -> &[(String, u64)] {
         self.stats
@@ -180,26 +188,20 @@ pub fn to_html(data: &ReportData, now: SystemTime) -> Result<String, ReportError
         .map_err(chart_error("world map"))?;
     let durations = charts::columns("Time held per request", &data.durations)
         .map_err(chart_error("time held"))?;
-    let mut bars = Vec::new();
-    for (title, label) in [
+    let bars = data.bar_charts(&[
         ("country", "Top countries"),
         ("ASN", "Top ASNs"),
         ("target port", "Top target ports"),
         ("path", "Top paths"),
-    ] {
-        bars.push(charts::bars(label, data.top(title)).map_err(chart_error("top"))?);
-    }
-    let mut tag_bars = Vec::new();
-    for (title, label) in [
+    ])?;
+    let tag_bars = data.bar_charts(&[
         ("attack class", "Attack classes"),
         ("CVE", "CVEs tried"),
         ("targeted application", "Targeted applications"),
         ("tool", "Tools"),
         (crate::tag_stats::TIME_PER_TOOL, "Seconds held per tool"),
         ("crawler", "Crawlers"),
-    ] {
-        tag_bars.push(charts::bars(label, data.top(title)).map_err(chart_error("tags"))?);
-    }
+    ])?;
 
     let mut html = String::with_capacity(256 * 1024);
     let period = crate::db::period_label(stats.since.as_deref());
