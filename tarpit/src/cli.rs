@@ -244,6 +244,18 @@ pub struct Overrides {
     /// [classify] rules: an operator rule file, read after the built-in rules.
     #[arg(long)]
     pub classify_rules: Option<PathBuf>,
+    /// [tarpit] mode: drip (the replaced tool's response) or adaptive.
+    #[arg(long, value_enum)]
+    pub mode: Option<crate::config::TarpitMode>,
+    /// [adaptive] margin: seconds before a family's give-up time at which its answer ends.
+    #[arg(long)]
+    pub adaptive_margin: Option<f64>,
+    /// [adaptive] persona: a directory replacing the built-in persona.
+    #[arg(long)]
+    pub adaptive_persona: Option<PathBuf>,
+    /// [adaptive] priors: a give-up prior file read before the built-in priors.
+    #[arg(long)]
+    pub adaptive_priors: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -293,6 +305,14 @@ impl Overrides {
         set(&mut config.ebpf.map_entries, &self.ebpf_map_entries);
         if let Some(rules) = &self.classify_rules {
             config.classify.rules = Some(rules.clone());
+        }
+        set(&mut config.tarpit.mode, &self.mode);
+        set(&mut config.adaptive.margin, &self.adaptive_margin);
+        if let Some(persona) = &self.adaptive_persona {
+            config.adaptive.persona = Some(persona.clone());
+        }
+        if let Some(priors) = &self.adaptive_priors {
+            config.adaptive.priors = Some(priors.clone());
         }
     }
 }

@@ -30,6 +30,10 @@ pub enum Event {
     ConnectionClosed(ConnectionClosed),
     /// An AbuseIPDB report was made (or dry-run, or failed) for a request's client.
     AbuseReport(AbuseReport),
+    /// Give-up model families that changed (adaptive mode), for the `giveup_families` table
+    /// and the metrics; not a connection's record, so the JSON log leaves it out.
+    #[serde(skip)]
+    GiveUpFamilies(Arc<Vec<crate::adaptive::model::FamilyRow>>),
 }
 
 /// The outcome of one AbuseIPDB report; the `abuseipdb_reports` table's columns.
@@ -67,6 +71,7 @@ impl Event {
             Event::ResponseEnd(e) => e.conn_id,
             Event::ConnectionClosed(e) => e.conn_id,
             Event::AbuseReport(e) => e.conn_id,
+            Event::GiveUpFamilies(_) => 0,
         }
     }
 
@@ -106,6 +111,7 @@ impl Event {
                         + r.categories.capacity()
                         + r.comment.capacity()
                 }
+                Event::GiveUpFamilies(rows) => rows.len() * 512,
                 _ => 0,
             }
     }
@@ -193,6 +199,19 @@ pub struct RequestRecord {
     pub body_length: Option<u64>,
     /// The status line the client is given; `None` when nothing is sent.
     pub response_status: Option<u16>,
+    /// `drip` (the replaced tool's response) or `adaptive` (a persona page, completed early
+    /// when the client's family is known to give up).
+    pub response_mode: &'static str,
+    /// The give-up time (seconds) the adaptive response was planned with, if any.
+    pub giveup_limit_s: Option<f64>,
+    /// Where that figure came from: `address`, `user_agent`, `header_order`, `tool` (learned)
+    /// or `prior`.
+    pub giveup_basis: Option<&'static str>,
+    /// Seconds after the request at which the response was to be completed early.
+    pub planned_end_s: Option<f64>,
+    /// The request's client families (adaptive mode), for the give-up model; not stored.
+    #[serde(skip)]
+    pub families: Option<crate::adaptive::FamilyKeys>,
     /// Why this is not a normal request (`tls_client_hello`, `head_timeout`, ...), else `None`.
     pub error_message: Option<String>,
     /// The first bytes received, escaped, for rejected input.
@@ -237,6 +256,9 @@ pub struct ResponseEnd {
     pub duration_s: f64,
     /// `complete`, or what cut the response short (`client_reset`, `shutdown`, ...).
     pub end_reason: &'static str,
+    /// Seconds from the request to the client's FIN, when one arrived during the response:
+    /// when a client that gave up really left (the end is noticed at the next write).
+    pub client_fin_s: Option<f64>,
 }
 
 /// The end of a connection.
@@ -329,6 +351,55 @@ pub fn headers_to_json(headers: &[(String, String)]) -> String {
 }
 
 #[cfg(test)]
+impl RequestRecord {
+    /// A GET of `/wp-login.php` from `client_ip`, for unit tests of what reads records.
+    pub(crate) fn sample(client_ip: IpAddr) -> Self {
+        RequestRecord {
+            conn_id: 1,
+            request_seq: 1,
+            timestamp: SystemTime::now(),
+            client_ip,
+            client_port: Some(1),
+            client_ip_source: "socket",
+            peer_ip: client_ip,
+            peer_port: 1,
+            local_ip: client_ip,
+            local_port: 8080,
+            target_port: 80,
+            target_port_source: "ebpf",
+            target_port_ebpf: Some(80),
+            ebpf_lookup: Some("translated"),
+            target_port_original_dst: Some(80),
+            target_port_header: None,
+            http_method: Some("GET".into()),
+            http_path: Some("/wp-login.php".into()),
+            http_query: Some("pwd=secret".into()),
+            http_version: Some("HTTP/1.1"),
+            user_agent: None,
+            headers_json: vec![("Authorization".into(), "Basic c2VjcmV0".into())],
+            head_size: 10,
+            body_preview: None,
+            body_sha256: None,
+            body_length: None,
+            response_status: Some(200),
+            response_mode: "drip",
+            giveup_limit_s: None,
+            giveup_basis: None,
+            planned_end_s: None,
+            families: None,
+            error_message: None,
+            raw_preview: None,
+            geo: GeoInfo::default(),
+            fingerprint: None,
+            header_order: None,
+            syn: None,
+            client_hello: None,
+            tags: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
@@ -342,6 +413,7 @@ mod tests {
             bytes_sent: 10,
             duration_s: 0.5,
             end_reason: "complete",
+            client_fin_s: None,
         });
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["event"], "response_end");

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod abuseipdb;
+pub mod adaptive;
 pub mod address_text;
 pub mod attribution;
 pub mod classify;
@@ -19,6 +20,7 @@ pub mod event;
 pub mod export;
 pub mod fingerprint;
 pub mod geoip;
+pub mod giveup_stats;
 pub mod http;
 pub mod log_throttle;
 pub mod metrics;

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 
 use metrics::{counter, gauge};
 
+use crate::adaptive::FamilyKind;
 use crate::event::Event;
 use crate::queue::PipelineStats;
 
@@ -111,6 +112,7 @@ impl MetricsSink {
                     .increment(1);
                 counter!("tarpit_port_attribution_total", "source" => r.target_port_source)
                     .increment(1);
+                counter!("tarpit_response_mode_total", "mode" => r.response_mode).increment(1);
                 if let Some(lookup) = r.ebpf_lookup {
                     counter!("tarpit_ebpf_lookups_total", "result" => lookup).increment(1);
                 }
@@ -131,6 +133,15 @@ impl MetricsSink {
             }
             Event::AbuseReport(e) => {
                 counter!("tarpit_abuseipdb_reports_total", "outcome" => e.outcome).increment(1);
+            }
+            Event::GiveUpFamilies(rows) => {
+                // Tool names come only from the rule set's tags and the priors: bounded.
+                for row in rows.iter().filter(|r| r.family.kind == FamilyKind::Tool) {
+                    if let Some(seconds) = row.give_up_s {
+                        gauge!("tarpit_giveup_seconds", "tool" => row.family.name.clone())
+                            .set(seconds);
+                    }
+                }
             }
         }
         gauge!("tarpit_connections_active").set(self.active as f64);

@@ -33,6 +33,8 @@ pub struct Stats {
     pub top: Vec<TopTable>,
     /// Requests per hour (`YYYY-MM-DDTHH`, UTC).
     pub hourly: Vec<(String, u64)>,
+    /// Give-up time by tool, from the adaptive mode's stored model (not limited by `since`).
+    pub giveup_by_tool: Vec<crate::giveup_stats::GiveUpRow>,
 }
 
 /// One "top N" table.
@@ -236,6 +238,7 @@ fn build_capped(
         last,
         top,
         hourly: hours.into_iter().collect(),
+        giveup_by_tool: crate::giveup_stats::by_tool(&conn)?,
     })
 }
 
@@ -280,7 +283,7 @@ pub fn is_unsafe_for_display(c: char) -> bool {
 }
 
 /// Cuts a value for a table cell (User-Agents and paths can be long), on a char boundary.
-fn cell(text: &str, width: usize) -> String {
+pub fn cell(text: &str, width: usize) -> String {
     let clean: String = text
         .chars()
         .map(|c| if is_unsafe_for_display(c) { ' ' } else { c })
@@ -321,6 +324,7 @@ impl Stats {
                 let _ = writeln!(out, "  {:>10}  {}", count, cell(value, 70));
             }
         }
+        out.push_str(&crate::giveup_stats::to_text(&self.giveup_by_tool));
         let _ = writeln!(out, "\nrequests per hour (UTC)");
         for (hour, count) in &self.hourly {
             let _ = writeln!(out, "  {hour}:00  {count:>10}");

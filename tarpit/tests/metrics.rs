@@ -120,6 +120,9 @@ fn the_grafana_dashboard_is_valid_and_uses_exported_metrics() {
         "tarpit_sink_batch_seconds_bucket",
         "tarpit_geoip_lookups_total",
         "tarpit_request_tags_total",
+        "tarpit_response_end_total",
+        "tarpit_response_mode_total",
+        "tarpit_giveup_seconds",
     ];
     let panels = dashboard["panels"].as_array().unwrap();
     assert!(panels.len() >= 4);

@@ -233,47 +233,10 @@ mod tests {
     use super::*;
 
     fn record(ip: &str, ua: Option<&str>, asn: Option<u32>) -> RequestRecord {
-        let client_ip: IpAddr = ip.parse().unwrap();
-        RequestRecord {
-            conn_id: 1,
-            request_seq: 1,
-            timestamp: SystemTime::now(),
-            client_ip,
-            client_port: Some(1),
-            client_ip_source: "socket",
-            peer_ip: client_ip,
-            peer_port: 1,
-            local_ip: client_ip,
-            local_port: 8080,
-            target_port: 80,
-            target_port_source: "ebpf",
-            target_port_ebpf: Some(80),
-            ebpf_lookup: Some("translated"),
-            target_port_original_dst: Some(80),
-            target_port_header: None,
-            http_method: Some("GET".into()),
-            http_path: Some("/wp-login.php".into()),
-            http_query: Some("pwd=secret".into()),
-            http_version: Some("HTTP/1.1"),
-            user_agent: ua.map(str::to_owned),
-            headers_json: vec![("Authorization".into(), "Basic c2VjcmV0".into())],
-            head_size: 10,
-            body_preview: None,
-            body_sha256: None,
-            body_length: None,
-            response_status: Some(200),
-            error_message: None,
-            raw_preview: None,
-            geo: crate::geoip::GeoInfo {
-                asn_number: asn,
-                ..Default::default()
-            },
-            fingerprint: None,
-            header_order: None,
-            syn: None,
-            client_hello: None,
-            tags: Vec::new(),
-        }
+        let mut record = RequestRecord::sample(ip.parse().unwrap());
+        record.user_agent = ua.map(str::to_owned);
+        record.geo.asn_number = asn;
+        record
     }
 
     fn policy() -> Policy {

@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use sections::{
-    AbuseIpDbConfig, ClassifyConfig, EbpfConfig, GeoIpConfig, MetricsConfig, ServerConfig,
-    StorageConfig, TarpitConfig,
+    AbuseIpDbConfig, AdaptiveConfig, ClassifyConfig, EbpfConfig, GeoIpConfig, MetricsConfig,
+    ServerConfig, StorageConfig, TarpitConfig, TarpitMode,
 };
 
 /// A configuration problem, located precisely enough that the operator can fix it in one edit.
@@ -60,6 +60,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Request classification.
     pub classify: ClassifyConfig,
+    /// The adaptive mode's give-up model and persona.
+    pub adaptive: AdaptiveConfig,
 }
 
 impl Config {

@@ -212,10 +212,60 @@ impl Default for ServerConfig {
     }
 }
 
+/// How responses are paced (`[tarpit] mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TarpitMode {
+    /// The replaced tool's fixed drip, byte for byte: every client held to the end.
+    #[default]
+    Drip,
+    /// A believable persona, a jittered drip, and an early, complete answer just before the
+    /// client family's learned give-up time (see `[adaptive]`).
+    Adaptive,
+}
+
+/// `[adaptive]`: the adaptive mode's model and persona (used when `[tarpit] mode =
+/// "adaptive"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdaptiveConfig {
+    /// Seconds before a family's learned give-up time at which its response is completed.
+    pub margin: f64,
+    /// The give-up time used is this quantile of a family's recent give-ups (low: the
+    /// impatient end of the family).
+    pub quantile: f64,
+    /// Give-ups a learned family needs before its own figure is used.
+    pub min_samples: u32,
+    /// Each drip gap is the delay times a random factor in `1 ± jitter`.
+    pub jitter: f64,
+    /// Client families kept in memory (least recently seen dropped first).
+    pub max_families: usize,
+    /// A persona directory (`persona.toml` and its pages) replacing the built-in one.
+    pub persona: Option<PathBuf>,
+    /// A give-up prior file read before the built-in priors (same tool replaces).
+    pub priors: Option<PathBuf>,
+}
+
+impl Default for AdaptiveConfig {
+    fn default() -> Self {
+        Self {
+            margin: 1.0,
+            quantile: 0.1,
+            min_samples: 3,
+            jitter: 0.3,
+            max_families: 10_000,
+            persona: None,
+            priors: None,
+        }
+    }
+}
+
 /// `[tarpit]`: the drip and the limits on what a client may send.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TarpitConfig {
+    /// `drip` (default, the replaced tool's response) or `adaptive`.
+    pub mode: TarpitMode,
     /// Seconds between two drip chunks.
     pub response_delay: f64,
     /// The bytes sent on each tick (the payload of one HTTP chunk).
@@ -245,6 +295,7 @@ pub struct TarpitConfig {
 impl Default for TarpitConfig {
     fn default() -> Self {
         Self {
+            mode: TarpitMode::Drip,
             response_delay: 1.5,
             response_chunk: ".".to_owned(),
             max_response_bytes: 1200,

@@ -164,6 +164,52 @@ impl Config {
                 return err(key, "must not be empty".into());
             }
         }
+        let a = &self.adaptive;
+        if !(a.margin.is_finite() && (0.0..=3600.0).contains(&a.margin)) {
+            return err(
+                "adaptive.margin",
+                format!("must be 0 to 3600 seconds, got {}", a.margin),
+            );
+        }
+        if !(a.quantile > 0.0 && a.quantile <= 1.0) {
+            return err(
+                "adaptive.quantile",
+                format!("must be above 0 and at most 1, got {}", a.quantile),
+            );
+        }
+        if !(1..=16).contains(&a.min_samples) {
+            return err(
+                "adaptive.min_samples",
+                format!(
+                    "must be 1 to 16 (the give-ups remembered), got {}",
+                    a.min_samples
+                ),
+            );
+        }
+        if !(0.0..=0.9).contains(&a.jitter) {
+            return err(
+                "adaptive.jitter",
+                format!("must be 0 to 0.9, got {}", a.jitter),
+            );
+        }
+        if !(1..=10_000_000).contains(&a.max_families) {
+            return err(
+                "adaptive.max_families",
+                format!("must be 1 to 10000000, got {}", a.max_families),
+            );
+        }
+        // The persona and prior files are loaded here, so a bad page or prior stops the start
+        // with file, entry and reason.
+        if let Some(dir) = &a.persona
+            && let Err(error) = crate::adaptive::Persona::load(Some(dir), 1, 1)
+        {
+            return err("adaptive.persona", error.to_string());
+        }
+        if let Some(file) = &a.priors
+            && let Err(error) = crate::adaptive::priors::load(Some(file))
+        {
+            return err("adaptive.priors", error.to_string());
+        }
         // The rule file is loaded here, so a bad rule stops the start with file, rule and
         // reason (later edits are re-read by the pipeline, which keeps the old rules on error).
         if let Some(rules) = &self.classify.rules

@@ -207,6 +207,27 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX request_tags_tag ON request_tags (tag);
     "#,
+    // 5: the adaptive mode: what each response was planned with, and the give-up model's
+    // families (kept across restarts).
+    r#"
+    ALTER TABLE events ADD COLUMN response_mode TEXT;
+    ALTER TABLE events ADD COLUMN giveup_limit_s REAL;
+    ALTER TABLE events ADD COLUMN giveup_basis TEXT;
+    ALTER TABLE events ADD COLUMN planned_end_s REAL;
+    ALTER TABLE events ADD COLUMN client_fin_s REAL;
+    CREATE TABLE giveup_families (
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        give_up_s REAL,
+        recent_s TEXT NOT NULL,
+        give_ups INTEGER NOT NULL,
+        planned_ends INTEGER NOT NULL,
+        completed INTEGER NOT NULL,
+        tool TEXT,
+        last_seen INTEGER NOT NULL,
+        PRIMARY KEY (kind, name)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

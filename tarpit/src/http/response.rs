@@ -85,6 +85,11 @@ impl DripResponse {
         }
     }
 
+    /// The `Server:` header value every response carries.
+    pub fn server_header(&self) -> &str {
+        &self.server_header
+    }
+
     /// Number of ticks (writes of payload) in one response.
     pub fn ticks(&self) -> u64 {
         self.ticks

@@ -6,6 +6,7 @@
 //! [`EventSender::send`], which never blocks.
 
 mod channel;
+pub mod learner;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,6 +27,7 @@ use crate::fingerprint::Fingerprint;
 use crate::geoip::GeoIp;
 use crate::metrics::MetricsSink;
 use crate::sink::SinkThread;
+use learner::Learner;
 
 /// How often lost events are reported in the diagnostics log.
 const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(60);
@@ -75,10 +77,15 @@ pub struct Enrichment {
     pub metrics: Option<(std::net::SocketAddr, u16)>,
     /// The classification rules (re-read when the operator file changes).
     pub rules: Option<LiveRules>,
+    /// The adaptive mode's give-up model (learns from responses, publishes to the workers).
+    pub learner: Option<Learner>,
 }
 
 /// How often the operator's rule file is checked for changes.
 const RULES_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often the give-up model publishes its figures and stores its changes.
+const LEARNER_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The pipeline's work on a request before it is recorded: the fingerprint strings from what
 /// the worker captured, then the tags.
@@ -118,6 +125,8 @@ async fn run(
     report.tick().await;
     let mut rules_check = tokio::time::interval(RULES_CHECK_INTERVAL);
     rules_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut learner_tick = tokio::time::interval(LEARNER_INTERVAL);
+    learner_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported = (0, 0);
     let (outcome_tx, mut outcomes) = mpsc::unbounded_channel();
     let mut reporter = enrichment
@@ -138,8 +147,16 @@ async fn run(
         tokio::select! {
             event = rx.recv() => match event {
                 Some(mut event) => {
+                    if let (Event::ResponseEnd(end), Some(learner)) =
+                        (&event, enrichment.learner.as_mut())
+                    {
+                        learner.on_response_end(end);
+                    }
                     if let Event::Request(record) = &mut event {
                         fingerprint_and_classify(record, enrichment.rules.as_ref());
+                        if let Some(learner) = enrichment.learner.as_mut() {
+                            learner.on_request(record);
+                        }
                         if let Some(geoip) = enrichment.geoip.as_mut() {
                             geoip.enrich(record);
                         }
@@ -161,6 +178,9 @@ async fn run(
                 deliver(outcome, &sinks, &stats)
             }
             _ = report.tick() => reported = report_drops(&stats, reported),
+            _ = learner_tick.tick() => {
+                store_families(enrichment.learner.as_mut(), metrics.as_mut(), &sinks, &stats);
+            }
             _ = rules_check.tick() => {
                 if let Some(rules) = enrichment.rules.as_mut() {
                     rules.reload_if_changed();
@@ -174,10 +194,32 @@ async fn run(
     while let Ok(outcome) = outcomes.try_recv() {
         deliver(outcome, &sinks, &stats);
     }
+    store_families(
+        enrichment.learner.as_mut(),
+        metrics.as_mut(),
+        &sinks,
+        &stats,
+    );
     for sink in sinks {
         sink.finish();
     }
     report_drops(&stats, reported);
+}
+
+/// Publishes the give-up model's figures and sends its changed families to the sinks.
+fn store_families(
+    learner: Option<&mut Learner>,
+    metrics: Option<&mut MetricsSink>,
+    sinks: &[SinkThread],
+    stats: &PipelineStats,
+) {
+    if let Some(rows) = learner.and_then(Learner::tick) {
+        let event = Event::GiveUpFamilies(Arc::new(rows));
+        if let Some(metrics) = metrics {
+            metrics.observe(&event);
+        }
+        deliver(event, sinks, stats);
+    }
 }
 
 fn deliver(event: Event, sinks: &[SinkThread], stats: &PipelineStats) {

@@ -11,9 +11,11 @@
 //! ([`Held::drive`]); any other is closed and recorded.
 //!
 //! A reset is noticed at once rather than at the next tick: held sockets are registered with a
-//! per-worker epoll instance for EPOLLERR/EPOLLHUP (never for a mere half-close: a scanner that
-//! shuts its write side may still be reading, and stays tarpitted). Without this, churning
-//! scanners that RST would occupy a slot for a whole tick each.
+//! per-worker epoll instance for EPOLLERR/EPOLLHUP. Without this, churning scanners that RST
+//! would occupy a slot for a whole tick each. A half-close (EPOLLRDHUP, watched once) does not
+//! end a response (a scanner that shuts its write side may still be reading, and stays
+//! tarpitted): its time is recorded as `client_fin_s`, and an adaptive response writes its next
+//! tick at once, so a client that really left answers with a reset within a round trip.
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
@@ -45,8 +47,8 @@ pub(super) trait Held: Sized + 'static {
     fn lifetime_end(&self) -> Instant;
     /// The drip's pre-built ticks and cadence.
     fn settings(&self) -> &Settings;
-    /// Records the end of a response the dripper was writing.
-    fn finish_response(&mut self, state: &DripState, outcome: Result<(), &'static str>);
+    /// Records the end of a response the dripper was writing (`Ok`: how it was completed).
+    fn finish_response(&mut self, state: &DripState, outcome: Result<&'static str, &'static str>);
     /// Closes the connection and records how it ended.
     fn close(self: Box<Self>, end_reason: &'static str);
     /// Serves the connection up to its next response (or its end), on a task of its own.
@@ -69,6 +71,15 @@ pub(super) fn io_end_reason(error: &std::io::Error, other: &'static str) -> &'st
 /// Ticks due this close together are written in one wake-up.
 const COALESCE: Duration = Duration::from_millis(5);
 
+/// `DripState::page` of a response made of the drip's ticks (not a persona page).
+pub(super) const DRIP_TICKS: u16 = u16::MAX;
+
+/// `DripState::end_ms` of a response that is never completed early.
+pub(super) const NO_PLANNED_END: u32 = u32::MAX;
+
+/// `DripState::fin_ms` while no FIN has arrived.
+pub(super) const NO_FIN: u32 = u32::MAX;
+
 /// Where one response's drip stands.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct DripState {
@@ -88,14 +99,37 @@ pub(super) struct DripState {
     pub sent: u64,
     /// When the next tick is due.
     pub next: Instant,
+    /// The persona page being dripped (adaptive mode), or [`DRIP_TICKS`].
+    pub page: u16,
+    /// Milliseconds after `started` at which an adaptive response is completed at once, or
+    /// [`NO_PLANNED_END`].
+    pub end_ms: u32,
+    /// Milliseconds after `started` at which the client's FIN arrived, or [`NO_FIN`].
+    pub fin_ms: u32,
+    /// An answer to HEAD: the page's head is dripped (a byte per tick), not its body.
+    pub head_only: bool,
+}
+
+impl DripState {
+    /// When the response is to be completed early, if it is.
+    fn planned_end(&self) -> Option<Instant> {
+        (self.end_ms != NO_PLANNED_END)
+            .then(|| self.started + Duration::from_millis(u64::from(self.end_ms)))
+    }
+
+    /// Whether this is an adaptive response (a persona page).
+    fn is_page(&self) -> bool {
+        self.page != DRIP_TICKS
+    }
 }
 
 /// What one tick came to.
 enum Tick {
     /// Written (or the socket was full for now): due again one delay later.
     Again,
-    /// The response ended: `Ok` when it ran to its end, else why it stopped.
-    Done(Result<(), &'static str>),
+    /// The response ended: `Ok` with `complete` or `planned_end` when it was answered in
+    /// full, else why it stopped.
+    Done(Result<&'static str, &'static str>),
 }
 
 /// Counts a worker's live tasks, so shutdown can wait for them.
@@ -127,6 +161,9 @@ impl<C> Default for Queue<C> {
         }
     }
 }
+
+/// Reset or hang-up of a held socket.
+const HANGUP: EpollFlags = EpollFlags::EPOLLERR.union(EpollFlags::EPOLLHUP);
 
 /// One worker's drip scheduler, for the connections (`C`) it holds.
 pub(super) struct Dripper<C> {
@@ -181,8 +218,9 @@ impl<C: Held> Dripper<C> {
             .is_none_or(|Reverse((due, _))| state.next < *due);
         let key = queue.entries.vacant_key();
         if let Some(epoll) = &self.hangups {
-            let event = EpollEvent::new(EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP, key as u64);
-            let _ = epoll.add(conn.fd(), event);
+            // The client's FIN is watched too (once): when a client gives up is on record.
+            let flags = HANGUP | EpollFlags::EPOLLRDHUP;
+            let _ = epoll.add(conn.fd(), EpollEvent::new(flags, key as u64));
         }
         queue.entries.insert((conn, state));
         queue.deadlines.push(Reverse((state.next, key)));
@@ -238,6 +276,10 @@ impl<C: Held> Dripper<C> {
             let n = epoll.wait(&mut events, 0u16).unwrap_or(0);
             for event in &events[..n] {
                 let key = event.data() as usize;
+                if !event.events().intersects(HANGUP) {
+                    self.half_closed(epoll, key);
+                    continue;
+                }
                 let entry = self.queue.borrow_mut().entries.try_remove(key);
                 if let Some((conn, state)) = entry {
                     // Its heap deadline stays behind and is skipped when it comes due.
@@ -252,6 +294,30 @@ impl<C: Held> Dripper<C> {
             if n < events.len() {
                 return;
             }
+        }
+    }
+
+    /// A held client sent its FIN: note when (`client_fin_s`), and stop watching for it. The
+    /// drip goes on (a client that only shut its write side may still be reading). An adaptive
+    /// response writes its next tick at once: a client that closed answers it with a reset, so
+    /// its give-up, which the model learns from, ends the response within a round trip.
+    fn half_closed(self: &Rc<Self>, epoll: &Epoll, key: usize) {
+        let mut queue = self.queue.borrow_mut();
+        let Some((conn, state)) = queue.entries.get_mut(key) else {
+            return;
+        };
+        let mut event = EpollEvent::new(HANGUP, key as u64);
+        let _ = epoll.modify(conn.fd(), &mut event);
+        let now = Instant::now();
+        if state.fin_ms == NO_FIN {
+            let millis = now.saturating_duration_since(state.started).as_millis();
+            state.fin_ms = millis.min(u128::from(NO_FIN - 1)) as u32;
+        }
+        if state.is_page() {
+            state.next = now;
+            queue.deadlines.push(Reverse((now, key)));
+            drop(queue);
+            self.tick_due();
         }
     }
 
@@ -273,13 +339,22 @@ impl<C: Held> Dripper<C> {
             };
             match tick(conn.as_ref(), state, now) {
                 Tick::Again => {
-                    let delay = conn.settings().response_delay;
+                    let settings = conn.settings();
+                    let delay = match (&settings.adaptive, state.is_page()) {
+                        (Some(adaptive), true) => adaptive.gap(settings.response_delay),
+                        _ => settings.response_delay,
+                    };
                     // Keep the cadence; after a stall, resume from now rather than burst.
-                    state.next = if state.next + delay <= now {
+                    let mut next = if state.next + delay <= now {
                         now + delay
                     } else {
                         state.next + delay
                     };
+                    // Complete a planned answer on time, not at the tick after.
+                    if let Some(end) = state.planned_end().filter(|end| *end > now) {
+                        next = next.min(end);
+                    }
+                    state.next = next;
                     let due = state.next;
                     queue.deadlines.push(Reverse((due, key)));
                 }
@@ -297,17 +372,15 @@ impl<C: Held> Dripper<C> {
         self: &Rc<Self>,
         mut conn: Box<C>,
         state: DripState,
-        outcome: Result<(), &'static str>,
+        outcome: Result<&'static str, &'static str>,
     ) {
         if let Some(epoll) = &self.hangups {
             let _ = epoll.delete(conn.fd());
         }
         conn.finish_response(&state, outcome);
         match outcome {
-            Ok(()) if state.keep_alive && !self.cancel.is_cancelled() => {
-                self.spawn_connection(conn)
-            }
-            Ok(()) => conn.close("response_complete"),
+            Ok(_) if state.keep_alive && !self.cancel.is_cancelled() => self.spawn_connection(conn),
+            Ok(_) => conn.close("response_complete"),
             Err(reason) => conn.close(reason),
         }
     }
@@ -321,7 +394,7 @@ impl<C: Held> Dripper<C> {
             queue.entries.drain().collect()
         };
         for (conn, state) in entries {
-            if state.framing == Framing::Chunked {
+            if state.framing == Framing::Chunked && !state.is_page() {
                 let _ = send_now(conn.as_ref(), CHUNKED_END);
             }
             self.finish(conn, state, Err("shutdown"));
@@ -344,18 +417,21 @@ fn tick(conn: &impl Held, state: &mut DripState, now: Instant) -> Tick {
     if now >= conn.lifetime_end() {
         return Tick::Done(Err("lifetime_exceeded"));
     }
+    if state.is_page() {
+        return tick_page(conn, state, now);
+    }
     let drip = &conn.settings().drip;
     let last = state.tick >= drip.ticks();
     let (bytes, payload) = match (last, state.framing) {
         (false, framing) => drip.tick(state.tick, framing),
         (true, Framing::Chunked) => (CHUNKED_END, 0),
-        (true, Framing::Raw) => return Tick::Done(Ok(())),
+        (true, Framing::Raw) => return Tick::Done(Ok("complete")),
     };
     let rest = &bytes[state.offset as usize..];
     match send_now(conn, rest) {
         Ok(n) if n == rest.len() => {
             if last {
-                return Tick::Done(Ok(()));
+                return Tick::Done(Ok("complete"));
             }
             state.sent += payload;
             state.tick += 1;
@@ -365,6 +441,39 @@ fn tick(conn: &impl Held, state: &mut DripState, now: Instant) -> Tick {
         Ok(n) => {
             state.offset += n as u16; // partial or full buffer: the rest goes next time
             Tick::Again
+        }
+        Err(error) => Tick::Done(Err(io_end_reason(&error, "write_error"))),
+    }
+}
+
+/// Writes the next slice of a persona page, or all the rest once its planned end has come.
+/// `state.sent` is the position in the body (the head carried the first slice); for HEAD, in
+/// the head's fixed end.
+fn tick_page(conn: &impl Held, state: &mut DripState, now: Instant) -> Tick {
+    let settings = conn.settings();
+    let Some(adaptive) = &settings.adaptive else {
+        return Tick::Done(Err("write_error")); // a page is only dripped in adaptive mode
+    };
+    let page = adaptive.persona.page(state.page);
+    let (bytes, per_tick) = match state.head_only {
+        true => (page.tail(state.keep_alive), 1),
+        false => (page.body, page.per_tick),
+    };
+    let at = (state.sent as usize).min(bytes.len());
+    let planned = state.planned_end().is_some_and(|end| now >= end);
+    let end = if planned {
+        bytes.len()
+    } else {
+        (at + per_tick).min(bytes.len())
+    };
+    match send_now(conn, &bytes[at..end]) {
+        Ok(n) => {
+            state.sent += n as u64;
+            if state.sent as usize >= bytes.len() {
+                Tick::Done(Ok(if planned { "planned_end" } else { "complete" }))
+            } else {
+                Tick::Again
+            }
         }
         Err(error) => Tick::Done(Err(io_end_reason(&error, "write_error"))),
     }

@@ -17,7 +17,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::classify::LiveRules;
-use crate::config::Config;
+use crate::config::{Config, TarpitMode};
 use crate::db;
 use crate::ebpf::{Attribution, EbpfMode, Unavailable};
 use crate::geoip::GeoIp;
@@ -87,6 +87,18 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         storage.event_queue_bytes,
         stats.clone(),
     );
+    let mut settings = Settings::from_config(config);
+    let learner = match config.tarpit.mode {
+        TarpitMode::Drip => None,
+        TarpitMode::Adaptive => {
+            let (adaptive, model, priors) = crate::adaptive::start(config, &database)?;
+            let snapshot = adaptive.snapshot.clone();
+            settings.adaptive = Some(adaptive);
+            Some(crate::pipeline::learner::Learner::new(
+                model, priors, snapshot,
+            ))
+        }
+    };
     let queue = (storage.event_queue, storage.event_queue_bytes);
     let sinks = vec![
         SinkThread::spawn(json_log, queue, stats.clone())?,
@@ -106,11 +118,12 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             LiveRules::load(config.classify.rules.clone())
                 .context("loading the classification rules")?,
         ),
+        learner,
     };
     let pipeline = Pipeline::start(rx, enrichment, sinks, stats.clone())?;
 
     let shared = Arc::new(Shared {
-        settings: Settings::from_config(config),
+        settings,
         events,
         limits: Arc::new(ConnectionLimits::new(
             max_connections,

@@ -32,6 +32,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     /// Whether trusted peers send a PROXY protocol preamble.
     pub proxy_protocol: bool,
+    /// The adaptive mode's persona and published figures; `None` in the drip mode.
+    pub adaptive: Option<crate::adaptive::AdaptiveSettings>,
 }
 
 impl Settings {
@@ -56,6 +58,7 @@ impl Settings {
             body_preview_bytes: t.body_preview_bytes,
             trusted_proxies: config.server.trusted_proxies.clone(),
             proxy_protocol: config.server.proxy_protocol,
+            adaptive: None,
         }
     }
 }

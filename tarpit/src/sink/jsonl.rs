@@ -70,7 +70,11 @@ impl Sink for JsonLinesSink {
         if self.needs_newline {
             self.lines.push(b'\n');
         }
-        for event in events {
+        // The give-up model's rows are the database's state, not a connection's record.
+        for event in events
+            .iter()
+            .filter(|e| !matches!(e.as_ref(), Event::GiveUpFamilies(_)))
+        {
             serde_json::to_writer(&mut self.lines, event.as_ref()).map_err(std::io::Error::from)?;
             self.lines.push(b'\n');
         }

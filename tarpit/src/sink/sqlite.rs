@@ -7,6 +7,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, params};
 
 use super::{Sink, SinkError};
+use crate::adaptive::model::FamilyRow;
 use crate::event::{
     AbuseReport, ConnectionClosed, ConnectionOpened, Event, RequestRecord, ResponseEnd,
     format_timestamp, headers_to_json,
@@ -40,6 +41,7 @@ impl Sink for SqliteSink {
                 Event::ResponseEnd(e) => complete_request(&tx, e)?,
                 Event::ConnectionClosed(e) => complete_connection(&tx, e)?,
                 Event::AbuseReport(e) => record_report(&tx, e)?,
+                Event::GiveUpFamilies(rows) => store_families(&tx, rows)?,
             }
         }
         tx.commit()?;
@@ -78,10 +80,11 @@ fn insert_request(conn: &Connection, e: &RequestRecord) -> rusqlite::Result<()> 
             country_iso_code, country_name, city_name, latitude, longitude, asn_number,
             asn_organization, syn_ttl, syn_initial_ttl, syn_df, syn_window, syn_mss, syn_wscale,
             syn_options, syn_fp, tls_version, tls_sni, tls_alpn, ja4, header_order,
-            header_order_hash)
+            header_order_hash, response_mode, giveup_limit_s, giveup_basis, planned_end_s)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
                  ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34,
-                 ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49, ?50)",
+                 ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49, ?50,
+                 ?51, ?52, ?53, ?54)",
     )?
     .execute(params![
         format_timestamp(e.timestamp),
@@ -134,6 +137,10 @@ fn insert_request(conn: &Connection, e: &RequestRecord) -> rusqlite::Result<()> 
         fp.ja4,
         fp.header_order,
         fp.header_order_hash,
+        e.response_mode,
+        e.giveup_limit_s,
+        e.giveup_basis,
+        e.planned_end_s,
     ])?;
     for tag in &e.tags {
         conn.prepare_cached(
@@ -147,7 +154,8 @@ fn insert_request(conn: &Connection, e: &RequestRecord) -> rusqlite::Result<()> 
 
 fn complete_request(conn: &Connection, e: &ResponseEnd) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "UPDATE events SET bytes_sent = ?1, duration_s = ?2, end_reason = ?3, closed_at = ?4
+        "UPDATE events SET bytes_sent = ?1, duration_s = ?2, end_reason = ?3, closed_at = ?4,
+                client_fin_s = ?7
          WHERE conn_id = ?5 AND request_seq = ?6",
     )?
     .execute(params![
@@ -157,6 +165,7 @@ fn complete_request(conn: &Connection, e: &ResponseEnd) -> rusqlite::Result<()> 
         format_timestamp(e.closed_at),
         e.conn_id as i64,
         e.request_seq,
+        e.client_fin_s,
     ])?;
     Ok(())
 }
@@ -187,6 +196,31 @@ fn record_report(conn: &Connection, e: &AbuseReport) -> rusqlite::Result<()> {
              WHERE conn_id = ?2 AND request_seq = ?3",
         )?
         .execute(params![at, e.conn_id as i64, e.request_seq])?;
+    }
+    Ok(())
+}
+
+/// Upserts the give-up model's changed families.
+fn store_families(conn: &Connection, rows: &[FamilyRow]) -> rusqlite::Result<()> {
+    for row in rows {
+        let f = &row.family;
+        let recent = serde_json::to_string(&f.recent()).expect("floats serialise");
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO giveup_families (kind, name, give_up_s, recent_s, give_ups,
+                                                     planned_ends, completed, tool, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            f.kind.name(),
+            f.name,
+            row.give_up_s,
+            recent,
+            f.give_ups as i64,
+            f.planned_ends as i64,
+            f.completed as i64,
+            f.tool,
+            f.last_seen,
+        ])?;
     }
     Ok(())
 }

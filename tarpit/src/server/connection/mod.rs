@@ -25,7 +25,7 @@ use tokio_uring::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::drip::{DripState, Dripper, Held, io_end_reason};
+use super::drip::{DRIP_TICKS, DripState, Dripper, Held, NO_FIN, NO_PLANNED_END, io_end_reason};
 use super::limits::ConnectionPermit;
 
 mod read;
@@ -107,7 +107,7 @@ impl Held for Connection {
         }
     }
 
-    fn finish_response(&mut self, state: &DripState, outcome: Result<(), &'static str>) {
+    fn finish_response(&mut self, state: &DripState, outcome: Result<&'static str, &'static str>) {
         self.bytes_sent += state.sent;
         self.shared.events.send(Event::ResponseEnd(ResponseEnd {
             conn_id: self.conn_id,
@@ -115,7 +115,8 @@ impl Held for Connection {
             closed_at: SystemTime::now(),
             bytes_sent: state.sent,
             duration_s: state.started.elapsed().as_secs_f64(),
-            end_reason: outcome.err().unwrap_or("complete"),
+            end_reason: outcome.unwrap_or_else(|reason| reason),
+            client_fin_s: (state.fin_ms != NO_FIN).then(|| f64::from(state.fin_ms) / 1000.0),
         }));
     }
 
@@ -270,6 +271,15 @@ enum HeadRead {
     },
 }
 
+/// An adaptive response's start: the persona page, and when to complete it (if early).
+#[derive(Debug, Clone, Copy)]
+struct PageStart {
+    page: u16,
+    planned_end: Option<std::time::Duration>,
+    /// HEAD: the head is dripped, there is no body.
+    head_only: bool,
+}
+
 /// The first bytes of a request body, kept for the record.
 #[derive(Debug, Default)]
 struct BodyPreview {
@@ -298,12 +308,13 @@ impl Connection {
                 body_consumed,
             } => {
                 let keep_alive = head.wants_keep_alive() && body_consumed;
-                let record = self.request_record(seq, &head, body);
-                (record, Ok((head.version, keep_alive)))
+                let mut record = self.request_record(seq, &head, body);
+                let page = self.adaptive_plan(&head, &mut record);
+                (record, Ok((head.version, keep_alive, page)))
             }
             HeadRead::Rejected { reason, received } => {
                 let record = self.rejected_record(seq, reason, &received, Some(200));
-                (record, Ok((HttpVersion::Http11, false)))
+                (record, Ok((HttpVersion::Http11, false, None)))
             }
             HeadRead::Idle => return Err("keepalive_timeout"),
             HeadRead::Gone { reason, received } => {
@@ -330,7 +341,7 @@ impl Connection {
         // Bytes after a request that does not keep the connection alive (the unread rest of a
         // body larger than its preview, say) will never be read: free them now rather than
         // hold them through a drip of up to half an hour.
-        if !matches!(plan, Ok((_, true))) {
+        if !matches!(plan, Ok((_, true, _))) {
             self.pending = Vec::new();
         }
         // Behind a trusted proxy the client is known only now: count it under the per-client
@@ -349,16 +360,32 @@ impl Connection {
             offset: 0,
             sent: 0,
             next: started,
+            page: DRIP_TICKS,
+            end_ms: NO_PLANNED_END,
+            fin_ms: NO_FIN,
+            head_only: false,
         };
         let outcome = match plan {
-            Ok((version, keep_alive)) => {
-                self.start_response(version, keep_alive).await.map(|sent| {
+            Ok((version, keep_alive, page)) => self
+                .start_response(version, keep_alive, page)
+                .await
+                .map(|sent| {
+                    let settings = &self.shared.settings;
                     state.framing = Framing::for_version(version);
                     state.keep_alive = keep_alive;
                     state.sent = sent;
-                    state.next = Instant::now() + self.shared.settings.response_delay;
-                })
-            }
+                    state.next = Instant::now() + settings.response_delay;
+                    if let (Some(page), Some(adaptive)) = (page, &settings.adaptive) {
+                        state.page = page.page;
+                        state.head_only = page.head_only;
+                        state.next = Instant::now() + adaptive.gap(settings.response_delay);
+                        if let Some(end) = page.planned_end {
+                            state.end_ms =
+                                end.as_millis().min(u128::from(NO_PLANNED_END - 1)) as u32;
+                            state.next = state.next.min(started + end);
+                        }
+                    }
+                }),
             Err(reason) => Err(reason),
         };
         match outcome {
@@ -370,15 +397,37 @@ impl Connection {
         }
     }
 
-    /// Writes the response head with the first tick; returns the payload bytes that carried.
+    /// Writes the response head with the first tick (the drip's, or the first slice of the
+    /// persona page); returns the payload bytes that carried.
     async fn start_response(
         &mut self,
         version: HttpVersion,
         keep_alive: bool,
+        page: Option<PageStart>,
     ) -> Result<u64, &'static str> {
-        let drip = &self.shared.settings.drip;
-        let (head, first_payload) =
-            drip.head_with_first_tick(version, keep_alive, SystemTime::now());
+        let settings = &self.shared.settings;
+        let (head, first_payload) = match (page, &settings.adaptive) {
+            (Some(start), Some(adaptive)) => {
+                let persona = &adaptive.persona;
+                let server = settings.drip.server_header();
+                let now = SystemTime::now();
+                let page = persona.page(start.page);
+                if start.head_only {
+                    // HEAD: the head's first lines at once, then its end a byte per tick.
+                    let mut head = persona.head_start(start.page, version, server, now);
+                    head.extend_from_slice(&page.tail(keep_alive)[..1]);
+                    (head, 1)
+                } else {
+                    let mut head = persona.head(start.page, version, keep_alive, server, now);
+                    let first = page.per_tick.min(page.body.len());
+                    head.extend_from_slice(&page.body[..first]);
+                    (head, first as u64)
+                }
+            }
+            _ => settings
+                .drip
+                .head_with_first_tick(version, keep_alive, SystemTime::now()),
+        };
         self.write(head).await?;
         Ok(first_payload)
     }

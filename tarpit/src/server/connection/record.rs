@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use super::{BodyPreview, Connection, RAW_PREVIEW_BYTES};
+use super::{BodyPreview, Connection, PageStart, RAW_PREVIEW_BYTES};
 use crate::attribution::{EbpfLookup, TargetPorts};
 use crate::event::RequestRecord;
 use crate::http::client_addr::{self, ClientAddr, ClientAddrSource};
@@ -137,6 +137,37 @@ impl Connection {
         record
     }
 
+    /// The adaptive mode's decision for a parsed request (`None` in the drip mode), recorded in
+    /// `record`. One snapshot load and a few hash lookups, once per request.
+    pub(super) fn adaptive_plan(
+        &self,
+        head: &ParsedHead,
+        record: &mut RequestRecord,
+    ) -> Option<PageStart> {
+        let adaptive = self.shared.settings.adaptive.as_ref()?;
+        let decision = adaptive.snapshot.load().decide(
+            record.client_ip,
+            record.user_agent.as_deref(),
+            &head.header_order,
+        );
+        let page = adaptive.persona.page_for(&head.path);
+        let planned_end = decision
+            .give_up
+            .map(|(seconds, _)| adaptive.planned_end(seconds));
+        record.response_mode = "adaptive";
+        record.response_status = Some(adaptive.persona.page(page).status);
+        let millis = |seconds: f64| (seconds * 1000.0).round() / 1000.0;
+        record.giveup_limit_s = decision.give_up.map(|(s, _)| millis(f64::from(s)));
+        record.giveup_basis = decision.give_up.map(|(_, basis)| basis.name());
+        record.planned_end_s = planned_end.map(|end| millis(end.as_secs_f64()));
+        record.families = Some(decision.keys);
+        Some(PageStart {
+            page,
+            planned_end,
+            head_only: head.method.eq_ignore_ascii_case("HEAD"),
+        })
+    }
+
     pub(super) fn rejected_record(
         &mut self,
         seq: u32,
@@ -198,6 +229,11 @@ impl Connection {
             body_sha256: None,
             body_length: None,
             response_status: None,
+            response_mode: "drip",
+            giveup_limit_s: None,
+            giveup_basis: None,
+            planned_end_s: None,
+            families: None,
             error_message: None,
             raw_preview: None,
             geo: Default::default(),

@@ -1,0 +1,365 @@
+//! The persona: what the adaptive mode answers. A 404 page for every path not listed (so a
+//! scanner's wildcard probe, a random path, is told the truth a real server would tell), and
+//! plausible bait pages for the paths scanners hunt (`/.env`, `/wp-login.php`, ...). The pages
+//! are data files (`tarpit/assets/persona/`, documented in its `persona.toml`), replaceable
+//! as a whole by `[adaptive] persona`.
+//!
+//! Loaded once at start; every body is leaked into a `&'static [u8]`, so a worker drips it
+//! with the same zero-allocation slices as the drip mode.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde::Deserialize;
+
+use crate::http::head::HttpVersion;
+
+/// The built-in persona's files, compiled in.
+const BUILTIN: &[(&str, &str)] = &[
+    (
+        "persona.toml",
+        include_str!("../../assets/persona/persona.toml"),
+    ),
+    ("404.html", include_str!("../../assets/persona/404.html")),
+    ("403.html", include_str!("../../assets/persona/403.html")),
+    (
+        "robots.txt",
+        include_str!("../../assets/persona/robots.txt"),
+    ),
+    (
+        "wp-login.html",
+        include_str!("../../assets/persona/wp-login.html"),
+    ),
+    ("env.txt", include_str!("../../assets/persona/env.txt")),
+    (
+        "git-config.txt",
+        include_str!("../../assets/persona/git-config.txt"),
+    ),
+    (
+        "login.html",
+        include_str!("../../assets/persona/login.html"),
+    ),
+];
+
+/// A persona that cannot be used: names the file, the entry and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {entry}: {reason}")]
+pub struct PersonaError {
+    /// The file (under `built-in/` for the compiled-in persona).
+    pub file: String,
+    /// Which entry (`page[1]`) or `(file)`.
+    pub entry: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    not_found: String,
+    #[serde(default)]
+    page: Vec<PageSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageSpec {
+    paths: Vec<String>,
+    status: u16,
+    content_type: String,
+    file: String,
+}
+
+/// One answer: its status, content type and (padded) body.
+#[derive(Debug)]
+pub struct Page {
+    /// The status code.
+    pub status: u16,
+    /// The content type.
+    pub content_type: String,
+    /// The body, padded to at least `max_response_bytes`.
+    pub body: &'static [u8],
+    /// Body bytes per drip tick, so a response that is never ended early lasts as many ticks
+    /// as the drip's.
+    pub per_tick: usize,
+    /// The head's fixed end (`Content-Type` ... the blank line), for `Connection: close` and
+    /// `keep-alive`: what a HEAD answer drips, a byte per tick.
+    tails: [&'static [u8]; 2],
+}
+
+impl Page {
+    /// The fixed end of this page's head.
+    pub fn tail(&self, keep_alive: bool) -> &'static [u8] {
+        self.tails[usize::from(keep_alive)]
+    }
+}
+
+/// The loaded persona.
+#[derive(Debug)]
+pub struct Persona {
+    /// Page 0 is the not-found page.
+    pages: Vec<Page>,
+    /// Exact paths → page index.
+    exact: HashMap<String, u16>,
+    /// Path prefixes → page index, tried in file order.
+    prefixes: Vec<(String, u16)>,
+}
+
+/// The status codes a page may have, with their reason phrases.
+fn reason_phrase(status: u16) -> Option<&'static str> {
+    Some(match status {
+        200 => "OK",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        _ => return None,
+    })
+}
+
+impl Persona {
+    /// The built-in persona, or the one in `dir`; bodies are padded to `min_body` bytes and
+    /// dripped over `ticks` ticks.
+    pub fn load(dir: Option<&Path>, min_body: usize, ticks: u64) -> Result<Self, PersonaError> {
+        let read = |name: &str| -> Result<Vec<u8>, PersonaError> {
+            match dir {
+                Some(dir) => std::fs::read(dir.join(name)).map_err(|e| PersonaError {
+                    file: dir.join(name).display().to_string(),
+                    entry: "(file)".into(),
+                    reason: format!("cannot read: {e}"),
+                }),
+                None => BUILTIN
+                    .iter()
+                    .find(|(file, _)| *file == name)
+                    .map(|(_, text)| text.as_bytes().to_vec())
+                    .ok_or_else(|| PersonaError {
+                        file: format!("built-in/{name}"),
+                        entry: "(file)".into(),
+                        reason: "no such built-in file".into(),
+                    }),
+            }
+        };
+        let manifest_name = match dir {
+            Some(dir) => dir.join("persona.toml").display().to_string(),
+            None => "built-in/persona.toml".to_owned(),
+        };
+        let error = |entry: String, reason: String| PersonaError {
+            file: manifest_name.clone(),
+            entry,
+            reason,
+        };
+        let text = String::from_utf8(read("persona.toml")?)
+            .map_err(|_| error("(file)".into(), "not UTF-8".into()))?;
+        let manifest: Manifest =
+            toml::from_str(&text).map_err(|e| error("(file)".into(), e.message().to_owned()))?;
+        let page = |content_type: &str, status: u16, file: &str| -> Result<Page, PersonaError> {
+            let mut body = read(file)?;
+            if body.len() < min_body {
+                body.resize(min_body, b' ');
+            }
+            let per_tick = body.len().div_ceil(ticks.max(1) as usize).max(1);
+            let tail = |connection: &str| -> &'static [u8] {
+                let text = format!(
+                    "Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
+                    body.len()
+                );
+                Box::leak(text.into_bytes().into_boxed_slice())
+            };
+            Ok(Page {
+                status,
+                content_type: content_type.to_owned(),
+                tails: [tail("close"), tail("keep-alive")],
+                body: Box::leak(body.into_boxed_slice()),
+                per_tick,
+            })
+        };
+        let mut persona = Persona {
+            pages: vec![page("text/html", 404, &manifest.not_found)?],
+            exact: HashMap::new(),
+            prefixes: Vec::new(),
+        };
+        for (i, spec) in manifest.page.iter().enumerate() {
+            let entry = format!("page[{i}] ({})", spec.file);
+            if reason_phrase(spec.status).is_none() || spec.status == 404 {
+                return Err(error(
+                    entry,
+                    format!("status must be 200, 401 or 403, got {}", spec.status),
+                ));
+            }
+            if spec.content_type.is_empty() || spec.content_type.chars().any(char::is_control) {
+                return Err(error(entry, "content_type must be a header value".into()));
+            }
+            if spec.paths.is_empty() {
+                return Err(error(entry, "paths must not be empty".into()));
+            }
+            let index = persona.pages.len() as u16;
+            for path in &spec.paths {
+                if !path.starts_with('/') {
+                    return Err(error(entry, format!("path {path:?} must start with /")));
+                }
+                match path.strip_suffix('*') {
+                    Some(prefix) => persona.prefixes.push((prefix.to_owned(), index)),
+                    None => {
+                        persona.exact.insert(path.clone(), index);
+                    }
+                }
+            }
+            persona
+                .pages
+                .push(page(&spec.content_type, spec.status, &spec.file)?);
+        }
+        Ok(persona)
+    }
+
+    /// The page for a request path (the not-found page unless it is bait).
+    pub fn page_for(&self, path: &str) -> u16 {
+        self.exact.get(path).copied().unwrap_or_else(|| {
+            self.prefixes
+                .iter()
+                .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+                .map_or(0, |(_, index)| *index)
+        })
+    }
+
+    /// A page by index.
+    pub fn page(&self, index: u16) -> &Page {
+        &self.pages[usize::from(index)]
+    }
+
+    /// The response head of a page, as a real server would write it.
+    pub fn head(
+        &self,
+        index: u16,
+        version: HttpVersion,
+        keep_alive: bool,
+        server: &str,
+        now: SystemTime,
+    ) -> Vec<u8> {
+        let mut head = self.head_start(index, version, server, now);
+        head.extend_from_slice(self.page(index).tail(keep_alive));
+        head
+    }
+
+    /// The head's first lines (status, `Server`, `Date`), the part that changes per response.
+    pub fn head_start(
+        &self,
+        index: u16,
+        version: HttpVersion,
+        server: &str,
+        now: SystemTime,
+    ) -> Vec<u8> {
+        let page = self.page(index);
+        let reason = reason_phrase(page.status).unwrap_or("OK");
+        let mut head = String::with_capacity(160);
+        head.push_str(version.as_str());
+        head.push_str(&format!(
+            " {} {reason}\r\nServer: {server}\r\nDate: ",
+            page.status
+        ));
+        head.push_str(&httpdate::fmt_http_date(now));
+        head.push_str("\r\n");
+        head.into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_paths_get_404_and_bait_gets_its_page() {
+        let persona = Persona::load(None, 1200, 1200).unwrap();
+        let random = persona.page(persona.page_for("/3f2a9c1e-0b7d-4e55-9a61-2c8d1f0e4b7a"));
+        assert_eq!(random.status, 404);
+        assert!(
+            random
+                .body
+                .starts_with(b"<html>\n<head><title>404 Not Found")
+        );
+        assert_eq!(
+            persona
+                .page(persona.page_for("/nmaplowercheck1764460000"))
+                .status,
+            404
+        );
+        let env = persona.page(persona.page_for("/.env"));
+        assert_eq!(env.status, 200);
+        assert!(env.body.starts_with(b"APP_NAME="));
+        assert_eq!(persona.page(persona.page_for("/backup/db.sql")).status, 403);
+        assert_eq!(persona.page(persona.page_for("/wp-login.php")).status, 200);
+    }
+
+    #[test]
+    fn bodies_are_padded_so_a_full_drip_lasts_as_long_as_the_drip() {
+        let persona = Persona::load(None, 1200, 1200).unwrap();
+        for index in 0..persona.pages.len() as u16 {
+            let page = persona.page(index);
+            assert!(page.body.len() >= 1200);
+            let ticks = page.body.len().div_ceil(page.per_tick);
+            assert!(ticks <= 1200 && ticks * 2 > 1200, "{ticks} ticks");
+        }
+    }
+
+    #[test]
+    fn the_head_is_well_formed_with_the_body_length() {
+        let persona = Persona::load(None, 10, 10).unwrap();
+        let index = persona.page_for("/nothing-here");
+        let head = persona.head(
+            index,
+            HttpVersion::Http11,
+            true,
+            "nginx",
+            SystemTime::UNIX_EPOCH,
+        );
+        let text = String::from_utf8(head).unwrap();
+        let length = persona.page(index).body.len();
+        assert_eq!(
+            text,
+            format!(
+                "HTTP/1.1 404 Not Found\r\nServer: nginx\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n\
+                 Content-Type: text/html\r\nContent-Length: {length}\r\nConnection: keep-alive\r\n\r\n"
+            )
+        );
+    }
+
+    #[test]
+    fn an_operator_persona_replaces_the_built_in_one_and_errors_name_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("nf.html"), "gone").unwrap();
+        std::fs::write(dir.path().join("bait.txt"), "secret=1").unwrap();
+        std::fs::write(
+            dir.path().join("persona.toml"),
+            "not_found = \"nf.html\"\n[[page]]\npaths = [\"/bait\"]\nstatus = 200\n\
+             content_type = \"text/plain\"\nfile = \"bait.txt\"\n",
+        )
+        .unwrap();
+        let persona = Persona::load(Some(dir.path()), 4, 4).unwrap();
+        assert_eq!(persona.page(persona.page_for("/bait")).body, b"secret=1");
+        assert_eq!(persona.page(persona.page_for("/.env")).body, b"gone");
+        std::fs::write(
+            dir.path().join("persona.toml"),
+            "not_found = \"nf.html\"\n[[page]]\npaths = [\"/bait\"]\nstatus = 302\n\
+             content_type = \"text/plain\"\nfile = \"bait.txt\"\n",
+        )
+        .unwrap();
+        let error = Persona::load(Some(dir.path()), 4, 4)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("persona.toml: page[0] (bait.txt)"),
+            "{error}"
+        );
+        assert!(error.contains("302"), "{error}");
+        std::fs::remove_file(dir.path().join("bait.txt")).unwrap();
+        std::fs::write(
+            dir.path().join("persona.toml"),
+            "not_found = \"nf.html\"\n[[page]]\npaths = [\"/bait\"]\nstatus = 200\n\
+             content_type = \"text/plain\"\nfile = \"bait.txt\"\n",
+        )
+        .unwrap();
+        let error = Persona::load(Some(dir.path()), 4, 4)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("bait.txt: (file): cannot read"), "{error}");
+    }
+}

@@ -1,0 +1,187 @@
+//! The pipeline's half of the adaptive mode: turns `request` and `response_end` events into
+//! give-up model updates, publishes a fresh snapshot to the workers, and hands changed
+//! families to the sinks for storage. Here, above `event` and `adaptive`, so neither imports
+//! the other.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+
+use crate::adaptive::model::{FamilyNames, FamilyRow, GiveUpModel, Outcome};
+use crate::adaptive::priors::Prior;
+use crate::adaptive::snapshot::SharedSnapshot;
+use crate::adaptive::{FamilyKeys, family};
+use crate::event::{RequestRecord, ResponseEnd};
+
+/// Responses awaiting their end, at most (one per held connection is the normal case; the
+/// bound only matters when `response_end` events are lost).
+const PENDING: usize = 1 << 18;
+
+/// At most one snapshot per this interval: a burst of give-ups rebuilds it once.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// End reasons that mean the client gave up on a response.
+const GIVE_UPS: [&str; 2] = ["client_closed", "client_reset"];
+
+/// The learning side of the adaptive mode, owned by the pipeline.
+pub struct Learner {
+    model: GiveUpModel,
+    priors: Arc<[Prior]>,
+    snapshot: SharedSnapshot,
+    /// (conn_id, request_seq) → families, for adaptive responses still running.
+    pending: LruCache<(u64, u32), FamilyKeys>,
+    last_publish: Option<Instant>,
+    dirty_snapshot: bool,
+}
+
+impl Learner {
+    /// A learner starting from `model` (restored from the database), publishing into
+    /// `snapshot`.
+    pub fn new(model: GiveUpModel, priors: Arc<[Prior]>, snapshot: SharedSnapshot) -> Self {
+        let mut learner = Self {
+            model,
+            priors,
+            snapshot,
+            pending: LruCache::new(NonZeroUsize::new(PENDING).expect("non-zero")),
+            last_publish: None,
+            dirty_snapshot: true,
+        };
+        learner.publish();
+        learner
+    }
+
+    /// Notes an adaptive request (classified already, so its tool tag is known).
+    pub fn on_request(&mut self, record: &RequestRecord) {
+        let Some(keys) = record.families else { return };
+        let names = FamilyNames {
+            address: record.client_ip.to_string(),
+            user_agent: family::cut(record.user_agent.as_deref().unwrap_or("")).to_owned(),
+            header_order: record
+                .fingerprint
+                .as_ref()
+                .and_then(|f| f.header_order.as_deref())
+                .map(|order| family::cut(order).to_owned())
+                .unwrap_or_default(),
+            tool: record
+                .tags
+                .iter()
+                .find_map(|tag| tag.strip_prefix("tool:"))
+                .map(str::to_owned),
+        };
+        let keys = self.model.register(&keys, &names);
+        self.pending.put((record.conn_id, record.request_seq), keys);
+        self.dirty_snapshot = true;
+    }
+
+    /// Learns from the end of an adaptive response.
+    pub fn on_response_end(&mut self, end: &ResponseEnd) {
+        let Some(keys) = self.pending.pop(&(end.conn_id, end.request_seq)) else {
+            return;
+        };
+        let outcome = match end.end_reason {
+            "planned_end" => Outcome::PlannedEnd,
+            "complete" => Outcome::Completed,
+            reason if GIVE_UPS.contains(&reason) => {
+                Outcome::GaveUp(end.client_fin_s.unwrap_or(end.duration_s))
+            }
+            _ => return, // shutdown, lifetime, peer gone: nothing about patience
+        };
+        self.model.observe(&keys, outcome);
+        self.dirty_snapshot = true;
+    }
+
+    /// Publishes a new snapshot when something changed (at most every half second) and
+    /// returns the families to store, if any.
+    pub fn tick(&mut self) -> Option<Vec<FamilyRow>> {
+        let due = self
+            .last_publish
+            .is_none_or(|at| at.elapsed() >= PUBLISH_INTERVAL);
+        if self.dirty_snapshot && due {
+            self.publish();
+        }
+        self.model.has_changes().then(|| self.model.take_changed())
+    }
+
+    fn publish(&mut self) {
+        self.snapshot
+            .store(Arc::new(self.model.snapshot(self.priors.clone())));
+        self.last_publish = Some(Instant::now());
+        self.dirty_snapshot = false;
+    }
+}
+
+impl std::fmt::Debug for Learner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Learner")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adaptive::model::ModelConfig;
+    use crate::adaptive::snapshot::Snapshot;
+    use crate::adaptive::{Basis, FamilyKind};
+
+    fn request(conn_id: u64, snapshot: &Snapshot) -> RequestRecord {
+        let mut record = RequestRecord::sample("192.0.2.1".parse().unwrap());
+        record.conn_id = conn_id;
+        let decision = snapshot.decide(record.client_ip, record.user_agent.as_deref(), "host");
+        record.families = Some(decision.keys);
+        record.tags = vec![Arc::from("tool:mytool")];
+        record
+    }
+
+    #[test]
+    fn give_ups_become_a_published_figure_and_rows_to_store() {
+        let snapshot: SharedSnapshot =
+            Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::default()));
+        let model = GiveUpModel::new(ModelConfig {
+            quantile: 0.1,
+            min_samples: 3,
+            max_families: 100,
+            min_give_up: 3.0,
+        });
+        let mut learner = Learner::new(model, Arc::from(Vec::new()), snapshot.clone());
+        for conn_id in 1..=3 {
+            let record = request(conn_id, &snapshot.load());
+            learner.on_request(&record);
+            learner.on_response_end(&ResponseEnd {
+                conn_id,
+                request_seq: 1,
+                closed_at: std::time::SystemTime::now(),
+                bytes_sent: 5,
+                duration_s: 6.0 + conn_id as f64,
+                end_reason: "client_closed",
+                client_fin_s: None,
+            });
+        }
+        // An end the learner never saw the request of is ignored.
+        learner.on_response_end(&ResponseEnd {
+            conn_id: 99,
+            request_seq: 1,
+            closed_at: std::time::SystemTime::now(),
+            bytes_sent: 5,
+            duration_s: 1.0,
+            end_reason: "client_closed",
+            client_fin_s: None,
+        });
+        learner.last_publish = None;
+        let rows = learner.tick().expect("changed families");
+        assert!(rows.iter().any(|r| r.family.kind == FamilyKind::Tool
+            && r.family.name == "mytool"
+            && r.give_up_s == Some(7.0)));
+        let record = request(10, &snapshot.load());
+        let decision =
+            snapshot
+                .load()
+                .decide(record.client_ip, record.user_agent.as_deref(), "host");
+        assert_eq!(decision.give_up.map(|(s, _)| s), Some(7.0));
+        assert!(matches!(decision.give_up, Some((_, Basis::Learned(_)))));
+        assert!(learner.tick().is_none(), "nothing changed since");
+    }
+}

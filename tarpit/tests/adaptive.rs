@@ -1,0 +1,355 @@
+//! The adaptive mode through the running server, with curl as the client: the persona's pages
+//! (a 404 for a random path, bait pages, HEAD kept on the drip), a client without a timeout
+//! held for the whole page, give-ups learned, stored and used to answer early and completely
+//! (keep-alive goes on), the model kept across a restart, `tarpit stats` and the metrics, and
+//! persona errors naming file, entry and reason. gobuster against both modes runs in the
+//! scanner bench's smoke test (`xtask/tests/bench_smoke.rs`).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::fronts::free_port;
+use common::netns::prerequisites_met;
+use common::{Tarpit, wait_for};
+
+/// A random-looking path, like gobuster's wildcard probe.
+const RANDOM_PATH: &str = "/3f2a9c1e-0b7d-4e55-9a61-2c8d1f0e4b7a";
+
+fn sh(command: &str) -> std::process::Output {
+    Command::new("sh").args(["-c", command]).output().unwrap()
+}
+
+/// curl's exit code and its `-w` output.
+fn curl(args: &str) -> (Option<i32>, String) {
+    let out = sh(&format!("curl -s {args}"));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn scrape(port: u16, wanted: &str) -> String {
+    wait_for(Duration::from_secs(10), || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        body.contains(wanted).then_some(body)
+    })
+    .unwrap_or_else(|| panic!("no {wanted} in the metrics"))
+}
+
+#[test]
+fn a_client_that_never_gives_up_gets_the_whole_persona_page() {
+    if !prerequisites_met(&["curl"]) {
+        return;
+    }
+    let args = [
+        "--mode",
+        "adaptive",
+        "--response-delay",
+        "0.05",
+        "--max-response-bytes",
+        "10",
+        "--workers",
+        "2",
+    ];
+    let tarpit = Tarpit::start(&args);
+    let base = format!("http://127.0.0.1:{}", tarpit.addr.port());
+    let body = tarpit.dir.join("body");
+    let (code, out) = curl(&format!(
+        "-o {} -w '%{{http_code}} %{{size_download}}' '{base}{RANDOM_PATH}'",
+        body.display()
+    ));
+    assert_eq!(code, Some(0), "curl completes the 404 page: {out}");
+    let page = std::fs::read(&body).unwrap();
+    assert_eq!(out, format!("404 {}", page.len()));
+    assert!(page.starts_with(b"<html>\n<head><title>404 Not Found</title>"));
+    let (code, out) = curl(&format!(
+        "-o {} -w '%{{http_code}}' '{base}/.env'",
+        body.display()
+    ));
+    assert_eq!((code, out.as_str()), (Some(0), "200"));
+    assert!(std::fs::read(&body).unwrap().starts_with(b"APP_NAME="));
+    // HEAD: the page's head, its end dripped a byte per tick, and no body.
+    let (code, out) = curl(&format!("-I -m 30 '{base}/head'"));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("HTTP/1.1 404 Not Found\r\n"), "{out}");
+    assert!(
+        out.contains(&format!("Content-Length: {}\r\n", page.len())),
+        "{out}"
+    );
+
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE end_reason IS NOT NULL",
+        3,
+    );
+    let db = tarpit.db();
+    let rows: Vec<(String, u16, String, Option<f64>, String, i64)> = db
+        .prepare(
+            "SELECT http_path, response_status, response_mode, giveup_limit_s, end_reason,
+                    bytes_sent
+             FROM events ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows[0],
+        (
+            RANDOM_PATH.to_owned(),
+            404,
+            "adaptive".into(),
+            None,
+            "complete".into(),
+            page.len() as i64
+        )
+    );
+    assert_eq!((rows[1].1, rows[1].2.as_str()), (200, "adaptive"));
+    assert_eq!(
+        (
+            rows[2].0.as_str(),
+            rows[2].1,
+            rows[2].2.as_str(),
+            rows[2].4.as_str()
+        ),
+        ("/head", 404, "adaptive", "complete")
+    );
+}
+
+#[test]
+fn give_ups_are_learned_then_answered_early_and_kept_across_restarts() {
+    if !prerequisites_met(&["curl"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let args = [
+        "--mode",
+        "adaptive",
+        "--response-delay",
+        "0.5",
+        "--metrics-listen",
+        &listen,
+    ];
+    let mut tarpit = Tarpit::start_in(dir.path(), &args, 0);
+    let base = format!("http://127.0.0.1:{}", tarpit.addr.port());
+    // Three clients give up after 2 s (curl -m 2 exits 28, a timeout).
+    for i in 0..3 {
+        let (code, _) = curl(&format!("-m 2 -o /dev/null '{base}/probe{i}'"));
+        assert_eq!(code, Some(28));
+    }
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM giveup_families WHERE kind = 'tool' AND name = 'curl'
+         AND give_ups = 3 AND give_up_s IS NOT NULL",
+        1,
+    );
+    // Each give-up is timed to curl's FIN (`client_fin_s`), and that is what is learned.
+    let give_ups: Vec<(String, f64)> = tarpit
+        .db()
+        .prepare(
+            "SELECT end_reason, client_fin_s FROM events WHERE http_path LIKE '/probe%'
+             AND duration_s >= client_fin_s",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(give_ups.len(), 3, "{give_ups:?}");
+    for (reason, seconds) in &give_ups {
+        assert!(["client_closed", "client_reset"].contains(&reason.as_str()));
+        assert!(*seconds >= 1.9, "curl -m 2 gave up at {seconds} s");
+    }
+
+    // The next curl, patient this time, is answered early and in full; keep-alive carries its
+    // second request on the same connection.
+    let (code, out) = curl(&format!(
+        "-m 30 -o /dev/null -o /dev/null -w '%{{http_code}} %{{num_connects}}\\n' \
+         '{base}/a' '{base}/b'"
+    ));
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out, "404 1\n404 0\n", "one connection, two complete 404s");
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE http_path IN ('/a', '/b') AND end_reason IS NOT NULL",
+        2,
+    );
+    let planned: Vec<(u32, String, String, f64, f64, u16)> = tarpit
+        .db()
+        .prepare(
+            "SELECT request_seq, end_reason, giveup_basis, giveup_limit_s, planned_end_s,
+                    response_status
+             FROM events WHERE http_path IN ('/a', '/b') ORDER BY request_seq",
+        )
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let shortest = give_ups.iter().map(|(_, s)| *s).fold(f64::MAX, f64::min);
+    for (index, (seq, reason, basis, limit, end, status)) in planned.iter().enumerate() {
+        assert_eq!(*seq, index as u32 + 1);
+        assert_eq!(reason, "planned_end");
+        assert!(
+            ["address", "user_agent", "header_order", "tool"].contains(&basis.as_str()),
+            "{basis}"
+        );
+        assert!((limit - shortest).abs() < 0.01, "{limit} vs {shortest}");
+        assert!((end - (limit - 1.0).max(limit / 2.0)).abs() < 0.01, "{end}");
+        assert_eq!(*status, 404);
+    }
+    assert_eq!(
+        tarpit.count("SELECT COUNT(DISTINCT conn_id) FROM events WHERE http_path IN ('/a','/b')"),
+        1
+    );
+    let metrics = scrape(metrics_port, "tarpit_giveup_seconds{tool=\"curl\"}");
+    assert!(metrics.contains("tarpit_response_end_total{reason=\"planned_end\"} 2"));
+    assert!(metrics.contains("tarpit_response_mode_total{mode=\"adaptive\"} 5"));
+    let learned: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tarpit_giveup_seconds{tool=\"curl\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("the learned figure");
+    assert!((learned - shortest).abs() < 0.01, "{learned} vs {shortest}");
+    let line = tarpit
+        .json_lines()
+        .into_iter()
+        .find(|l| l["http_path"] == "/a")
+        .expect("the JSON line of /a");
+    assert_eq!(line["response_mode"], "adaptive");
+    assert_eq!(line["giveup_basis"], planned[0].2.as_str());
+
+    // Restarted, the model is read back: no new give-up needed to answer early.
+    tarpit.terminate(Duration::from_secs(10));
+    let stats = Command::new(env!("CARGO_BIN_EXE_tarpit"))
+        .current_dir(dir.path())
+        .args(["stats"])
+        .output()
+        .unwrap();
+    let stats = String::from_utf8_lossy(&stats.stdout);
+    let row = stats
+        .lines()
+        .skip_while(|l| !l.starts_with("give-up time by tool"))
+        .find(|l| l.trim_start().starts_with("curl"))
+        .unwrap_or_else(|| panic!("no curl row in\n{stats}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1], format!("{shortest:.1}"), "{row}");
+    assert_eq!(&cells[4..], ["3", "2", "0"], "{row}");
+
+    let tarpit = Tarpit::start_in(dir.path(), &args, 1);
+    let base = format!("http://127.0.0.1:{}", tarpit.addr.port());
+    let (code, out) = curl(&format!(
+        "-m 30 -o /dev/null -w '%{{http_code}}' '{base}/c'"
+    ));
+    assert_eq!((code, out.as_str()), (Some(0), "404"));
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE http_path = '/c' AND end_reason = 'planned_end'
+         AND giveup_limit_s IS NOT NULL",
+        1,
+    );
+}
+
+#[test]
+fn the_drip_records_when_a_client_gave_up() {
+    if !prerequisites_met(&["curl"]) {
+        return;
+    }
+    // The drip mode, unchanged on the wire, also notes the client's FIN.
+    let tarpit = Tarpit::start(&["--response-delay", "0.5", "--workers", "2"]);
+    let base = format!("http://127.0.0.1:{}", tarpit.addr.port());
+    let (code, _) = curl(&format!("-m 2 -o /dev/null '{base}/x'"));
+    assert_eq!(code, Some(28));
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE end_reason IS NOT NULL",
+        1,
+    );
+    let (mode, fin, duration): (String, f64, f64) = tarpit
+        .db()
+        .query_row(
+            "SELECT response_mode, client_fin_s, duration_s FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(mode, "drip");
+    assert!(
+        fin >= 1.9 && fin <= duration,
+        "FIN at {fin} s, held {duration} s"
+    );
+}
+
+#[test]
+fn an_operator_persona_is_served_and_a_bad_one_names_file_entry_and_reason() {
+    if !prerequisites_met(&["curl"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let persona = dir.path().join("persona");
+    std::fs::create_dir(&persona).unwrap();
+    std::fs::write(persona.join("gone.html"), "nothing here").unwrap();
+    std::fs::write(persona.join("secret.txt"), "token=abc").unwrap();
+    let manifest = |status: u16| {
+        format!(
+            "not_found = \"gone.html\"\n[[page]]\npaths = [\"/secret\"]\nstatus = {status}\n\
+             content_type = \"text/plain\"\nfile = \"secret.txt\"\n"
+        )
+    };
+    std::fs::write(persona.join("persona.toml"), manifest(200)).unwrap();
+    let persona_arg = persona.display().to_string();
+    let tarpit = Tarpit::start(&[
+        "--mode",
+        "adaptive",
+        "--response-delay",
+        "0.05",
+        "--max-response-bytes",
+        "4",
+        "--adaptive-persona",
+        &persona_arg,
+    ]);
+    let base = format!("http://127.0.0.1:{}", tarpit.addr.port());
+    let (code, out) = curl(&format!("-m 10 '{base}/secret'"));
+    assert_eq!((code, out.as_str()), (Some(0), "token=abc"));
+    let (code, out) = curl(&format!("-m 10 -w ' %{{http_code}}' '{base}/.env'"));
+    assert_eq!((code, out.as_str()), (Some(0), "nothing here 404"));
+
+    std::fs::write(persona.join("persona.toml"), manifest(302)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tarpit"))
+        .current_dir(dir.path())
+        .args(["check-config", "--adaptive-persona", &persona_arg])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for part in [
+        "adaptive.persona",
+        "persona.toml: page[0] (secret.txt)",
+        "must be 200, 401 or 403, got 302",
+    ] {
+        assert!(stderr.contains(part), "{part} missing from {stderr}");
+    }
+}
