@@ -141,7 +141,13 @@ fn main() -> anyhow::Result<()> {
             run(cargo(&root).args(["build", "--release", "-p", "tarpit"]))?;
             let binary = target_dir(&root).join("release/tarpit");
             let base = format!("{} --host 127.0.0.1 --port {{port}}", binary.display());
-            let mut tarpits = vec![("tarpit drip".to_owned(), base.clone())];
+            let mut tarpits = vec![
+                ("tarpit drip".to_owned(), base.clone()),
+                (
+                    "tarpit adaptive".to_owned(),
+                    format!("{base} --mode adaptive"),
+                ),
+            ];
             for extra in tarpit_args {
                 let (name, args) = extra.split_once('=').unwrap_or((&extra, ""));
                 tarpits.push((format!("tarpit {name}"), format!("{base} {args}")));

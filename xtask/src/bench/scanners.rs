@@ -1,11 +1,15 @@
 //! `cargo xtask bench scanners`: real scanners from Debian's packages (gobuster, ffuf, nmap with
-//! `http-enum`), each with its default settings and one fixed word list, for a fixed window,
-//! against (a) nginx serving a small site (found pages 200, the rest 404, at once) and (b) the
-//! tarpit, in its default drip and in every extra configuration named with `--tarpit-args`.
+//! `http-enum`, and curl without a timeout), each with its default settings and one fixed word
+//! list, for a fixed window, against (a) nginx serving a small site (found pages 200, the rest
+//! 404, at once), (b) the tarpit in its default drip, (c) the tarpit in the adaptive mode, and
+//! every extra configuration named with `--tarpit-args`; then each tarpit column against the
+//! drip.
 //!
 //! Per scanner and target it reports what the server recorded (requests, distinct paths,
-//! attacker-seconds held: the sum of request hold times) and how the scanner ended: finished,
-//! aborted (a non-zero exit), or still scanning when the window closed (then it is stopped).
+//! seconds held: the sum of request hold times; attacker-seconds: the same with a request the
+//! client gave up on counted only until the client's FIN, since a tarpit notices a departure
+//! only at its next write) and how the scanner ended: finished, aborted (a non-zero exit), or
+//! still scanning when the window closed (then it is stopped).
 //! Loopback only; every run is bounded by the window.
 
 use std::path::{Path, PathBuf};
@@ -29,6 +33,8 @@ pub const SCANNERS: &[(&str, &str)] = &[
         "nmap http-enum",
         "nmap -n -Pn -p {port} -sV --script http-enum 127.0.0.1",
     ),
+    // A client with no timeout at all: the drip's best case, which adaptive must not spoil.
+    ("curl (no timeout)", "curl -s -o /dev/null {url}/index.html"),
 ];
 
 /// What one scanner did against one target.
@@ -38,8 +44,11 @@ pub struct Run {
     pub requests: u64,
     /// Distinct paths among them.
     pub distinct_paths: u64,
-    /// Seconds the server held the scanner's requests, summed.
+    /// Seconds the server held the scanner's requests, summed (until it noticed each end).
     pub held_seconds: f64,
+    /// The same, but a request the client gave up on counts until the client's FIN
+    /// (`client_fin_s`): the time the scanner itself spent.
+    pub attacker_seconds: f64,
     /// `finished`, `aborted (exit N)` or `still scanning`.
     pub outcome: String,
     /// Seconds until the scanner ended (or the window closed).
@@ -67,7 +76,7 @@ impl Target {
     }
 
     /// Stops the server and reads what it recorded.
-    fn finish(self) -> anyhow::Result<(u64, u64, f64)> {
+    fn finish(self) -> anyhow::Result<(u64, u64, f64, f64)> {
         match self {
             Target::Nginx { mut child, dir, .. } => {
                 let _ = child.kill();
@@ -84,7 +93,7 @@ impl Target {
                     held += time.parse::<f64>().unwrap_or(0.0);
                     paths.insert(uri.to_owned());
                 }
-                Ok((requests, paths.len() as u64, held))
+                Ok((requests, paths.len() as u64, held, held))
             }
             Target::Tarpit(server) => {
                 let (_, dir) = server.stop()?;
@@ -93,17 +102,24 @@ impl Target {
                     .arg("-c")
                     .arg(
                         "import sqlite3,sys; print(*sqlite3.connect(sys.argv[1]).execute(\
-                         'select count(*), count(distinct http_path), total(duration_s) \
-                         from events').fetchone())",
+                         'select count(*), count(distinct http_path), total(duration_s), \
+                         total(case when client_fin_s is not null and end_reason in \
+                         (\\'client_closed\\', \\'client_reset\\') then client_fin_s \
+                         else duration_s end) from events').fetchone())",
                     )
                     .arg(dir.path().join("data/tarpit_events.db"))
                     .output()?;
                 let text = String::from_utf8_lossy(&out.stdout);
                 let fields: Vec<&str> = text.split_whitespace().collect();
-                let [requests, paths, held] = fields[..] else {
+                let [requests, paths, held, attacker] = fields[..] else {
                     bail!("reading the tarpit's database: {text}");
                 };
-                Ok((requests.parse()?, paths.parse()?, held.parse()?))
+                Ok((
+                    requests.parse()?,
+                    paths.parse()?,
+                    held.parse()?,
+                    attacker.parse()?,
+                ))
             }
         }
     }
@@ -188,6 +204,7 @@ fn check_prerequisites() -> anyhow::Result<()> {
         ("gobuster", "gobuster"),
         ("ffuf", "ffuf"),
         ("nmap", "nmap"),
+        ("curl", "curl"),
         ("nginx", "nginx-light"),
     ]
     .iter()
@@ -243,11 +260,12 @@ pub fn scanners(
                 .path()
                 .join(format!("{}-{index}.log", scanner.replace(' ', "-")));
             let (outcome, wall_seconds) = run_scanner(&command, window, &log)?;
-            let (requests, distinct_paths, held_seconds) = target.finish()?;
+            let (requests, distinct_paths, held_seconds, attacker_seconds) = target.finish()?;
             runs.push(Run {
                 requests,
                 distinct_paths,
                 held_seconds,
+                attacker_seconds,
                 outcome,
                 wall_seconds,
             });
@@ -264,15 +282,47 @@ pub fn print(results: &[(&str, Vec<Run>)], columns: &[String], window: Duration)
         window.as_secs()
     );
     println!(
-        "| scanner | target | requests recorded | distinct paths | attacker-seconds held | outcome | ran for |"
+        "| scanner | target | requests recorded | distinct paths | seconds held | attacker-seconds | outcome | ran for |"
     );
-    println!("|---|---|---:|---:|---:|---|---:|");
+    println!("|---|---|---:|---:|---:|---:|---|---:|");
     for (scanner, runs) in results {
         for (run, column) in runs.iter().zip(columns) {
             println!(
-                "| {scanner} | {column} | {} | {} | {:.1} | {} | {:.1} s |",
-                run.requests, run.distinct_paths, run.held_seconds, run.outcome, run.wall_seconds
+                "| {scanner} | {column} | {} | {} | {:.1} | {:.1} | {} | {:.1} s |",
+                run.requests,
+                run.distinct_paths,
+                run.held_seconds,
+                run.attacker_seconds,
+                run.outcome,
+                run.wall_seconds
             );
         }
+    }
+    // Every further tarpit column against the drip (column 1), as the adaptive goal states it.
+    if columns.len() > 2 {
+        println!(
+            "\n| scanner | target | requests vs drip | seconds held vs drip | attacker-seconds vs drip |"
+        );
+        println!("|---|---|---:|---:|---:|");
+        for (scanner, runs) in results {
+            let Some(drip) = runs.get(1) else { continue };
+            for (run, column) in runs.iter().zip(columns).skip(2) {
+                println!(
+                    "| {scanner} | {column} | {} | {} | {} |",
+                    ratio(run.requests as f64, drip.requests as f64),
+                    ratio(run.held_seconds, drip.held_seconds),
+                    ratio(run.attacker_seconds, drip.attacker_seconds),
+                );
+            }
+        }
+    }
+}
+
+/// `a / b` as `12.3x` (`-` when `b` is zero).
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}x", a / b)
+    } else {
+        "-".to_owned()
     }
 }
