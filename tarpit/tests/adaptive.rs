@@ -275,6 +275,34 @@ fn give_ups_are_learned_then_answered_early_and_kept_across_restarts() {
 }
 
 #[test]
+fn the_adaptive_cadence_is_jittered() {
+    // 0.2 s ticks: adaptive gaps spread over 0.14-0.26 s (a regular drip's within a few ms).
+    let spread = {
+        let tarpit = Tarpit::start(&["--mode", "adaptive", "--response-delay", "0.2"]);
+        let mut stream = tarpit.connect();
+        stream
+            .write_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let mut arrivals = Vec::new();
+        while arrivals.len() < 10 {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "the response ended early");
+            arrivals.push(std::time::Instant::now());
+        }
+        let gaps: Vec<f64> = arrivals
+            .windows(2)
+            .skip(1) // the first read may hold the head alone
+            .map(|w| (w[1] - w[0]).as_secs_f64())
+            .collect();
+        let max = gaps.iter().copied().fold(f64::MIN, f64::max);
+        let min = gaps.iter().copied().fold(f64::MAX, f64::min);
+        max - min
+    };
+    assert!(spread > 0.04, "adaptive gaps spread by {spread} s");
+}
+
+#[test]
 fn the_drip_records_when_a_client_gave_up() {
     if !prerequisites_met(&["curl"]) {
         return;

@@ -62,17 +62,6 @@ impl AdaptiveSettings {
     }
 }
 
-/// The adaptive decision recorded with a request.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ResponsePlan {
-    /// The request's families, so the model can learn from the response's end.
-    pub keys: FamilyKeys,
-    /// The give-up time planned with (seconds) and its basis; `None`: the full drip.
-    pub give_up: Option<(f32, Basis)>,
-    /// Seconds after the request at which the response is completed, if early.
-    pub planned_end: Option<Duration>,
-}
-
 /// What the adaptive mode starts with: the workers' settings (persona, an empty snapshot
 /// slot), the model restored from the database, and the priors. Errors name the file, entry
 /// and reason.

@@ -12,7 +12,6 @@
 //! read back at the next start ([`GiveUpModel::restore`]).
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -152,10 +151,11 @@ pub struct GiveUpModel {
 impl GiveUpModel {
     /// An empty model.
     pub fn new(config: ModelConfig) -> Self {
-        let capacity = NonZeroUsize::new(config.max_families.max(1)).expect("at least one");
         Self {
             config,
-            families: LruCache::new(capacity),
+            // Grown as needed and bounded by `entry` (a bounded LruCache would allocate all of
+            // its capacity at once).
+            families: LruCache::unbounded(),
             changed: HashSet::new(),
             evicted: Vec::new(),
         }
@@ -173,6 +173,9 @@ impl GiveUpModel {
             family.next = 0;
             if let Some(key) = stored_key(&family) {
                 self.families.push(key, family);
+                if self.families.len() > self.config.max_families.max(1) {
+                    self.families.pop_lru();
+                }
             }
         }
     }
@@ -280,12 +283,14 @@ impl GiveUpModel {
     }
 
     fn entry(&mut self, key: u64, kind: FamilyKind, name: &str) -> &mut Family {
-        if !self.families.contains(&key)
-            && let Some((old_key, old)) = self.families.push(key, Family::new(kind, name))
-            && old_key != key
-            && self.changed.remove(&old_key)
-        {
-            self.evicted.push(old);
+        if !self.families.contains(&key) {
+            if self.families.len() >= self.config.max_families.max(1)
+                && let Some((old_key, old)) = self.families.pop_lru()
+                && self.changed.remove(&old_key)
+            {
+                self.evicted.push(old);
+            }
+            self.families.put(key, Family::new(kind, name));
         }
         self.families.get_mut(&key).expect("just inserted")
     }

@@ -3,7 +3,6 @@
 //! families to the sinks for storage. Here, above `event` and `adaptive`, so neither imports
 //! the other.
 
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,7 +43,8 @@ impl Learner {
             model,
             priors,
             snapshot,
-            pending: LruCache::new(NonZeroUsize::new(PENDING).expect("non-zero")),
+            // Grown as needed (a bounded LruCache would allocate all of its capacity at once).
+            pending: LruCache::unbounded(),
             last_publish: None,
             dirty_snapshot: true,
         };
@@ -72,6 +72,9 @@ impl Learner {
         };
         let keys = self.model.register(&keys, &names);
         self.pending.put((record.conn_id, record.request_seq), keys);
+        if self.pending.len() > PENDING {
+            self.pending.pop_lru();
+        }
         self.dirty_snapshot = true;
     }
 
