@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::fronts::free_port;
 use common::netns::prerequisites_met;
-use common::{Tarpit, wait_for};
+use common::{FAST, Tarpit, wait_for};
 
 /// A random-looking path, like gobuster's wildcard probe.
 const RANDOM_PATH: &str = "/3f2a9c1e-0b7d-4e55-9a61-2c8d1f0e4b7a";
@@ -48,17 +48,7 @@ fn a_client_that_never_gives_up_gets_the_whole_persona_page() {
     if !prerequisites_met(&["curl"]) {
         return;
     }
-    let args = [
-        "--mode",
-        "adaptive",
-        "--response-delay",
-        "0.05",
-        "--max-response-bytes",
-        "10",
-        "--workers",
-        "2",
-    ];
-    let tarpit = Tarpit::start(&args);
+    let tarpit = Tarpit::start(&[&["--mode", "adaptive"], FAST].concat());
     let base = format!("http://127.0.0.1:{}", tarpit.addr.port());
     let body = tarpit.dir.join("body");
     let (code, out) = curl(&format!(
@@ -88,27 +78,10 @@ fn a_client_that_never_gives_up_gets_the_whole_persona_page() {
         "SELECT COUNT(*) FROM events WHERE end_reason IS NOT NULL",
         3,
     );
-    let db = tarpit.db();
-    let rows: Vec<(String, u16, String, Option<f64>, String, i64)> = db
-        .prepare(
-            "SELECT http_path, response_status, response_mode, giveup_limit_s, end_reason,
-                    bytes_sent
-             FROM events ORDER BY id",
-        )
-        .unwrap()
-        .query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let rows: Vec<(String, u16, String, Option<f64>, String, i64)> = tarpit.rows(
+        "SELECT http_path, response_status, response_mode, giveup_limit_s, end_reason, bytes_sent
+         FROM events ORDER BY id",
+    );
     assert_eq!(
         rows[0],
         (
@@ -161,17 +134,10 @@ fn give_ups_are_learned_then_answered_early_and_kept_across_restarts() {
         1,
     );
     // Each give-up is timed to curl's FIN (`client_fin_s`), and that is what is learned.
-    let give_ups: Vec<(String, f64)> = tarpit
-        .db()
-        .prepare(
-            "SELECT end_reason, client_fin_s FROM events WHERE http_path LIKE '/probe%'
-             AND duration_s >= client_fin_s",
-        )
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let give_ups: Vec<(String, f64)> = tarpit.rows(
+        "SELECT end_reason, client_fin_s FROM events WHERE http_path LIKE '/probe%'
+         AND duration_s >= client_fin_s",
+    );
     assert_eq!(give_ups.len(), 3, "{give_ups:?}");
     for (reason, seconds) in &give_ups {
         assert!(["client_closed", "client_reset"].contains(&reason.as_str()));
@@ -190,27 +156,11 @@ fn give_ups_are_learned_then_answered_early_and_kept_across_restarts() {
         "SELECT COUNT(*) FROM events WHERE http_path IN ('/a', '/b') AND end_reason IS NOT NULL",
         2,
     );
-    let planned: Vec<(u32, String, String, f64, f64, u16)> = tarpit
-        .db()
-        .prepare(
-            "SELECT request_seq, end_reason, giveup_basis, giveup_limit_s, planned_end_s,
-                    response_status
-             FROM events WHERE http_path IN ('/a', '/b') ORDER BY request_seq",
-        )
-        .unwrap()
-        .query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let planned: Vec<(u32, String, String, f64, f64, u16)> = tarpit.rows(
+        "SELECT request_seq, end_reason, giveup_basis, giveup_limit_s, planned_end_s,
+                response_status
+         FROM events WHERE http_path IN ('/a', '/b') ORDER BY request_seq",
+    );
     let shortest = give_ups.iter().map(|(_, s)| *s).fold(f64::MAX, f64::min);
     for (index, (seq, reason, basis, limit, end, status)) in planned.iter().enumerate() {
         assert_eq!(*seq, index as u32 + 1);

@@ -155,6 +155,20 @@ impl Tarpit {
         self.db().query_row(sql, [], |r| r.get(0)).expect(sql)
     }
 
+    /// Every row of a query, each as a tuple of its columns.
+    pub fn rows<T>(&self, sql: &str) -> Vec<T>
+    where
+        T: for<'a> TryFrom<&'a rusqlite::Row<'a>, Error = rusqlite::Error>,
+    {
+        let db = self.db();
+        let mut statement = db.prepare(sql).expect(sql);
+        statement
+            .query_map([], |row| T::try_from(row))
+            .expect(sql)
+            .collect::<Result<_, _>>()
+            .expect(sql)
+    }
+
     /// Waits (up to 10 s) until `sql` counts at least `n`; returns the count.
     pub fn wait_count(&self, sql: &str, n: i64) -> i64 {
         wait_for(Duration::from_secs(10), || {
