@@ -256,6 +256,9 @@ pub struct Overrides {
     /// [adaptive] priors: a give-up prior file read before the built-in priors.
     #[arg(long)]
     pub adaptive_priors: Option<PathBuf>,
+    /// [sensor] id: this sensor's id on every row (default: the host name).
+    #[arg(long)]
+    pub sensor_id: Option<String>,
 }
 
 impl Overrides {
@@ -313,6 +316,9 @@ impl Overrides {
         }
         if let Some(priors) = &self.adaptive_priors {
             config.adaptive.priors = Some(priors.clone());
+        }
+        if let Some(id) = &self.sensor_id {
+            config.sensor.id = Some(id.clone());
         }
     }
 }

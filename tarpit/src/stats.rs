@@ -59,6 +59,7 @@ const TOPS: &[(&str, &str)] = &[
     ("User-Agent", "user_agent"),
     ("method", "http_method"),
     ("end reason", "end_reason"),
+    ("sensor", "sensor_id"),
 ];
 
 /// Distinct values one top table counts in memory; past this, that table is counted by

@@ -86,6 +86,14 @@ fn reports_once_per_interval_with_exact_fields_and_remembers_across_restarts() {
             None
         )]
     );
+    // The report's row says which sensor made it, like every row.
+    assert_eq!(
+        tarpit.count(
+            "SELECT COUNT(*) FROM abuseipdb_reports r JOIN events e ON e.conn_id = r.conn_id
+             WHERE r.sensor_id = e.sensor_id AND r.sensor_id IS NOT NULL"
+        ),
+        1
+    );
     let (reported, at): (i64, Option<String>) = tarpit
         .db()
         .query_row(

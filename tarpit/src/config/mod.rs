@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use sections::{
     AbuseIpDbConfig, AdaptiveConfig, ClassifyConfig, EbpfConfig, GeoIpConfig, MetricsConfig,
-    ServerConfig, StorageConfig, TarpitConfig, TarpitMode,
+    SensorConfig, ServerConfig, StorageConfig, TarpitConfig, TarpitMode, is_sensor_token,
 };
 
 /// A configuration problem, located precisely enough that the operator can fix it in one edit.
@@ -62,6 +62,8 @@ pub struct Config {
     pub classify: ClassifyConfig,
     /// The adaptive mode's give-up model and persona.
     pub adaptive: AdaptiveConfig,
+    /// This sensor's id and labels.
+    pub sensor: SensorConfig,
 }
 
 impl Config {

@@ -138,6 +138,38 @@ impl Default for GeoIpConfig {
     }
 }
 
+/// `[sensor]`: who this tarpit is among many: its id goes on every row and every JSON line,
+/// its labels travel with its data.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SensorConfig {
+    /// The sensor's id; `None`: the host name.
+    pub id: Option<String>,
+    /// Free `key = value` pairs describing the sensor (region, provider, ...).
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl SensorConfig {
+    /// The id in force: the configured one, else the host name (`unknown` if it has none).
+    pub fn effective_id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|name| name.into_string().ok())
+                .filter(|name| is_sensor_token(name))
+                .unwrap_or_else(|| "unknown".to_owned())
+        })
+    }
+}
+
+/// Whether `text` may be a sensor id or label key: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+pub fn is_sensor_token(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// `[classify]`: the classification rules (see `tarpit/assets/classify-rules.toml`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

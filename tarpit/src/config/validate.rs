@@ -1,7 +1,7 @@
 //! Range checks of every value, after parsing and again after the command-line flags: each
 //! failure names the key and says what would be accepted.
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, is_sensor_token};
 
 impl Config {
     /// Checks every value's range; `source_name` says where the values came from.
@@ -162,6 +162,28 @@ impl Config {
         ] {
             if path.as_os_str().is_empty() {
                 return err(key, "must not be empty".into());
+            }
+        }
+        if let Some(id) = &self.sensor.id
+            && !is_sensor_token(id)
+        {
+            return err(
+                "sensor.id",
+                format!("must be 1 to 64 of A-Z a-z 0-9 . _ -, got {id:?}"),
+            );
+        }
+        for (key, value) in &self.sensor.labels {
+            if !is_sensor_token(key) {
+                return err(
+                    &format!("sensor.labels.{key}"),
+                    "a label name must be 1 to 64 of A-Z a-z 0-9 . _ -".into(),
+                );
+            }
+            if value.len() > 256 || value.chars().any(char::is_control) {
+                return err(
+                    &format!("sensor.labels.{key}"),
+                    "a label value must be at most 256 bytes, without control characters".into(),
+                );
             }
         }
         let a = &self.adaptive;

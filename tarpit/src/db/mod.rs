@@ -8,6 +8,7 @@
 //! replaced tool (no version, its own `events` table) is adopted by [`legacy`].
 
 pub mod legacy;
+pub mod sensor;
 
 use std::path::Path;
 
@@ -226,6 +227,19 @@ const MIGRATIONS: &[&str] = &[
         tool TEXT,
         last_seen INTEGER NOT NULL,
         PRIMARY KEY (kind, name)
+    ) WITHOUT ROWID;
+    "#,
+    // 6: sensor identity: which sensor wrote each row (NULL on rows written before, and on the
+    // replaced tool's), and each sensor's labels.
+    r#"
+    ALTER TABLE events ADD COLUMN sensor_id TEXT;
+    ALTER TABLE connections ADD COLUMN sensor_id TEXT;
+    ALTER TABLE abuseipdb_reports ADD COLUMN sensor_id TEXT;
+    CREATE TABLE sensors (
+        sensor_id TEXT PRIMARY KEY,
+        labels_json TEXT NOT NULL,
+        first_seen TEXT NOT NULL,
+        last_seen TEXT NOT NULL
     ) WITHOUT ROWID;
     "#,
 ];

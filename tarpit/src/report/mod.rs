@@ -213,8 +213,9 @@ pub fn to_html(data: &ReportData, now: SystemTime) -> Result<String, ReportError
          style-src 'unsafe-inline'; img-src data:\">\
          <meta name=\"viewport\" content=\"width=device-width\">\
          <title>tarpit report</title><style>{STYLE}</style></head><body>\n\
-         <h1>tarpit report</h1><p class=\"muted\">{} &middot; generated {generated}</p>\n",
-        escape(&period)
+         <h1>tarpit report</h1><p class=\"muted\">{} &middot; {} &middot; generated {generated}</p>\n",
+        escape(&period),
+        escape(&sensors_label(stats))
     );
     let held_hours = stats.seconds_held / 3600.0;
     let cards = [
@@ -285,4 +286,20 @@ pub fn to_html(data: &ReportData, now: SystemTime) -> Result<String, ReportError
     }
     html.push_str("</body></html>\n");
     Ok(html)
+}
+
+/// "sensor s1" or "sensors s1, s2, ..." (the sensors whose requests are in the report, most
+/// first; rows from before sensor ids count as "unnamed").
+fn sensors_label(stats: &Stats) -> String {
+    let names: Vec<&str> = stats
+        .top
+        .iter()
+        .find(|t| t.title == "sensor")
+        .map(|t| t.rows.iter().map(|(name, _)| name.as_str()).collect())
+        .unwrap_or_default();
+    match names.as_slice() {
+        [] => "no sensor named".to_owned(),
+        [one] => format!("sensor {one}"),
+        many => format!("sensors {}", many.join(", ")),
+    }
 }

@@ -61,7 +61,10 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     }
     let first_conn_id = db::next_conn_id(&database)?;
     let reporter = reporter_setup(config, &database)?;
-    let json_log = JsonLinesSink::open(&storage.json_log)
+    let sensor_id = config.sensor.effective_id();
+    db::sensor::record(&database, &sensor_id, &config.sensor.labels)
+        .context("recording the sensor")?;
+    let json_log = JsonLinesSink::open(&storage.json_log, &sensor_id)
         .with_context(|| format!("opening JSON log {}", storage.json_log.display()))?;
     let reopen_json_log = json_log.reopen_flag();
 
@@ -102,7 +105,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let queue = (storage.event_queue, storage.event_queue_bytes);
     let sinks = vec![
         SinkThread::spawn(json_log, queue, stats.clone())?,
-        SinkThread::spawn(SqliteSink::new(database), queue, stats.clone())?,
+        SinkThread::spawn(SqliteSink::new(database, &sensor_id), queue, stats.clone())?,
     ];
     let geoip = &config.geoip;
     let enrichment = Enrichment {
@@ -148,6 +151,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         handles.push(worker::spawn(index, listener, shared.clone())?);
     }
     tracing::info!(
+        sensor = %sensor_id,
         workers,
         max_connections,
         max_connections_per_ip = config.server.max_connections_per_ip,

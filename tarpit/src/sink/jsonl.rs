@@ -28,11 +28,22 @@ pub struct JsonLinesSink {
     /// The batch being serialised, reused between batches.
     lines: Vec<u8>,
     reopen: Arc<AtomicBool>,
+    /// This sensor's id, written into every line.
+    sensor_id: String,
+}
+
+/// One line: the sensor's id, then the event's fields.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    sensor_id: &'a str,
+    #[serde(flatten)]
+    event: &'a Event,
 }
 
 impl JsonLinesSink {
-    /// Opens (creating file and directory when missing) `path` for appending.
-    pub fn open(path: &Path) -> std::io::Result<Self> {
+    /// Opens (creating file and directory when missing) `path` for appending; every line will
+    /// carry `sensor_id`.
+    pub fn open(path: &Path, sensor_id: &str) -> std::io::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -43,6 +54,7 @@ impl JsonLinesSink {
             needs_newline: false,
             lines: Vec::with_capacity(64 * 1024),
             reopen: Arc::new(AtomicBool::new(false)),
+            sensor_id: sensor_id.to_owned(),
         })
     }
 
@@ -75,7 +87,11 @@ impl Sink for JsonLinesSink {
             .iter()
             .filter(|e| !matches!(e.as_ref(), Event::GiveUpFamilies(_)))
         {
-            serde_json::to_writer(&mut self.lines, event.as_ref()).map_err(std::io::Error::from)?;
+            let line = Line {
+                sensor_id: &self.sensor_id,
+                event: event.as_ref(),
+            };
+            serde_json::to_writer(&mut self.lines, &line).map_err(std::io::Error::from)?;
             self.lines.push(b'\n');
         }
         // Where a failed batch is cut back to (one fstat per batch; read now, so that a file
@@ -107,7 +123,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/t.log");
         for round in 0..2 {
-            let mut sink = JsonLinesSink::open(&path).unwrap();
+            let mut sink = JsonLinesSink::open(&path, "sensor-a").unwrap();
             let event = Arc::new(Event::ConnectionOpened(ConnectionOpened {
                 conn_id: round,
                 timestamp: SystemTime::now(),
@@ -126,6 +142,7 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["event"], "connection_opened");
+        assert_eq!(lines[0]["sensor_id"], "sensor-a");
         assert_eq!(lines[1]["conn_id"], 1);
         assert_eq!(lines[1]["peer_port"], 5000);
     }

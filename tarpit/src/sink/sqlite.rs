@@ -18,12 +18,18 @@ use crate::fingerprint::Fingerprint;
 #[derive(Debug)]
 pub struct SqliteSink {
     conn: Connection,
+    /// This sensor's id, written into every row.
+    sensor_id: String,
 }
 
 impl SqliteSink {
-    /// Wraps a connection already opened and migrated by [`crate::db::open`].
-    pub fn new(conn: Connection) -> Self {
-        Self { conn }
+    /// Wraps a connection already opened and migrated by [`crate::db::open`]; every row will
+    /// carry `sensor_id`.
+    pub fn new(conn: Connection, sensor_id: &str) -> Self {
+        Self {
+            conn,
+            sensor_id: sensor_id.to_owned(),
+        }
     }
 }
 
@@ -34,13 +40,14 @@ impl Sink for SqliteSink {
 
     fn write_batch(&mut self, events: &[Arc<Event>]) -> Result<(), SinkError> {
         let tx = self.conn.transaction()?;
+        let sensor = self.sensor_id.as_str();
         for event in events {
             match event.as_ref() {
-                Event::ConnectionOpened(e) => insert_connection(&tx, e)?,
-                Event::Request(e) => insert_request(&tx, e)?,
+                Event::ConnectionOpened(e) => insert_connection(&tx, e, sensor)?,
+                Event::Request(e) => insert_request(&tx, e, sensor)?,
                 Event::ResponseEnd(e) => complete_request(&tx, e)?,
                 Event::ConnectionClosed(e) => complete_connection(&tx, e)?,
-                Event::AbuseReport(e) => record_report(&tx, e)?,
+                Event::AbuseReport(e) => record_report(&tx, e, sensor)?,
                 Event::GiveUpFamilies(rows) => store_families(&tx, rows)?,
             }
         }
@@ -49,11 +56,15 @@ impl Sink for SqliteSink {
     }
 }
 
-fn insert_connection(conn: &Connection, e: &ConnectionOpened) -> rusqlite::Result<()> {
+fn insert_connection(
+    conn: &Connection,
+    e: &ConnectionOpened,
+    sensor: &str,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO connections
-           (conn_id, opened_at, peer_ip, peer_port, local_ip, local_port, worker)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+           (conn_id, opened_at, peer_ip, peer_port, local_ip, local_port, worker, sensor_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         e.conn_id as i64,
@@ -63,11 +74,12 @@ fn insert_connection(conn: &Connection, e: &ConnectionOpened) -> rusqlite::Resul
         e.local_ip.to_string(),
         e.local_port,
         e.worker as i64,
+        sensor,
     ])?;
     Ok(())
 }
 
-fn insert_request(conn: &Connection, e: &RequestRecord) -> rusqlite::Result<()> {
+fn insert_request(conn: &Connection, e: &RequestRecord, sensor: &str) -> rusqlite::Result<()> {
     let absent = Fingerprint::default();
     let fp = e.fingerprint.as_deref().unwrap_or(&absent);
     conn.prepare_cached(
@@ -80,11 +92,12 @@ fn insert_request(conn: &Connection, e: &RequestRecord) -> rusqlite::Result<()> 
             country_iso_code, country_name, city_name, latitude, longitude, asn_number,
             asn_organization, syn_ttl, syn_initial_ttl, syn_df, syn_window, syn_mss, syn_wscale,
             syn_options, syn_fp, tls_version, tls_sni, tls_alpn, ja4, header_order,
-            header_order_hash, response_mode, giveup_limit_s, giveup_basis, planned_end_s)
+            header_order_hash, response_mode, giveup_limit_s, giveup_basis, planned_end_s,
+            sensor_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
                  ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34,
                  ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49, ?50,
-                 ?51, ?52, ?53, ?54)",
+                 ?51, ?52, ?53, ?54, ?55)",
     )?
     .execute(params![
         format_timestamp(e.timestamp),
@@ -141,6 +154,7 @@ fn insert_request(conn: &Connection, e: &RequestRecord) -> rusqlite::Result<()> 
         e.giveup_limit_s,
         e.giveup_basis,
         e.planned_end_s,
+        sensor,
     ])?;
     for tag in &e.tags {
         conn.prepare_cached(
@@ -171,12 +185,13 @@ fn complete_request(conn: &Connection, e: &ResponseEnd) -> rusqlite::Result<()> 
 }
 
 /// The report's row, and on success the seed columns of the request it was made for.
-fn record_report(conn: &Connection, e: &AbuseReport) -> rusqlite::Result<()> {
+fn record_report(conn: &Connection, e: &AbuseReport, sensor: &str) -> rusqlite::Result<()> {
     let at = format_timestamp(e.timestamp);
     conn.prepare_cached(
         "INSERT INTO abuseipdb_reports (ip, reported_at, outcome, http_status, confidence_score,
-                                        error, categories, comment, conn_id, request_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                        error, categories, comment, conn_id, request_seq,
+                                        sensor_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         e.ip.to_string(),
@@ -189,6 +204,7 @@ fn record_report(conn: &Connection, e: &AbuseReport) -> rusqlite::Result<()> {
         e.comment,
         e.conn_id as i64,
         e.request_seq,
+        sensor,
     ])?;
     if e.outcome == "reported" {
         conn.prepare_cached(
