@@ -30,6 +30,12 @@ const LABELLED_METHODS: &[&str] = &[
     "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE", "PRI",
 ];
 
+/// Bucket bounds (seconds) of `tarpit_sink_batch_seconds`: a batch takes well under a
+/// millisecond on a healthy disk and seconds on a stalled one.
+const SINK_BATCH_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
 /// Why the exporter could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serve metrics on {addr}: {reason}")]
@@ -41,11 +47,17 @@ pub struct MetricsError {
 /// Installs the Prometheus recorder and starts its HTTP listener on the current runtime.
 pub fn serve(addr: SocketAddr) -> Result<(), MetricsError> {
     let err = |reason: String| MetricsError { addr, reason };
+    // The batch latency is a real histogram (the dashboard takes its p99 with
+    // histogram_quantile); the exporter would otherwise render it as a summary.
+    let batch = metrics_exporter_prometheus::Matcher::Full("tarpit_sink_batch_seconds".into());
     let (recorder, exporter) = metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
+        .set_buckets_for_metric(batch, SINK_BATCH_BUCKETS)
+        .map_err(|e| err(e.to_string()))?
         .build()
         .map_err(|e| err(e.to_string()))?;
     metrics::set_global_recorder(recorder).map_err(|e| err(e.to_string()))?;
+    describe();
     tokio::spawn(async move {
         if let Err(e) = exporter.await {
             tracing::error!("metrics listener stopped: {e:?}");
@@ -53,6 +65,89 @@ pub fn serve(addr: SocketAddr) -> Result<(), MetricsError> {
     });
     tracing::info!("Prometheus metrics on http://{addr}/metrics");
     Ok(())
+}
+
+/// Every metric's help text and unit (`promtool check metrics` wants them; Grafana shows them).
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    for (name, help) in [
+        (
+            "tarpit_connections_accepted_total",
+            "Connections accepted (refused ones included).",
+        ),
+        (
+            "tarpit_connections_refused_total",
+            "Connections refused by a cap, by reason.",
+        ),
+        (
+            "tarpit_connection_end_total",
+            "Connections ended, by reason.",
+        ),
+        (
+            "tarpit_requests_total",
+            "Requests recorded, by method and target port.",
+        ),
+        (
+            "tarpit_port_attribution_total",
+            "Requests by the source of their target port.",
+        ),
+        (
+            "tarpit_response_mode_total",
+            "Requests by response mode (drip or adaptive).",
+        ),
+        (
+            "tarpit_ebpf_lookups_total",
+            "eBPF map lookups of accepted sockets, by result.",
+        ),
+        (
+            "tarpit_ebpf_map_misses_total",
+            "Translated connections the eBPF map did not know.",
+        ),
+        (
+            "tarpit_request_tags_total",
+            "Requests per classification tag.",
+        ),
+        ("tarpit_response_end_total", "Responses ended, by reason."),
+        (
+            "tarpit_abuseipdb_reports_total",
+            "AbuseIPDB report outcomes.",
+        ),
+        (
+            "tarpit_events_dropped_total",
+            "Events dropped because the event queue was full.",
+        ),
+        (
+            "tarpit_sink_events_dropped_total",
+            "Events a sink dropped because its queue was full.",
+        ),
+        (
+            "tarpit_geoip_lookups_total",
+            "GeoIP lookups of client addresses, by result.",
+        ),
+    ] {
+        describe_counter!(name, help);
+    }
+    describe_counter!(
+        "tarpit_bytes_dripped_total",
+        Unit::Bytes,
+        "Payload bytes dripped to clients."
+    );
+    describe_counter!(
+        "tarpit_attacker_seconds_total",
+        Unit::Seconds,
+        "Seconds clients were held, summed over requests."
+    );
+    describe_gauge!("tarpit_connections_active", "Connections open now.");
+    describe_gauge!(
+        "tarpit_giveup_seconds",
+        Unit::Seconds,
+        "The adaptive mode's learned give-up time, per tool."
+    );
+    describe_histogram!(
+        "tarpit_sink_batch_seconds",
+        Unit::Seconds,
+        "Seconds one batch took to write, by sink."
+    );
 }
 
 /// Turns events into metric updates.

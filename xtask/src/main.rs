@@ -480,6 +480,8 @@ const APT_PACKAGES: &[&str] = &[
     // Scanners of `cargo xtask bench scanners` (and its smoke test).
     "gobuster",
     "ffuf",
+    // The metrics as a real Prometheus scrapes them (`tests/prometheus.rs`, with `promtool`).
+    "prometheus",
 ];
 
 fn ci_setup() -> anyhow::Result<()> {
