@@ -226,18 +226,28 @@ impl Persona {
         &self.pages[usize::from(index)]
     }
 
-    /// The response head of a page, as a real server would write it.
-    pub fn head(
+    /// What a response starts with, written at once: the head and the body's first slice, or
+    /// for HEAD (`head_only`) the head's first lines and the first byte of its fixed end (the
+    /// rest is dripped). Returns the bytes and how many of them the dripper counts as sent.
+    /// Allocates once per response, like the drip's `head_with_first_tick`.
+    pub fn head_with_first_slice(
         &self,
         index: u16,
-        version: HttpVersion,
-        keep_alive: bool,
+        (version, keep_alive, head_only): (HttpVersion, bool, bool),
         server: &str,
         now: SystemTime,
-    ) -> Vec<u8> {
-        let mut head = self.head_start(index, version, server, now);
-        head.extend_from_slice(self.page(index).tail(keep_alive));
-        head
+    ) -> (Vec<u8>, u64) {
+        let page = self.page(index);
+        let mut bytes = self.head_start(index, version, server, now);
+        let tail = page.tail(keep_alive);
+        if head_only {
+            bytes.extend_from_slice(&tail[..1]);
+            return (bytes, 1);
+        }
+        bytes.extend_from_slice(tail);
+        let first = page.per_tick.min(page.body.len());
+        bytes.extend_from_slice(&page.body[..first]);
+        (bytes, first as u64)
     }
 
     /// The head's first lines (status, `Server`, `Date`), the part that changes per response.
@@ -304,22 +314,30 @@ mod tests {
     fn the_head_is_well_formed_with_the_body_length() {
         let persona = Persona::load(None, 10, 10).unwrap();
         let index = persona.page_for("/nothing-here");
-        let head = persona.head(
-            index,
-            HttpVersion::Http11,
-            true,
-            "nginx",
-            SystemTime::UNIX_EPOCH,
+        let page = persona.page(index);
+        let length = page.body.len();
+        let head = format!(
+            "HTTP/1.1 404 Not Found\r\nServer: nginx\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n\
+             Content-Type: text/html\r\nContent-Length: {length}\r\nConnection: keep-alive\r\n\r\n"
         );
-        let text = String::from_utf8(head).unwrap();
-        let length = persona.page(index).body.len();
-        assert_eq!(
-            text,
-            format!(
-                "HTTP/1.1 404 Not Found\r\nServer: nginx\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n\
-                 Content-Type: text/html\r\nContent-Length: {length}\r\nConnection: keep-alive\r\n\r\n"
+        let at = |head_only| {
+            let when = SystemTime::UNIX_EPOCH;
+            persona.head_with_first_slice(
+                index,
+                (HttpVersion::Http11, true, head_only),
+                "nginx",
+                when,
             )
-        );
+        };
+        let (bytes, sent) = at(false);
+        assert_eq!(bytes[..head.len()], *head.as_bytes());
+        assert_eq!(bytes[head.len()..], page.body[..page.per_tick]);
+        assert_eq!(sent, page.per_tick as u64);
+        // HEAD: the head up to the first byte of its fixed end; the rest is dripped.
+        let (bytes, sent) = at(true);
+        let fixed_end = head.find("Content-Type").unwrap();
+        assert_eq!(bytes, head.as_bytes()[..=fixed_end]);
+        assert_eq!(sent, 1);
     }
 
     #[test]

@@ -406,27 +406,15 @@ impl Connection {
         page: Option<PageStart>,
     ) -> Result<u64, &'static str> {
         let settings = &self.shared.settings;
+        let now = SystemTime::now();
         let (head, first_payload) = match (page, &settings.adaptive) {
-            (Some(start), Some(adaptive)) => {
-                let persona = &adaptive.persona;
-                let server = settings.drip.server_header();
-                let now = SystemTime::now();
-                let page = persona.page(start.page);
-                if start.head_only {
-                    // HEAD: the head's first lines at once, then its end a byte per tick.
-                    let mut head = persona.head_start(start.page, version, server, now);
-                    head.extend_from_slice(&page.tail(keep_alive)[..1]);
-                    (head, 1)
-                } else {
-                    let mut head = persona.head(start.page, version, keep_alive, server, now);
-                    let first = page.per_tick.min(page.body.len());
-                    head.extend_from_slice(&page.body[..first]);
-                    (head, first as u64)
-                }
-            }
-            _ => settings
-                .drip
-                .head_with_first_tick(version, keep_alive, SystemTime::now()),
+            (Some(start), Some(adaptive)) => adaptive.persona.head_with_first_slice(
+                start.page,
+                (version, keep_alive, start.head_only),
+                settings.drip.server_header(),
+                now,
+            ),
+            _ => settings.drip.head_with_first_tick(version, keep_alive, now),
         };
         self.write(head).await?;
         Ok(first_payload)
