@@ -19,35 +19,20 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::config::AbuseIpDbConfig;
 use crate::event::{AbuseReport, Event, RequestRecord};
+use crate::secret::Secret;
 use policy::{Ledger, Policy, next_utc_midnight};
 
 /// The environment variable (or `.env` entry) holding the API key.
 pub const KEY_VAR: &str = "ABUSEIPDB_API_KEY";
 
-/// The API key. `Debug` prints a mask, so it cannot reach a log line by accident.
-#[derive(Clone)]
-pub struct ApiKey(String);
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiKey(<masked>)")
-    }
-}
+/// The API key (masked in `Debug`, see [`Secret`]).
+#[derive(Debug, Clone)]
+pub struct ApiKey(Secret);
 
 impl ApiKey {
     /// The key from the environment, else from `.env` in the working directory.
     pub fn from_env() -> Option<Self> {
-        if let Ok(value) = std::env::var(KEY_VAR)
-            && !value.trim().is_empty()
-        {
-            return Some(Self(value.trim().to_owned()));
-        }
-        // Only this one variable is taken from .env; nothing else there leaks into the process.
-        dotenvy::from_filename_iter(".env")
-            .ok()?
-            .filter_map(Result::ok)
-            .find(|(name, value)| name == KEY_VAR && !value.trim().is_empty())
-            .map(|(_, value)| Self(value.trim().to_owned()))
+        Secret::from_env(KEY_VAR).map(Self)
     }
 }
 
@@ -264,7 +249,7 @@ impl Sender {
             let answer = api::report(
                 &self.client,
                 &self.config.api_url,
-                &self.key.0,
+                self.key.0.expose(),
                 &ip,
                 &self.categories,
                 &job.comment,
@@ -364,7 +349,7 @@ mod tests {
 
     #[test]
     fn the_key_never_prints() {
-        let key = ApiKey("supersecretkey".into());
-        assert_eq!(format!("{key:?}"), "ApiKey(<masked>)");
+        let key = ApiKey(crate::secret::Secret::for_test("supersecretkey"));
+        assert!(!format!("{key:?}").contains("supersecretkey"));
     }
 }
