@@ -49,6 +49,10 @@ pub enum Command {
     /// Re-tag every stored request with the current classification rules (the built-in rules
     /// and `[classify] rules`), replacing the tags stored before.
     Classify(ClassifyArgs),
+    /// Ship the database's queued requests to ClickHouse (`[ship.clickhouse]`) now and exit:
+    /// a backfill of an existing database (the replaced tool's included), or the backlog of a
+    /// stopped sensor. A running tarpit ships by itself.
+    Ship(ShipArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -84,6 +88,17 @@ pub struct Source {
 #[derive(Debug, Clone, Args)]
 pub struct MigrateArgs {
     /// Database to migrate (default: `storage.database` of the configuration).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+}
+
+/// Flags of `tarpit ship`.
+#[derive(Debug, Clone, Args)]
+pub struct ShipArgs {
+    /// Ship what is queued, then exit (required: a running tarpit ships continuously).
+    #[arg(long, required = true)]
+    pub once: bool,
+    /// Database to ship (default: `storage.database` of the configuration); migrated first.
     #[arg(long)]
     pub db: Option<PathBuf>,
 }
@@ -259,6 +274,10 @@ pub struct Overrides {
     /// [sensor] id: this sensor's id on every row (default: the host name).
     #[arg(long)]
     pub sensor_id: Option<String>,
+    /// [ship.clickhouse] url: ship requests to this ClickHouse HTTP interface (password in
+    /// TARPIT_CLICKHOUSE_PASSWORD).
+    #[arg(long)]
+    pub clickhouse_url: Option<String>,
 }
 
 impl Overrides {
@@ -320,6 +339,7 @@ impl Overrides {
         if let Some(id) = &self.sensor_id {
             config.sensor.id = Some(id.clone());
         }
+        set(&mut config.ship.clickhouse.url, &self.clickhouse_url);
     }
 }
 

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
             | Command::Export(_)
             | Command::Migrate(_)
             | Command::Classify(_)
+            | Command::Ship(_)
             | Command::Completions { .. }
             | Command::Man,
         ) => (None, false),
@@ -72,6 +73,7 @@ fn main() -> ExitCode {
         Some(Command::Export(args)) => Some(export(args, &config)),
         Some(Command::Migrate(args)) => Some(migrate(args, &config)),
         Some(Command::Classify(args)) => Some(classify(args, &config)),
+        Some(Command::Ship(args)) => Some(ship(args, &config)),
         _ => None,
     };
     if let Some(outcome) = analysis {
@@ -149,6 +151,33 @@ fn migrate(args: &tarpit::cli::MigrateArgs, config: &tarpit::config::Config) -> 
     if !before && backup.exists() {
         println!("original kept as {}", backup.display());
     }
+    Ok(())
+}
+
+/// `tarpit ship --once`: ships the database's queued requests to ClickHouse and says how fast.
+fn ship(args: &tarpit::cli::ShipArgs, config: &tarpit::config::Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let db = existing_db(args.db.as_ref(), config)?;
+    tarpit::db::open(db).with_context(|| format!("migrating {}", db.display()))?;
+    let Some(setup) = tarpit::ship::ShipperSetup::from_config(config, db)? else {
+        anyhow::bail!(
+            "shipping is not configured: set [ship.clickhouse] url in the configuration \
+             (or --clickhouse-url)"
+        );
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    let report = runtime.block_on(tarpit::ship::ship_once(setup))?;
+    println!(
+        "{}: shipped {} requests in {} inserts, {:.2} s ({:.0} rows/s)",
+        db.display(),
+        report.rows,
+        report.batches,
+        report.elapsed_s,
+        report.rows as f64 / report.elapsed_s.max(1e-9)
+    );
     Ok(())
 }
 

@@ -124,6 +124,14 @@ fn describe() {
             "tarpit_geoip_lookups_total",
             "GeoIP lookups of client addresses, by result.",
         ),
+        (
+            "tarpit_ship_rows_total",
+            "Requests shipped to ClickHouse (a request shipped open and again ended counts twice).",
+        ),
+        (
+            "tarpit_ship_failures_total",
+            "Shipping attempts that failed (ClickHouse down, refused, or SQLite busy).",
+        ),
     ] {
         describe_counter!(name, help);
     }
@@ -142,6 +150,15 @@ fn describe() {
         "tarpit_giveup_seconds",
         Unit::Seconds,
         "The adaptive mode's learned give-up time, per tool."
+    );
+    describe_gauge!(
+        "tarpit_ship_pending_rows",
+        "Requests in the shipping outbox: not yet acknowledged by ClickHouse."
+    );
+    describe_gauge!(
+        "tarpit_ship_oldest_pending_seconds",
+        Unit::Seconds,
+        "Age of the oldest change in the shipping outbox."
     );
     describe_histogram!(
         "tarpit_sink_batch_seconds",

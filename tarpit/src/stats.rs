@@ -35,6 +35,19 @@ pub struct Stats {
     pub hourly: Vec<(String, u64)>,
     /// Give-up time by tool, from the adaptive mode's stored model (not limited by `since`).
     pub giveup_by_tool: Vec<crate::giveup_stats::GiveUpRow>,
+    /// The shipping outbox now (not limited by `since`).
+    pub shipping: Shipping,
+}
+
+/// What shipping to the central store has left to do, and has done.
+#[derive(Debug, Serialize)]
+pub struct Shipping {
+    /// Requests whose latest change is not shipped yet.
+    pub pending_rows: u64,
+    /// Seconds since the oldest of those changes.
+    pub oldest_pending_s: f64,
+    /// Per target (`clickhouse`): requests shipped in total and the last success (RFC 3339).
+    pub shipped: Vec<(String, i64, Option<String>)>,
 }
 
 /// One "top N" table.
@@ -240,6 +253,14 @@ fn build_capped(
         top,
         hourly: hours.into_iter().collect(),
         giveup_by_tool: crate::giveup_stats::by_tool(&conn)?,
+        shipping: {
+            let backlog = crate::ship::outbox::backlog(&conn)?;
+            Shipping {
+                pending_rows: backlog.rows,
+                oldest_pending_s: backlog.oldest_age_s,
+                shipped: crate::ship::outbox::shipped(&conn)?,
+            }
+        },
     })
 }
 
@@ -315,6 +336,20 @@ impl Stats {
         );
         if let (Some(first), Some(last)) = (&self.first, &self.last) {
             let _ = writeln!(out, "{:<22} {first} .. {last}", "period");
+        }
+        let ship = &self.shipping;
+        let _ = writeln!(
+            out,
+            "{:<22} {} requests not shipped yet, oldest change {:.0} s ago",
+            "shipping outbox", ship.pending_rows, ship.oldest_pending_s
+        );
+        for (target, rows, last) in &ship.shipped {
+            let _ = writeln!(
+                out,
+                "{:<22} {rows} requests, last at {}",
+                format!("shipped to {target}"),
+                last.as_deref().unwrap_or("-")
+            );
         }
         for table in &self.top {
             let _ = writeln!(out, "\ntop {}", table.title);

@@ -86,11 +86,29 @@ fn the_example_config_is_valid_and_documents_every_default() {
     let defaults: toml::Table =
         toml::from_str(&tarpit::config::Config::default().to_toml()).unwrap();
     for (section, keys) in &defaults {
-        for key in keys.as_table().unwrap().keys() {
-            assert!(
-                text.contains(&format!("\n{key} =")),
-                "tarpit.example.toml does not document [{section}] {key}"
+        for (key, value) in keys.as_table().unwrap() {
+            // A nested table (`[ship.clickhouse]`) is documented under its own header; an inline
+            // one (`labels = {}`) as a key.
+            let inline = text.contains(&format!("\n{key} ="));
+            let nested = value.as_table().filter(|_| !inline).map_or_else(
+                || vec![(section.clone(), key.clone())],
+                |table| {
+                    assert!(
+                        text.contains(&format!("\n[{section}.{key}]")),
+                        "[{section}.{key}]"
+                    );
+                    table
+                        .keys()
+                        .map(|inner| (format!("{section}.{key}"), inner.clone()))
+                        .collect()
+                },
             );
+            for (section, key) in nested {
+                assert!(
+                    text.contains(&format!("\n{key} =")),
+                    "tarpit.example.toml does not document [{section}] {key}"
+                );
+            }
         }
     }
 }

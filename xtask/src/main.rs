@@ -54,7 +54,8 @@ enum Task {
     },
     /// Measure a tarpit on loopback (ours by default): `hold` or `churn`; `classify`: requests
     /// per second the default rules classify on one core; `scanners`: real scanners (gobuster,
-    /// ffuf, nmap http-enum) against nginx and the tarpit, `--duration` seconds each.
+    /// ffuf, nmap http-enum) against nginx and the tarpit, `--duration` seconds each; `ship`:
+    /// `--duration` seconds of churn recorded, then shipped into a private ClickHouse.
     Bench {
         /// `hold`: hold N connections at the default drip; `churn`: connect-request-close loops.
         kind: BenchKind,
@@ -113,6 +114,7 @@ enum BenchKind {
     Churn,
     Classify,
     Scanners,
+    Ship,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -159,6 +161,20 @@ fn main() -> anyhow::Result<()> {
                 .collect();
             bench::scanners::print(&results, &columns, window);
             Ok(())
+        }
+        Task::Bench {
+            kind: BenchKind::Ship,
+            workers,
+            duration,
+            processes,
+            ..
+        } => {
+            if cfg!(debug_assertions) {
+                return rerun_release(&root);
+            }
+            run(cargo(&root).args(["build", "--release", "-p", "tarpit"]))?;
+            let binary = target_dir(&root).join("release/tarpit");
+            bench::ship::ship(&root, &binary, duration, workers, processes)
         }
         Task::BenchClient {
             role,
@@ -212,14 +228,18 @@ fn main() -> anyhow::Result<()> {
                 let figures = match kind {
                     BenchKind::Hold => bench::hold(&cmd, name, conns, duration, processes)?,
                     BenchKind::Churn => bench::churn(&cmd, name, workers, duration, processes)?,
-                    BenchKind::Classify | BenchKind::Scanners => unreachable!("handled above"),
+                    BenchKind::Classify | BenchKind::Scanners | BenchKind::Ship => {
+                        unreachable!("handled above")
+                    }
                 };
                 columns.push(figures);
             }
             let title = match kind {
                 BenchKind::Hold => format!("hold: {conns} connections, {duration} s measured"),
                 BenchKind::Churn => format!("churn: {workers} loops, {duration} s measured"),
-                BenchKind::Classify | BenchKind::Scanners => unreachable!("handled above"),
+                BenchKind::Classify | BenchKind::Scanners | BenchKind::Ship => {
+                    unreachable!("handled above")
+                }
             };
             bench::print_table(&title, &mut columns);
             Ok(())
@@ -482,6 +502,10 @@ const APT_PACKAGES: &[&str] = &[
     "ffuf",
     // The metrics as a real Prometheus scrapes them (`tests/prometheus.rs`, with `promtool`).
     "prometheus",
+    // The fleet's central store (`tests/clickhouse.rs`, `cargo xtask bench ship`); the client
+    // applies deploy/clickhouse/requests.sql by hand.
+    "clickhouse-server",
+    "clickhouse-client",
 ];
 
 fn ci_setup() -> anyhow::Result<()> {

@@ -14,8 +14,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use sections::{
-    AbuseIpDbConfig, AdaptiveConfig, ClassifyConfig, EbpfConfig, GeoIpConfig, MetricsConfig,
-    SensorConfig, ServerConfig, StorageConfig, TarpitConfig, TarpitMode, is_sensor_token,
+    AbuseIpDbConfig, AdaptiveConfig, ClassifyConfig, ClickHouseConfig, EbpfConfig, GeoIpConfig,
+    MetricsConfig, SensorConfig, ServerConfig, ShipConfig, StorageConfig, TarpitConfig, TarpitMode,
+    is_sensor_token,
 };
 
 /// A configuration problem, located precisely enough that the operator can fix it in one edit.
@@ -64,6 +65,8 @@ pub struct Config {
     pub adaptive: AdaptiveConfig,
     /// This sensor's id and labels.
     pub sensor: SensorConfig,
+    /// Shipping the record to a central store.
+    pub ship: ShipConfig,
 }
 
 impl Config {
@@ -249,6 +252,26 @@ mod tests {
             ("[abuseipdb]\ncategories = [99]", "abuseipdb.categories"),
             ("[abuseipdb]\napi_url = \"ftp://x\"", "abuseipdb.api_url"),
             ("[abuseipdb]\ndaily_limit = 0", "abuseipdb.daily_limit"),
+            (
+                "[ship.clickhouse]\nurl = \"tcp://x:9000\"",
+                "ship.clickhouse.url",
+            ),
+            (
+                "[ship.clickhouse]\nurl = \"http://u:p@x:8123\"",
+                "ship.clickhouse.url",
+            ),
+            (
+                "[ship.clickhouse]\ntable = \"a;b\"",
+                "ship.clickhouse.table",
+            ),
+            (
+                "[ship.clickhouse]\nbatch_rows = 0",
+                "ship.clickhouse.batch_rows",
+            ),
+            (
+                "[ship.clickhouse]\nopen_after = 0",
+                "ship.clickhouse.open_after",
+            ),
             (
                 "[abuseipdb]\nwhitelist_user_agents = [\"ok\", \"(unclosed\"]",
                 "abuseipdb.whitelist_user_agents[1]",

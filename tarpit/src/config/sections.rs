@@ -170,6 +170,61 @@ pub fn is_sensor_token(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// `[ship]`: where the record is shipped besides the local files (see `crate::ship`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShipConfig {
+    /// `[ship.clickhouse]`: a ClickHouse server many sensors ship to.
+    pub clickhouse: ClickHouseConfig,
+}
+
+/// `[ship.clickhouse]`: the ClickHouse HTTP interface and table the requests go to. Shipping is
+/// on when `url` is set; the password comes only from `TARPIT_CLICKHOUSE_PASSWORD`
+/// (environment or `.env`), so it is never in a file that is printed or committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// The HTTP interface, e.g. `http://clickhouse.example:8123`; empty: shipping off.
+    pub url: String,
+    /// The database holding the table (`deploy/clickhouse/requests.sql` creates `tarpit`).
+    pub database: String,
+    /// The table, created by `deploy/clickhouse/requests.sql`.
+    pub table: String,
+    /// The ClickHouse user.
+    pub user: String,
+    /// Most requests in one INSERT.
+    pub batch_rows: usize,
+    /// Seconds between batches while there is nothing more to send.
+    pub interval: f64,
+    /// Seconds after which a request still being answered is shipped as it stands (it is
+    /// shipped again, replacing it, when it ends); completed requests go at once.
+    pub open_after: f64,
+    /// Seconds one INSERT may take before it counts as failed (and is retried).
+    pub timeout: f64,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            database: "tarpit".to_owned(),
+            table: "requests".to_owned(),
+            user: "default".to_owned(),
+            batch_rows: 5000,
+            interval: 2.0,
+            open_after: 60.0,
+            timeout: 30.0,
+        }
+    }
+}
+
+impl ClickHouseConfig {
+    /// Whether shipping to ClickHouse is configured.
+    pub fn enabled(&self) -> bool {
+        !self.url.trim().is_empty()
+    }
+}
+
 /// `[classify]`: the classification rules (see `tarpit/assets/classify-rules.toml`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -186,6 +186,66 @@ impl Config {
                 );
             }
         }
+        let ch = &self.ship.clickhouse;
+        if ch.enabled() {
+            match reqwest::Url::parse(ch.url.trim()) {
+                Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                    return err(
+                        "ship.clickhouse.url",
+                        format!("must be an http:// or https:// URL, got {:?}", ch.url),
+                    );
+                }
+                Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+                    return err(
+                        "ship.clickhouse.url",
+                        "must not hold a user or password: set `user`, and the password in \
+                         TARPIT_CLICKHOUSE_PASSWORD"
+                            .into(),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => return err("ship.clickhouse.url", format!("not a URL: {e}")),
+            }
+        }
+        for (key, name) in [
+            ("ship.clickhouse.database", &ch.database),
+            ("ship.clickhouse.table", &ch.table),
+        ] {
+            let valid = !name.is_empty()
+                && name.len() <= 128
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return err(
+                    key,
+                    format!("must be a plain identifier (A-Z a-z 0-9 _), got {name:?}"),
+                );
+            }
+        }
+        if ch.user.is_empty() || ch.user.chars().any(|c| c.is_control() || c == ':') {
+            return err(
+                "ship.clickhouse.user",
+                format!("must be a non-empty name without ':', got {:?}", ch.user),
+            );
+        }
+        if !(1..=1_000_000).contains(&ch.batch_rows) {
+            return err(
+                "ship.clickhouse.batch_rows",
+                format!("must be 1 to 1000000, got {}", ch.batch_rows),
+            );
+        }
+        for (key, value, max) in [
+            ("ship.clickhouse.interval", ch.interval, 3600.0),
+            ("ship.clickhouse.open_after", ch.open_after, 86_400.0),
+            ("ship.clickhouse.timeout", ch.timeout, 3600.0),
+        ] {
+            if !(value.is_finite() && value > 0.0 && value <= max) {
+                return err(
+                    key,
+                    format!("must be above 0 and at most {max} seconds, got {value}"),
+                );
+            }
+        }
         let a = &self.adaptive;
         if !(a.margin.is_finite() && (0.0..=3600.0).contains(&a.margin)) {
             return err(

@@ -242,6 +242,46 @@ const MIGRATIONS: &[&str] = &[
         last_seen TEXT NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 7: the shipping outbox (see `crate::ship`): one entry per request whose latest change has
+    // not reached the central store yet, numbered in the order of the changes. Triggers keep it,
+    // so every writer (the sink, crash recovery, `tarpit classify --retag`, an operator's SQL)
+    // queues what it changes; a change re-queues the request under a new, higher number, which
+    // is the version the store keeps. Rows already in the file are queued, so enabling shipping
+    // later backfills them (the replaced tool's rows included).
+    r#"
+    CREATE TABLE ship_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id INTEGER NOT NULL UNIQUE,
+        queued_at REAL NOT NULL
+    );
+    INSERT INTO ship_outbox (event_id, queued_at)
+        SELECT id, (julianday('now') - 2440587.5) * 86400.0 FROM events ORDER BY id;
+    CREATE TRIGGER ship_event_inserted AFTER INSERT ON events BEGIN
+        DELETE FROM ship_outbox WHERE event_id = NEW.id;
+        INSERT INTO ship_outbox (event_id, queued_at)
+            VALUES (NEW.id, (julianday('now') - 2440587.5) * 86400.0);
+    END;
+    CREATE TRIGGER ship_event_updated AFTER UPDATE ON events BEGIN
+        DELETE FROM ship_outbox WHERE event_id = NEW.id;
+        INSERT INTO ship_outbox (event_id, queued_at)
+            VALUES (NEW.id, (julianday('now') - 2440587.5) * 86400.0);
+    END;
+    CREATE TRIGGER ship_tag_inserted AFTER INSERT ON request_tags BEGIN
+        DELETE FROM ship_outbox WHERE event_id = NEW.event_id;
+        INSERT INTO ship_outbox (event_id, queued_at)
+            VALUES (NEW.event_id, (julianday('now') - 2440587.5) * 86400.0);
+    END;
+    CREATE TRIGGER ship_tag_deleted AFTER DELETE ON request_tags BEGIN
+        DELETE FROM ship_outbox WHERE event_id = OLD.event_id;
+        INSERT INTO ship_outbox (event_id, queued_at)
+            VALUES (OLD.event_id, (julianday('now') - 2440587.5) * 86400.0);
+    END;
+    CREATE TABLE ship_state (
+        target TEXT PRIMARY KEY,
+        shipped_rows INTEGER NOT NULL,
+        last_shipped_at TEXT
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

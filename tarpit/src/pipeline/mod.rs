@@ -79,10 +79,15 @@ pub struct Enrichment {
     pub rules: Option<LiveRules>,
     /// The adaptive mode's give-up model (learns from responses, publishes to the workers).
     pub learner: Option<Learner>,
+    /// Shipping to ClickHouse (reads the SQLite outbox, so it runs beside the sinks).
+    pub shipper: Option<crate::ship::ShipperSetup>,
 }
 
 /// How often the operator's rule file is checked for changes.
 const RULES_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a stopping tarpit keeps shipping what its last moments recorded.
+const SHIP_GRACE: Duration = Duration::from_secs(5);
 
 /// How often the give-up model publishes its figures and stores its changes.
 const LEARNER_INTERVAL: Duration = Duration::from_millis(500);
@@ -133,6 +138,7 @@ async fn run(
         .reporter
         .take()
         .map(|setup| Reporter::start(setup, outcome_tx));
+    let shipper = enrichment.shipper.take().map(crate::ship::Shipper::start);
     let mut metrics =
         enrichment
             .metrics
@@ -202,6 +208,10 @@ async fn run(
     );
     for sink in sinks {
         sink.finish();
+    }
+    // Every row is in SQLite now: one last pass ships the rows the shutdown closed.
+    if let Some(shipper) = shipper {
+        shipper.finish(SHIP_GRACE).await;
     }
     report_drops(&stats, reported);
 }

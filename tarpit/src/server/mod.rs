@@ -122,6 +122,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
                 .context("loading the classification rules")?,
         ),
         learner,
+        shipper: crate::ship::ShipperSetup::from_config(config, &storage.database)?,
     };
     let pipeline = Pipeline::start(rx, enrichment, sinks, stats.clone())?;
 

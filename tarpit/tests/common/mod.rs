@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod clickhouse;
 pub mod dataset;
 pub mod fake_api;
 pub mod fronts;

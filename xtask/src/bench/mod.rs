@@ -10,6 +10,7 @@ mod client;
 mod isolate;
 mod report;
 pub mod scanners;
+pub mod ship;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr};

@@ -1,0 +1,358 @@
+//! Shipping: the sensor's SQLite file is the outbox, and a shipper on the pipeline runtime sends
+//! its requests to one ClickHouse for the whole fleet.
+//!
+//! Why this shape: a sensor must keep recording while the store is down, the network is cut or
+//! the tarpit is restarted (`kill -9` included), and the store must end up with every request
+//! once. So nothing is shipped from memory: the SQLite sink writes as before, triggers queue
+//! each changed request in `ship_outbox` ([`outbox`]), and the shipper reads batches from there,
+//! inserts them (`INSERT ... FORMAT JSONEachRow` over HTTP, [`clickhouse`]) and deletes what
+//! the store acknowledged. The store's table is a `ReplacingMergeTree` keyed by (sensor,
+//! conn_id, request_seq) with the outbox number as the version: a batch resent after a crash,
+//! or a request shipped while open and again when it ended, collapses to its latest version
+//! (`SELECT ... FINAL`). The DDL is `deploy/clickhouse/requests.sql`; `docs/fleet.md` is the
+//! operator's guide.
+//!
+//! While ClickHouse is down the shipper backs off (1 s doubling to 60 s), logs one error a
+//! minute and lets the outbox grow; the workers never notice. `tarpit_ship_pending_rows` and
+//! `tarpit_ship_oldest_pending_seconds` (and a `tarpit stats` line) show the backlog.
+
+pub mod clickhouse;
+pub mod outbox;
+pub mod row;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::config::{ClickHouseConfig, Config};
+use crate::log_throttle::LogThrottle;
+use clickhouse::{ClickHouse, PASSWORD_VAR};
+use outbox::{Backlog, Batch, Outbox, unix_now};
+use row::Stamp;
+
+/// The `ship_state` name of the ClickHouse target.
+pub const TARGET: &str = "clickhouse";
+
+/// The first wait after a failure; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between attempts while ClickHouse is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// At most one error line per this interval while failures repeat.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Everything the shipper needs, gathered at start.
+#[derive(Debug)]
+pub struct ShipperSetup {
+    outbox: Outbox,
+    client: ClickHouse,
+    config: ClickHouseConfig,
+}
+
+impl ShipperSetup {
+    /// The shipper for `config`'s `[ship.clickhouse]` and database, or `None` when shipping is
+    /// off. The database must already be migrated (it is the outbox).
+    pub fn from_config(config: &Config, database: &Path) -> anyhow::Result<Option<Self>> {
+        let ch = &config.ship.clickhouse;
+        if !ch.enabled() {
+            return Ok(None);
+        }
+        let password = crate::secret::Secret::from_env(PASSWORD_VAR);
+        if password.is_none() {
+            tracing::info!("{PASSWORD_VAR} is not set (environment or .env): no password sent");
+        }
+        let outbox = Outbox::open(database, stamp(config), TARGET)
+            .with_context(|| format!("opening {} for shipping", database.display()))?;
+        Ok(Some(Self {
+            outbox,
+            client: ClickHouse::new(ch, password)?,
+            config: ch.clone(),
+        }))
+    }
+}
+
+/// This sensor's id and labels, as every shipped row carries them.
+pub fn stamp(config: &Config) -> Stamp {
+    let (label_names, label_values) = config
+        .sensor
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unzip();
+    Stamp {
+        sensor_id: config.sensor.effective_id(),
+        label_names,
+        label_values,
+    }
+}
+
+/// The running shipper; [`Shipper::finish`] ships what the last moments recorded, then stops.
+#[derive(Debug)]
+pub struct Shipper {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Shipper {
+    /// Starts shipping on the current tokio runtime (the pipeline's).
+    pub fn start(setup: ShipperSetup) -> Self {
+        tracing::info!(
+            url = %setup.config.url,
+            table = %format!("{}.{}", setup.config.database, setup.config.table),
+            "shipping requests to ClickHouse"
+        );
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(setup, stopped));
+        Self { stop, task }
+    }
+
+    /// Asks the shipper to send what is left (every row is closed by now) and waits at most
+    /// `grace` for it; what is not sent by then stays in the outbox for the next start or
+    /// `tarpit ship --once`.
+    pub async fn finish(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(grace, self.task).await.is_err() {
+            abort.abort();
+            tracing::warn!("shipping stopped before the outbox was empty; it resumes at start");
+        }
+    }
+}
+
+/// Runs blocking outbox work off the runtime's thread, handing the outbox back.
+async fn with_outbox<T: Send + 'static>(
+    outbox: Outbox,
+    work: impl FnOnce(&mut Outbox) -> rusqlite::Result<T> + Send + 'static,
+) -> (Outbox, rusqlite::Result<T>) {
+    tokio::task::spawn_blocking(move || {
+        let mut outbox = outbox;
+        let result = work(&mut outbox);
+        (outbox, result)
+    })
+    .await
+    .expect("the outbox task does not panic")
+}
+
+async fn run(setup: ShipperSetup, mut stop: watch::Receiver<bool>) {
+    let ShipperSetup {
+        mut outbox,
+        client,
+        config,
+    } = setup;
+    let interval = Duration::from_secs_f64(config.interval);
+    let mut retry = Retry::default();
+    let columns = row::shipped_columns();
+    let mut table_checked = false;
+    let mut pending = 0;
+    loop {
+        let stopping = *stop.borrow();
+        let (back, backlog) = with_outbox(outbox, |o| o.backlog()).await;
+        outbox = back;
+        if let Ok(backlog) = backlog {
+            pending = backlog.rows;
+            publish(backlog);
+        }
+        if !table_checked {
+            match client.check_table(&columns).await {
+                Ok(()) => table_checked = true,
+                Err(e) if stopping => {
+                    tracing::warn!("not shipping at stop: {e}");
+                    return;
+                }
+                Err(e) => {
+                    let wait = retry.failed(pending, &e.to_string());
+                    wait_or_stop(wait, &mut stop).await;
+                    continue;
+                }
+            }
+        }
+        let open_before = if stopping {
+            f64::INFINITY
+        } else {
+            unix_now() - config.open_after
+        };
+        let limit = config.batch_rows;
+        let (back, read) = with_outbox(outbox, move |o| o.next_batch(limit, open_before)).await;
+        outbox = back;
+        let outcome = match read {
+            Ok(batch) if batch.is_empty() => Outcome::Idle,
+            Ok(batch) => {
+                let (back, outcome) = ship(&client, outbox, batch).await;
+                outbox = back;
+                outcome
+            }
+            Err(e) => Outcome::Failed(format!("reading the outbox: {e}")),
+        };
+        let wait = match outcome {
+            Outcome::Shipped(rows) => {
+                retry.succeeded();
+                metrics::counter!("tarpit_ship_rows_total").increment(rows as u64);
+                if rows < limit {
+                    interval
+                } else {
+                    Duration::ZERO
+                }
+            }
+            Outcome::Idle if stopping => return,
+            Outcome::Idle => interval,
+            Outcome::Failed(_) if stopping => return,
+            Outcome::Failed(error) => retry.failed(pending, &error),
+        };
+        if !stopping {
+            wait_or_stop(wait, &mut stop).await;
+        }
+    }
+}
+
+/// Sleeps `wait`, waking at once when asked to stop (a final pass follows).
+async fn wait_or_stop(wait: Duration, stop: &mut watch::Receiver<bool>) {
+    if wait.is_zero() {
+        return;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        _ = stop.changed() => {}
+    }
+}
+
+/// The shipper's failure streak: how long to back off, and when the error may be logged.
+#[derive(Debug)]
+struct Retry {
+    failures: u64,
+    backoff: Duration,
+    errors: LogThrottle,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            failures: 0,
+            backoff: FIRST_BACKOFF,
+            errors: LogThrottle::new(ERROR_LOG_INTERVAL),
+        }
+    }
+}
+
+impl Retry {
+    /// Counts a failure, logs it at most once a minute, and returns how long to back off.
+    fn failed(&mut self, pending: u64, error: &str) -> Duration {
+        self.failures += 1;
+        metrics::counter!("tarpit_ship_failures_total").increment(1);
+        if let Some(suppressed) = self.errors.check(Instant::now()) {
+            tracing::error!(
+                failures = self.failures,
+                suppressed,
+                pending,
+                retry_in_s = self.backoff.as_secs(),
+                "shipping to ClickHouse failed: {error}; the rows stay queued in SQLite"
+            );
+        }
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        wait
+    }
+
+    /// Ends a failure streak (and says so, once).
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "shipping to ClickHouse resumed");
+        }
+        self.failures = 0;
+        self.backoff = FIRST_BACKOFF;
+    }
+}
+
+/// What one pass did.
+enum Outcome {
+    /// Rows were shipped (and acknowledged in SQLite).
+    Shipped(usize),
+    /// Nothing was ready.
+    Idle,
+    /// The insert or the outbox failed; why.
+    Failed(String),
+}
+
+/// Sends `batch` and acknowledges it in SQLite.
+async fn ship(client: &ClickHouse, outbox: Outbox, batch: Batch) -> (Outbox, Outcome) {
+    if batch.rows > 0
+        && let Err(e) = client.insert(batch.body.clone()).await
+    {
+        return (outbox, Outcome::Failed(e.to_string()));
+    }
+    let rows = batch.rows;
+    let (outbox, acked) = with_outbox(outbox, move |o| o.acknowledge(&batch)).await;
+    let outcome = match acked {
+        Ok(()) => Outcome::Shipped(rows),
+        Err(e) => Outcome::Failed(format!("acknowledging a shipped batch in SQLite: {e}")),
+    };
+    (outbox, outcome)
+}
+
+/// Sets the backlog gauges.
+fn publish(backlog: Backlog) {
+    metrics::gauge!("tarpit_ship_pending_rows").set(backlog.rows as f64);
+    metrics::gauge!("tarpit_ship_oldest_pending_seconds").set(backlog.oldest_age_s);
+}
+
+/// What `tarpit ship --once` did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OnceReport {
+    /// Requests shipped.
+    pub rows: usize,
+    /// INSERTs made.
+    pub batches: usize,
+    /// Seconds it took.
+    pub elapsed_s: f64,
+}
+
+/// Ships everything the outbox holds now, open requests included, then returns; the first
+/// failure ends it with the error (what was acknowledged before stays acknowledged).
+pub async fn ship_once(setup: ShipperSetup) -> anyhow::Result<OnceReport> {
+    let ShipperSetup {
+        mut outbox,
+        client,
+        config,
+    } = setup;
+    let started = Instant::now();
+    client.check_table(&row::shipped_columns()).await?;
+    let mut report = OnceReport::default();
+    loop {
+        let limit = config.batch_rows;
+        let (back, read) = with_outbox(outbox, move |o| o.next_batch(limit, f64::INFINITY)).await;
+        let batch = read.context("reading the outbox")?;
+        if batch.is_empty() {
+            break;
+        }
+        let full = batch.entries() >= limit;
+        let (back, outcome) = ship(&client, back, batch).await;
+        outbox = back;
+        match outcome {
+            Outcome::Shipped(rows) => {
+                report.rows += rows;
+                report.batches += 1;
+            }
+            Outcome::Failed(error) => anyhow::bail!(error),
+            Outcome::Idle => {}
+        }
+        if !full {
+            break;
+        }
+    }
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_minute_and_a_success_resets_it() {
+        let mut retry = Retry::default();
+        let waits: Vec<u64> = (0..9).map(|_| retry.failed(0, "down").as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        retry.succeeded();
+        assert_eq!(retry.failed(0, "down again"), FIRST_BACKOFF);
+    }
+}
