@@ -104,6 +104,20 @@ fn main() -> ExitCode {
                 "# abuseipdb: reporting off (ABUSEIPDB_API_KEY not set in the environment or .env)"
             ),
         }
+        let ship = &config.ship.clickhouse;
+        if ship.enabled() {
+            let var = tarpit::ship::clickhouse::PASSWORD_VAR;
+            let password = match tarpit::secret::Secret::from_env(var) {
+                Some(_) => format!("{var} set, value not shown"),
+                None => format!("{var} not set: no password sent"),
+            };
+            println!(
+                "# ship.clickhouse: shipping to {} as {} into {}.{} ({password})",
+                ship.url, ship.user, ship.database, ship.table
+            );
+        } else {
+            println!("# ship.clickhouse: off (no url)");
+        }
         if key.is_some() && config.abuseipdb.whitelist_is_empty() {
             println!(
                 "# WARNING: abuseipdb reporting is enabled with an empty whitelist: search engines \

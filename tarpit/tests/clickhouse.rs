@@ -2,6 +2,8 @@
 //! private data directory): two sensors into one table, an outage under traffic, `kill -9`
 //! mid-shipping, a wrong password, and `tarpit ship --once` backfilling the replaced tool's
 //! database. After `FINAL`, ClickHouse must hold exactly the sensor's SQLite rows, once each.
+//! The two-sensor test runs against a current release too (chDB 26.9 behind
+//! `xtask/clickhouse/current.py`).
 
 mod common;
 
@@ -12,7 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::clickhouse::{ClickHouse, PASSWORD, SERVER, repo_file, ship_section, statements};
+use common::clickhouse::{
+    ClickHouse, Engine, PASSWORD, SERVER, current_available, repo_file, ship_section, statements,
+};
 use common::fronts::free_port;
 use common::netns::prerequisites_met;
 use common::{Tarpit, read_response, wait_for};
@@ -84,10 +88,33 @@ fn metric(port: u16, name: &str) -> Option<f64> {
 
 #[test]
 fn two_sensors_ship_into_one_clickhouse_with_their_labels() {
+    if ready() {
+        two_sensors_into_one(Engine::Debian);
+    }
+}
+
+#[test]
+fn a_current_clickhouse_takes_the_same_ddl_inserts_and_queries() {
     if !ready() {
         return;
     }
-    let server = ClickHouse::start();
+    if !current_available() {
+        let message = "python3 cannot import chdb (cargo xtask ci-setup installs chdb-core)";
+        assert!(
+            std::env::var_os("TARPIT_E2E").is_none(),
+            "TARPIT_E2E is set and {message}"
+        );
+        eprintln!("SKIPPED: {message} (TARPIT_E2E=1 makes this a failure)");
+        return;
+    }
+    two_sensors_into_one(Engine::Current);
+}
+
+/// Two sensors (one with its password in the environment, one in `.env`) ship into one
+/// `engine`; ClickHouse holds exactly their SQLite rows, with labels and tags, and every example
+/// query runs.
+fn two_sensors_into_one(engine: Engine) {
+    let server = ClickHouse::start_engine(engine);
     let ship = ship_section(&server, "");
     // Sensor a has the password in its environment, sensor b in its `.env`.
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -255,6 +282,32 @@ fn an_outage_under_traffic_loses_nothing_and_duplicates_nothing() {
         restarted.duration_since(outage).as_secs_f64(),
         expected.len(),
         caught_up.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_clean_stop_ships_what_the_shutdown_closed() {
+    if !ready() {
+        return;
+    }
+    let server = ClickHouse::start();
+    // A slow drip: the request is open (and young) until the stop ends it.
+    let config = format!(
+        "[tarpit]\nresponse_delay = 1.0\nmax_response_bytes = 100\n[sensor]\nid = \"stopper\"\n{}",
+        ship_section(&server, "")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut tarpit = start_sensor(dir.path(), &config, &[(PASSWORD_VAR, PASSWORD)], 0);
+    let mut held = tarpit.connect();
+    held.write_all(b"GET /held HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    tarpit.wait_count("SELECT COUNT(*) FROM events", 1);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(server.count("SELECT count() FROM tarpit.requests"), 0);
+    tarpit.terminate(Duration::from_secs(15));
+    assert_eq!(
+        server.query("SELECT http_path, end_reason FROM tarpit.requests FINAL FORMAT TabSeparated"),
+        "/held\tshutdown\n"
     );
 }
 
@@ -428,6 +481,23 @@ fn ship_once_backfills_the_replaced_tools_database() {
          veteran\t0\t2\t2024-03-01 10:16:00\t/old2\t40\n\
          veteran\t0\t3\t2024-03-02 00:00:00\t/old3\t0\n"
     );
+    // check-config says where the rows go, never the password.
+    let out = Command::new(env!("CARGO_BIN_EXE_tarpit"))
+        .args(["--config", "tarpit.toml", "check-config"])
+        .env(PASSWORD_VAR, PASSWORD)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "# ship.clickhouse: shipping to {} as tarpit into tarpit.requests \
+             (TARPIT_CLICKHOUSE_PASSWORD set, value not shown)",
+            server.url()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(PASSWORD));
     // Nothing is left to send the second time.
     let again = ship(&[]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("shipped 0 requests"));

@@ -220,7 +220,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             if servers.iter().any(|(_, cmd)| cmd.contains("baseline.py")) {
-                ensure_aiohttp()?;
+                ensure_python_module("aiohttp", "aiohttp")?;
             }
             let mut columns = Vec::new();
             for (name, cmd) in servers {
@@ -465,15 +465,18 @@ fn build_ebpf(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(dest)
 }
 
-/// The Python baseline (xtask/bench/baseline.py) needs aiohttp from PyPI.
-fn ensure_aiohttp() -> anyhow::Result<()> {
+/// Installs `requirement` from PyPI unless python3 can import `module` already: aiohttp for
+/// the Python baseline (xtask/bench/baseline.py); chDB (`chdb-core`, Apache-2.0), a current
+/// ClickHouse embedded in Python, which `xtask/clickhouse/current.py` serves to
+/// `tests/clickhouse.rs` (Debian has 18.16 only; pinned so the tested release is known).
+fn ensure_python_module(module: &str, requirement: &str) -> anyhow::Result<()> {
     let present = Command::new("python3")
-        .args(["-c", "import aiohttp"])
+        .args(["-c", &format!("import {module}")])
         .output()
         .is_ok_and(|o| o.status.success());
     if !present {
-        eprintln!("xtask: installing aiohttp from PyPI for the Python baseline");
-        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "aiohttp"]))?;
+        eprintln!("xtask: installing {requirement} from PyPI");
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", requirement]))?;
     }
     Ok(())
 }
@@ -526,6 +529,7 @@ fn ci_setup() -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    ensure_python_module("chdb", "chdb-core==26.9.0")?;
     run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     Ok(())

@@ -211,7 +211,7 @@ impl Default for ClickHouseConfig {
             table: "requests".to_owned(),
             user: "default".to_owned(),
             batch_rows: 5000,
-            interval: 2.0,
+            interval: 5.0,
             open_after: 60.0,
             timeout: 30.0,
         }

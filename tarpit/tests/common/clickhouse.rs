@@ -18,17 +18,40 @@ pub const SERVER: &str = "/usr/sbin/clickhouse-server";
 /// The password of the `tarpit` user.
 pub const PASSWORD: &str = "fleet-s3cret";
 
+/// Which ClickHouse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Debian 12's `clickhouse-server` (18.16).
+    Debian,
+    /// A current release (chDB from PyPI behind `xtask/clickhouse/current.py`).
+    Current,
+}
+
 /// A running (or stopped) ClickHouse.
 pub struct ClickHouse {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    engine: Engine,
     /// The HTTP interface's port.
     pub http_port: u16,
 }
 
+/// Whether a current ClickHouse can be served (`cargo xtask ci-setup` installs chDB).
+pub fn current_available() -> bool {
+    Command::new("python3")
+        .args(["-c", "import chdb"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 impl ClickHouse {
-    /// Starts a server with the repository's `deploy/clickhouse/requests.sql` applied.
+    /// Starts Debian's server with the repository's `deploy/clickhouse/requests.sql` applied.
     pub fn start() -> Self {
+        Self::start_engine(Engine::Debian)
+    }
+
+    /// Starts `engine` with the repository's `deploy/clickhouse/requests.sql` applied.
+    pub fn start_engine(engine: Engine) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let http_port = free_port();
         let tcp_port = free_port();
@@ -53,6 +76,7 @@ impl ClickHouse {
         let mut server = Self {
             child: None,
             dir,
+            engine,
             http_port,
         };
         server.resume();
@@ -70,11 +94,31 @@ impl ClickHouse {
     /// Starts the server process (again) on the same ports and data; waits until it answers.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new(SERVER)
-            .arg(format!(
-                "--config-file={}",
-                self.dir.path().join("config.xml").display()
-            ))
+        let mut command = match self.engine {
+            Engine::Debian => {
+                let mut command = Command::new(SERVER);
+                command.arg(format!(
+                    "--config-file={}",
+                    self.dir.path().join("config.xml").display()
+                ));
+                command
+            }
+            Engine::Current => {
+                let mut command = Command::new("python3");
+                command
+                    .arg(repo_file("xtask/clickhouse/current.py"))
+                    .args([
+                        "--port",
+                        &self.http_port.to_string(),
+                        "--password",
+                        PASSWORD,
+                    ])
+                    .arg("--dir")
+                    .arg(self.dir.path().join("chdb"));
+                command
+            }
+        };
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
