@@ -102,10 +102,7 @@ pub fn inspect(conn: &Connection) -> Result<Unversioned, DbError> {
         let names: Vec<&str> = tables.iter().map(String::as_str).collect();
         return Ok(Unversioned::Unknown(format!("tables {}", names.join(", "))));
     }
-    let columns: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('events')")?
-        .query_map([], |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
+    let columns = super::events_columns(conn)?;
     let found: BTreeSet<&str> = columns.iter().map(String::as_str).collect();
     let legacy: BTreeSet<&str> = LEGACY_COLUMNS.iter().copied().collect();
     let mut with_port = legacy.clone();
@@ -181,11 +178,9 @@ mod tests {
     use super::*;
 
     fn columns(conn: &Connection) -> BTreeSet<String> {
-        conn.prepare("SELECT name FROM pragma_table_info('events')")
+        super::super::events_columns(conn)
             .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
+            .into_iter()
             .collect()
     }
 

@@ -453,6 +453,13 @@ pub fn period_label(since: Option<&str>) -> String {
     since.map_or("all time".to_owned(), |s| format!("since {s}"))
 }
 
+/// The columns of the `events` table, in order.
+pub fn events_columns(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    conn.prepare("SELECT name FROM pragma_table_info('events') ORDER BY cid")?
+        .query_map([], |row| row.get(0))?
+        .collect()
+}
+
 /// The first connection id this run may use: ids stay unique across restarts.
 pub fn next_conn_id(conn: &Connection) -> Result<u64, DbError> {
     let max: Option<i64> = conn
@@ -492,14 +499,7 @@ mod tests {
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
-        let mut stmt = conn
-            .prepare("SELECT name FROM pragma_table_info('events')")
-            .unwrap();
-        let columns: Vec<String> = stmt
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let columns = events_columns(&conn).unwrap();
         // The replaced tool's columns first, in its order (target_port after client_port).
         let mut seed = legacy::LEGACY_COLUMNS.to_vec();
         seed.insert(4, "target_port");
