@@ -86,10 +86,15 @@ pub fn retag(path: &Path, classifier: &Classifier) -> Result<RetagSummary, crate
             .iter()
             .map(|request| (request, classifier.classify(&request.view())))
             .collect();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute(
             "DELETE FROM request_tags WHERE event_id BETWEEN ?1 AND ?2",
             params![first, last],
+        )?;
+        // New tags are a change: the rows are shipped again (see `crate::ship`).
+        tx.execute(
+            "UPDATE events SET changed_seq = ?3 WHERE id BETWEEN ?1 AND ?2",
+            params![first, last, crate::db::next_change_seq(&tx)?],
         )?;
         {
             let mut insert = tx.prepare_cached(

@@ -254,7 +254,7 @@ fn build_capped(
         hourly: hours.into_iter().collect(),
         giveup_by_tool: crate::giveup_stats::by_tool(&conn)?,
         shipping: {
-            let backlog = crate::ship::outbox::backlog(&conn)?;
+            let backlog = crate::ship::outbox::backlog(&conn, crate::ship::TARGET)?;
             Shipping {
                 pending_rows: backlog.rows,
                 oldest_pending_s: backlog.oldest_age_s,

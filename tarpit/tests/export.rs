@@ -56,6 +56,8 @@ fn db_rows(db: &Path, since: Option<&str>) -> Vec<Row> {
         Ok(names
             .iter()
             .enumerate()
+            // Shipping's change number is bookkeeping, never exported.
+            .filter(|(_, n)| *n != "changed_seq")
             .map(|(i, n)| (n.clone(), r.get::<_, Value>(i).unwrap()))
             .collect())
     })

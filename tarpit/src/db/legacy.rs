@@ -214,10 +214,10 @@ mod tests {
             }
         );
         drop(old);
-        let adopted = super::super::open(&path).unwrap();
+        let mut adopted = super::super::open(&path).unwrap();
         assert_eq!(columns(&adopted), columns(&fresh));
         // A restart's crash recovery must not mark the old rows: they never had an end reason.
-        super::super::mark_interrupted(&adopted).unwrap();
+        super::super::mark_interrupted(&mut adopted).unwrap();
         let reason: Option<String> = adopted
             .query_row("SELECT end_reason FROM events WHERE id = 1", [], |r| {
                 r.get(0)

@@ -242,42 +242,18 @@ const MIGRATIONS: &[&str] = &[
         last_seen TEXT NOT NULL
     ) WITHOUT ROWID;
     "#,
-    // 7: the shipping outbox (see `crate::ship`): one entry per request whose latest change has
-    // not reached the central store yet, numbered in the order of the changes. Triggers keep it,
-    // so every writer (the sink, crash recovery, `tarpit classify --retag`, an operator's SQL)
-    // queues what it changes; a change re-queues the request under a new, higher number, which
-    // is the version the store keeps. Rows already in the file are queued, so enabling shipping
-    // later backfills them (the replaced tool's rows included).
+    // 7: shipping (see `crate::ship`): `changed_seq` numbers each row's latest change (it only
+    // grows; close to the change's time in microseconds) and is the version the central store
+    // keeps; NULL on rows written before, which are shipped as history. `ship_state` holds each
+    // target's cursor.
     r#"
-    CREATE TABLE ship_outbox (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        event_id INTEGER NOT NULL UNIQUE,
-        queued_at REAL NOT NULL
-    );
-    INSERT INTO ship_outbox (event_id, queued_at)
-        SELECT id, (julianday('now') - 2440587.5) * 86400.0 FROM events ORDER BY id;
-    CREATE TRIGGER ship_event_inserted AFTER INSERT ON events BEGIN
-        DELETE FROM ship_outbox WHERE event_id = NEW.id;
-        INSERT INTO ship_outbox (event_id, queued_at)
-            VALUES (NEW.id, (julianday('now') - 2440587.5) * 86400.0);
-    END;
-    CREATE TRIGGER ship_event_updated AFTER UPDATE ON events BEGIN
-        DELETE FROM ship_outbox WHERE event_id = NEW.id;
-        INSERT INTO ship_outbox (event_id, queued_at)
-            VALUES (NEW.id, (julianday('now') - 2440587.5) * 86400.0);
-    END;
-    CREATE TRIGGER ship_tag_inserted AFTER INSERT ON request_tags BEGIN
-        DELETE FROM ship_outbox WHERE event_id = NEW.event_id;
-        INSERT INTO ship_outbox (event_id, queued_at)
-            VALUES (NEW.event_id, (julianday('now') - 2440587.5) * 86400.0);
-    END;
-    CREATE TRIGGER ship_tag_deleted AFTER DELETE ON request_tags BEGIN
-        DELETE FROM ship_outbox WHERE event_id = OLD.event_id;
-        INSERT INTO ship_outbox (event_id, queued_at)
-            VALUES (OLD.event_id, (julianday('now') - 2440587.5) * 86400.0);
-    END;
+    ALTER TABLE events ADD COLUMN changed_seq INTEGER;
+    CREATE INDEX events_changed_seq ON events (changed_seq);
     CREATE TABLE ship_state (
         target TEXT PRIMARY KEY,
+        history_id INTEGER NOT NULL,
+        cursor_seq INTEGER NOT NULL,
+        cursor_id INTEGER NOT NULL,
         shipped_rows INTEGER NOT NULL,
         last_shipped_at TEXT
     ) WITHOUT ROWID;
@@ -390,19 +366,34 @@ pub struct Recovered {
     pub requests: usize,
 }
 
+/// The number for the next change of an `events` row (`changed_seq`): above every number
+/// already used, and the current time in microseconds when that is higher, so numbers only grow
+/// and tell roughly when the change was made. Call it inside the writing transaction.
+pub fn next_change_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    let max: Option<i64> =
+        conn.query_row("SELECT MAX(changed_seq) FROM events", [], |r| r.get(0))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    Ok(max.map_or(now, |max| (max + 1).max(now)))
+}
+
 /// Marks rows left open by a crash or `kill -9` as `end_reason = 'interrupted'`. Call it at start,
 /// before any new connection is recorded. `closed_at` stays empty: when they really ended is
 /// unknown. Rows of the replaced tool (no `conn_id`) never had an end reason and keep none.
-pub fn mark_interrupted(conn: &Connection) -> Result<Recovered, DbError> {
-    let connections = conn.execute(
+pub fn mark_interrupted(conn: &mut Connection) -> Result<Recovered, DbError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let connections = tx.execute(
         "UPDATE connections SET end_reason = 'interrupted' WHERE end_reason IS NULL",
         [],
     )?;
-    let requests = conn.execute(
-        "UPDATE events SET end_reason = 'interrupted'
+    let seq = next_change_seq(&tx)?;
+    let requests = tx.execute(
+        "UPDATE events SET end_reason = 'interrupted', changed_seq = ?1
          WHERE end_reason IS NULL AND conn_id IS NOT NULL",
-        [],
+        [seq],
     )?;
+    tx.commit()?;
     Ok(Recovered {
         connections,
         requests,
@@ -530,7 +521,7 @@ mod tests {
     #[test]
     fn open_rows_become_interrupted() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = open(&dir.path().join("t.db")).unwrap();
+        let mut conn = open(&dir.path().join("t.db")).unwrap();
         conn.execute_batch(
             "INSERT INTO connections (conn_id, opened_at, peer_ip, peer_port, local_ip, local_port)
                VALUES (1, 't', 'a', 1, 'b', 2), (2, 't', 'a', 1, 'b', 2);
@@ -538,7 +529,7 @@ mod tests {
              INSERT INTO events (timestamp, conn_id, request_seq) VALUES ('t', 1, 1);",
         )
         .unwrap();
-        let recovered = mark_interrupted(&conn).unwrap();
+        let recovered = mark_interrupted(&mut conn).unwrap();
         assert_eq!(
             recovered,
             Recovered {
@@ -554,7 +545,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(reason, "client_closed");
-        assert_eq!(mark_interrupted(&conn).unwrap(), Recovered::default());
+        assert_eq!(mark_interrupted(&mut conn).unwrap(), Recovered::default());
     }
 
     #[test]

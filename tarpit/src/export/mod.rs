@@ -132,8 +132,12 @@ pub const TAGS_COLUMN: &str = "tags";
 const TAGS_SELECT: &str = "(SELECT group_concat(tag, ',') FROM \
      (SELECT tag FROM request_tags WHERE request_tags.event_id = events.id ORDER BY tag))";
 
-/// The columns of `events` in table order, then [`TAGS_COLUMN`]; without the reporting ones
-/// when anonymising.
+/// `events` columns that are bookkeeping, not data, and never exported: `changed_seq` numbers
+/// changes for shipping (`crate::ship`).
+const BOOKKEEPING_COLUMNS: &[&str] = &["changed_seq"];
+
+/// The columns of `events` in table order, then [`TAGS_COLUMN`]; without the bookkeeping ones,
+/// nor the reporting ones when anonymising.
 pub fn columns(conn: &Connection, anonymized: bool) -> rusqlite::Result<Vec<Column>> {
     let mut stmt =
         conn.prepare("SELECT name, type FROM pragma_table_info('events') ORDER BY cid")?;
@@ -152,6 +156,7 @@ pub fn columns(conn: &Connection, anonymized: bool) -> rusqlite::Result<Vec<Colu
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(columns
         .into_iter()
+        .filter(|c| !BOOKKEEPING_COLUMNS.contains(&c.name.as_str()))
         .filter(|c| !(anonymized && REPORTING_COLUMNS.contains(&c.name.as_str())))
         .chain(std::iter::once(Column {
             name: TAGS_COLUMN.to_owned(),

@@ -49,9 +49,9 @@ struct Shared {
 pub fn run(config: &Config) -> anyhow::Result<()> {
     let signals = ShutdownSignals::install()?;
     let storage = &config.storage;
-    let database = db::open(&storage.database)
+    let mut database = db::open(&storage.database)
         .with_context(|| format!("opening database {}", storage.database.display()))?;
-    let recovered = db::mark_interrupted(&database).context("marking interrupted rows")?;
+    let recovered = db::mark_interrupted(&mut database).context("marking interrupted rows")?;
     if recovered.connections + recovered.requests > 0 {
         tracing::info!(
             connections = recovered.connections,

@@ -113,7 +113,8 @@ pub const KEY_COLUMNS: &[(&str, &str)] = &[
     ("conn_id", "UInt64"),
     // The request within it; the row id for the replaced tool's rows.
     ("request_seq", "UInt64"),
-    // The outbox number of the change shipped: the store keeps the highest.
+    // The row's `changed_seq` (0 for rows written before shipping existed): the store keeps the
+    // highest.
     ("version", "UInt64"),
     // The row id in the sensor's SQLite file.
     ("event_id", "UInt64"),
@@ -128,7 +129,14 @@ pub const KEY_COLUMNS: &[(&str, &str)] = &[
 ];
 
 /// `events` columns that are read for [`KEY_COLUMNS`] or deliberately not shipped.
-pub const NOT_SHIPPED_AS_IS: &[&str] = &["id", "timestamp", "conn_id", "request_seq", "sensor_id"];
+pub const NOT_SHIPPED_AS_IS: &[&str] = &[
+    "id",
+    "timestamp",
+    "conn_id",
+    "request_seq",
+    "sensor_id",
+    "changed_seq",
+];
 
 /// Every column a shipped row has, as the store's table must have them.
 pub fn shipped_columns() -> Vec<String> {
@@ -139,6 +147,15 @@ pub fn shipped_columns() -> Vec<String> {
     });
     key.chain(data).collect()
 }
+
+/// Where [`select_list`] puts the row id.
+pub const ID: usize = COLUMNS.len();
+/// Where [`select_list`] puts `conn_id`.
+pub const CONN_ID: usize = COLUMNS.len() + 2;
+/// Where [`select_list`] puts `changed_seq`.
+pub const CHANGED_SEQ: usize = COLUMNS.len() + 5;
+/// Where [`select_list`] puts `end_reason`.
+pub const END_REASON: usize = 37;
 
 /// The SELECT list reading one row: the [`COLUMNS`] first, then the key columns' sources.
 pub fn select_list() -> String {
@@ -158,11 +175,10 @@ pub struct Stamp {
     pub label_values: Vec<String>,
 }
 
-/// Builds the JSON object for one row read with [`select_list`], its tags and its version.
+/// Builds the JSON object for one row read with [`select_list`], with its tags.
 pub fn to_json(
     row: &rusqlite::Row<'_>,
     tags: Vec<String>,
-    version: i64,
     stamp: &Stamp,
 ) -> rusqlite::Result<Map<String, Value>> {
     let mut object = Map::with_capacity(COLUMNS.len() + KEY_COLUMNS.len());
@@ -175,6 +191,7 @@ pub fn to_json(
     let conn_id = int(row.get_ref(base + 2)?);
     let request_seq = int(row.get_ref(base + 3)?);
     let sensor = text(row.get_ref(base + 4)?).unwrap_or_else(|| stamp.sensor_id.clone());
+    let version = int(row.get_ref(base + 5)?).unwrap_or(0);
     let (conn_id, request_seq) = match (conn_id, request_seq) {
         (Some(conn), Some(seq)) => (conn, seq),
         _ => (0, id), // the replaced tool's row
@@ -368,6 +385,13 @@ mod tests {
                 || NOT_SHIPPED_AS_IS.contains(&column.as_str());
             assert!(shipped, "events.{column} is neither shipped nor listed");
         }
+        assert_eq!(COLUMNS[END_REASON].0, "end_reason");
+        assert_eq!(NOT_SHIPPED_AS_IS[ID - COLUMNS.len()], "id");
+        assert_eq!(NOT_SHIPPED_AS_IS[CONN_ID - COLUMNS.len()], "conn_id");
+        assert_eq!(
+            NOT_SHIPPED_AS_IS[CHANGED_SEQ - COLUMNS.len()],
+            "changed_seq"
+        );
         // And every listed column exists (the SELECT would fail otherwise).
         conn.prepare(&format!("SELECT {} FROM events", select_list()))
             .unwrap();
