@@ -91,10 +91,17 @@ pub fn retag(path: &Path, classifier: &Classifier) -> Result<RetagSummary, crate
             "DELETE FROM request_tags WHERE event_id BETWEEN ?1 AND ?2",
             params![first, last],
         )?;
-        // New tags are a change: the rows are shipped again (see `crate::ship`).
+        // New tags are a change: the rows get a new number and every shipping target starts
+        // again from the first one re-tagged (see `crate::ship`).
+        let seq = crate::db::next_change_seq(&tx)?;
         tx.execute(
             "UPDATE events SET changed_seq = ?3 WHERE id BETWEEN ?1 AND ?2",
-            params![first, last, crate::db::next_change_seq(&tx)?],
+            params![first, last, seq],
+        )?;
+        crate::db::store_change_seq(&tx, seq)?;
+        tx.execute(
+            "UPDATE ship_state SET cursor_id = ?1 WHERE cursor_id >= ?1",
+            [first - 1],
         )?;
         {
             let mut insert = tx.prepare_cached(

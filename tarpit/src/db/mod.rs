@@ -242,21 +242,21 @@ const MIGRATIONS: &[&str] = &[
         last_seen TEXT NOT NULL
     ) WITHOUT ROWID;
     "#,
-    // 7: shipping (see `crate::ship`): `changed_seq` numbers each row's latest change (it only
+    // 7: shipping (see `crate::ship`). `changed_seq` numbers each row's latest change (it only
     // grows; close to the change's time in microseconds) and is the version the central store
-    // keeps; NULL on rows written before, which are shipped as history. `ship_state` holds each
-    // target's cursor.
+    // keeps; `change_seq` holds the last number given. Not indexed: the shipper follows `id`, and
+    // `ship_watch` lists the rows it must look at again (shipped while open, or changed by a rare
+    // writer). `ship_state` holds each target's cursor.
     r#"
     ALTER TABLE events ADD COLUMN changed_seq INTEGER;
-    CREATE INDEX events_changed_seq ON events (changed_seq);
+    CREATE TABLE change_seq (id INTEGER PRIMARY KEY CHECK (id = 0), last INTEGER NOT NULL);
     CREATE TABLE ship_state (
         target TEXT PRIMARY KEY,
-        history_id INTEGER NOT NULL,
-        cursor_seq INTEGER NOT NULL,
         cursor_id INTEGER NOT NULL,
         shipped_rows INTEGER NOT NULL,
         last_shipped_at TEXT
     ) WITHOUT ROWID;
+    CREATE TABLE ship_watch (event_id INTEGER PRIMARY KEY, version INTEGER NOT NULL);
     "#,
 ];
 
@@ -367,15 +367,24 @@ pub struct Recovered {
 }
 
 /// The number for the next change of an `events` row (`changed_seq`): above every number
-/// already used, and the current time in microseconds when that is higher, so numbers only grow
-/// and tell roughly when the change was made. Call it inside the writing transaction.
+/// already given (`change_seq`), and the current time in microseconds when that is higher, so
+/// numbers only grow and tell roughly when the change was made. Call it inside the writing
+/// transaction, and [`store_change_seq`] with the last number used before committing.
 pub fn next_change_seq(conn: &Connection) -> rusqlite::Result<i64> {
-    let max: Option<i64> =
-        conn.query_row("SELECT MAX(changed_seq) FROM events", [], |r| r.get(0))?;
+    let last: Option<i64> = conn
+        .query_row("SELECT last FROM change_seq WHERE id = 0", [], |r| r.get(0))
+        .optional()?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
-    Ok(max.map_or(now, |max| (max + 1).max(now)))
+    Ok(last.map_or(now, |last| (last + 1).max(now)))
+}
+
+/// Records `last` as the last change number given (see [`next_change_seq`]).
+pub fn store_change_seq(conn: &Connection, last: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO change_seq (id, last) VALUES (0, ?1)")?
+        .execute([last])?;
+    Ok(())
 }
 
 /// Marks rows left open by a crash or `kill -9` as `end_reason = 'interrupted'`. Call it at start,
@@ -393,6 +402,7 @@ pub fn mark_interrupted(conn: &mut Connection) -> Result<Recovered, DbError> {
          WHERE end_reason IS NULL AND conn_id IS NOT NULL",
         [seq],
     )?;
+    store_change_seq(&tx, seq)?;
     tx.commit()?;
     Ok(Recovered {
         connections,

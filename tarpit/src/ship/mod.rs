@@ -1,20 +1,21 @@
 //! Shipping: the sensor's SQLite file is the outbox, and a shipper on the pipeline runtime sends
 //! its requests to one ClickHouse for the whole fleet.
 //!
-//! Why this shape: a sensor must keep recording while the store is down, the network is cut or
-//! the tarpit is restarted (`kill -9` included), and the store must end up with every request
-//! once. So nothing is shipped from memory: the SQLite sink numbers every change of a request
-//! row (`changed_seq`), and the shipper reads the rows past its cursor in that order
-//! ([`outbox`]), inserts them (`INSERT ... FORMAT JSONEachRow` over HTTP, [`clickhouse`]) and
-//! moves the cursor once the store acknowledged them. The store's table is a `ReplacingMergeTree`
-//! keyed by (sensor, conn_id, request_seq) with `changed_seq` as the version: a batch resent after a crash,
-//! or a request shipped while open and again when it ended, collapses to its latest version
-//! (`SELECT ... FINAL`). The DDL is `deploy/clickhouse/requests.sql`; `docs/fleet.md` is the
-//! operator's guide.
+//! Why this shape: a sensor must keep recording while the store is down, the network is cut or the
+//! tarpit is restarted (`kill -9` included), and the store must end up with every request once. So
+//! nothing is shipped from memory: the SQLite sink numbers every change of a request row
+//! (`changed_seq`), and the shipper reads the rows past its cursor in `id` order, and those it
+//! watches that changed ([`outbox`]), inserts them (`INSERT ... FORMAT JSONEachRow` over HTTP,
+//! [`clickhouse`]) and moves the cursor once the store acknowledged them. The store's table is a
+//! `ReplacingMergeTree` keyed by (sensor, conn_id, request_seq) with `changed_seq` as the version:
+//! a batch resent after a crash, or a request shipped while open and again when it ended, collapses
+//! to its latest version (`SELECT ... FINAL`). The DDL is `deploy/clickhouse/requests.sql`;
+//! `docs/fleet.md` is the operator's guide.
 //!
 //! While ClickHouse is down the shipper backs off (1 s doubling to 60 s), logs one error a
-//! minute and lets the backlog grow in SQLite; the workers never notice. `tarpit_ship_pending_rows` and
-//! `tarpit_ship_oldest_pending_seconds` (and a `tarpit stats` line) show the backlog.
+//! minute and lets the backlog grow in SQLite; the workers never notice.
+//! `tarpit_ship_pending_rows` and `tarpit_ship_oldest_pending_seconds` (and a `tarpit stats`
+//! line) show the backlog.
 
 pub mod clickhouse;
 pub mod outbox;

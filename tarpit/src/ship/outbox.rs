@@ -1,18 +1,20 @@
-//! The SQLite side of shipping: reading batches in change order, and the cursor.
+//! The SQLite side of shipping: what to send next, and the cursor.
 //!
-//! Every insert or change of an `events` row gives it a new `changed_seq` (migration 7; the
-//! sink, crash recovery and `tarpit classify` set it), a number that only grows. The cursor,
-//! one `ship_state` row per target, is the (`changed_seq`, `id`) of the last row the store
-//! acknowledged: a batch is the next rows in that order, and after the store's answer the
-//! cursor moves past them in one SQLite commit. So a restart, an outage or `kill -9` resumes
-//! where the acknowledgements stopped, and at worst resends the batch that was in flight (the
-//! store keeps one version of each row). A row changed after it was shipped has a new number,
-//! past the cursor, and is shipped again. Rows written before migration 7 have no number: they
-//! are the history, shipped first, in `id` order, behind a cursor of their own.
+//! Rows are shipped in `id` order behind a cursor, one `ship_state` row per target: the last
+//! `id` the store acknowledged. After the store's answer the cursor moves past the batch in one
+//! SQLite commit, so a restart, an outage or `kill -9` resumes where the acknowledgements
+//! stopped, and at worst resends the batch that was in flight (the store keeps one version of
+//! each row, the highest `changed_seq`). Rows written before shipping existed (the replaced
+//! tool's too) are simply the first ids.
 //!
-//! A request still being answered stops the batch until it has been open `open_after`: rows
-//! wait behind it at most that long, and it is then shipped as it stands (and again when it
-//! ends, under its new number).
+//! A request still being answered ends the batch until it has been open `open_after`: rows wait
+//! behind it at most that long. It is then shipped as it stands and put on `ship_watch` with the
+//! version shipped; every batch first ships the watched rows whose `changed_seq` has moved since
+//! (the request ended, crash recovery marked it), and forgets those that are complete. Rare
+//! writers that change a row which may be shipped already (an AbuseIPDB report) put it on the
+//! watch list with version -1; `tarpit classify` moves the cursor back instead. Nothing here
+//! needs an index on `changed_seq`, so the sink pays nothing per row for shipping but the
+//! column.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,17 +23,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::row::{self, Stamp};
 
-/// Where shipping to one target stands: rows up to here are acknowledged.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Cursor {
-    /// History rows (no `changed_seq`) are shipped up to this `id`.
-    history_id: i64,
-    /// Changed rows are shipped up to this (`changed_seq`, `id`).
-    seq: i64,
-    id: i64,
-}
-
-/// A batch ready to send: the body of `INSERT ... FORMAT JSONEachRow` and where it ends.
+/// A batch ready to send: the body of `INSERT ... FORMAT JSONEachRow` and what it covers.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// One JSON object per line.
@@ -39,7 +31,11 @@ pub struct Batch {
     /// Requests in the body.
     pub rows: usize,
     /// The cursor once the store has the body.
-    next: Cursor,
+    next_id: i64,
+    /// Rows shipped while still open: watched, with the version shipped.
+    watch: Vec<(i64, i64)>,
+    /// Watched rows shipped complete, with the version shipped: no longer watched.
+    unwatch: Vec<(i64, i64)>,
 }
 
 impl Batch {
@@ -52,10 +48,9 @@ impl Batch {
 /// The backlog, for the metrics and `tarpit stats`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Backlog {
-    /// Requests waiting to be shipped (or shipped again after a change), history included.
+    /// Requests waiting to be shipped (or shipped again after a change).
     pub rows: u64,
-    /// Seconds since the oldest waiting change was made; 0 when none waits (history rows have
-    /// no change time).
+    /// Seconds since the oldest request not shipped yet arrived; 0 when none waits.
     pub oldest_age_s: f64,
 }
 
@@ -65,7 +60,7 @@ pub struct Outbox {
     conn: Connection,
     stamp: Stamp,
     target: String,
-    cursor: Cursor,
+    cursor_id: i64,
 }
 
 impl Outbox {
@@ -77,80 +72,100 @@ impl Outbox {
         // As the sink's connection: no fsync per cursor move. A power cut can undo the last
         // moves, which only resends rows the store then keeps once.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let cursor = read_cursor(&conn, target)?;
+        let cursor_id = read_cursor(&conn, target)?;
         Ok(Self {
             conn,
             stamp,
             target: target.to_owned(),
-            cursor,
+            cursor_id,
         })
     }
 
-    /// Reads up to `limit` requests past the cursor: history first, then changes in order,
-    /// stopping at a request still open whose change is newer than `open_before` (Unix
-    /// seconds; `f64::INFINITY` ships open requests at once).
+    /// Reads up to `limit` requests: the watched rows that changed, then the rows past the
+    /// cursor, stopping at a request still open that arrived after `open_before` (Unix seconds;
+    /// `f64::INFINITY` ships open requests at once).
     pub fn next_batch(&mut self, limit: usize, open_before: f64) -> rusqlite::Result<Batch> {
         let tx = self.conn.transaction()?;
         let mut batch = Batch {
-            next: self.cursor,
+            next_id: self.cursor_id,
             ..Batch::default()
         };
         let select = row::select_list();
+        let mut shipped = std::collections::HashSet::new();
         {
-            let mut history = tx.prepare_cached(&format!(
-                "SELECT {select} FROM events WHERE changed_seq IS NULL AND id > ?1
-                 ORDER BY id LIMIT ?2"
+            let mut watched = tx.prepare_cached(&format!(
+                "SELECT {select} FROM ship_watch w JOIN events ON events.id = w.event_id
+                 WHERE IFNULL(events.changed_seq, 0) > w.version LIMIT ?1"
             ))?;
-            let mut rows = history.query(params![self.cursor.history_id, limit as i64])?;
+            let mut rows = watched.query([limit as i64])?;
             while let Some(r) = rows.next()? {
-                let id: i64 = r.get(row::ID)?;
+                let (id, seq, open) = state(r)?;
                 append(&mut batch, &tx, r, id, &self.stamp)?;
-                batch.next.history_id = id;
+                if open {
+                    batch.watch.push((id, seq));
+                } else {
+                    batch.unwatch.push((id, seq));
+                }
+                shipped.insert(id);
             }
         }
         let room = limit - batch.rows;
         if room > 0 {
             let open_before_us = (open_before * 1e6).min(i64::MAX as f64) as i64;
-            let mut changes = tx.prepare_cached(&format!(
-                "SELECT {select} FROM events
-                 WHERE changed_seq IS NOT NULL AND (changed_seq, id) > (?1, ?2)
-                 ORDER BY changed_seq, id LIMIT ?3"
+            let mut next = tx.prepare_cached(&format!(
+                "SELECT {select} FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"
             ))?;
-            let mut rows = changes.query(params![self.cursor.seq, self.cursor.id, room as i64])?;
+            let mut rows = next.query(params![self.cursor_id, room as i64])?;
             while let Some(r) = rows.next()? {
-                let (id, seq): (i64, i64) = (r.get(row::ID)?, r.get(row::CHANGED_SEQ)?);
-                let open = r.get_ref(row::END_REASON)?.as_str_or_null()?.is_none()
-                    && r.get_ref(row::CONN_ID)?.as_i64_or_null()?.is_some();
+                let (id, seq, open) = state(r)?;
                 if open && seq > open_before_us {
                     break; // young and open: it and what follows wait
                 }
-                append(&mut batch, &tx, r, id, &self.stamp)?;
-                (batch.next.seq, batch.next.id) = (seq, id);
+                if shipped.insert(id) {
+                    append(&mut batch, &tx, r, id, &self.stamp)?;
+                    if open {
+                        batch.watch.push((id, seq));
+                    }
+                }
+                batch.next_id = id;
             }
         }
         drop(tx);
         Ok(batch)
     }
 
-    /// Records that the store has `batch`: the cursor moves past it, in SQLite.
+    /// Records that the store has `batch`: the cursor moves past it and the watch list follows
+    /// what was shipped, in one SQLite transaction.
     pub fn acknowledge(&mut self, batch: &Batch) -> rusqlite::Result<()> {
-        let next = batch.next;
-        self.conn.execute(
-            "INSERT INTO ship_state (target, history_id, cursor_seq, cursor_id, shipped_rows,
-                                     last_shipped_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (target) DO UPDATE SET history_id = ?2, cursor_seq = ?3, cursor_id = ?4,
-                 shipped_rows = shipped_rows + ?5, last_shipped_at = ?6",
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO ship_state (target, cursor_id, shipped_rows, last_shipped_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (target) DO UPDATE SET cursor_id = ?2,
+                 shipped_rows = shipped_rows + ?3, last_shipped_at = ?4",
             params![
                 self.target,
-                next.history_id,
-                next.seq,
-                next.id,
+                batch.next_id,
                 batch.rows as i64,
                 crate::event::format_timestamp(SystemTime::now())
             ],
         )?;
-        self.cursor = next;
+        for (id, version) in &batch.watch {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO ship_watch (event_id, version) VALUES (?1, ?2)",
+            )?
+            .execute([id, version])?;
+        }
+        for (id, version) in &batch.unwatch {
+            // Only if unchanged since it was read: a newer change keeps it watched.
+            tx.prepare_cached(
+                "DELETE FROM ship_watch WHERE event_id = ?1
+                 AND (SELECT IFNULL(changed_seq, 0) FROM events WHERE id = ?1) = ?2",
+            )?
+            .execute([id, version])?;
+        }
+        tx.commit()?;
+        self.cursor_id = batch.next_id;
         Ok(())
     }
 
@@ -158,6 +173,14 @@ impl Outbox {
     pub fn backlog(&self) -> rusqlite::Result<Backlog> {
         backlog(&self.conn, &self.target)
     }
+}
+
+/// A row's id, `changed_seq` (0 when it has none) and whether it is a request still open.
+fn state(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, bool)> {
+    let open = r.get_ref(row::END_REASON)?.as_str_or_null()?.is_none()
+        && r.get_ref(row::CONN_ID)?.as_i64_or_null()?.is_some();
+    let seq: Option<i64> = r.get(row::CHANGED_SEQ)?;
+    Ok((r.get(row::ID)?, seq.unwrap_or(0), open))
 }
 
 /// Adds row `r` (with its tags) to the batch.
@@ -179,41 +202,39 @@ fn append(
     Ok(())
 }
 
-/// The stored cursor of `target` (the start when it has none).
-fn read_cursor(conn: &Connection, target: &str) -> rusqlite::Result<Cursor> {
+/// The stored cursor of `target` (0 when it has none).
+fn read_cursor(conn: &Connection, target: &str) -> rusqlite::Result<i64> {
     Ok(conn
         .query_row(
-            "SELECT history_id, cursor_seq, cursor_id FROM ship_state WHERE target = ?1",
+            "SELECT cursor_id FROM ship_state WHERE target = ?1",
             [target],
-            |r| {
-                Ok(Cursor {
-                    history_id: r.get(0)?,
-                    seq: r.get(1)?,
-                    id: r.get(2)?,
-                })
-            },
+            |r| r.get(0),
         )
         .optional()?
-        .unwrap_or_default())
+        .unwrap_or(0))
 }
 
 /// The backlog of `target` in the database `conn` (also read by `tarpit stats`).
 pub fn backlog(conn: &Connection, target: &str) -> rusqlite::Result<Backlog> {
     let cursor = read_cursor(conn, target)?;
-    let history: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM events WHERE changed_seq IS NULL AND id > ?1",
-        [cursor.history_id],
-        |r| r.get(0),
-    )?;
-    let (changes, oldest): (i64, Option<i64>) = conn.query_row(
-        "SELECT COUNT(*), MIN(changed_seq) FROM events
-         WHERE changed_seq IS NOT NULL AND (changed_seq, id) > (?1, ?2)",
-        [cursor.seq, cursor.id],
+    let (new, first): (i64, Option<String>) = conn.query_row(
+        "SELECT COUNT(*), (SELECT timestamp FROM events WHERE id > ?1 ORDER BY id LIMIT 1)
+         FROM events WHERE id > ?1",
+        [cursor],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let oldest_age_s = oldest.map_or(0.0, |seq| (unix_now() - seq as f64 / 1e6).max(0.0));
+    let changed: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM ship_watch w JOIN events ON events.id = w.event_id
+         WHERE IFNULL(events.changed_seq, 0) > w.version",
+        [],
+        |r| r.get(0),
+    )?;
+    let oldest_age_s = first
+        .as_deref()
+        .and_then(row::parse_time)
+        .map_or(0.0, |ms| (unix_now() - ms as f64 / 1000.0).max(0.0));
     Ok(Backlog {
-        rows: (history + changes) as u64,
+        rows: (new + changed) as u64,
         oldest_age_s,
     })
 }
@@ -263,6 +284,7 @@ mod tests {
     /// Inserts a request row as the sink does (with the next change number).
     fn insert(conn: &Connection, conn_id: i64, end_reason: Option<&str>) {
         let seq = crate::db::next_change_seq(conn).unwrap();
+        crate::db::store_change_seq(conn, seq).unwrap();
         conn.execute(
             "INSERT INTO events (timestamp, conn_id, request_seq, end_reason, client_port,
                                  changed_seq)
@@ -273,7 +295,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_ship_in_change_order_an_open_one_holds_them_until_open_after_changes_ship_again() {
+    fn an_open_request_holds_the_batch_until_open_after_then_is_watched_until_it_ends() {
         let (dir, conn, mut outbox) = setup();
         insert(&conn, 1, Some("complete"));
         insert(&conn, 2, None); // still being answered
@@ -295,37 +317,51 @@ mod tests {
         assert_eq!(rows[0]["timestamp"], 1_795_996_801);
         assert_eq!(rows[0]["timestamp_ms"], 1_795_996_801_500_i64);
         assert_eq!(rows[0]["client_port"], serde_json::Value::Null);
-        let first_version = rows[0]["version"].as_i64().unwrap();
-        assert!(first_version > 0);
+        assert!(rows[0]["version"].as_i64().unwrap() > 0);
         outbox.acknowledge(&batch).unwrap();
         assert_eq!(outbox.backlog().unwrap().rows, 2);
         // Past `open_after`, the open row goes as it stands, and 3 after it.
         let late = outbox.next_batch(100, unix_now() + 1.0).unwrap();
         let ids: Vec<_> = lines(&late).iter().map(|r| r["conn_id"].clone()).collect();
         assert_eq!(ids, [2, 3]);
+        let open_version = lines(&late)[0]["version"].as_i64().unwrap();
         outbox.acknowledge(&late).unwrap();
         assert_eq!(outbox.backlog().unwrap(), Backlog::default());
         assert!(outbox.next_batch(100, unix_now()).unwrap().is_empty());
-        // A change (the sink completing row 1 again, say) ships it again, with a higher version;
-        // the cursor survives a reopen.
+        // The watched row ends (as the sink records it): shipped again, newer, then forgotten.
         let seq = crate::db::next_change_seq(&conn).unwrap();
         conn.execute(
-            "UPDATE events SET bytes_sent = 5, changed_seq = ?1 WHERE id = 1",
+            "UPDATE events SET end_reason = 'client_closed', changed_seq = ?1 WHERE id = 2",
             [seq],
+        )
+        .unwrap();
+        crate::db::store_change_seq(&conn, seq).unwrap();
+        assert_eq!(outbox.backlog().unwrap().rows, 1);
+        let ended = outbox.next_batch(100, 0.0).unwrap();
+        let rows = lines(&ended);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["end_reason"], "client_closed");
+        assert!(rows[0]["version"].as_i64().unwrap() > open_version);
+        outbox.acknowledge(&ended).unwrap();
+        assert!(outbox.next_batch(100, 0.0).unwrap().is_empty());
+        // A rare writer's change to a shipped row (an AbuseIPDB report) asks for it again; the
+        // cursor survives a reopen.
+        conn.execute(
+            "INSERT OR REPLACE INTO ship_watch (event_id, version) VALUES (3, -1)",
+            [],
         )
         .unwrap();
         let mut reopened = Outbox::open(&dir.path().join("t.db"), stamp(), "clickhouse").unwrap();
         let again = lines(&reopened.next_batch(100, 0.0).unwrap());
         assert_eq!(again.len(), 1);
-        assert_eq!(again[0]["bytes_sent"], 5);
-        assert!(again[0]["version"].as_i64().unwrap() > first_version);
+        assert_eq!(again[0]["conn_id"], 3);
         let totals = shipped(&conn).unwrap();
         assert_eq!(totals[0].0, "clickhouse");
-        assert_eq!(totals[0].1, 3);
+        assert_eq!(totals[0].1, 4);
     }
 
     #[test]
-    fn rows_written_before_shipping_existed_are_history_shipped_first_at_version_0() {
+    fn rows_written_before_shipping_existed_ship_in_id_order_at_version_0() {
         let (_dir, conn, mut outbox) = setup();
         insert(&conn, 1, Some("complete"));
         conn.execute(
@@ -336,15 +372,15 @@ mod tests {
         .unwrap();
         let rows = lines(&outbox.next_batch(100, 0.0).unwrap());
         let order: Vec<_> = rows.iter().map(|r| r["conn_id"].clone()).collect();
-        assert_eq!(order, [7, 1]);
-        assert_eq!(rows[0]["version"], 0);
-        // One at a time, the history cursor moves on its own.
+        assert_eq!(order, [1, 7]);
+        assert_eq!(rows[1]["version"], 0);
+        // One at a time, the cursor moves on.
         let one = outbox.next_batch(1, 0.0).unwrap();
         outbox.acknowledge(&one).unwrap();
         assert_eq!(outbox.backlog().unwrap().rows, 1);
         let rest = lines(&outbox.next_batch(10, 0.0).unwrap());
         assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0]["conn_id"], 1);
+        assert_eq!(rest[0]["conn_id"], 7);
     }
 
     #[test]
