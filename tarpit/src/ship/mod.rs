@@ -146,13 +146,19 @@ async fn run(setup: ShipperSetup, mut stop: watch::Receiver<bool>) {
     let columns = row::shipped_columns();
     let mut table_checked = false;
     let mut pending = 0;
+    let mut counted: Option<Instant> = None;
     loop {
         let stopping = *stop.borrow();
-        let (back, backlog) = with_outbox(outbox, |o| o.backlog()).await;
-        outbox = back;
-        if let Ok(backlog) = backlog {
-            pending = backlog.rows;
-            publish(backlog);
+        // Counting the backlog reads every row behind the cursor: once per interval, not once
+        // per batch while a long backlog goes out back to back.
+        if counted.is_none_or(|at| at.elapsed() >= interval) {
+            let (back, backlog) = with_outbox(outbox, |o| o.backlog()).await;
+            outbox = back;
+            if let Ok(backlog) = backlog {
+                pending = backlog.rows;
+                publish(backlog);
+            }
+            counted = Some(Instant::now());
         }
         if !table_checked {
             match client.check_table(&columns).await {
