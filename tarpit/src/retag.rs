@@ -174,9 +174,25 @@ mod tests {
             [],
         )
         .unwrap();
+        // A shipping target that had both rows.
+        conn.execute(
+            "INSERT INTO ship_state (target, cursor_id, shipped_rows) VALUES ('clickhouse', 2, 2)",
+            [],
+        )
+        .unwrap();
         let classifier = Classifier::load(None).unwrap();
         let summary = retag(&path, &classifier).unwrap();
         assert_eq!(summary.rows, 2);
+        // New tags are a change: numbered, and shipped again from the first row.
+        let (cursor, numbered): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT cursor_id FROM ship_state),
+                        (SELECT COUNT(changed_seq) FROM events)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((cursor, numbered), (0, 2));
         let tags: Vec<(i64, String)> = conn
             .prepare("SELECT event_id, tag FROM request_tags ORDER BY event_id, tag")
             .unwrap()

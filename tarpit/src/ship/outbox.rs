@@ -30,7 +30,8 @@ pub struct Batch {
     pub body: Vec<u8>,
     /// Requests in the body.
     pub rows: usize,
-    /// The cursor once the store has the body.
+    /// The cursor when the batch was read, and once the store has the body.
+    start_id: i64,
     next_id: i64,
     /// Rows shipped while still open: watched, with the version shipped.
     watch: Vec<(i64, i64)>,
@@ -60,24 +61,22 @@ pub struct Outbox {
     conn: Connection,
     stamp: Stamp,
     target: String,
-    cursor_id: i64,
 }
 
 impl Outbox {
     /// Opens the (already migrated) database for shipping to `target` (its `ship_state`
-    /// name, e.g. `clickhouse`), stamping rows with `stamp`; resumes from the stored cursor.
+    /// name, e.g. `clickhouse`), stamping rows with `stamp`. The cursor is read from
+    /// `ship_state` for every batch, so a move by another process (`tarpit classify`) counts.
     pub fn open(path: &Path, stamp: Stamp, target: &str) -> rusqlite::Result<Self> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // As the sink's connection: no fsync per cursor move. A power cut can undo the last
         // moves, which only resends rows the store then keeps once.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let cursor_id = read_cursor(&conn, target)?;
         Ok(Self {
             conn,
             stamp,
             target: target.to_owned(),
-            cursor_id,
         })
     }
 
@@ -86,8 +85,10 @@ impl Outbox {
     /// `f64::INFINITY` ships open requests at once).
     pub fn next_batch(&mut self, limit: usize, open_before: f64) -> rusqlite::Result<Batch> {
         let tx = self.conn.transaction()?;
+        let cursor_id = read_cursor(&tx, &self.target)?;
         let mut batch = Batch {
-            next_id: self.cursor_id,
+            start_id: cursor_id,
+            next_id: cursor_id,
             ..Batch::default()
         };
         let select = row::select_list();
@@ -115,7 +116,7 @@ impl Outbox {
             let mut next = tx.prepare_cached(&format!(
                 "SELECT {select} FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"
             ))?;
-            let mut rows = next.query(params![self.cursor_id, room as i64])?;
+            let mut rows = next.query(params![cursor_id, room as i64])?;
             while let Some(r) = rows.next()? {
                 let (id, seq, open) = state(r)?;
                 if open && seq > open_before_us {
@@ -141,13 +142,16 @@ impl Outbox {
         tx.execute(
             "INSERT INTO ship_state (target, cursor_id, shipped_rows, last_shipped_at)
              VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (target) DO UPDATE SET cursor_id = ?2,
+             ON CONFLICT (target) DO UPDATE SET
+                 -- Unless it was moved meanwhile (`tarpit classify` moves it back): then it stays.
+                 cursor_id = CASE WHEN cursor_id = ?5 THEN ?2 ELSE cursor_id END,
                  shipped_rows = shipped_rows + ?3, last_shipped_at = ?4",
             params![
                 self.target,
                 batch.next_id,
                 batch.rows as i64,
-                crate::event::format_timestamp(SystemTime::now())
+                crate::event::format_timestamp(SystemTime::now()),
+                batch.start_id
             ],
         )?;
         for (id, version) in &batch.watch {
@@ -164,9 +168,7 @@ impl Outbox {
             )?
             .execute([id, version])?;
         }
-        tx.commit()?;
-        self.cursor_id = batch.next_id;
-        Ok(())
+        tx.commit()
     }
 
     /// The backlog now.
@@ -358,6 +360,23 @@ mod tests {
         let totals = shipped(&conn).unwrap();
         assert_eq!(totals[0].0, "clickhouse");
         assert_eq!(totals[0].1, 4);
+    }
+
+    #[test]
+    fn a_cursor_moved_back_while_a_batch_is_in_flight_stays_back() {
+        let (_dir, conn, mut outbox) = setup();
+        insert(&conn, 1, Some("complete"));
+        insert(&conn, 2, Some("complete"));
+        let first = outbox.next_batch(1, 0.0).unwrap();
+        outbox.acknowledge(&first).unwrap();
+        let second = outbox.next_batch(1, 0.0).unwrap();
+        // `tarpit classify` re-tags everything meanwhile.
+        conn.execute("UPDATE ship_state SET cursor_id = 0", [])
+            .unwrap();
+        outbox.acknowledge(&second).unwrap();
+        let again = lines(&outbox.next_batch(10, 0.0).unwrap());
+        let ids: Vec<_> = again.iter().map(|r| r["conn_id"].clone()).collect();
+        assert_eq!(ids, [1, 2]);
     }
 
     #[test]
