@@ -460,7 +460,10 @@ fn tick_page(conn: &impl Held, state: &mut DripState, now: Instant) -> Tick {
         false => (page.body, page.per_tick),
     };
     let at = (state.sent as usize).min(bytes.len());
-    let planned = state.planned_end().is_some_and(|end| now >= end);
+    // Due within the coalescing window counts as due (as in `tick_due`): else a wake just
+    // before the planned end would send a slice and find itself due again at once, in the
+    // same pass, until the whole page had gone out as if it had run its course.
+    let planned = state.planned_end().is_some_and(|end| now + COALESCE >= end);
     let end = if planned {
         bytes.len()
     } else {
@@ -476,5 +479,78 @@ fn tick_page(conn: &impl Held, state: &mut DripState, now: Instant) -> Tick {
             }
         }
         Err(error) => Tick::Done(Err(io_end_reason(&error, "write_error"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    /// A held connection on one end of a socket pair.
+    struct Fake {
+        stream: UnixStream,
+        settings: Settings,
+    }
+
+    impl Held for Fake {
+        fn fd(&self) -> BorrowedFd<'_> {
+            self.stream.as_fd()
+        }
+        fn socket_error(&self) -> Option<Errno> {
+            None
+        }
+        fn lifetime_end(&self) -> Instant {
+            Instant::now() + Duration::from_secs(3600)
+        }
+        fn settings(&self) -> &Settings {
+            &self.settings
+        }
+        fn finish_response(&mut self, _: &DripState, _: Result<&'static str, &'static str>) {}
+        fn close(self: Box<Self>, _: &'static str) {}
+        async fn drive(self: Box<Self>, _: &Rc<Dripper<Self>>) {}
+    }
+
+    #[test]
+    fn a_page_woken_just_before_its_planned_end_ends_as_planned_not_in_a_burst() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(&dir.path().join("t.db")).unwrap();
+        let config = crate::config::Config::default();
+        let mut settings = Settings::from_config(&config);
+        let adaptive = crate::adaptive::start(&config, &db).unwrap().0;
+        let page = adaptive.persona.page_for("/a");
+        settings.adaptive = Some(adaptive);
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let fake = Fake {
+            stream: ours,
+            settings,
+        };
+        let started = Instant::now();
+        let mut state = DripState {
+            seq: 1,
+            started,
+            framing: Framing::Chunked,
+            keep_alive: true,
+            tick: 1,
+            offset: 0,
+            sent: 1,
+            next: started,
+            page,
+            end_ms: 1000,
+            fin_ms: NO_FIN,
+            head_only: false,
+        };
+        // Well before the end: one slice.
+        let early = started + Duration::from_millis(500);
+        assert!(matches!(tick_page(&fake, &mut state, early), Tick::Again));
+        assert_eq!(state.sent, 2);
+        // Woken 3 ms before the end (inside the coalescing window): the rest, as planned.
+        let almost = started + Duration::from_millis(997);
+        assert!(matches!(
+            tick_page(&fake, &mut state, almost),
+            Tick::Done(Ok("planned_end"))
+        ));
     }
 }
