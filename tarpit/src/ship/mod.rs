@@ -74,7 +74,7 @@ impl ShipperSetup {
 }
 
 /// This sensor's id and labels, as every shipped row carries them.
-pub fn stamp(config: &Config) -> Stamp {
+fn stamp(config: &Config) -> Stamp {
     let (label_names, label_values) = config
         .sensor
         .labels
@@ -185,9 +185,9 @@ async fn run(setup: ShipperSetup, mut stop: watch::Receiver<bool>) {
         let outcome = match read {
             Ok(batch) if batch.is_empty() => Outcome::Idle,
             Ok(batch) => {
-                let (back, outcome) = ship(&client, outbox, batch).await;
+                let (back, shipped) = ship(&client, outbox, batch).await;
                 outbox = back;
-                outcome
+                shipped.map_or_else(Outcome::Failed, Outcome::Shipped)
             }
             Err(e) => Outcome::Failed(format!("reading the outbox: {e}")),
         };
@@ -280,20 +280,21 @@ enum Outcome {
     Failed(String),
 }
 
-/// Sends `batch` and acknowledges it in SQLite.
-async fn ship(client: &ClickHouse, outbox: Outbox, batch: Batch) -> (Outbox, Outcome) {
-    if batch.rows > 0
-        && let Err(e) = client.insert(batch.body.clone()).await
-    {
-        return (outbox, Outcome::Failed(e.to_string()));
+/// Sends `batch` (never empty) and acknowledges it in SQLite: the rows shipped, or why not.
+async fn ship(
+    client: &ClickHouse,
+    outbox: Outbox,
+    batch: Batch,
+) -> (Outbox, Result<usize, String>) {
+    if let Err(e) = client.insert(batch.body.clone()).await {
+        return (outbox, Err(e.to_string()));
     }
     let rows = batch.rows;
     let (outbox, acked) = with_outbox(outbox, move |o| o.acknowledge(&batch)).await;
-    let outcome = match acked {
-        Ok(()) => Outcome::Shipped(rows),
-        Err(e) => Outcome::Failed(format!("acknowledging a shipped batch in SQLite: {e}")),
-    };
-    (outbox, outcome)
+    let shipped = acked
+        .map(|()| rows)
+        .map_err(|e| format!("acknowledging a shipped batch in SQLite: {e}"));
+    (outbox, shipped)
 }
 
 /// Sets the backlog gauges.
@@ -332,16 +333,10 @@ pub async fn ship_once(setup: ShipperSetup) -> anyhow::Result<OnceReport> {
             break;
         }
         let full = batch.rows >= limit;
-        let (back, outcome) = ship(&client, back, batch).await;
+        let (back, shipped) = ship(&client, back, batch).await;
         outbox = back;
-        match outcome {
-            Outcome::Shipped(rows) => {
-                report.rows += rows;
-                report.batches += 1;
-            }
-            Outcome::Failed(error) => anyhow::bail!(error),
-            Outcome::Idle => {}
-        }
+        report.rows += shipped.map_err(anyhow::Error::msg)?;
+        report.batches += 1;
         if !full {
             break;
         }
