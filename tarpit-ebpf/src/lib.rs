@@ -12,6 +12,12 @@ pub const MAP_NAME: &str = "ORIG_DST";
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 /// Name of the program function.
 pub const PROGRAM_NAME: &str = "tarpit_nat";
+/// Name of the hash map of socketless-held flows (`[tarpit] hold = "socketless"`): the server
+/// adds a flow before it closes the flow's socket; the program drops the client's packets of
+/// every flow in it and records what they said.
+pub const HELD_MAP_NAME: &str = "HELD";
+/// Name of the global holding [`SkbOffsets`], set by the loader (all zero: no flow is held).
+pub const SKB_OFFSETS_GLOBAL: &str = "SKB_OFFSETS";
 
 /// A connection as the server's accepted socket sees it: its own local address and port, and
 /// the peer's (after any source-port rewrite by conntrack). IPv4 addresses are stored
@@ -70,6 +76,42 @@ pub struct ConntrackOffsets {
     pub protonum: u32,
 }
 
+/// Byte offsets of the `sk_buff` fields the program needs to read a packet's IP and TCP headers
+/// (from BTF, like [`ConntrackOffsets`]). `head == 0` means socketless holding is off and the
+/// program never looks at headers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkbOffsets {
+    /// `sk_buff.head`: start of the buffer (a pointer).
+    pub head: u32,
+    /// `sk_buff.data`: start of the data (a pointer).
+    pub data: u32,
+    /// `sk_buff.len`: bytes of data, linear and paged.
+    pub len: u32,
+    /// `sk_buff.data_len`: bytes of data in pages (not linear).
+    pub data_len: u32,
+    /// `sk_buff.network_header`: the IP header, as an offset from `head` (u16).
+    pub network_header: u32,
+    /// `sk_buff.transport_header`: the TCP header, as an offset from `head` (u16).
+    pub transport_header: u32,
+}
+
+/// What the client of a socketless-held flow last said, written by the program for every
+/// packet of the flow it drops, read by the server on each tick. Times are
+/// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) in milliseconds, never 0 once set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldStatus {
+    /// The highest acknowledgement number seen (network order converted to host order).
+    pub ack: u32,
+    /// The client's latest TCP timestamp value (TSval), to echo as TSecr; 0 before any.
+    pub tsval: u32,
+    /// When the client's first FIN arrived, or 0.
+    pub fin_ms: u32,
+    /// When the client's first RST arrived, or 0.
+    pub rst_ms: u32,
+}
+
 /// An IPv4 address in the IPv4-mapped IPv6 form the map uses.
 pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
     [
@@ -85,8 +127,13 @@ mod user {
     unsafe impl aya::Pod for super::OrigDst {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConntrackOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SkbOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HeldStatus {}
 }
 
 // The layouts the kernel map was sized for (notes/ebpf-port-attribution.md).
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 36);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 32);
+const _: () = assert!(core::mem::size_of::<HeldStatus>() == 16);

@@ -5,7 +5,11 @@
 //! It reads the connection's conntrack entry: the ORIGINAL tuple's destination is what the
 //! client dialled; the REPLY tuple's source and destination are the accepted socket's local and
 //! peer address exactly as `accept` will report them. It only observes: every packet is
-//! accepted. Built for `bpfel-unknown-none` by `cargo xtask build-ebpf`; on other targets this
+//! accepted, except the packets of flows the server holds without a socket (`[tarpit] hold =
+//! "socketless"`): for those, listed in the `HELD` map, the program notes what the client said
+//! (its acknowledgement, timestamp, FIN, RST) and drops the packet, before the kernel, which has
+//! no socket for it any more, would answer with a reset. Conntrack has seen the packet by then
+//! (this hook runs after it), so NAT state stays current. Built for `bpfel-unknown-none` by `cargo xtask build-ebpf`; on other targets this
 //! file is an empty program so that the workspace builds everywhere.
 
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
@@ -17,10 +21,15 @@ fn main() {}
 mod program {
     use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel};
     use aya_ebpf::macros::map;
-    use aya_ebpf::maps::LruHashMap;
-    use tarpit_ebpf::{ConnKey, ConntrackOffsets, OrigDst, v4_mapped};
+    use aya_ebpf::maps::{HashMap, LruHashMap};
+    use tarpit_ebpf::{ConnKey, ConntrackOffsets, HeldStatus, OrigDst, SkbOffsets, v4_mapped};
 
+    const NF_DROP: i32 = 0;
     const NF_ACCEPT: i32 = 1;
+    const BPF_F_NO_PREALLOC: u32 = 1;
+    const TCP_FIN: u8 = 0x01;
+    const TCP_RST: u8 = 0x04;
+    const TCP_ACK: u8 = 0x10;
     const IP_CT_NEW: u64 = 2;
     const IPPROTO_TCP: u8 = 6;
     const AF_INET: u16 = 2;
@@ -30,6 +39,22 @@ mod program {
 
     #[map(name = "ORIG_DST")]
     static ORIG_DST: LruHashMap<ConnKey, OrigDst> = LruHashMap::with_max_entries(65_536, 0);
+
+    /// Flows held without a socket; entries are allocated as added (the map is sized by the
+    /// loader to `[tarpit] socketless_max`).
+    #[map(name = "HELD")]
+    static HELD: HashMap<ConnKey, HeldStatus> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+    /// Set by the loader from BTF when socketless holding is on; all zero otherwise.
+    #[unsafe(no_mangle)]
+    static SKB_OFFSETS: SkbOffsets = SkbOffsets {
+        head: 0,
+        data: 0,
+        len: 0,
+        data_len: 0,
+        network_header: 0,
+        transport_header: 0,
+    };
 
     /// Set by the loader from the kernel's BTF before the program is loaded.
     #[unsafe(no_mangle)]
@@ -52,8 +77,112 @@ mod program {
     pub fn tarpit_nat(ctx: *const *const u8) -> i32 {
         // SAFETY: ctx is the netfilter program context; every kernel read below goes through
         // bpf_probe_read_kernel, which fails cleanly on a bad address.
+        if unsafe { held(ctx) } == Ok(true) {
+            return NF_DROP;
+        }
+        // SAFETY: as above.
         let _ = unsafe { record(ctx) };
         NF_ACCEPT
+    }
+
+    #[inline(always)]
+    fn be16(b: &[u8]) -> u16 {
+        u16::from_be_bytes([b[0], b[1]])
+    }
+
+    #[inline(always)]
+    fn be32(b: &[u8]) -> u32 {
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    /// Whether the packet belongs to a socketless-held flow (then it is to be dropped); notes
+    /// its acknowledgement, timestamp, FIN and RST in the flow's status.
+    #[inline(always)]
+    unsafe fn held(ctx: *const *const u8) -> Result<bool, i32> {
+        let off: SkbOffsets = unsafe { core::ptr::read_volatile(&SKB_OFFSETS) };
+        if off.head == 0 {
+            return Ok(false);
+        }
+        let skb: *const u8 = unsafe { *ctx.wrapping_add(1) };
+        let head: u64 = unsafe { read(skb, off.head)? };
+        let data: u64 = unsafe { read(skb, off.data)? };
+        let len: u32 = unsafe { read(skb, off.len)? };
+        let data_len: u32 = unsafe { read(skb, off.data_len)? };
+        let network: u16 = unsafe { read(skb, off.network_header)? };
+        let transport: u16 = unsafe { read(skb, off.transport_header)? };
+        // Headers are read only from the linear part of the buffer.
+        let linear_end = data.wrapping_add(u64::from(len.wrapping_sub(data_len)));
+        let ip = head.wrapping_add(u64::from(network)) as *const u8;
+        let version: u8 = unsafe { read(ip, 0)? };
+        let (local, peer) = match version >> 4 {
+            4 => {
+                let h: [u8; 20] = unsafe { read(ip, 0)? };
+                // Not TCP, or a fragment: never one of ours.
+                if h[9] != IPPROTO_TCP || h[6] & 0x3f != 0 || h[7] != 0 {
+                    return Ok(false);
+                }
+                (
+                    v4_mapped([h[16], h[17], h[18], h[19]]),
+                    v4_mapped([h[12], h[13], h[14], h[15]]),
+                )
+            }
+            6 => {
+                let h: [u8; 40] = unsafe { read(ip, 0)? };
+                if h[6] != IPPROTO_TCP {
+                    return Ok(false); // extension headers: not a flow we hold
+                }
+                let mut dst = [0u8; 16];
+                let mut src = [0u8; 16];
+                dst.copy_from_slice(&h[24..40]);
+                src.copy_from_slice(&h[8..24]);
+                (dst, src)
+            }
+            _ => return Ok(false),
+        };
+        let tcp_at = head.wrapping_add(u64::from(transport));
+        if tcp_at + 20 > linear_end {
+            return Ok(false);
+        }
+        let tcp = tcp_at as *const u8;
+        let h: [u8; 20] = unsafe { read(tcp, 0)? };
+        let key = ConnKey {
+            local_addr: local,
+            peer_addr: peer,
+            local_port: be16(&h[2..4]),
+            peer_port: be16(&h[0..2]),
+        };
+        let Some(status) = HELD.get_ptr_mut(&key) else {
+            return Ok(false);
+        };
+        let flags = h[13];
+        let now_ms = ((unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32).max(1);
+        // SAFETY: the map value stays valid while the program runs (RCU); fields are plain
+        // integers, a concurrent writer on another CPU can only leave another valid value.
+        unsafe {
+            if flags & TCP_ACK != 0 {
+                let ack = be32(&h[8..12]);
+                if (ack.wrapping_sub((*status).ack) as i32) > 0 {
+                    (*status).ack = ack;
+                }
+            }
+            // The timestamp option where every common stack puts it: NOP NOP TS, or TS first.
+            let header_len = u64::from(h[12] >> 4) * 4;
+            if header_len >= 32 && tcp_at + 32 <= linear_end {
+                let o: [u8; 12] = read(tcp, 20)?;
+                if o[0] == 1 && o[1] == 1 && o[2] == 8 && o[3] == 10 {
+                    (*status).tsval = be32(&o[4..8]);
+                } else if o[0] == 8 && o[1] == 10 {
+                    (*status).tsval = be32(&o[2..6]);
+                }
+            }
+            if flags & TCP_FIN != 0 && (*status).fin_ms == 0 {
+                (*status).fin_ms = now_ms;
+            }
+            if flags & TCP_RST != 0 && (*status).rst_ms == 0 {
+                (*status).rst_ms = now_ms;
+            }
+        }
+        Ok(true)
     }
 
     #[inline(always)]

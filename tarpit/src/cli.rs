@@ -262,6 +262,12 @@ pub struct Overrides {
     /// [tarpit] mode: drip (the replaced tool's response) or adaptive.
     #[arg(long, value_enum)]
     pub mode: Option<crate::config::TarpitMode>,
+    /// [tarpit] hold: socket (default) or socketless (needs the eBPF hook).
+    #[arg(long, value_enum)]
+    pub hold: Option<crate::config::HoldMode>,
+    /// [tarpit] socketless_max: the most clients held without a socket at once.
+    #[arg(long)]
+    pub socketless_max: Option<u32>,
     /// [adaptive] margin: seconds before a family's give-up time at which its answer ends.
     #[arg(long)]
     pub adaptive_margin: Option<f64>,
@@ -329,6 +335,8 @@ impl Overrides {
             config.classify.rules = Some(rules.clone());
         }
         set(&mut config.tarpit.mode, &self.mode);
+        set(&mut config.tarpit.hold, &self.hold);
+        set(&mut config.tarpit.socketless_max, &self.socketless_max);
         set(&mut config.adaptive.margin, &self.adaptive_margin);
         if let Some(persona) = &self.adaptive_persona {
             config.adaptive.persona = Some(persona.clone());

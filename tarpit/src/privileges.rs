@@ -29,9 +29,12 @@ pub struct Kept {
 
 /// Empties every capability set of this thread, keeping CAP_BPF only when `map_probe` (a map
 /// lookup, run with no capability in effect) is refused without it. `map_probe` is `None`
-/// when the eBPF hook is not in use.
+/// when the eBPF hook is not in use. `keep_net_admin`: socketless hold puts sockets in TCP
+/// repair mode on every hand-over, which needs CAP_NET_ADMIN for the life of the process (its
+/// raw sockets are open by now, so CAP_NET_RAW goes).
 pub fn drop_after_start(
     map_probe: Option<&dyn Fn() -> Result<(), nix::errno::Errno>>,
+    keep_net_admin: bool,
 ) -> Result<Kept, DropError> {
     let err = |e: caps::errors::CapsError| DropError(e.to_string());
     let none = CapsHashSet::new();
@@ -39,6 +42,12 @@ pub fn drop_after_start(
     caps::set(None, CapSet::Inheritable, &none).map_err(err)?;
     caps::set(None, CapSet::Effective, &none).map_err(err)?;
     let mut keep = CapsHashSet::new();
+    if keep_net_admin
+        && caps::has_cap(None, CapSet::Permitted, Capability::CAP_NET_ADMIN).map_err(err)?
+    {
+        keep.insert(Capability::CAP_NET_ADMIN);
+        caps::set(None, CapSet::Effective, &keep).map_err(err)?;
+    }
     if let Some(probe) = map_probe
         && probe().is_err()
         && caps::has_cap(None, CapSet::Permitted, Capability::CAP_BPF).map_err(err)?
@@ -79,7 +88,7 @@ mod tests {
             return;
         }
         std::thread::spawn(|| {
-            let kept = drop_after_start(None).unwrap();
+            let kept = drop_after_start(None, false).unwrap();
             assert!(kept.capabilities.is_empty());
             for set in [
                 CapSet::Effective,
@@ -92,6 +101,18 @@ mod tests {
         })
         .join()
         .unwrap();
+        // Socketless hold keeps CAP_NET_ADMIN alone.
+        std::thread::spawn(|| {
+            let kept = drop_after_start(None, true).unwrap();
+            assert_eq!(kept.capabilities, vec![Capability::CAP_NET_ADMIN]);
+            let effective = caps::read(None, CapSet::Effective).unwrap();
+            assert_eq!(
+                effective.into_iter().collect::<Vec<_>>(),
+                vec![Capability::CAP_NET_ADMIN]
+            );
+        })
+        .join()
+        .unwrap();
         std::thread::spawn(|| {
             let refused = || {
                 if caps::has_cap(None, CapSet::Effective, Capability::CAP_BPF).unwrap() {
@@ -100,7 +121,7 @@ mod tests {
                     Err(nix::errno::Errno::EPERM)
                 }
             };
-            let kept = drop_after_start(Some(&refused)).unwrap();
+            let kept = drop_after_start(Some(&refused), false).unwrap();
             assert_eq!(kept.capabilities, vec![Capability::CAP_BPF]);
             let permitted = caps::read(None, CapSet::Permitted).unwrap();
             assert_eq!(

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 pub use sections::{
     AbuseIpDbConfig, AdaptiveConfig, ClassifyConfig, ClickHouseConfig, EbpfConfig, GeoIpConfig,
-    MetricsConfig, SensorConfig, ServerConfig, ShipConfig, StorageConfig, TarpitConfig, TarpitMode,
-    is_sensor_token,
+    HoldMode, MetricsConfig, SensorConfig, ServerConfig, ShipConfig, StorageConfig, TarpitConfig,
+    TarpitMode, is_sensor_token,
 };
 
 /// A configuration problem, located precisely enough that the operator can fix it in one edit.
@@ -244,6 +244,11 @@ mod tests {
             ("[storage]\nevent_queue = 0", "storage.event_queue"),
             ("[storage]\ndatabase = \"\"", "storage.database"),
             ("[ebpf]\nmap_entries = 0", "ebpf.map_entries"),
+            ("[tarpit]\nsocketless_max = 0", "tarpit.socketless_max"),
+            (
+                "[tarpit]\nhold = \"socketless\"\n[ebpf]\nmode = \"off\"",
+                "tarpit.hold",
+            ),
             ("[metrics]\nlisten = \"localhost\"", "metrics.listen"),
             (
                 "[abuseipdb]\nreport_interval_minutes = 5",

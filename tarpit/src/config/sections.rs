@@ -311,6 +311,19 @@ pub enum TarpitMode {
     Adaptive,
 }
 
+/// How a response that runs to its end is held (`[tarpit] hold`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldMode {
+    /// Every connection keeps its kernel socket and file descriptor to the end.
+    #[default]
+    Socket,
+    /// Once the head and first tick are acknowledged, the socket is closed silently (TCP
+    /// repair) and the drip goes on from a raw socket while the eBPF hook drops the client's
+    /// packets: ~200 bytes per held client, no file descriptor (see README, "Socketless hold").
+    Socketless,
+}
+
 /// `[adaptive]`: the adaptive mode's model and persona (used when `[tarpit] mode =
 /// "adaptive"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -353,6 +366,13 @@ impl Default for AdaptiveConfig {
 pub struct TarpitConfig {
     /// `drip` (default, the replaced tool's response) or `adaptive`.
     pub mode: TarpitMode,
+    /// `socket` (default) or `socketless`: responses that run to their end (every drip
+    /// response; adaptive pages with no planned early end) leave their socket once the head
+    /// and first tick are acknowledged. Needs the eBPF hook, CAP_NET_ADMIN and CAP_NET_RAW.
+    pub hold: HoldMode,
+    /// The most clients held without a socket at once (the eBPF map's size); beyond it a
+    /// response stays on its socket.
+    pub socketless_max: u32,
     /// Seconds between two drip chunks.
     pub response_delay: f64,
     /// The bytes sent on each tick (the payload of one HTTP chunk).
@@ -383,6 +403,8 @@ impl Default for TarpitConfig {
     fn default() -> Self {
         Self {
             mode: TarpitMode::Drip,
+            hold: HoldMode::Socket,
+            socketless_max: 131_072,
             response_delay: 1.5,
             response_chunk: ".".to_owned(),
             max_response_bytes: 1200,

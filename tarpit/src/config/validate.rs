@@ -153,6 +153,20 @@ impl Config {
                 format!("must be 1 to 16777216, got {}", self.ebpf.map_entries),
             );
         }
+        if !(1..=1 << 24).contains(&t.socketless_max) {
+            return err(
+                "tarpit.socketless_max",
+                format!("must be 1 to 16777216, got {}", t.socketless_max),
+            );
+        }
+        if t.hold == super::HoldMode::Socketless && self.ebpf.mode == crate::ebpf::EbpfMode::Off {
+            return err(
+                "tarpit.hold",
+                "\"socketless\" needs the eBPF hook to drop the held clients' packets, but \
+                 [ebpf] mode is \"off\""
+                    .into(),
+            );
+        }
         if self.storage.event_queue == 0 {
             return err("storage.event_queue", "must be at least 1".into());
         }

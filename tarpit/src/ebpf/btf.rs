@@ -291,6 +291,27 @@ pub fn conntrack_offsets(btf: &Btf) -> Result<ConntrackOffsets, BtfError> {
     })
 }
 
+/// The `sk_buff` offsets the program needs to read a packet's headers (socketless holding).
+pub fn skb_offsets(btf: &Btf) -> Result<tarpit_ebpf::SkbOffsets, BtfError> {
+    let field = |path: &str, size: u32| -> Result<u32, BtfError> {
+        let (offset, actual) = btf.member("sk_buff", path)?;
+        if actual != size {
+            return Err(BtfError::Missing(format!(
+                "sk_buff.{path} is {actual} bytes, expected {size}"
+            )));
+        }
+        Ok(offset)
+    };
+    Ok(tarpit_ebpf::SkbOffsets {
+        head: field("head", 8)?,
+        data: field("data", 8)?,
+        len: field("len", 4)?,
+        data_len: field("data_len", 4)?,
+        network_header: field("network_header", 2)?,
+        transport_header: field("transport_header", 2)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +346,25 @@ mod tests {
         assert_eq!(off.tuplehash_size, 56);
         assert!(off.skb_nfct > 0 && off.skb_nfct.is_multiple_of(8));
         assert!(off.conn_tuplehash > 0);
+    }
+
+    #[test]
+    fn skb_offsets_of_the_running_kernel_are_distinct_and_aligned() {
+        let Some(btf) = kernel_btf() else { return };
+        let off = skb_offsets(&btf).unwrap();
+        assert!(off.head.is_multiple_of(8) && off.data.is_multiple_of(8));
+        assert_eq!(
+            off.data,
+            off.head + 8,
+            "head and data are declared together"
+        );
+        assert_eq!(
+            off.data_len,
+            off.len + 4,
+            "len and data_len are declared together"
+        );
+        assert_ne!(off.network_header, off.transport_header);
+        assert!(off.transport_header.is_multiple_of(2));
     }
 
     #[test]

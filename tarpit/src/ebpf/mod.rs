@@ -8,6 +8,7 @@
 //! client connection's 4-tuple the proxy reports).
 
 pub mod btf;
+pub mod held;
 pub mod netfilter;
 
 use std::collections::{HashMap, HashSet};
@@ -16,7 +17,10 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tarpit_ebpf::{ConnKey, MAP_NAME, OFFSETS_GLOBAL, OrigDst, PROGRAM_NAME, v4_mapped};
+use tarpit_ebpf::{
+    ConnKey, HELD_MAP_NAME, MAP_NAME, OFFSETS_GLOBAL, OrigDst, PROGRAM_NAME, SKB_OFFSETS_GLOBAL,
+    SkbOffsets, v4_mapped,
+};
 
 /// The eBPF object, embedded at build time when `cargo xtask build-ebpf` had built it.
 #[cfg(tarpit_ebpf_object)]
@@ -68,10 +72,11 @@ pub enum Unavailable {
     Netfilter(#[from] netfilter::NetfilterError),
 }
 
-/// The live hook: its links (dropped = detached) and the map the server reads.
+/// The live hook: its links (dropped = detached) and the maps the server reads.
 #[derive(Debug)]
 pub struct Attribution {
     map: std::sync::Arc<EbpfMap>,
+    held: Option<std::sync::Arc<held::HeldFlows>>,
     links: Vec<netfilter::NetfilterLink>,
     _program: OwnedFd,
     _ebpf: aya::Ebpf,
@@ -85,18 +90,31 @@ pub struct EbpfMap {
 
 impl Attribution {
     /// Loads and attaches the hook in this network namespace, for IPv4 and IPv6.
-    pub fn start(mode: EbpfMode, map_entries: u32) -> Result<Self, Unavailable> {
+    /// `held_capacity`: the most flows held without a socket (`[tarpit] hold = "socketless"`),
+    /// or `None` when every flow keeps its socket (the hook then never reads packet headers).
+    pub fn start(
+        mode: EbpfMode,
+        map_entries: u32,
+        held_capacity: Option<u32>,
+    ) -> Result<Self, Unavailable> {
         if mode == EbpfMode::Off {
             return Err(Unavailable::Off);
         }
         let object = OBJECT.ok_or(Unavailable::NoObject)?;
         check_kernel_version()?;
-        let offsets = btf::conntrack_offsets(&btf::Btf::from_file(Path::new(btf::VMLINUX_BTF))?)?;
+        let kernel_btf = btf::Btf::from_file(Path::new(btf::VMLINUX_BTF))?;
+        let offsets = btf::conntrack_offsets(&kernel_btf)?;
+        let skb_offsets = match held_capacity {
+            Some(_) => btf::skb_offsets(&kernel_btf)?,
+            None => SkbOffsets::default(),
+        };
 
         // aya parses the object, creates the maps and writes the offsets into .rodata.
         let mut ebpf = aya::EbpfLoader::new()
             .map_max_entries(MAP_NAME, map_entries)
+            .map_max_entries(HELD_MAP_NAME, held_capacity.unwrap_or(1))
             .override_global(OFFSETS_GLOBAL, &offsets, true)
+            .override_global(SKB_OFFSETS_GLOBAL, &skb_offsets, true)
             .load(object)
             .map_err(|e| Unavailable::Maps(e.to_string()))?;
 
@@ -114,8 +132,19 @@ impl Attribution {
             .ok_or_else(|| Unavailable::Maps(format!("map {MAP_NAME} missing from the object")))?;
         // Keep our own fd so the map outlives aya's handle independently.
         let fd = dup(map.1).map_err(|e| Unavailable::Maps(e.to_string()))?;
+        let held = match held_capacity {
+            None => None,
+            Some(capacity) => {
+                let held_map = ebpf.map(HELD_MAP_NAME).and_then(map_fd).ok_or_else(|| {
+                    Unavailable::Maps(format!("map {HELD_MAP_NAME} missing from the object"))
+                })?;
+                let fd = dup(held_map).map_err(|e| Unavailable::Maps(e.to_string()))?;
+                Some(std::sync::Arc::new(held::HeldFlows::new(fd, capacity)))
+            }
+        };
         Ok(Self {
             map: std::sync::Arc::new(EbpfMap { fd }),
+            held,
             links,
             _program: program,
             _ebpf: ebpf,
@@ -130,6 +159,11 @@ impl Attribution {
     /// The map of original destinations, to share with the workers.
     pub fn map(&self) -> std::sync::Arc<EbpfMap> {
         self.map.clone()
+    }
+
+    /// The map of flows held without a socket, when socketless holding was asked for.
+    pub fn held(&self) -> Option<std::sync::Arc<held::HeldFlows>> {
+        self.held.clone()
     }
 }
 
@@ -202,17 +236,43 @@ struct MapElemAttr {
 
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 
+/// One `bpf()` map element command (`BPF_MAP_LOOKUP_ELEM` = 1, `UPDATE` = 2, `DELETE` = 3,
+/// `LOOKUP_AND_DELETE` = 21) on `fd`; `value` may be null for a delete.
+fn map_elem(
+    command: libc::c_long,
+    fd: RawFd,
+    key: *const u8,
+    value: *mut u8,
+    flags: u64,
+) -> Result<(), nix::errno::Errno> {
+    let mut attr = MapElemAttr {
+        map_fd: fd as u32,
+        key: key as u64,
+        value: value as u64,
+        flags,
+        ..Default::default()
+    };
+    // SAFETY: the caller passes key and value buffers of the map's sizes, live for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            &mut attr as *mut MapElemAttr,
+            std::mem::size_of::<MapElemAttr>(),
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(nix::errno::Errno::last())
+    }
+}
+
 impl EbpfMap {
     /// Looks up, and removes, the original destination of the connection with this local and
     /// peer address (as `accept` or a trusted proxy reports them). One syscall, no lock.
     pub fn take(&self, local: SocketAddr, peer: SocketAddr) -> Option<SocketAddr> {
-        let key = ConnKey {
-            local_addr: mapped(local.ip()),
-            peer_addr: mapped(peer.ip()),
-            local_port: local.port(),
-            peer_port: peer.port(),
-        };
-        let value = self.lookup_and_delete(&key).ok()?;
+        let value = self.lookup_and_delete(&conn_key(local, peer)).ok()?;
         Some(SocketAddr::new(unmapped(value.addr), value.port))
     }
 
@@ -229,30 +289,29 @@ impl EbpfMap {
     /// One BPF_MAP_LOOKUP_AND_DELETE_ELEM call.
     fn lookup_and_delete(&self, key: &ConnKey) -> Result<OrigDst, nix::errno::Errno> {
         let mut value = OrigDst::default();
-        let mut attr = MapElemAttr {
-            map_fd: self.fd.as_raw_fd() as u32,
-            key: (key as *const ConnKey) as u64,
-            value: (&mut value as *mut OrigDst) as u64,
-            ..Default::default()
-        };
-        // SAFETY: attr points to live key and value buffers of the map's sizes.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-                &mut attr as *mut MapElemAttr,
-                std::mem::size_of::<MapElemAttr>(),
-            )
-        };
-        if ret == 0 {
-            Ok(value)
-        } else {
-            Err(nix::errno::Errno::last())
-        }
+        map_elem(
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            self.fd.as_raw_fd(),
+            (key as *const ConnKey).cast(),
+            (&mut value as *mut OrigDst).cast(),
+            0,
+        )?;
+        Ok(value)
     }
 }
 
-fn mapped(ip: IpAddr) -> [u8; 16] {
+/// The maps' key for the connection with this local and peer address.
+pub fn conn_key(local: SocketAddr, peer: SocketAddr) -> ConnKey {
+    ConnKey {
+        local_addr: mapped(local.ip()),
+        peer_addr: mapped(peer.ip()),
+        local_port: local.port(),
+        peer_port: peer.port(),
+    }
+}
+
+/// An address as the maps store it (IPv4-mapped for IPv4).
+pub fn mapped(ip: IpAddr) -> [u8; 16] {
     match ip.to_canonical() {
         IpAddr::V4(v4) => v4_mapped(v4.octets()),
         IpAddr::V6(v6) => v6.octets(),
@@ -280,7 +339,7 @@ mod tests {
     #[test]
     fn loads_verifies_and_attaches_then_detaches_on_drop() {
         let required = std::env::var_os("TARPIT_E2E").is_some();
-        match Attribution::start(EbpfMode::Auto, 1024) {
+        match Attribution::start(EbpfMode::Auto, 1024, None) {
             Ok(attribution) => {
                 // A lookup of a connection that was never translated finds nothing.
                 let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
@@ -295,7 +354,7 @@ mod tests {
     #[test]
     fn off_mode_never_loads() {
         assert!(matches!(
-            Attribution::start(EbpfMode::Off, 1024),
+            Attribution::start(EbpfMode::Off, 1024, None),
             Err(Unavailable::Off)
         ));
     }

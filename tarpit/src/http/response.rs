@@ -104,6 +104,61 @@ impl DripResponse {
         (tick.bytes(framing), tick.raw.len() as u64)
     }
 
+    /// Bytes on the wire, after the head, of ticks `0..tick` (the start of tick `tick`; at
+    /// `ticks()`, the start of the terminating chunk). A socketless hold numbers its sequence
+    /// space with this, so that any byte can be sent again from its position alone.
+    pub fn stream_position(&self, tick: u64, framing: Framing) -> u64 {
+        let full = self.full_tick.bytes(framing).len() as u64;
+        match &self.last_tick {
+            Some(last) if tick >= self.ticks => {
+                (self.ticks - 1) * full + last.bytes(framing).len() as u64
+            }
+            _ => tick.min(self.ticks) * full,
+        }
+    }
+
+    /// Payload bytes carried by ticks `0..tick` (what `bytes_sent` counts).
+    pub fn payload_through(&self, tick: u64) -> u64 {
+        let full = self.full_tick.raw.len() as u64;
+        match &self.last_tick {
+            Some(last) if tick >= self.ticks => (self.ticks - 1) * full + last.raw.len() as u64,
+            _ => tick.min(self.ticks) * full,
+        }
+    }
+
+    /// The whole response after the head, every tick then (chunked) the terminating chunk:
+    /// its length.
+    pub fn stream_len(&self, framing: Framing) -> u64 {
+        let end = match framing {
+            Framing::Chunked => CHUNKED_END.len() as u64,
+            Framing::Raw => 0,
+        };
+        self.stream_position(self.ticks, framing) + end
+    }
+
+    /// Copies the response's bytes from stream position `from` into `out`, as far as both
+    /// go; returns how many. No allocation: the ticks are the pre-built slices.
+    pub fn copy_stream(&self, framing: Framing, from: u64, out: &mut [u8]) -> usize {
+        let mut at = from;
+        let mut written = 0;
+        while written < out.len() && at < self.stream_len(framing) {
+            let body_end = self.stream_position(self.ticks, framing);
+            let (piece, start) = if at >= body_end {
+                (CHUNKED_END, body_end)
+            } else {
+                let full = self.full_tick.bytes(framing).len() as u64;
+                let tick = at / full;
+                (self.tick(tick, framing).0, tick * full)
+            };
+            let piece = &piece[(at - start) as usize..];
+            let n = piece.len().min(out.len() - written);
+            out[written..written + n].copy_from_slice(&piece[..n]);
+            written += n;
+            at += n as u64;
+        }
+        written
+    }
+
     /// The response head followed by the first tick, written together so the client's first
     /// byte and first payload byte arrive at once. Allocates once per response, not per tick.
     pub fn head_with_first_tick(
@@ -144,6 +199,43 @@ mod tests {
         assert_eq!(drip.ticks(), 1200);
         assert_eq!(drip.tick(0, Framing::Chunked), (&b"1\r\n.\r\n"[..], 1));
         assert_eq!(drip.tick(1199, Framing::Raw), (&b"."[..], 1));
+    }
+
+    /// The stream a socketless hold regenerates is exactly the ticks the socket drip writes,
+    /// then the terminating chunk, from any position (a resend starts mid-tick).
+    #[test]
+    fn the_stream_is_the_ticks_then_the_end_from_any_position() {
+        for (chunk, max) in [(&b"."[..], 5u64), (&b"abc"[..], 7), (&b"xy"[..], 6)] {
+            let drip = DripResponse::new(chunk, max, "nginx");
+            for framing in [Framing::Chunked, Framing::Raw] {
+                let mut expected = Vec::new();
+                for tick in 0..drip.ticks() {
+                    assert_eq!(drip.stream_position(tick, framing), expected.len() as u64);
+                    assert_eq!(
+                        drip.payload_through(tick),
+                        (tick * chunk.len() as u64).min(max)
+                    );
+                    expected.extend_from_slice(drip.tick(tick, framing).0);
+                }
+                assert_eq!(drip.payload_through(drip.ticks()), max);
+                assert_eq!(
+                    drip.stream_position(drip.ticks(), framing),
+                    expected.len() as u64
+                );
+                if framing == Framing::Chunked {
+                    expected.extend_from_slice(CHUNKED_END);
+                }
+                assert_eq!(drip.stream_len(framing), expected.len() as u64);
+                for from in 0..=expected.len() {
+                    for size in [1, 3, 64] {
+                        let mut out = [0u8; 64];
+                        let n = drip.copy_stream(framing, from as u64, &mut out[..size]);
+                        let want = &expected[from..(from + size).min(expected.len())];
+                        assert_eq!(&out[..n], want, "{chunk:?} {max} {framing:?} {from}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -34,6 +34,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::settings::Settings;
+use super::socketless::Holder;
 use crate::http::response::{CHUNKED_END, Framing};
 
 /// What the dripper needs of a connection it holds. Implemented by the connection module's
@@ -53,6 +54,12 @@ pub(super) trait Held: Sized + 'static {
     fn close(self: Box<Self>, end_reason: &'static str);
     /// Serves the connection up to its next response (or its end), on a task of its own.
     fn drive(self: Box<Self>, dripper: &Rc<Dripper<Self>>) -> impl Future<Output = ()>;
+    /// Tries to move the response to the socketless holder (socket frozen, flow held by the
+    /// hook); `true`: done, and dropping the connection closes its socket silently. Clears
+    /// `state.socketless` when it can never succeed.
+    fn hand_over(&mut self, _state: &mut DripState, _holder: &Holder) -> bool {
+        false
+    }
 }
 
 /// The end reason an I/O error stands for; `other` for errors that say nothing about the peer.
@@ -108,6 +115,8 @@ pub(super) struct DripState {
     pub fin_ms: u32,
     /// An answer to HEAD: the page's head is dripped (a byte per tick), not its body.
     pub head_only: bool,
+    /// The response runs to its end and may leave its socket (`[tarpit] hold = "socketless"`).
+    pub socketless: bool,
 }
 
 impl DripState {
@@ -118,7 +127,7 @@ impl DripState {
     }
 
     /// Whether this is an adaptive response (a persona page).
-    fn is_page(&self) -> bool {
+    pub(super) fn is_page(&self) -> bool {
         self.page != DRIP_TICKS
     }
 }
@@ -173,12 +182,15 @@ pub(super) struct Dripper<C> {
     wake: Notify,
     live: Rc<Cell<usize>>,
     cancel: tokio_util::sync::CancellationToken,
+    /// Where responses go when they leave their socket (socketless hold), if on.
+    holder: Option<Rc<Holder>>,
 }
 
 impl<C: Held> Dripper<C> {
     pub(super) fn new(
         live: Rc<Cell<usize>>,
         cancel: tokio_util::sync::CancellationToken,
+        holder: Option<Rc<Holder>>,
     ) -> Rc<Self> {
         let hangups = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .inspect_err(|e| {
@@ -191,6 +203,7 @@ impl<C: Held> Dripper<C> {
             wake: Notify::new(),
             live,
             cancel,
+            holder,
         })
     }
 
@@ -337,6 +350,21 @@ impl<C: Held> Dripper<C> {
             else {
                 continue;
             };
+            // A response that runs to its end leaves its socket at its first tick whose
+            // predecessors are all acknowledged; the holder sends this tick.
+            if state.socketless
+                && state.offset == 0
+                && let Some(holder) = &self.holder
+                && conn.hand_over(state, holder)
+            {
+                let (conn, _) = queue.entries.remove(key);
+                drop(queue);
+                if let Some(epoll) = &self.hangups {
+                    let _ = epoll.delete(conn.fd());
+                }
+                drop(conn); // closes the frozen socket: nothing is sent
+                continue;
+            }
             match tick(conn.as_ref(), state, now) {
                 Tick::Again => {
                     let settings = conn.settings();
@@ -541,6 +569,7 @@ mod tests {
             end_ms: 1000,
             fin_ms: NO_FIN,
             head_only: false,
+            socketless: false,
         };
         // Well before the end: one slice.
         let early = started + Duration::from_millis(500);

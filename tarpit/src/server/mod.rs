@@ -7,6 +7,7 @@ mod drip;
 pub mod limits;
 pub mod listener;
 pub mod settings;
+pub mod socketless;
 mod worker;
 
 use std::net::SocketAddr;
@@ -41,6 +42,10 @@ struct Shared {
     untrusted_proxy_warning: crate::log_throttle::SharedLogThrottle,
     /// Rate limit for "accept failed" warnings, shared by all workers: one a minute in all.
     accept_warning: crate::log_throttle::SharedLogThrottle,
+    /// The hook's held-flow map and the raw sockets, when `[tarpit] hold = "socketless"`.
+    socketless: Option<socketless::SocketlessKit>,
+    /// Rate limit for "a response stays on its socket" warnings.
+    socketless_warning: crate::log_throttle::SharedLogThrottle,
     next_conn_id: AtomicU64,
     cancel: CancellationToken,
 }
@@ -80,8 +85,10 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let listeners = listener::bind_all(addr, workers, peer_timeout)
         .with_context(|| format!("binding {addr}"))?;
     let bound = listeners[0].local_addr()?;
-    // Everything privileged is done: the hook is attached and the ports are bound.
-    drop_capabilities(attribution.as_ref())?;
+    let socketless = socketless_kit(config, attribution.as_ref())?;
+    // Everything privileged is done: the hook is attached, the ports are bound and the raw
+    // sockets open (socketless hold keeps CAP_NET_ADMIN, for TCP repair on every hand-over).
+    drop_capabilities(attribution.as_ref(), socketless.is_some())?;
     let max_connections = limits::effective_max_connections(config.server.max_connections);
 
     let stats = Arc::new(PipelineStats::default());
@@ -143,6 +150,10 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             std::time::Duration::from_secs(60),
         ),
         accept_warning: crate::log_throttle::SharedLogThrottle::new(
+            std::time::Duration::from_secs(60),
+        ),
+        socketless,
+        socketless_warning: crate::log_throttle::SharedLogThrottle::new(
             std::time::Duration::from_secs(60),
         ),
         cancel: CancellationToken::new(),
@@ -225,13 +236,36 @@ fn reporter_setup(
 
 /// Starts the eBPF hook as `[ebpf] mode` asks, and says once which port sources are live.
 /// Drops every capability (see [`crate::privileges`]) before any other thread starts.
-fn drop_capabilities(attribution: Option<&Attribution>) -> anyhow::Result<()> {
+/// The map and raw sockets of socketless hold, when `[tarpit] hold = "socketless"`.
+fn socketless_kit(
+    config: &Config,
+    attribution: Option<&Attribution>,
+) -> anyhow::Result<Option<socketless::SocketlessKit>> {
+    if config.tarpit.hold != crate::config::HoldMode::Socketless {
+        return Ok(None);
+    }
+    let map = attribution.and_then(|a| a.held()).ok_or_else(|| {
+        anyhow::anyhow!("[tarpit] hold = \"socketless\" needs the eBPF hook, which is not running")
+    })?;
+    let raw = socketless::segment::RawSockets::open()
+        .context("[tarpit] hold = \"socketless\": opening the raw sockets (needs CAP_NET_RAW)")?;
+    tracing::info!(
+        max = map.capacity(),
+        "socketless hold on: responses that run to their end leave their socket once acknowledged"
+    );
+    Ok(Some(socketless::SocketlessKit { map, raw }))
+}
+
+fn drop_capabilities(
+    attribution: Option<&Attribution>,
+    keep_net_admin: bool,
+) -> anyhow::Result<()> {
     let map = attribution.map(|a| a.map());
     let probe = map.as_ref().map(|map| move || map.probe_access());
     let probe_ref = probe
         .as_ref()
         .map(|p| p as &dyn Fn() -> Result<(), nix::errno::Errno>);
-    let kept = crate::privileges::drop_after_start(probe_ref)?;
+    let kept = crate::privileges::drop_after_start(probe_ref, keep_net_admin)?;
     if kept.threads > 1 {
         tracing::warn!(
             threads = kept.threads,
@@ -242,7 +276,8 @@ fn drop_capabilities(attribution: Option<&Attribution>) -> anyhow::Result<()> {
         [] => tracing::info!("all capabilities dropped"),
         kept => tracing::info!(
             ?kept,
-            "capabilities dropped except those this kernel needs for eBPF map lookups"
+            "capabilities dropped except those still needed (socketless hold: CAP_NET_ADMIN; \
+             an old kernel's eBPF map lookups: CAP_BPF)"
         ),
     }
     Ok(())
@@ -250,7 +285,9 @@ fn drop_capabilities(attribution: Option<&Attribution>) -> anyhow::Result<()> {
 
 fn start_port_attribution(config: &Config) -> anyhow::Result<Option<Attribution>> {
     let mode = config.ebpf.mode;
-    let (attribution, ebpf_state) = match Attribution::start(mode, config.ebpf.map_entries) {
+    let socketless = config.tarpit.hold == crate::config::HoldMode::Socketless;
+    let held = socketless.then_some(config.tarpit.socketless_max);
+    let (attribution, ebpf_state) = match Attribution::start(mode, config.ebpf.map_entries, held) {
         Ok(attribution) => {
             let priorities = attribution.priorities();
             let state = format!(
@@ -261,6 +298,9 @@ fn start_port_attribution(config: &Config) -> anyhow::Result<Option<Attribution>
         Err(reason) if mode == EbpfMode::On => {
             anyhow::bail!("[ebpf] mode = \"on\", but eBPF port attribution cannot start: {reason}")
         }
+        Err(reason) if socketless => anyhow::bail!(
+            "[tarpit] hold = \"socketless\" needs the eBPF hook, which cannot start: {reason}"
+        ),
         Err(Unavailable::Off) => (None, "eBPF off ([ebpf] mode = \"off\")".to_owned()),
         Err(reason) => {
             tracing::warn!("eBPF port attribution unavailable: {reason}");

@@ -47,7 +47,16 @@ async fn accept_loop(index: usize, listener: std::net::TcpListener, shared: Arc<
         .expect("a bound listener has an address");
     let listener = TcpListener::from_std(listener);
     let live = Rc::new(Cell::new(0usize));
-    let dripper = Dripper::new(live.clone(), shared.cancel.clone());
+    let holder = super::socketless::Holder::new(&shared);
+    if let Some(holder) = &holder {
+        let task = LiveTask::new(&live);
+        let holder = holder.clone();
+        tokio_uring::spawn(async move {
+            holder.run().await;
+            drop(task);
+        });
+    }
+    let dripper = Dripper::new(live.clone(), shared.cancel.clone(), holder.clone());
     let drip_task = LiveTask::new(&live);
     tokio_uring::spawn({
         let dripper = dripper.clone();
@@ -104,6 +113,7 @@ async fn accept_loop(index: usize, listener: std::net::TcpListener, shared: Arc<
             worker = index,
             open = live.get(),
             dripping = dripper.held(),
+            socketless = holder.as_ref().map_or(0, |h| h.held()),
             "connections still open after the shutdown grace period; closing them"
         );
     }

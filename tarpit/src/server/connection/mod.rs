@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use super::drip::{DRIP_TICKS, DripState, Dripper, Held, NO_FIN, NO_PLANNED_END, io_end_reason};
 use super::limits::ConnectionPermit;
+use super::socketless::{HeldResponse, HeldStream, Holder, repair};
 
 mod read;
 mod record;
@@ -134,6 +135,54 @@ impl Held for Connection {
                 end_reason,
             }));
         drop(self); // releases the permit and closes the socket
+    }
+
+    fn hand_over(&mut self, state: &mut DripState, holder: &Holder) -> bool {
+        let frozen = match repair::freeze(self.fd()) {
+            Ok(frozen) => frozen,
+            Err(repair::FreezeError::Unacknowledged(_)) => return false, // next tick
+            Err(error) => {
+                state.socketless = false;
+                if let Some(suppressed) = self.shared.socketless_warning.check() {
+                    tracing::warn!(suppressed, "a response stays on its socket: {error}");
+                }
+                return false;
+            }
+        };
+        let stream = if state.is_page() {
+            HeldStream::Page {
+                page: state.page,
+                head_only: state.head_only,
+                at: state.sent,
+            }
+        } else {
+            HeldStream::Drip {
+                framing: state.framing,
+                tick: state.tick,
+            }
+        };
+        let response = HeldResponse {
+            local: self.local,
+            peer: self.peer,
+            conn_id: self.conn_id,
+            request_seq: state.seq,
+            prior_bytes: self.bytes_sent,
+            accepted: self.accepted,
+            started: state.started,
+            fin_ms: state.fin_ms,
+            stream,
+        };
+        match holder.admit(&frozen, response) {
+            Ok(()) => true,
+            Err(error) => {
+                repair::thaw(self.fd());
+                state.socketless = false;
+                if let Some(suppressed) = self.shared.socketless_warning.check() {
+                    tracing::warn!(suppressed, "a response stays on its socket: {error}");
+                }
+                false
+            }
+        }
     }
 
     fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -310,6 +359,9 @@ impl Connection {
                 let keep_alive = head.wants_keep_alive() && body_consumed;
                 let mut record = self.request_record(seq, &head, body);
                 let page = self.adaptive_plan(&head, &mut record);
+                // A response that will leave its socket cannot carry another request: it
+                // is answered `Connection: close`.
+                let keep_alive = keep_alive && !self.runs_socketless(page);
                 (record, Ok((head.version, keep_alive, page)))
             }
             HeadRead::Rejected { reason, received } => {
@@ -364,6 +416,7 @@ impl Connection {
             end_ms: NO_PLANNED_END,
             fin_ms: NO_FIN,
             head_only: false,
+            socketless: false,
         };
         let outcome = match plan {
             Ok((version, keep_alive, page)) => self
@@ -373,6 +426,7 @@ impl Connection {
                     let settings = &self.shared.settings;
                     state.framing = Framing::for_version(version);
                     state.keep_alive = keep_alive;
+                    state.socketless = !keep_alive && self.runs_socketless(page);
                     state.sent = sent;
                     state.next = Instant::now() + settings.response_delay;
                     if let (Some(page), Some(adaptive)) = (page, &settings.adaptive) {
@@ -395,6 +449,12 @@ impl Connection {
                 Err(reason)
             }
         }
+    }
+
+    /// Whether a response would leave its socket: socketless hold is on, and the response
+    /// runs to its end (the drip, or a page with no planned early end).
+    fn runs_socketless(&self, page: Option<PageStart>) -> bool {
+        self.shared.socketless.is_some() && page.is_none_or(|page| page.planned_end.is_none())
     }
 
     /// Writes the response head with the first tick (the drip's, or the first slice of the

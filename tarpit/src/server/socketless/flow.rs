@@ -1,0 +1,472 @@
+//! One socketless-held flow: what is left of a connection once its socket is gone (about a
+//! hundred bytes), and the decision each tick makes from what the client last said.
+//!
+//! Positions count bytes of the response after its head (the stream), so any byte can be sent
+//! again from its position alone: the drip's ticks and the persona's pages are pre-built
+//! `&'static` slices. Sequence numbers are `seq_zero + position`. Pure: no socket, no clock;
+//! the holder ([`super::Holder`]) does the I/O.
+
+use tarpit_ebpf::{ConnKey, HeldStatus};
+
+use crate::http::response::{DripResponse, Framing};
+
+/// `Flow::fin_ms` while the client has sent no FIN.
+pub const NO_FIN: u32 = u32::MAX;
+
+/// Ticks a flow lingers after our FIN, for the client's FIN to be acknowledged.
+const LINGER_TICKS: u8 = 4;
+
+/// Where the bytes of a held response come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// The drip's ticks, then (chunked) the terminating chunk.
+    Drip(&'a DripResponse, Framing),
+    /// A persona page's body (or, for HEAD, its head's end), `per_tick` bytes a tick.
+    Page {
+        /// The bytes.
+        bytes: &'static [u8],
+        /// Bytes per tick.
+        per_tick: usize,
+    },
+}
+
+impl Source<'_> {
+    /// The stream's whole length in bytes.
+    pub fn length(&self) -> u32 {
+        match self {
+            Source::Drip(drip, framing) => drip.stream_len(*framing) as u32,
+            Source::Page { bytes, .. } => bytes.len() as u32,
+        }
+    }
+
+    /// Copies bytes from position `from` into `out`; returns how many.
+    pub fn copy(&self, from: u32, out: &mut [u8]) -> usize {
+        match self {
+            Source::Drip(drip, framing) => drip.copy_stream(*framing, u64::from(from), out),
+            Source::Page { bytes, .. } => {
+                let rest = bytes.get(from as usize..).unwrap_or_default();
+                let n = rest.len().min(out.len());
+                out[..n].copy_from_slice(&rest[..n]);
+                n
+            }
+        }
+    }
+
+    /// Where the next tick's bytes end, given the next drip tick and the position sent.
+    fn tick_end(&self, tick: u32, sent: u32) -> u32 {
+        match self {
+            Source::Drip(drip, framing) if u64::from(tick) < drip.ticks() => {
+                drip.stream_position(u64::from(tick) + 1, *framing) as u32
+            }
+            Source::Drip(..) => self.length(),
+            Source::Page { per_tick, .. } => {
+                (sent as usize + per_tick).min(self.length() as usize) as u32
+            }
+        }
+    }
+}
+
+/// What a flow's tick comes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Send stream bytes `from..to` (and a FIN after them); `ended`: the response ended with
+    /// this segment (record it now; the flow lingers for the closing handshake).
+    Send {
+        /// First position sent.
+        from: u32,
+        /// Position after the last byte sent.
+        to: u32,
+        /// Whether the FIN goes too.
+        fin: bool,
+        /// The end reason, when this segment ends the response.
+        ended: Option<&'static str>,
+    },
+    /// The response ended at `at_ms` (CLOCK_MONOTONIC ms, the hook's clock) or now (`None`),
+    /// with nothing to send: record it and forget the flow.
+    Gone {
+        /// Why.
+        reason: &'static str,
+        /// When the client's RST came, if that was it.
+        at_ms: Option<u32>,
+    },
+    /// Closing: both FINs are acknowledged but the client's; acknowledge it and forget.
+    AckFinAndForget,
+    /// Closing: nothing to send now.
+    Wait,
+    /// Closing is over: forget the flow.
+    Forget,
+}
+
+/// One held flow.
+#[derive(Debug)]
+pub struct Flow {
+    /// The map key: our address and port, the client's.
+    pub key: ConnKey,
+    /// Sequence number of stream position 0.
+    pub seq_zero: u32,
+    /// Our acknowledgement number: the next byte expected from the client.
+    pub rcv_nxt: u32,
+    /// `TSval - CLOCK_MONOTONIC ms`, or `None` without timestamps.
+    pub ts_offset: Option<u32>,
+    /// The position of the next byte never sent.
+    pub sent: u32,
+    /// The position the client has acknowledged (one past `sent` once our FIN is).
+    pub acked: u32,
+    /// The next drip tick (drip streams).
+    pub tick: u32,
+    /// When `acked` last moved (holder ms).
+    pub progress_ms: u32,
+    /// When the request was recorded (holder ms).
+    pub started_ms: u32,
+    /// When the connection was accepted (holder ms).
+    pub accepted_ms: u32,
+    /// The client's FIN, ms after `started_ms`, or [`NO_FIN`].
+    pub fin_ms: u32,
+    /// The connection's id.
+    pub conn_id: u64,
+    /// The request this response answers (also the connection's request count).
+    pub request_seq: u32,
+    /// Payload bytes of the connection's earlier responses.
+    pub prior_bytes: u32,
+    /// The window field to advertise.
+    pub window: u16,
+    /// Largest payload per segment.
+    pub mss: u16,
+    /// The persona page, for page streams.
+    pub page: u16,
+    /// [`Flow::CHUNKED`], [`Flow::PAGE`], [`Flow::HEAD_ONLY`], [`Flow::CLOSING`].
+    pub bits: u8,
+    /// Ticks spent closing.
+    pub closing_ticks: u8,
+}
+
+impl Flow {
+    /// Drip stream framed in chunks (HTTP/1.1).
+    pub const CHUNKED: u8 = 1;
+    /// A persona page, not the drip.
+    pub const PAGE: u8 = 2;
+    /// A page answering HEAD (its head's end is dripped).
+    pub const HEAD_ONLY: u8 = 4;
+    /// Our FIN is sent: only the closing handshake is left.
+    pub const CLOSING: u8 = 8;
+
+    /// Whether a bit is set.
+    pub fn has(&self, bit: u8) -> bool {
+        self.bits & bit != 0
+    }
+
+    /// Takes in what the hook saw of the client, then says what this tick does.
+    pub fn step(
+        &mut self,
+        status: &HeldStatus,
+        source: &Source<'_>,
+        now_ms: u32,
+        timeouts: Timeouts,
+    ) -> Step {
+        let fin_sent = self.has(Self::CLOSING);
+        let acked = status.ack.wrapping_sub(self.seq_zero);
+        let highest = self.sent + u32::from(fin_sent);
+        if acked > self.acked && acked <= highest {
+            self.acked = acked;
+            self.progress_ms = now_ms;
+        }
+        let client_fin = status.fin_ms != 0 || self.fin_ms != NO_FIN;
+        if fin_sent {
+            return self.closing_step(status);
+        }
+        if status.rst_ms != 0 {
+            // As on a socket: a reset after the client's FIN is a close, without one a reset.
+            let reason = if client_fin {
+                "client_closed"
+            } else {
+                "client_reset"
+            };
+            return Step::Gone {
+                reason,
+                at_ms: Some(status.rst_ms),
+            };
+        }
+        if now_ms >= timeouts.lifetime_end_ms {
+            return self.end_with_fin("lifetime_exceeded");
+        }
+        if self.acked >= self.sent {
+            self.progress_ms = now_ms; // nothing outstanding: silence counts from the next send
+        }
+        let waiting = now_ms.wrapping_sub(self.progress_ms);
+        if self.acked < self.sent && waiting >= timeouts.peer_ms {
+            return Step::Gone {
+                reason: "peer_gone",
+                at_ms: None,
+            };
+        }
+        // The next tick's bytes, sent together with anything not yet acknowledged (a lost
+        // segment goes again from the client's last ACK).
+        let to = source.tick_end(self.tick, self.sent);
+        if to - self.acked > u32::from(self.mss) {
+            // Far behind (a closed window, many losses): resend what fits, add nothing new.
+            let to = self.acked + u32::from(self.mss);
+            return Step::Send {
+                from: self.acked,
+                to,
+                fin: false,
+                ended: None,
+            };
+        }
+        self.sent = to;
+        self.tick += 1;
+        let complete = to >= source.length();
+        if complete {
+            self.bits |= Self::CLOSING;
+        }
+        Step::Send {
+            from: self.acked,
+            to,
+            fin: complete,
+            ended: complete.then_some("complete"),
+        }
+    }
+
+    /// Ends the response here: what was not acknowledged goes again with our FIN.
+    pub fn end_with_fin(&mut self, reason: &'static str) -> Step {
+        self.bits |= Self::CLOSING;
+        Step::Send {
+            from: self.acked,
+            to: self.sent,
+            fin: true,
+            ended: Some(reason),
+        }
+    }
+
+    fn closing_step(&mut self, status: &HeldStatus) -> Step {
+        if status.rst_ms != 0 {
+            return Step::Forget;
+        }
+        let fin_acked = self.acked == self.sent + 1;
+        if fin_acked && status.fin_ms != 0 {
+            return Step::AckFinAndForget;
+        }
+        if self.closing_ticks >= LINGER_TICKS {
+            return Step::Forget;
+        }
+        self.closing_ticks += 1;
+        if fin_acked {
+            return Step::Wait;
+        }
+        Step::Send {
+            from: self.acked.min(self.sent),
+            to: self.sent,
+            fin: true,
+            ended: None,
+        }
+    }
+}
+
+/// The two limits a tick checks, in holder ms.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// When the connection reaches `max_connection_lifetime`.
+    pub lifetime_end_ms: u32,
+    /// How long unacknowledged bytes may wait (`peer_timeout`).
+    pub peer_ms: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(seq_zero: u32) -> Flow {
+        Flow {
+            key: ConnKey::default(),
+            seq_zero,
+            rcv_nxt: 1,
+            ts_offset: None,
+            sent: 6,
+            acked: 6,
+            tick: 1,
+            progress_ms: 0,
+            started_ms: 0,
+            accepted_ms: 0,
+            fin_ms: NO_FIN,
+            conn_id: 1,
+            request_seq: 1,
+            prior_bytes: 0,
+            window: 100,
+            mss: 1000,
+            page: 0,
+            bits: Flow::CHUNKED,
+            closing_ticks: 0,
+        }
+    }
+
+    const TIMEOUTS: Timeouts = Timeouts {
+        lifetime_end_ms: 1_000_000,
+        peer_ms: 60_000,
+    };
+
+    fn status(ack: u32) -> HeldStatus {
+        HeldStatus {
+            ack,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_tick_sends_the_next_tick_and_a_lost_one_goes_again() {
+        let drip = DripResponse::new(b".", 4, "nginx");
+        let source = Source::Drip(&drip, Framing::Chunked);
+        // Sequence numbers wrap: position 6 is 4 past u32::MAX.
+        let mut f = flow(u32::MAX - 1);
+        let zero = f.seq_zero;
+        let send = |from, to| Step::Send {
+            from,
+            to,
+            fin: false,
+            ended: None,
+        };
+        assert_eq!(
+            f.step(&status(zero.wrapping_add(6)), &source, 1, TIMEOUTS),
+            send(6, 12)
+        );
+        // Acknowledged: only the next tick.
+        assert_eq!(
+            f.step(&status(zero.wrapping_add(12)), &source, 2, TIMEOUTS),
+            send(12, 18)
+        );
+        // That one was lost (the ACK did not move): it goes again with the next.
+        assert_eq!(
+            f.step(&status(zero.wrapping_add(12)), &source, 3, TIMEOUTS),
+            send(12, 24)
+        );
+        // The last tick was tick 3; then the terminating chunk with our FIN.
+        assert_eq!(
+            f.step(&status(zero.wrapping_add(24)), &source, 4, TIMEOUTS),
+            Step::Send {
+                from: 24,
+                to: 29,
+                fin: true,
+                ended: Some("complete"),
+            }
+        );
+        // Our FIN unacknowledged: it goes again; acknowledged with the client's FIN: done.
+        assert_eq!(
+            f.step(&status(zero.wrapping_add(24)), &source, 5, TIMEOUTS),
+            Step::Send {
+                from: 24,
+                to: 29,
+                fin: true,
+                ended: None,
+            }
+        );
+        let both = HeldStatus {
+            ack: zero.wrapping_add(30),
+            fin_ms: 9,
+            ..Default::default()
+        };
+        assert_eq!(f.step(&both, &source, 6, TIMEOUTS), Step::AckFinAndForget);
+    }
+
+    #[test]
+    fn a_reset_after_a_fin_is_a_close_and_without_one_a_reset() {
+        let drip = DripResponse::new(b".", 1200, "nginx");
+        let source = Source::Drip(&drip, Framing::Raw);
+        let mut f = flow(100);
+        let reset = HeldStatus {
+            ack: 106,
+            rst_ms: 77,
+            ..Default::default()
+        };
+        assert_eq!(
+            f.step(&reset, &source, 1, TIMEOUTS),
+            Step::Gone {
+                reason: "client_reset",
+                at_ms: Some(77)
+            }
+        );
+        let closed = HeldStatus {
+            fin_ms: 70,
+            ..reset
+        };
+        assert_eq!(
+            f.step(&closed, &source, 1, TIMEOUTS),
+            Step::Gone {
+                reason: "client_closed",
+                at_ms: Some(77)
+            }
+        );
+    }
+
+    #[test]
+    fn silence_with_bytes_outstanding_is_peer_gone_and_the_lifetime_ends_with_a_fin() {
+        let drip = DripResponse::new(b".", 1200, "nginx");
+        let source = Source::Drip(&drip, Framing::Raw);
+        let mut f = flow(0);
+        f.bits = 0;
+        (f.sent, f.acked) = (1, 1);
+        // Nothing outstanding until 1000 s: the silence is counted from the send.
+        let sent = |from, to| Step::Send {
+            from,
+            to,
+            fin: false,
+            ended: None,
+        };
+        assert_eq!(f.step(&status(1), &source, 1_000, TIMEOUTS), sent(1, 2));
+        assert_eq!(f.step(&status(1), &source, 60_999, TIMEOUTS), sent(1, 3));
+        assert_eq!(
+            f.step(&status(1), &source, 61_000, TIMEOUTS),
+            Step::Gone {
+                reason: "peer_gone",
+                at_ms: None
+            }
+        );
+        let mut f = flow(0);
+        f.bits = 0;
+        (f.sent, f.acked) = (1, 1);
+        let end = Timeouts {
+            lifetime_end_ms: 5_000,
+            ..TIMEOUTS
+        };
+        assert_eq!(
+            f.step(&status(1), &source, 5_000, end),
+            Step::Send {
+                from: 1,
+                to: 1,
+                fin: true,
+                ended: Some("lifetime_exceeded")
+            }
+        );
+        assert!(f.has(Flow::CLOSING));
+    }
+
+    #[test]
+    fn a_page_sends_per_tick_slices_and_ends_with_its_last() {
+        static BODY: &[u8] = b"0123456789";
+        let source = Source::Page {
+            bytes: BODY,
+            per_tick: 4,
+        };
+        let mut f = flow(0);
+        f.bits = Flow::PAGE;
+        (f.sent, f.acked) = (2, 2);
+        let mut out = [0u8; 16];
+        assert_eq!(source.copy(2, &mut out), 8);
+        assert_eq!(&out[..8], b"23456789");
+        assert!(matches!(
+            f.step(&status(2), &source, 1, TIMEOUTS),
+            Step::Send {
+                from: 2,
+                to: 6,
+                fin: false,
+                ..
+            }
+        ));
+        assert_eq!(
+            f.step(&status(6), &source, 2, TIMEOUTS),
+            Step::Send {
+                from: 6,
+                to: 10,
+                fin: true,
+                ended: Some("complete")
+            }
+        );
+    }
+}

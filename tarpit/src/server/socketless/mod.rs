@@ -1,0 +1,523 @@
+//! Socketless hold (`[tarpit] hold = "socketless"`): a response that will run to its end
+//! leaves its kernel socket once its head and first tick are acknowledged, and the worker goes
+//! on dripping it from a raw socket. A held client then costs about 200 bytes (a [`Flow`] here
+//! and an entry in the eBPF hook's `HELD` map) and no file descriptor, so one process holds
+//! far more clients than RLIMIT_NOFILE allows.
+//!
+//! The hand-over, for a connection the dripper is about to tick ([`Holder::admit`], called by
+//! the connection): `ioctl(SIOCOUTQ)` says everything sent is acknowledged; the socket goes
+//! into TCP repair mode and gives its sequence numbers, timestamp clock and window
+//! ([`repair`]); the flow is added to the hook's map, which from then on drops the client's
+//! packets (after conntrack has seen them) and notes its ACK, TSval, FIN and RST; then the
+//! socket is closed, which in repair mode frees it and sends nothing. Each tick the holder reads
+//! the flow's status (one map lookup), decides ([`Flow::step`]) and queues a crafted segment
+//! ([`segment`]): the next tick's bytes, after anything not yet acknowledged, so a lost segment
+//! goes again from the client's last ACK. The response ends as on a socket (complete, client
+//! reset or close, peer gone after `peer_timeout` of silence, lifetime, shutdown) and is
+//! recorded with the same events; after our FIN the flow lingers a few ticks to acknowledge the
+//! client's FIN.
+//!
+//! Nothing is pinned: the map and the hook live with the process's file descriptors, so after
+//! `kill -9` the kernel drops both, a restarted tarpit starts clean, and a held client's next
+//! packet meets a reset (or it times out on its own).
+
+pub mod flow;
+pub mod repair;
+pub mod segment;
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use slab::Slab;
+use tarpit_ebpf::HeldStatus;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::Shared;
+use crate::ebpf::held::HeldFlows;
+use crate::event::{ConnectionClosed, Event, ResponseEnd};
+use crate::http::response::{CHUNKED_END, Framing};
+use flow::{Flow, NO_FIN, Source, Step, Timeouts};
+use repair::Frozen;
+use segment::{Batch, RawSockets, Segment};
+
+/// What every worker's holder shares: the hook's map and the raw sockets, opened at start.
+#[derive(Debug)]
+pub struct SocketlessKit {
+    /// The hook's map of held flows.
+    pub map: Arc<HeldFlows>,
+    /// The raw sockets the segments go out on.
+    pub raw: RawSockets,
+}
+
+/// The bytes a handed-over response still has to send.
+#[derive(Debug, Clone, Copy)]
+pub enum HeldStream {
+    /// The drip: `tick` is the next tick to write.
+    Drip {
+        /// Chunked or raw.
+        framing: Framing,
+        /// The next tick.
+        tick: u64,
+    },
+    /// A persona page from body position `at`.
+    Page {
+        /// The page.
+        page: u16,
+        /// HEAD: the head's end is dripped.
+        head_only: bool,
+        /// Position in the page's bytes.
+        at: u64,
+    },
+}
+
+/// What a connection hands over with its frozen socket.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldResponse {
+    /// The accepted socket's local address.
+    pub local: SocketAddr,
+    /// The client's address (as the socket saw it).
+    pub peer: SocketAddr,
+    /// The connection's id.
+    pub conn_id: u64,
+    /// The request answered.
+    pub request_seq: u32,
+    /// Payload bytes of the connection's earlier responses.
+    pub prior_bytes: u64,
+    /// When the connection was accepted.
+    pub accepted: Instant,
+    /// When the request was recorded.
+    pub started: Instant,
+    /// The client's FIN so far, ms after `started`, or `u32::MAX`.
+    pub fin_ms: u32,
+    /// Where the response stands.
+    pub stream: HeldStream,
+}
+
+/// Why a flow could not be held (its connection stays on its socket).
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    /// The hook's map refused the flow (`E2BIG`: `socketless_max` reached).
+    #[error("the held-flow map refused it: {0}")]
+    Map(nix::errno::Errno),
+}
+
+struct State {
+    flows: Slab<Flow>,
+    /// (due, flow key) in holder ms; each flow has exactly one entry.
+    due: BinaryHeap<Reverse<(u32, u32)>>,
+    out: Out,
+}
+
+/// Segments on their way out, per family, and a scratch buffer for one payload.
+struct Out {
+    v4: Batch,
+    v6: Batch,
+    payload: Vec<u8>,
+}
+
+impl Out {
+    /// Builds the segment carrying stream bytes `from..to` of `flow` (then a FIN if `fin`)
+    /// into its family's batch, sending the batch first if it is full.
+    fn queue(
+        &mut self,
+        raw: &RawSockets,
+        flow: &Flow,
+        (from, to): (u32, u32),
+        ack: u32,
+        (fin, status): (bool, &HeldStatus),
+        (source, tail): (Option<&Source<'_>>, &[u8]),
+    ) {
+        let len = (to.saturating_sub(from) as usize).min(usize::from(flow.mss));
+        let mut n = source.map_or(0, |source| source.copy(from, &mut self.payload[..len]));
+        let extra = tail.len().min(self.payload.len() - n);
+        self.payload[n..n + extra].copy_from_slice(&tail[..extra]);
+        n += extra;
+        let local = SocketAddr::new(segment::unmapped(flow.key.local_addr), flow.key.local_port);
+        let peer = SocketAddr::new(segment::unmapped(flow.key.peer_addr), flow.key.peer_port);
+        let segment = Segment {
+            local,
+            peer,
+            seq: flow.seq_zero.wrapping_add(from),
+            ack,
+            window: flow.window,
+            timestamps: flow
+                .ts_offset
+                .map(|offset| (offset.wrapping_add(repair::monotonic_ms()), status.tsval)),
+            fin,
+            payload: &self.payload[..n],
+        };
+        let (batch, socket) = match local.ip() {
+            std::net::IpAddr::V4(_) => (&mut self.v4, raw.v4()),
+            std::net::IpAddr::V6(_) => (&mut self.v6, raw.v6()),
+        };
+        if batch.is_full() {
+            batch.send(socket);
+        }
+        if let Err(error) = batch.push(&segment) {
+            tracing::debug!("socketless segment not built: {error}");
+        }
+    }
+
+    /// Sends both batches.
+    fn flush(&mut self, raw: &RawSockets) {
+        self.v4.send(raw.v4());
+        self.v6.send(raw.v6());
+    }
+}
+
+/// Ticks due this close together are sent in one wake-up (as the dripper's).
+const COALESCE_MS: u32 = 5;
+
+/// One worker's socketless holder.
+pub struct Holder {
+    shared: Arc<Shared>,
+    epoch: Instant,
+    state: RefCell<State>,
+    wake: Notify,
+}
+
+impl Holder {
+    /// The worker's holder, when socketless holding is on.
+    pub(super) fn new(shared: &Arc<Shared>) -> Option<Rc<Self>> {
+        shared.socketless.as_ref()?;
+        Some(Rc::new(Self {
+            shared: shared.clone(),
+            epoch: Instant::now(),
+            state: RefCell::new(State {
+                flows: Slab::new(),
+                due: BinaryHeap::new(),
+                out: Out {
+                    v4: Batch::default(),
+                    v6: Batch::default(),
+                    payload: vec![0; segment::MAX_PACKET],
+                },
+            }),
+            wake: Notify::new(),
+        }))
+    }
+
+    fn kit(&self) -> &SocketlessKit {
+        self.shared
+            .socketless
+            .as_ref()
+            .expect("a holder exists only with its kit")
+    }
+
+    /// Flows this worker holds right now.
+    pub(super) fn held(&self) -> usize {
+        self.state.borrow().flows.len()
+    }
+
+    fn ms(&self, at: Instant) -> u32 {
+        at.saturating_duration_since(self.epoch).as_millis() as u32
+    }
+
+    /// Takes over a response whose socket is frozen: adds the flow to the hook's map (from
+    /// now on the client's packets are dropped) and schedules its next tick now. The caller
+    /// closes the socket on `Ok`, and thaws it on `Err`.
+    pub(super) fn admit(&self, frozen: &Frozen, response: HeldResponse) -> Result<(), AdmitError> {
+        let settings = &self.shared.settings;
+        let (position, bits, page, tick) = match response.stream {
+            HeldStream::Drip { framing, tick } => (
+                settings.drip.stream_position(tick, framing),
+                if framing == Framing::Chunked {
+                    Flow::CHUNKED
+                } else {
+                    0
+                },
+                0,
+                tick,
+            ),
+            HeldStream::Page {
+                page,
+                head_only,
+                at,
+            } => (
+                at,
+                Flow::PAGE | if head_only { Flow::HEAD_ONLY } else { 0 },
+                page,
+                0,
+            ),
+        };
+        let position = position as u32;
+        let key = crate::ebpf::conn_key(response.local, response.peer);
+        let status = HeldStatus {
+            ack: frozen.snd_nxt,
+            ..Default::default()
+        };
+        self.kit().map.add(&key, &status).map_err(AdmitError::Map)?;
+        let now = self.ms(Instant::now());
+        let flow = Flow {
+            key,
+            seq_zero: frozen.snd_nxt.wrapping_sub(position),
+            rcv_nxt: frozen.rcv_nxt,
+            ts_offset: frozen.ts_offset,
+            sent: position,
+            acked: position,
+            tick: tick as u32,
+            progress_ms: now,
+            started_ms: self.ms(response.started),
+            accepted_ms: self.ms(response.accepted),
+            fin_ms: response.fin_ms,
+            conn_id: response.conn_id,
+            request_seq: response.request_seq,
+            prior_bytes: response.prior_bytes.min(u64::from(u32::MAX)) as u32,
+            window: frozen.window,
+            mss: frozen.mss,
+            page,
+            bits,
+            closing_ticks: 0,
+        };
+        let mut state = self.state.borrow_mut();
+        let slot = state.flows.insert(flow) as u32;
+        state.due.push(Reverse((now, slot)));
+        drop(state);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The holder's loop on the worker; on shutdown it ends every held response.
+    pub(super) async fn run(self: Rc<Self>) {
+        let cancel = self.shared.cancel.clone();
+        let mut cancelled = std::pin::pin!(cancel.cancelled());
+        loop {
+            let next = self.state.borrow().due.peek().map(|Reverse((due, _))| *due);
+            let sleep_until = match next {
+                Some(due) => self.epoch + Duration::from_millis(u64::from(due)),
+                None => Instant::now() + Duration::from_secs(3600),
+            };
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(sleep_until) => self.tick_due(),
+            }
+        }
+        self.end_all();
+    }
+
+    /// Serves every flow due now (or within [`COALESCE_MS`]).
+    fn tick_due(&self) {
+        let now = Instant::now();
+        let now_ms = self.ms(now);
+        let mut state = self.state.borrow_mut();
+        while let Some(Reverse((due, slot))) = state.due.peek().copied() {
+            if due > now_ms + COALESCE_MS {
+                break;
+            }
+            state.due.pop();
+            if let Some(next) = self.tick_flow(&mut state, slot as usize, now, now_ms) {
+                state.due.push(Reverse((next, slot)));
+            }
+        }
+        state.out.flush(&self.kit().raw);
+    }
+
+    /// One flow's tick; returns its next due time, or `None` once it is forgotten.
+    fn tick_flow(&self, state: &mut State, slot: usize, now: Instant, now_ms: u32) -> Option<u32> {
+        let settings = &self.shared.settings;
+        let kit = self.kit();
+        let flow = state.flows.get_mut(slot)?;
+        let Some(status) = kit.map.status(&flow.key) else {
+            // Gone from the map (never by us while held): nothing can be sent safely.
+            if !flow.has(Flow::CLOSING) {
+                self.record(flow, "write_error", now);
+            }
+            state.flows.remove(slot);
+            return None;
+        };
+        if status.fin_ms != 0 && flow.fin_ms == NO_FIN {
+            let at = self.instant_of(status.fin_ms, now);
+            flow.fin_ms = self.ms(at).saturating_sub(flow.started_ms).min(NO_FIN - 1);
+        }
+        let timeouts = Timeouts {
+            lifetime_end_ms: flow
+                .accepted_ms
+                .saturating_add(millis(settings.max_connection_lifetime)),
+            peer_ms: millis(settings.peer_timeout),
+        };
+        let source = self.source(flow);
+        let step = flow.step(&status, &source, now_ms, timeouts);
+        let delay = self.delay(flow);
+        let flow = &state.flows[slot];
+        match step {
+            Step::Send {
+                from,
+                to,
+                fin,
+                ended,
+            } => {
+                let ack = flow.rcv_nxt;
+                let source = Some(&source);
+                state.out.queue(
+                    &kit.raw,
+                    flow,
+                    (from, to),
+                    ack,
+                    (fin, &status),
+                    (source, &[]),
+                );
+                if let Some(reason) = ended {
+                    self.record(flow, reason, now);
+                }
+                Some(now_ms + delay)
+            }
+            Step::Gone { reason, at_ms } => {
+                let at = at_ms.map_or(now, |ms| self.instant_of(ms, now));
+                self.record(flow, reason, at);
+                kit.map.remove(&flow.key);
+                state.flows.remove(slot);
+                None
+            }
+            Step::AckFinAndForget => {
+                // Our FIN is acknowledged: this ACK of the client's FIN follows it.
+                let (at, ack) = (flow.sent + 1, flow.rcv_nxt.wrapping_add(1));
+                state
+                    .out
+                    .queue(&kit.raw, flow, (at, at), ack, (false, &status), (None, &[]));
+                kit.map.remove(&flow.key);
+                state.flows.remove(slot);
+                None
+            }
+            Step::Wait => Some(now_ms + delay),
+            Step::Forget => {
+                kit.map.remove(&flow.key);
+                state.flows.remove(slot);
+                None
+            }
+        }
+    }
+
+    /// Where this flow's bytes come from.
+    fn source(&self, flow: &Flow) -> Source<'_> {
+        let settings = &self.shared.settings;
+        if !flow.has(Flow::PAGE) {
+            let framing = if flow.has(Flow::CHUNKED) {
+                Framing::Chunked
+            } else {
+                Framing::Raw
+            };
+            return Source::Drip(&settings.drip, framing);
+        }
+        match settings
+            .adaptive
+            .as_ref()
+            .map(|a| a.persona.page(flow.page))
+        {
+            Some(page) if flow.has(Flow::HEAD_ONLY) => Source::Page {
+                bytes: page.tail(false),
+                per_tick: 1,
+            },
+            Some(page) => Source::Page {
+                bytes: page.body,
+                per_tick: page.per_tick,
+            },
+            None => Source::Page {
+                bytes: &[],
+                per_tick: 1,
+            },
+        }
+    }
+
+    /// The gap to the flow's next tick (jittered for adaptive pages, as on a socket).
+    fn delay(&self, flow: &Flow) -> u32 {
+        let settings = &self.shared.settings;
+        let delay = match (&settings.adaptive, flow.has(Flow::PAGE)) {
+            (Some(adaptive), true) => adaptive.gap(settings.response_delay),
+            _ => settings.response_delay,
+        };
+        millis(delay).max(1)
+    }
+
+    /// The Instant of a hook timestamp (CLOCK_MONOTONIC ms), given `now`.
+    fn instant_of(&self, monotonic_ms: u32, now: Instant) -> Instant {
+        let age = repair::monotonic_ms().wrapping_sub(monotonic_ms);
+        now.checked_sub(Duration::from_millis(u64::from(age.min(86_400_000))))
+            .unwrap_or(now)
+    }
+
+    /// Records the response's end and the connection's close, as a socket hold would.
+    fn record(&self, flow: &Flow, reason: &'static str, at: Instant) {
+        let settings = &self.shared.settings;
+        let payload = if flow.has(Flow::PAGE) {
+            u64::from(flow.sent.min(self.source(flow).length()))
+        } else {
+            settings.drip.payload_through(u64::from(flow.tick))
+        };
+        let closed_at = SystemTime::now() - Instant::now().saturating_duration_since(at);
+        let at_ms = self.ms(at);
+        let seconds = |from_ms: u32| f64::from(at_ms.saturating_sub(from_ms)) / 1000.0;
+        self.shared.events.send(Event::ResponseEnd(ResponseEnd {
+            conn_id: flow.conn_id,
+            request_seq: flow.request_seq,
+            closed_at,
+            bytes_sent: payload,
+            duration_s: seconds(flow.started_ms),
+            end_reason: reason,
+            client_fin_s: (flow.fin_ms != NO_FIN).then(|| f64::from(flow.fin_ms) / 1000.0),
+        }));
+        let connection_reason = if reason == "complete" {
+            "response_complete"
+        } else {
+            reason
+        };
+        self.shared
+            .events
+            .send(Event::ConnectionClosed(ConnectionClosed {
+                conn_id: flow.conn_id,
+                closed_at,
+                requests: flow.request_seq,
+                bytes_sent: u64::from(flow.prior_bytes) + payload,
+                duration_s: seconds(flow.accepted_ms),
+                end_reason: connection_reason,
+            }));
+    }
+
+    /// Shutdown: every held response ends with its terminating chunk (drip, chunked) and our
+    /// FIN, recorded as `shutdown`; the flows leave the map (the hook goes with the process).
+    fn end_all(&self) {
+        let now = Instant::now();
+        let kit = self.kit();
+        let mut state = self.state.borrow_mut();
+        let state = &mut *state;
+        state.due.clear();
+        for mut flow in state.flows.drain() {
+            let status = kit.map.status(&flow.key).unwrap_or_default();
+            if !flow.has(Flow::CLOSING) {
+                // Unacknowledged bytes, then the terminating chunk (drip, chunked) and FIN:
+                // what the dripper writes before a socket's shutdown.
+                let from = flow.acked.min(flow.sent);
+                let tail = if flow.has(Flow::CHUNKED) {
+                    CHUNKED_END
+                } else {
+                    &[]
+                };
+                let source = self.source(&flow);
+                let ack = flow.rcv_nxt;
+                state.out.queue(
+                    &kit.raw,
+                    &flow,
+                    (from, flow.sent),
+                    ack,
+                    (true, &status),
+                    (Some(&source), tail),
+                );
+                flow.bits |= Flow::CLOSING;
+                self.record(&flow, "shutdown", now);
+            }
+            kit.map.remove(&flow.key);
+        }
+        state.out.flush(&kit.raw);
+    }
+}
+
+/// A duration in ms, as the holder's u32 clock counts (capped far below wrapping).
+fn millis(duration: Duration) -> u32 {
+    duration.as_millis().min(u128::from(u32::MAX / 4)) as u32
+}
