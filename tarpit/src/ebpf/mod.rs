@@ -351,6 +351,41 @@ mod tests {
         }
     }
 
+    /// The held-flow map: add (never twice, never past its size), read, remove; its memory
+    /// grows with what it holds. `TARPIT_E2E` makes a missing prerequisite a failure.
+    #[test]
+    fn the_held_flow_map_adds_reads_and_removes_within_its_size() {
+        let required = std::env::var_os("TARPIT_E2E").is_some();
+        let attribution = match Attribution::start(EbpfMode::Auto, 1024, Some(2)) {
+            Ok(attribution) => attribution,
+            Err(e) if !required => return eprintln!("SKIPPED: eBPF unavailable ({e})"),
+            Err(e) => panic!("TARPIT_E2E is set but eBPF failed to start: {e}"),
+        };
+        let held = attribution.held().expect("asked for");
+        assert_eq!(held.capacity(), 2);
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let keys: Vec<ConnKey> = (1..=3)
+            .map(|port| conn_key(local, SocketAddr::from(([127, 0, 0, 2], port))))
+            .collect();
+        let empty = held.memlock_bytes().expect("fdinfo has memlock");
+        let status = tarpit_ebpf::HeldStatus {
+            ack: 7,
+            ..Default::default()
+        };
+        held.add(&keys[0], &status).unwrap();
+        assert_eq!(held.add(&keys[0], &status), Err(nix::errno::Errno::EEXIST));
+        held.add(&keys[1], &status).unwrap();
+        assert_eq!(held.add(&keys[2], &status), Err(nix::errno::Errno::E2BIG));
+        assert_eq!(held.status(&keys[1]).map(|s| s.ack), Some(7));
+        assert!(held.memlock_bytes().unwrap() > empty, "entries are allocated as added");
+        held.remove(&keys[1]);
+        assert_eq!(held.status(&keys[1]), None);
+        held.add(&keys[2], &status).unwrap();
+        // Without socketless hold there is no map to hold flows in.
+        let plain = Attribution::start(EbpfMode::Auto, 1024, None).unwrap();
+        assert!(plain.held().is_none());
+    }
+
     #[test]
     fn off_mode_never_loads() {
         assert!(matches!(

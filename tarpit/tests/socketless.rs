@@ -1,0 +1,360 @@
+//! Socketless hold end to end, as root, in network namespaces (`[tarpit] hold =
+//! "socketless"`): real clients (curl, Python's urllib, plain sockets) on another namespace keep
+//! receiving the whole drip, with no reset, while the sensor holds no socket for them; behind
+//! iptables/ip6tables REDIRECT and direct; the client's FIN and RST are recorded; a dropped
+//! segment is sent again; after `kill -9` nothing is left behind.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::netns::{Lab, SENSOR_V4, SENSOR_V6, prerequisites_met, sh};
+use common::{Tarpit, wait_for};
+
+/// The sensor's established TCP sockets on the tarpit's port (its held clients, if it had
+/// sockets for them).
+fn sensor_sockets(lab: &Lab) -> usize {
+    lab.in_sensor("ss -Htn state established sport = :8080 | wc -l")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn start(lab: &Lab, extra: &[&str]) -> Tarpit {
+    let args = [
+        &[
+            "--host",
+            "::",
+            "--port",
+            "8080",
+            "--ebpf-mode",
+            "on",
+            "--hold",
+            "socketless",
+        ][..],
+        extra,
+    ]
+    .concat();
+    let tarpit = Tarpit::start_in_netns(&lab.sensor, &args);
+    assert!(
+        tarpit.stderr().contains("socketless hold on"),
+        "{}",
+        tarpit.stderr()
+    );
+    assert!(
+        tarpit.stderr().contains("kept=[CAP_NET_ADMIN]"),
+        "only CAP_NET_ADMIN is kept: {}",
+        tarpit.stderr()
+    );
+    tarpit
+}
+
+/// Connects from the client namespace, sends a request and reads the head with the first
+/// tick; returns the stream.
+fn held_client(lab: &Lab, to: SocketAddr, path: &str) -> TcpStream {
+    let path = path.to_owned();
+    lab.as_client(move || {
+        let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: sensor\r\n\r\n").unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n1\r\n.\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        stream
+    })
+}
+
+/// Waits until the sensor holds none of its clients on a socket.
+fn wait_all_socketless(lab: &Lab) {
+    wait_for(Duration::from_secs(10), || {
+        (sensor_sockets(lab) == 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("still on sockets: {}", sensor_sockets(lab)));
+}
+
+#[test]
+fn curl_and_python_keep_receiving_without_a_socket_behind_redirect_v4_and_v6() {
+    if !prerequisites_met(&["ip", "iptables", "ip6tables", "ss", "curl", "python3"]) {
+        return;
+    }
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let lab = Lab::new();
+    lab.in_sensor(&format!("{deploy}/iptables-redirect.sh add 8080 80"));
+    let tarpit = start(
+        &lab,
+        &["--response-delay", "0.25", "--max-response-bytes", "24"],
+    );
+    let client = lab.client.clone();
+    let v6 = format!("[{SENSOR_V6}]");
+    // Each client writes what it received and its exit status into a file.
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().display();
+    let clients = [
+        format!(
+            "curl -sS --max-time 30 http://{SENSOR_V4}/curl-v4 > {dir}/curl-v4; echo $? >> {dir}/curl-v4"
+        ),
+        format!(
+            "curl -sS --max-time 30 -0 http://{v6}/curl-v6-http10 > {dir}/curl-v6; echo $? >> {dir}/curl-v6"
+        ),
+        format!(
+            "curl -sS --max-time 30 http://{SENSOR_V4}:8080/curl-direct > {dir}/curl-direct; echo $? >> {dir}/curl-direct"
+        ),
+        format!(
+            "python3 -c \"import urllib.request,sys; b=urllib.request.urlopen(\\\"http://{v6}/python-v6\\\", timeout=30).read(); sys.stdout.write(b.decode())\" > {dir}/python-v6; echo $? >> {dir}/python-v6"
+        ),
+    ];
+    let started = Instant::now();
+    let children: Vec<_> = clients
+        .iter()
+        .map(|command| {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &client, "sh", "-c", command])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Every request is recorded, then every client leaves its socket while still receiving.
+    tarpit.wait_count("SELECT COUNT(*) FROM events", 4);
+    wait_all_socketless(&lab);
+    let handed_over = started.elapsed();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    // 24 ticks of 0.25 s: the drip went on for seconds after the hand-over.
+    assert!(
+        started.elapsed() >= handed_over + Duration::from_secs(3),
+        "{handed_over:?} {:?}",
+        started.elapsed()
+    );
+    for name in ["curl-v4", "curl-v6", "curl-direct", "python-v6"] {
+        let text = std::fs::read_to_string(out.path().join(name)).unwrap();
+        assert_eq!(
+            text,
+            format!("{}0\n", ".".repeat(24)),
+            "{name}: no reset, every byte"
+        );
+    }
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE end_reason = 'complete' AND bytes_sent = 24",
+        4,
+    );
+    let rows: Vec<(String, i64, Option<i64>, f64)> = tarpit.rows(
+        "SELECT http_path, local_port, target_port, duration_s FROM events ORDER BY http_path",
+    );
+    assert_eq!(rows.len(), 4);
+    for (path, local_port, dialled, duration) in &rows {
+        assert_eq!(*local_port, 8080, "{path}");
+        let expected = if path == "/curl-direct" { 8080 } else { 80 };
+        assert_eq!(*dialled, Some(expected), "{path}: the dialled port");
+        assert!((5.5..12.0).contains(duration), "{path}: {duration}");
+    }
+    assert_eq!(
+        tarpit.count(
+            "SELECT COUNT(*) FROM connections WHERE end_reason = 'response_complete' AND bytes_sent = 24 AND requests = 1"
+        ),
+        4
+    );
+    lab.in_sensor(&format!("{deploy}/iptables-redirect.sh remove 8080 80"));
+}
+
+#[test]
+fn a_client_fin_then_close_and_a_client_reset_are_recorded() {
+    if !prerequisites_met(&["ip", "ss"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let tarpit = start(&lab, &["--response-delay", "0.3"]);
+    let to: SocketAddr = format!("{SENSOR_V4}:8080").parse().unwrap();
+    let closer = held_client(&lab, to, "/fin-then-close");
+    let resetter = held_client(&lab, to, "/reset");
+    wait_all_socketless(&lab);
+    let fin_sent = Instant::now();
+    lab.as_client(move || {
+        // The FIN: the client may still read, and the drip goes on.
+        let mut closer = closer;
+        closer.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut tick = [0u8; 6];
+        closer.read_exact(&mut tick).unwrap();
+        assert_eq!(&tick, b"1\r\n.\r\n");
+        std::thread::sleep(Duration::from_millis(700));
+        drop(closer); // then gone: the next tick meets a reset
+        let resetter = socket2::Socket::from(resetter);
+        resetter.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(resetter); // RST at once
+    });
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE end_reason IS NOT NULL",
+        2,
+    );
+    let rows: Vec<(String, String, Option<f64>, f64)> = tarpit.rows(
+        "SELECT http_path, end_reason, client_fin_s, duration_s FROM events ORDER BY http_path",
+    );
+    let closed = &rows[0];
+    assert_eq!(
+        (closed.0.as_str(), closed.1.as_str()),
+        ("/fin-then-close", "client_closed")
+    );
+    let fin_s = closed.2.expect("the client's FIN is on record");
+    assert!(fin_s > 0.0 && fin_s < closed.3, "{rows:?}");
+    assert!(
+        closed.3 - fin_s >= 0.6,
+        "held after the FIN until the close: {rows:?}"
+    );
+    let reset = &rows[1];
+    assert_eq!(
+        (reset.0.as_str(), reset.1.as_str(), reset.2),
+        ("/reset", "client_reset", None)
+    );
+    assert!(fin_sent.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        tarpit.count(
+            "SELECT COUNT(*) FROM connections WHERE end_reason IN ('client_closed', 'client_reset')"
+        ),
+        2
+    );
+}
+
+#[test]
+fn a_dropped_segment_is_sent_again_from_the_clients_last_ack() {
+    if !prerequisites_met(&["ip", "ss", "iptables"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let tarpit = start(
+        &lab,
+        &["--response-delay", "0.2", "--max-response-bytes", "20"],
+    );
+    let to: SocketAddr = format!("{SENSOR_V4}:8080").parse().unwrap();
+    let stream = held_client(&lab, to, "/lossy");
+    wait_all_socketless(&lab);
+    // The client's side loses every segment from the tarpit for a while.
+    let rule = "INPUT -p tcp --sport 8080 -j DROP";
+    lab.in_client(&format!("iptables -I {rule}"));
+    std::thread::sleep(Duration::from_millis(700));
+    let dropped: u64 = lab
+        .in_client("iptables -L INPUT -v -x -n | awk '\\''/tcp spt:8080/ {print $1}'\\''")
+        .trim()
+        .parse()
+        .unwrap();
+    lab.in_client(&format!("iptables -D {rule}"));
+    assert!(dropped >= 2, "segments were dropped: {dropped}");
+    let rest = lab.as_client(move || {
+        let mut stream = stream;
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).unwrap();
+        rest
+    });
+    // Every tick after the first, in order, then the end: nothing lost, nothing doubled.
+    let mut expected = b"1\r\n.\r\n".repeat(19);
+    expected.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&rest),
+        String::from_utf8_lossy(&expected)
+    );
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE end_reason = 'complete' AND bytes_sent = 20",
+        1,
+    );
+}
+
+#[test]
+fn a_silent_client_is_peer_gone_after_peer_timeout() {
+    if !prerequisites_met(&["ip", "ss", "iptables"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let tarpit = start(&lab, &["--response-delay", "0.2", "--peer-timeout", "1.5"]);
+    let to: SocketAddr = format!("{SENSOR_V4}:8080").parse().unwrap();
+    let _stream = held_client(&lab, to, "/vanished");
+    wait_all_socketless(&lab);
+    lab.in_client("iptables -I INPUT -p tcp --sport 8080 -j DROP");
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE end_reason = 'peer_gone'",
+        1,
+    );
+    let duration: Vec<(f64,)> = tarpit.rows("SELECT duration_s FROM events");
+    let duration = duration[0].0;
+    assert!((1.5..6.0).contains(&duration), "{duration}");
+}
+
+#[test]
+fn after_kill_9_nothing_is_left_held_and_a_restart_starts_clean() {
+    if !prerequisites_met(&["ip", "ss"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let mut tarpit = start(&lab, &["--response-delay", "0.3"]);
+    let to: SocketAddr = format!("{SENSOR_V4}:8080").parse().unwrap();
+    let stream = held_client(&lab, to, "/before-kill");
+    wait_all_socketless(&lab);
+    // While held, the client's own packets are dropped by the hook: no reset.
+    let stream = lab.as_client(move || {
+        let mut stream = stream;
+        stream.write_all(b"x").unwrap();
+        let mut tick = [0u8; 6];
+        stream.read_exact(&mut tick).unwrap();
+        assert_eq!(&tick, b"1\r\n.\r\n");
+        stream
+    });
+    tarpit.kill9();
+    // The hook and its map went with the process: the client's next packet meets the kernel,
+    // which has no socket for it, and is reset.
+    let reset = lab.as_client(move || {
+        let mut stream = stream;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = stream.write_all(b"y");
+        let mut buf = [0u8; 64];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return "eof".to_owned(),
+                Ok(_) => continue, // ticks already in flight
+                Err(e) => return e.kind().to_string(),
+            }
+        }
+    });
+    assert!(reset.contains("reset"), "{reset}");
+    // No program is left on the hook: a fresh tarpit in the same namespace attaches and holds.
+    let restarted = start(&lab, &["--response-delay", "0.3"]);
+    let stream = held_client(&lab, to, "/after-restart");
+    wait_all_socketless(&lab);
+    drop(stream);
+    restarted.wait_count("SELECT COUNT(*) FROM events", 1);
+    let _ = sh("true");
+}
+
+#[test]
+fn shutdown_ends_held_responses_with_the_terminating_chunk() {
+    if !prerequisites_met(&["ip", "ss"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let mut tarpit = start(&lab, &["--response-delay", "0.3"]);
+    let to: SocketAddr = format!("{SENSOR_V4}:8080").parse().unwrap();
+    let stream = held_client(&lab, to, "/at-shutdown");
+    wait_all_socketless(&lab);
+    let (status, _) = tarpit.terminate(Duration::from_secs(10));
+    assert!(status.success());
+    let rest = lab.as_client(move || {
+        let mut stream = stream;
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        rest
+    });
+    assert!(
+        rest.ends_with(b"0\r\n\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    let rows: Vec<(String, String)> = tarpit
+        .rows("SELECT e.end_reason, c.end_reason FROM events e JOIN connections c USING (conn_id)");
+    assert_eq!(rows, vec![("shutdown".to_owned(), "shutdown".to_owned())]);
+}
