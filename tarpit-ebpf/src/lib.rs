@@ -18,6 +18,9 @@ pub const PROGRAM_NAME: &str = "tarpit_nat";
 pub const HELD_MAP_NAME: &str = "HELD";
 /// Name of the global holding [`SkbOffsets`], set by the loader (all zero: no flow is held).
 pub const SKB_OFFSETS_GLOBAL: &str = "SKB_OFFSETS";
+/// Name of the global holding the tarpit's listening port (a `u32`; 0: any): only packets to it
+/// are looked up in the held-flow map, so the rest of the host's traffic costs one comparison.
+pub const HELD_PORT_GLOBAL: &str = "HELD_PORT";
 
 /// A connection as the server's accepted socket sees it: its own local address and port, and
 /// the peer's (after any source-port rewrite by conntrack). IPv4 addresses are stored
@@ -76,6 +79,32 @@ pub struct ConntrackOffsets {
     pub protonum: u32,
 }
 
+/// A socketless-held flow as its client's packets name it: the client's address and port,
+/// our port, and our address folded to 32 bits by [`fold`] (exact for IPv4). 24 bytes: a
+/// [`ConnKey`] would take 40 in the map, and the map is most of what a held client costs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HeldKey {
+    /// The client's address (IPv4-mapped for IPv4).
+    pub peer_addr: [u8; 16],
+    /// Our address, folded.
+    pub local_fold: u32,
+    /// The client's port, host byte order.
+    pub peer_port: u16,
+    /// Our port, host byte order.
+    pub local_port: u16,
+}
+
+/// An address folded to 32 bits: the XOR of its four 32-bit words. For an IPv4-mapped address
+/// three words are fixed, so IPv4 addresses never collide; two IPv6 addresses of the sensor
+/// itself could, and then the second flow simply stays on its socket (flows are added only if
+/// absent).
+#[inline(always)]
+pub fn fold(addr: [u8; 16]) -> u32 {
+    let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    word(0) ^ word(4) ^ word(8) ^ word(12)
+}
+
 /// Byte offsets of the `sk_buff` fields the program needs to read a packet's IP and TCP headers
 /// (from BTF, like [`ConntrackOffsets`]). `head == 0` means socketless holding is off and the
 /// program never looks at headers.
@@ -131,9 +160,12 @@ mod user {
     unsafe impl aya::Pod for super::SkbOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::HeldStatus {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HeldKey {}
 }
 
 // The layouts the kernel map was sized for (notes/ebpf-port-attribution.md).
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 36);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 32);
 const _: () = assert!(core::mem::size_of::<HeldStatus>() == 16);
+const _: () = assert!(core::mem::size_of::<HeldKey>() == 24);

@@ -22,7 +22,9 @@ mod program {
     use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel};
     use aya_ebpf::macros::map;
     use aya_ebpf::maps::{HashMap, LruHashMap};
-    use tarpit_ebpf::{ConnKey, ConntrackOffsets, HeldStatus, OrigDst, SkbOffsets, v4_mapped};
+    use tarpit_ebpf::{
+        ConnKey, ConntrackOffsets, HeldKey, HeldStatus, OrigDst, SkbOffsets, fold, v4_mapped,
+    };
 
     const NF_DROP: i32 = 0;
     const NF_ACCEPT: i32 = 1;
@@ -43,7 +45,7 @@ mod program {
     /// Flows held without a socket; entries are allocated as added (the map is sized by the
     /// loader to `[tarpit] socketless_max`).
     #[map(name = "HELD")]
-    static HELD: HashMap<ConnKey, HeldStatus> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+    static HELD: HashMap<HeldKey, HeldStatus> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
     /// Set by the loader from BTF when socketless holding is on; all zero otherwise.
     #[unsafe(no_mangle)]
@@ -55,6 +57,10 @@ mod program {
         network_header: 0,
         transport_header: 0,
     };
+
+    /// The tarpit's listening port, set by the loader (0: any port).
+    #[unsafe(no_mangle)]
+    static HELD_PORT: u32 = 0;
 
     /// Set by the loader from the kernel's BTF before the program is loaded.
     #[unsafe(no_mangle)]
@@ -145,11 +151,15 @@ mod program {
         }
         let tcp = tcp_at as *const u8;
         let h: [u8; 20] = unsafe { read(tcp, 0)? };
-        let key = ConnKey {
-            local_addr: local,
+        let port = unsafe { core::ptr::read_volatile(&HELD_PORT) };
+        if port != 0 && u32::from(be16(&h[2..4])) != port {
+            return Ok(false); // not to the tarpit: never a held flow
+        }
+        let key = HeldKey {
             peer_addr: peer,
-            local_port: be16(&h[2..4]),
+            local_fold: fold(local),
             peer_port: be16(&h[0..2]),
+            local_port: be16(&h[2..4]),
         };
         let Some(status) = HELD.get_ptr_mut(&key) else {
             return Ok(false);

@@ -62,6 +62,18 @@ enum Task {
         /// hold: connections to open.
         #[arg(long, default_value_t = 10_000)]
         conns: u64,
+        /// hold: `socketless` measures our tarpit with `--hold socketless` holding `--conns`,
+        /// and, in the same run, in socket mode holding `--socket-conns` (under its fd cap).
+        #[arg(long, value_enum, default_value_t = HoldArg::Socket)]
+        hold: HoldArg,
+        /// hold --hold socketless: connections the socket-mode column holds.
+        #[arg(long, default_value_t = 19_000)]
+        socket_conns: u64,
+        /// hold: connections opened per second in all (0: as fast as the clients go; with
+        /// `--hold socketless` the default is 4,000, so that the connections still on their
+        /// sockets before their hand-over stay under the server's fd cap).
+        #[arg(long)]
+        ramp_rate: Option<u64>,
         /// churn: concurrent connect-request-close loops.
         #[arg(long, default_value_t = 64)]
         workers: u64,
@@ -104,7 +116,16 @@ enum Task {
         index: u64,
         #[arg(long)]
         duration: u64,
+        #[arg(long, default_value_t = 0)]
+        ramp_rate: u64,
     },
+}
+
+/// `cargo xtask bench hold --hold`: how our tarpit holds.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum HoldArg {
+    Socket,
+    Socketless,
 }
 
 /// What `cargo xtask bench` measures.
@@ -182,7 +203,8 @@ fn main() -> anyhow::Result<()> {
             count,
             index,
             duration,
-        } => bench::client(&role, addr, count, index, duration),
+            ramp_rate,
+        } => bench::client(&role, addr, (count, index), duration, ramp_rate),
         Task::Bench {
             kind,
             conns,
@@ -192,6 +214,9 @@ fn main() -> anyhow::Result<()> {
             server_cmd,
             compare_cmd,
             isolate_rx,
+            hold,
+            socket_conns,
+            ramp_rate,
             ..
         } => {
             if cfg!(debug_assertions) {
@@ -210,23 +235,40 @@ fn main() -> anyhow::Result<()> {
                     )
                 }
             };
-            let mut servers = vec![("server", ours)];
+            let socketless = hold == HoldArg::Socketless && matches!(kind, BenchKind::Hold);
+            let ramp_rate = ramp_rate.unwrap_or(if socketless { 4_000 } else { 0 });
+            let mut servers = vec![("server", ours.clone(), conns)];
+            if socketless {
+                servers = vec![
+                    (
+                        "socketless",
+                        format!("{ours} --hold socketless --ebpf-mode on"),
+                        conns,
+                    ),
+                    ("socket", ours, socket_conns),
+                ];
+            }
             if let Some(cmd) = compare_cmd {
-                servers.push(("compared", cmd));
+                servers.push(("compared", cmd, conns));
             }
             if isolate_rx {
-                for (_, cmd) in &mut servers {
+                for (_, cmd, _) in &mut servers {
                     *cmd = format!("taskset -c 0 {cmd}");
                 }
             }
-            if servers.iter().any(|(_, cmd)| cmd.contains("baseline.py")) {
+            if servers
+                .iter()
+                .any(|(_, cmd, _)| cmd.contains("baseline.py"))
+            {
                 ensure_python_module("aiohttp", "aiohttp")?;
             }
             let mut columns = Vec::new();
-            for (name, cmd) in servers {
+            for (name, cmd, conns) in servers {
                 eprintln!("xtask: bench against {cmd}");
                 let figures = match kind {
-                    BenchKind::Hold => bench::hold(&cmd, name, conns, duration, processes)?,
+                    BenchKind::Hold => {
+                        bench::hold(&cmd, name, conns, (duration, processes, ramp_rate))?
+                    }
                     BenchKind::Churn => bench::churn(&cmd, name, workers, duration, processes)?,
                     BenchKind::Classify | BenchKind::Scanners | BenchKind::Ship => {
                         unreachable!("handled above")
@@ -235,6 +277,10 @@ fn main() -> anyhow::Result<()> {
                 columns.push(figures);
             }
             let title = match kind {
+                BenchKind::Hold if socketless => format!(
+                    "hold: {conns} connections socketless, {socket_conns} on sockets, \
+                     {duration} s measured, opened at {ramp_rate}/s"
+                ),
                 BenchKind::Hold => format!("hold: {conns} connections, {duration} s measured"),
                 BenchKind::Churn => format!("churn: {workers} loops, {duration} s measured"),
                 BenchKind::Classify | BenchKind::Scanners | BenchKind::Ship => {

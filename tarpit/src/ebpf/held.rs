@@ -10,13 +10,25 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use tarpit_ebpf::{ConnKey, HeldStatus};
+use std::net::SocketAddr;
+
+use tarpit_ebpf::{HeldKey, HeldStatus};
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 /// `BPF_NOEXIST`: add only, never overwrite a flow that is already held.
 const BPF_NOEXIST: u64 = 1;
+
+/// The map's key for the flow between our `local` address and the client's `peer`.
+pub fn held_key(local: SocketAddr, peer: SocketAddr) -> HeldKey {
+    HeldKey {
+        peer_addr: super::mapped(peer.ip()),
+        local_fold: tarpit_ebpf::fold(super::mapped(local.ip())),
+        peer_port: peer.port(),
+        local_port: local.port(),
+    }
+}
 
 /// The `HELD` map; shared by every worker (each syscall is independent, no lock).
 #[derive(Debug)]
@@ -37,24 +49,24 @@ impl HeldFlows {
 
     /// Starts dropping the client's packets of this flow; `E2BIG` when the map is full,
     /// `EEXIST` when the flow is held already.
-    pub fn add(&self, key: &ConnKey, status: &HeldStatus) -> Result<(), Errno> {
+    pub fn add(&self, key: &HeldKey, status: &HeldStatus) -> Result<(), Errno> {
         let mut value = *status;
         super::map_elem(
             BPF_MAP_UPDATE_ELEM,
             self.fd.as_raw_fd(),
-            (key as *const ConnKey).cast(),
+            (key as *const HeldKey).cast(),
             (&mut value as *mut HeldStatus).cast(),
             BPF_NOEXIST,
         )
     }
 
     /// What the client of this flow said so far, or `None` if the flow is not held.
-    pub fn status(&self, key: &ConnKey) -> Option<HeldStatus> {
+    pub fn status(&self, key: &HeldKey) -> Option<HeldStatus> {
         let mut value = HeldStatus::default();
         super::map_elem(
             BPF_MAP_LOOKUP_ELEM,
             self.fd.as_raw_fd(),
-            (key as *const ConnKey).cast(),
+            (key as *const HeldKey).cast(),
             (&mut value as *mut HeldStatus).cast(),
             0,
         )
@@ -63,11 +75,11 @@ impl HeldFlows {
     }
 
     /// Stops dropping this flow's packets (the kernel resets any that come later).
-    pub fn remove(&self, key: &ConnKey) {
+    pub fn remove(&self, key: &HeldKey) {
         let _ = super::map_elem(
             BPF_MAP_DELETE_ELEM,
             self.fd.as_raw_fd(),
-            (key as *const ConnKey).cast(),
+            (key as *const HeldKey).cast(),
             std::ptr::null_mut(),
             0,
         );

@@ -18,8 +18,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tarpit_ebpf::{
-    ConnKey, HELD_MAP_NAME, MAP_NAME, OFFSETS_GLOBAL, OrigDst, PROGRAM_NAME, SKB_OFFSETS_GLOBAL,
-    SkbOffsets, v4_mapped,
+    ConnKey, HELD_MAP_NAME, HELD_PORT_GLOBAL, MAP_NAME, OFFSETS_GLOBAL, OrigDst, PROGRAM_NAME,
+    SKB_OFFSETS_GLOBAL, SkbOffsets, v4_mapped,
 };
 
 /// The eBPF object, embedded at build time when `cargo xtask build-ebpf` had built it.
@@ -90,13 +90,16 @@ pub struct EbpfMap {
 
 impl Attribution {
     /// Loads and attaches the hook in this network namespace, for IPv4 and IPv6.
-    /// `held_capacity`: the most flows held without a socket (`[tarpit] hold = "socketless"`),
-    /// or `None` when every flow keeps its socket (the hook then never reads packet headers).
+    /// `held`: for socketless hold (`[tarpit] hold = "socketless"`), the most flows held
+    /// without a socket and the tarpit's port (0: any); `None` when every flow keeps its socket
+    /// (the hook then never reads packet headers).
     pub fn start(
         mode: EbpfMode,
         map_entries: u32,
-        held_capacity: Option<u32>,
+        held: Option<(u32, u16)>,
     ) -> Result<Self, Unavailable> {
+        let held_capacity = held.map(|(capacity, _)| capacity);
+        let held_port = held.map_or(0, |(_, port)| u32::from(port));
         if mode == EbpfMode::Off {
             return Err(Unavailable::Off);
         }
@@ -115,6 +118,7 @@ impl Attribution {
             .map_max_entries(HELD_MAP_NAME, held_capacity.unwrap_or(1))
             .override_global(OFFSETS_GLOBAL, &offsets, true)
             .override_global(SKB_OFFSETS_GLOBAL, &skb_offsets, true)
+            .override_global(HELD_PORT_GLOBAL, &held_port, true)
             .load(object)
             .map_err(|e| Unavailable::Maps(e.to_string()))?;
 
@@ -356,7 +360,7 @@ mod tests {
     #[test]
     fn the_held_flow_map_adds_reads_and_removes_within_its_size() {
         let required = std::env::var_os("TARPIT_E2E").is_some();
-        let attribution = match Attribution::start(EbpfMode::Auto, 1024, Some(2)) {
+        let attribution = match Attribution::start(EbpfMode::Auto, 1024, Some((2, 0))) {
             Ok(attribution) => attribution,
             Err(e) if !required => return eprintln!("SKIPPED: eBPF unavailable ({e})"),
             Err(e) => panic!("TARPIT_E2E is set but eBPF failed to start: {e}"),
@@ -364,8 +368,8 @@ mod tests {
         let held = attribution.held().expect("asked for");
         assert_eq!(held.capacity(), 2);
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let keys: Vec<ConnKey> = (1..=3)
-            .map(|port| conn_key(local, SocketAddr::from(([127, 0, 0, 2], port))))
+        let keys: Vec<_> = (1..=3)
+            .map(|port| held::held_key(local, SocketAddr::from(([127, 0, 0, 2], port))))
             .collect();
         let empty = held.memlock_bytes().expect("fdinfo has memlock");
         let status = tarpit_ebpf::HeldStatus {
@@ -377,7 +381,10 @@ mod tests {
         held.add(&keys[1], &status).unwrap();
         assert_eq!(held.add(&keys[2], &status), Err(nix::errno::Errno::E2BIG));
         assert_eq!(held.status(&keys[1]).map(|s| s.ack), Some(7));
-        assert!(held.memlock_bytes().unwrap() > empty, "entries are allocated as added");
+        assert!(
+            held.memlock_bytes().unwrap() > empty,
+            "entries are allocated as added"
+        );
         held.remove(&keys[1]);
         assert_eq!(held.status(&keys[1]), None);
         held.add(&keys[2], &status).unwrap();

@@ -117,6 +117,17 @@ impl DripResponse {
         }
     }
 
+    /// The tick that starts at stream position `position` (a tick boundary); `ticks()` at
+    /// the terminating chunk or past it. The inverse of [`Self::stream_position`].
+    pub fn tick_at(&self, position: u64, framing: Framing) -> u64 {
+        let full = self.full_tick.bytes(framing).len() as u64;
+        if position >= self.stream_position(self.ticks, framing) {
+            self.ticks
+        } else {
+            position / full
+        }
+    }
+
     /// Payload bytes carried by ticks `0..tick` (what `bytes_sent` counts).
     pub fn payload_through(&self, tick: u64) -> u64 {
         let full = self.full_tick.raw.len() as u64;
@@ -211,6 +222,7 @@ mod tests {
                 let mut expected = Vec::new();
                 for tick in 0..drip.ticks() {
                     assert_eq!(drip.stream_position(tick, framing), expected.len() as u64);
+                    assert_eq!(drip.tick_at(expected.len() as u64, framing), tick);
                     assert_eq!(
                         drip.payload_through(tick),
                         (tick * chunk.len() as u64).min(max)
@@ -222,6 +234,7 @@ mod tests {
                     drip.stream_position(drip.ticks(), framing),
                     expected.len() as u64
                 );
+                assert_eq!(drip.tick_at(expected.len() as u64, framing), drip.ticks());
                 if framing == Framing::Chunked {
                     expected.extend_from_slice(CHUNKED_END);
                 }

@@ -85,7 +85,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let listeners = listener::bind_all(addr, workers, peer_timeout)
         .with_context(|| format!("binding {addr}"))?;
     let bound = listeners[0].local_addr()?;
-    let socketless = socketless_kit(config, attribution.as_ref())?;
+    let socketless = socketless_kit(config, attribution.as_ref(), workers)?;
     // Everything privileged is done: the hook is attached, the ports are bound and the raw
     // sockets open (socketless hold keeps CAP_NET_ADMIN, for TCP repair on every hand-over).
     drop_capabilities(attribution.as_ref(), socketless.is_some())?;
@@ -158,6 +158,9 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         ),
         cancel: CancellationToken::new(),
     });
+    if shared.socketless.is_some() {
+        memory_trimmer(shared.cancel.clone())?;
+    }
     let mut handles = Vec::with_capacity(workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         handles.push(worker::spawn(index, listener, shared.clone())?);
@@ -236,10 +239,40 @@ fn reporter_setup(
 
 /// Starts the eBPF hook as `[ebpf] mode` asks, and says once which port sources are live.
 /// Drops every capability (see [`crate::privileges`]) before any other thread starts.
+/// How often freed heap memory is handed back to the kernel under socketless hold.
+const TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Under socketless hold, a burst of connections lives on sockets (a task, buffers, a boxed
+/// connection: a few KB each) for one tick, then in ~100 bytes; glibc keeps the freed
+/// kilobytes mapped, so the process would stay at its burst's size. A thread of its own (never
+/// a worker: trimming walks every arena) returns whole free pages every [`TRIM_INTERVAL`].
+fn memory_trimmer(cancel: CancellationToken) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("memory-trim".into())
+        .spawn(move || {
+            // Once at start (what start-up freed), then every interval.
+            // SAFETY: malloc_trim only returns free memory; it is thread safe.
+            unsafe { libc::malloc_trim(0) };
+            let mut waited = Duration::ZERO;
+            while !cancel.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(250));
+                waited += Duration::from_millis(250);
+                if waited >= TRIM_INTERVAL {
+                    waited = Duration::ZERO;
+                    // SAFETY: malloc_trim only returns free memory; it is thread safe.
+                    unsafe { libc::malloc_trim(0) };
+                }
+            }
+        })
+        .context("starting the memory trimmer")?;
+    Ok(())
+}
+
 /// The map and raw sockets of socketless hold, when `[tarpit] hold = "socketless"`.
 fn socketless_kit(
     config: &Config,
     attribution: Option<&Attribution>,
+    workers: usize,
 ) -> anyhow::Result<Option<socketless::SocketlessKit>> {
     if config.tarpit.hold != crate::config::HoldMode::Socketless {
         return Ok(None);
@@ -253,7 +286,12 @@ fn socketless_kit(
         max = map.capacity(),
         "socketless hold on: responses that run to their end leave their socket once acknowledged"
     );
-    Ok(Some(socketless::SocketlessKit { map, raw }))
+    let per_worker = (map.capacity() as usize).div_ceil(workers.max(1));
+    Ok(Some(socketless::SocketlessKit {
+        map,
+        raw,
+        per_worker,
+    }))
 }
 
 fn drop_capabilities(
@@ -286,7 +324,7 @@ fn drop_capabilities(
 fn start_port_attribution(config: &Config) -> anyhow::Result<Option<Attribution>> {
     let mode = config.ebpf.mode;
     let socketless = config.tarpit.hold == crate::config::HoldMode::Socketless;
-    let held = socketless.then_some(config.tarpit.socketless_max);
+    let held = socketless.then_some((config.tarpit.socketless_max, config.server.port));
     let (attribution, ebpf_state) = match Attribution::start(mode, config.ebpf.map_entries, held) {
         Ok(attribution) => {
             let priorities = attribution.priorities();

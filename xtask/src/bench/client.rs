@@ -15,9 +15,9 @@ use super::{ClientReport, merge};
 pub fn client(
     role: &str,
     addr: SocketAddr,
-    count: u64,
-    index: u64,
+    (count, index): (u64, u64),
     duration: u64,
+    ramp_rate: u64,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -25,7 +25,7 @@ pub fn client(
         .build()?;
     let report = runtime.block_on(async move {
         match role {
-            "hold" => hold_client(addr, count, index, duration).await,
+            "hold" => hold_client(addr, (count, index), duration, ramp_rate).await,
             "churn" => churn_client(addr, count, index, duration).await,
             other => bail!("unknown role {other}"),
         }
@@ -57,19 +57,25 @@ async fn wait_for_go() {
 
 const REQUEST: &[u8] = b"GET /bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: tarpit-bench\r\n\r\n";
 
+/// Holds `count` connections; opens at most `ramp_rate` a second (0: as fast as 256 at a time
+/// go), so a server that moves connections off their sockets after a tick is not asked for
+/// more sockets at once than it has.
 async fn hold_client(
     addr: SocketAddr,
-    count: u64,
-    index: u64,
+    (count, index): (u64, u64),
     duration: u64,
+    ramp_rate: u64,
 ) -> anyhow::Result<ClientReport> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let go = Arc::new(tokio::sync::Notify::new());
     let hold_started = Arc::new(std::sync::OnceLock::<Instant>::new());
     let ramped = Arc::new(AtomicU64::new(0));
     let limit = Arc::new(tokio::sync::Semaphore::new(256));
+    let ramp_start = tokio::time::Instant::now();
     let mut tasks = Vec::new();
     for n in 0..count {
+        let start_at = (ramp_rate > 0)
+            .then(|| ramp_start + Duration::from_micros(n * 1_000_000 / ramp_rate.max(1)));
         let (go, hold_started, ramped, limit) = (
             go.clone(),
             hold_started.clone(),
@@ -78,6 +84,9 @@ async fn hold_client(
         );
         tasks.push(tokio::spawn(async move {
             let mut r = ClientReport::default();
+            if let Some(at) = start_at {
+                tokio::time::sleep_until(at).await;
+            }
             let permit = limit.acquire_owned().await.expect("open semaphore");
             let t0 = Instant::now();
             let stream = connect_from(addr, source(index, n)).await;
@@ -138,7 +147,7 @@ async fn hold_client(
         }));
     }
     // Ramp: wait until every connection has its first byte (or failed), bounded in time.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(180);
     while ramped.load(Ordering::Relaxed) < count && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -30,6 +30,10 @@ struct Measured {
     cpu_percent: f64,
     system_share: Option<f64>,
     rss: u64,
+    /// Kernel memory of the server's BPF maps (`memlock` in their fdinfo).
+    bpf_maps: u64,
+    /// Open file descriptors.
+    fds: u64,
 }
 
 /// A server under test.
@@ -100,6 +104,39 @@ impl Server {
             .map_or(0, |kb| kb * 1024)
     }
 
+    /// The `memlock` of every BPF map the server has open (bytes; each map once, however many
+    /// fds it has), and its open fds.
+    fn bpf_maps_and_fds(&self) -> (u64, u64) {
+        let (mut memlock, mut fds) = (0, 0);
+        let mut seen = std::collections::HashSet::new();
+        let Ok(entries) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) else {
+            return (0, 0);
+        };
+        for entry in entries.flatten() {
+            fds += 1;
+            let is_map = std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy() == "anon_inode:bpf-map");
+            if !is_map {
+                continue;
+            }
+            let info = format!(
+                "/proc/{}/fdinfo/{}",
+                self.pid(),
+                entry.file_name().to_string_lossy()
+            );
+            let info = std::fs::read_to_string(info).unwrap_or_default();
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            if seen.insert(field("map_id:")) {
+                memlock += field("memlock:").unwrap_or(0);
+            }
+        }
+        (memlock, fds)
+    }
+
     /// Sleeps through the measurement window and returns the server's CPU use over it (% of
     /// one core, kernel share) and its RSS at the end.
     fn measure(&self, window: Duration) -> Measured {
@@ -109,10 +146,13 @@ impl Server {
         let rss = self.rss();
         let (user1, sys1) = self.cpu_split();
         let used = (user1 - user0) + (sys1 - sys0);
+        let (bpf_maps, fds) = self.bpf_maps_and_fds();
         Measured {
             cpu_percent: used / started.elapsed().as_secs_f64() * 100.0,
             system_share: (used > 0.0).then(|| (sys1 - sys0) / used),
             rss,
+            bpf_maps,
+            fds,
         }
     }
 
@@ -260,9 +300,13 @@ fn load(
     server: &Server,
     role: &str,
     per_process: Vec<u64>,
-    duration: u64,
+    (duration, ramp_rate): (u64, u64),
 ) -> anyhow::Result<(ClientReport, Measured)> {
-    let extra = vec![format!("--duration {duration}")];
+    let processes = per_process.len() as u64;
+    let extra = vec![
+        format!("--duration {duration}"),
+        format!("--ramp-rate {}", ramp_rate.div_ceil(processes.max(1))),
+    ];
     let mut children = spawn_clients(role, server.addr, &per_process, &extra)?;
     let mut window = Measured::default();
     let reports = run_clients(&mut children, || {
@@ -272,22 +316,48 @@ fn load(
     Ok((merge(reports), window))
 }
 
-/// `bench hold`: open `conns`, hold them `duration` seconds, measure.
+/// Connections one client process holds at most (its fd limit is 20,000 here).
+const CONNS_PER_PROCESS: u64 = 15_000;
+
+/// `bench hold`: open `conns` (at most `ramp_rate` a second when not 0), hold them
+/// `duration` seconds, measure.
 pub fn hold(
     command: &str,
     name: &str,
     conns: u64,
-    duration: u64,
-    processes: u64,
+    (duration, processes, ramp_rate): (u64, u64, u64),
 ) -> anyhow::Result<Figures> {
     let server = Server::start(command)?;
+    // Warm up first (3 s of churn, then 11 s for a socketless server's memory trimmer to
+    // pass), so the baseline includes the pipeline's bounded caches (SQLite pages, regex
+    // states) and the delta is what the held connections cost.
+    load(&server, "churn", vec![8], (3, 0))?;
+    std::thread::sleep(Duration::from_secs(11));
     let rss_before = server.rss();
-    let (report, window) = load(&server, "hold", split(conns, processes), duration)?;
+    let (bpf_before, _) = server.bpf_maps_and_fds();
+    let processes = processes.max(conns.div_ceil(CONNS_PER_PROCESS));
+    let (report, window) = load(
+        &server,
+        "hold",
+        split(conns, processes),
+        (duration, ramp_rate),
+    )?;
     let (stderr, dir) = server.stop()?;
+    // The socketless holder says how many of its ticks were late (server-side cadence).
+    for line in stderr
+        .lines()
+        .filter(|l| l.contains("socketless holder stopping"))
+    {
+        eprintln!("xtask: {name}: {}", line.trim());
+    }
     let held = report.held.max(1);
+    let rss_delta = window.rss.saturating_sub(rss_before) as f64;
+    let bpf_delta = window.bpf_maps.saturating_sub(bpf_before) as f64;
     Ok(Figures {
         name: name.into(),
-        rss_per_conn: Some(window.rss.saturating_sub(rss_before) as f64 / held as f64),
+        rss_per_conn: Some(rss_delta / held as f64),
+        bpf_per_conn: Some(bpf_delta / held as f64),
+        fds: Some(window.fds),
         cpu_percent: Some(window.cpu_percent),
         cpu_system_share: window.system_share,
         dropped_events: dropped_events(&stderr),
@@ -308,7 +378,7 @@ pub fn churn(
 ) -> anyhow::Result<Figures> {
     let server = Server::start(command)?;
     let rss_start = server.rss();
-    let (report, window) = load(&server, "churn", split(workers, processes), duration)?;
+    let (report, window) = load(&server, "churn", split(workers, processes), (duration, 0))?;
     let rss_end = server.rss();
     // How long until every cycle has its row (polled while the server still runs).
     let db = server.dir.path().join("data/tarpit_events.db");

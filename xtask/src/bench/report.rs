@@ -34,6 +34,10 @@ pub struct Figures {
     pub(super) report: ClientReport,
     pub(super) requested: u64,
     pub(super) rss_per_conn: Option<f64>,
+    /// Growth of the server's BPF maps' memory per held connection (socketless hold).
+    pub(super) bpf_per_conn: Option<f64>,
+    /// The server's open file descriptors at the end of the window.
+    pub(super) fds: Option<u64>,
     pub(super) cpu_percent: Option<f64>,
     /// Share of that CPU spent in the kernel (sockets, TCP, timers).
     pub(super) cpu_system_share: Option<f64>,
@@ -86,6 +90,40 @@ pub fn print_table(title: &str, columns: &mut [Figures]) {
         columns
             .iter()
             .map(|c| c.rss_per_conn.map_or("-".into(), |b| format!("{b:.0} B")))
+            .collect(),
+    );
+    add(
+        "server BPF map memory per held connection",
+        columns
+            .iter()
+            .map(|c| c.bpf_per_conn.map_or("-".into(), |b| format!("{b:.0} B")))
+            .collect(),
+    );
+    add(
+        "server memory per held connection (RSS + BPF)",
+        columns
+            .iter()
+            .map(|c| match (c.rss_per_conn, c.bpf_per_conn) {
+                (Some(rss), Some(bpf)) => format!("{:.0} B", rss + bpf),
+                _ => "-".into(),
+            })
+            .collect(),
+    );
+    add(
+        "server open fds at the end",
+        columns
+            .iter()
+            .map(|c| c.fds.map_or("-".into(), |n| n.to_string()))
+            .collect(),
+    );
+    add(
+        "server CPU per 10,000 held (% of one core)",
+        columns
+            .iter()
+            .map(|c| match (c.cpu_percent, c.report.held) {
+                (Some(cpu), held) if held > 0 => format!("{:.2}%", cpu * 10_000.0 / held as f64),
+                _ => "-".into(),
+            })
             .collect(),
     );
     add(

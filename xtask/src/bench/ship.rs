@@ -135,7 +135,7 @@ pub fn ship(
         "{} --host 127.0.0.1 --port {{port}}",
         tarpit.display()
     ))?;
-    let (report, _) = load(&server, "churn", split(workers, processes), duration)?;
+    let (report, _) = load(&server, "churn", split(workers, processes), (duration, 0))?;
     let (_, dir) = server.stop()?;
     let db = dir.path().join("data/tarpit_events.db");
     let rows = count_rows(&db).context("counting the recorded rows")?;

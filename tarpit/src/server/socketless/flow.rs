@@ -6,7 +6,7 @@
 //! `&'static` slices. Sequence numbers are `seq_zero + position`. Pure: no socket, no clock;
 //! the holder ([`super::Holder`]) does the I/O.
 
-use tarpit_ebpf::{ConnKey, HeldStatus};
+use tarpit_ebpf::{HeldKey, HeldStatus};
 
 use crate::http::response::{DripResponse, Framing};
 
@@ -52,13 +52,17 @@ impl Source<'_> {
         }
     }
 
-    /// Where the next tick's bytes end, given the next drip tick and the position sent.
-    fn tick_end(&self, tick: u32, sent: u32) -> u32 {
+    /// Where the next tick's bytes end, given the position sent so far (a tick boundary).
+    fn tick_end(&self, sent: u32) -> u32 {
         match self {
-            Source::Drip(drip, framing) if u64::from(tick) < drip.ticks() => {
-                drip.stream_position(u64::from(tick) + 1, *framing) as u32
+            Source::Drip(drip, framing) => {
+                let tick = drip.tick_at(u64::from(sent), *framing);
+                if tick < drip.ticks() {
+                    drip.stream_position(tick + 1, *framing) as u32
+                } else {
+                    self.length()
+                }
             }
-            Source::Drip(..) => self.length(),
             Source::Page { per_tick, .. } => {
                 (sent as usize + per_tick).min(self.length() as usize) as u32
             }
@@ -100,20 +104,18 @@ pub enum Step {
 /// One held flow.
 #[derive(Debug)]
 pub struct Flow {
-    /// The map key: our address and port, the client's.
-    pub key: ConnKey,
+    /// The map key: the client's address and port, our port (and address, folded).
+    pub key: HeldKey,
     /// Sequence number of stream position 0.
     pub seq_zero: u32,
     /// Our acknowledgement number: the next byte expected from the client.
     pub rcv_nxt: u32,
-    /// `TSval - CLOCK_MONOTONIC ms`, or `None` without timestamps.
-    pub ts_offset: Option<u32>,
+    /// `TSval - CLOCK_MONOTONIC ms` (with [`Flow::TIMESTAMPS`]).
+    pub ts_offset: u32,
     /// The position of the next byte never sent.
     pub sent: u32,
     /// The position the client has acknowledged (one past `sent` once our FIN is).
     pub acked: u32,
-    /// The next drip tick (drip streams).
-    pub tick: u32,
     /// When `acked` last moved (holder ms).
     pub progress_ms: u32,
     /// When the request was recorded (holder ms).
@@ -134,7 +136,10 @@ pub struct Flow {
     pub mss: u16,
     /// The persona page, for page streams.
     pub page: u16,
-    /// [`Flow::CHUNKED`], [`Flow::PAGE`], [`Flow::HEAD_ONLY`], [`Flow::CLOSING`].
+    /// Our address: an index into the holder's table of local addresses.
+    pub local: u16,
+    /// [`Flow::CHUNKED`], [`Flow::PAGE`], [`Flow::HEAD_ONLY`], [`Flow::CLOSING`],
+    /// [`Flow::TIMESTAMPS`].
     pub bits: u8,
     /// Ticks spent closing.
     pub closing_ticks: u8,
@@ -149,6 +154,8 @@ impl Flow {
     pub const HEAD_ONLY: u8 = 4;
     /// Our FIN is sent: only the closing handshake is left.
     pub const CLOSING: u8 = 8;
+    /// The connection negotiated TCP timestamps: segments carry the option.
+    pub const TIMESTAMPS: u8 = 16;
 
     /// Whether a bit is set.
     pub fn has(&self, bit: u8) -> bool {
@@ -201,7 +208,7 @@ impl Flow {
         }
         // The next tick's bytes, sent together with anything not yet acknowledged (a lost
         // segment goes again from the client's last ACK).
-        let to = source.tick_end(self.tick, self.sent);
+        let to = source.tick_end(self.sent);
         if to - self.acked > u32::from(self.mss) {
             // Far behind (a closed window, many losses): resend what fits, add nothing new.
             let to = self.acked + u32::from(self.mss);
@@ -213,7 +220,6 @@ impl Flow {
             };
         }
         self.sent = to;
-        self.tick += 1;
         let complete = to >= source.length();
         if complete {
             self.bits |= Self::CLOSING;
@@ -276,13 +282,13 @@ mod tests {
 
     fn flow(seq_zero: u32) -> Flow {
         Flow {
-            key: ConnKey::default(),
+            key: HeldKey::default(),
+            local: 0,
             seq_zero,
             rcv_nxt: 1,
-            ts_offset: None,
+            ts_offset: 0,
             sent: 6,
             acked: 6,
-            tick: 1,
             progress_ms: 0,
             started_ms: 0,
             accepted_ms: 0,
@@ -308,6 +314,17 @@ mod tests {
             ack,
             ..Default::default()
         }
+    }
+
+    /// A held flow's user-space state: what the memory goal of `bench hold --hold socketless`
+    /// is built on (the hook's map entry is the rest).
+    #[test]
+    fn a_flow_is_at_most_88_bytes() {
+        assert!(
+            std::mem::size_of::<Flow>() <= 88,
+            "{}",
+            std::mem::size_of::<Flow>()
+        );
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct SocketlessKit {
     pub map: Arc<HeldFlows>,
     /// The raw sockets the segments go out on.
     pub raw: RawSockets,
+    /// Flows one worker is expected to hold at most (`socketless_max` / workers).
+    pub per_worker: usize,
 }
 
 /// The bytes a handed-over response still has to send.
@@ -105,6 +107,9 @@ pub enum AdmitError {
     /// The hook's map refused the flow (`E2BIG`: `socketless_max` reached).
     #[error("the held-flow map refused it: {0}")]
     Map(nix::errno::Errno),
+    /// More local addresses than a flow can name (65,536).
+    #[error("too many local addresses")]
+    TooManyAddresses,
 }
 
 struct State {
@@ -126,7 +131,7 @@ impl Out {
     /// into its family's batch, sending the batch first if it is full.
     fn queue(
         &mut self,
-        raw: &RawSockets,
+        (raw, local_ip): (&RawSockets, std::net::IpAddr),
         flow: &Flow,
         (from, to): (u32, u32),
         ack: u32,
@@ -138,7 +143,7 @@ impl Out {
         let extra = tail.len().min(self.payload.len() - n);
         self.payload[n..n + extra].copy_from_slice(&tail[..extra]);
         n += extra;
-        let local = SocketAddr::new(segment::unmapped(flow.key.local_addr), flow.key.local_port);
+        let local = SocketAddr::new(local_ip, flow.key.local_port);
         let peer = SocketAddr::new(segment::unmapped(flow.key.peer_addr), flow.key.peer_port);
         let segment = Segment {
             local,
@@ -146,9 +151,10 @@ impl Out {
             seq: flow.seq_zero.wrapping_add(from),
             ack,
             window: flow.window,
-            timestamps: flow
-                .ts_offset
-                .map(|offset| (offset.wrapping_add(repair::monotonic_ms()), status.tsval)),
+            timestamps: flow.has(Flow::TIMESTAMPS).then(|| {
+                let tsval = flow.ts_offset.wrapping_add(repair::monotonic_ms());
+                (tsval, status.tsval)
+            }),
             fin,
             payload: &self.payload[..n],
         };
@@ -174,24 +180,35 @@ impl Out {
 /// Ticks due this close together are sent in one wake-up (as the dripper's).
 const COALESCE_MS: u32 = 5;
 
+/// A tick served this long after it was due counts as late.
+const LATE_MS: u32 = 10;
+
 /// One worker's socketless holder.
 pub struct Holder {
     shared: Arc<Shared>,
     epoch: Instant,
     state: RefCell<State>,
+    /// Our addresses the held flows were accepted on; a flow keeps an index.
+    locals: RefCell<Vec<std::net::IpAddr>>,
+    /// Ticks served, and those served more than [`LATE_MS`] after they were due: logged at
+    /// shutdown, so a drip that cannot keep its cadence is visible.
+    ticks: std::cell::Cell<(u64, u64)>,
     wake: Notify,
 }
 
 impl Holder {
     /// The worker's holder, when socketless holding is on.
     pub(super) fn new(shared: &Arc<Shared>) -> Option<Rc<Self>> {
-        shared.socketless.as_ref()?;
+        let kit = shared.socketless.as_ref()?;
+        // Room for this worker's share, reserved (not touched) at once: growing by copies
+        // would leave the old copies' pages behind.
+        let capacity = kit.per_worker;
         Some(Rc::new(Self {
             shared: shared.clone(),
             epoch: Instant::now(),
             state: RefCell::new(State {
-                flows: Slab::new(),
-                due: BinaryHeap::new(),
+                flows: Slab::with_capacity(capacity),
+                due: BinaryHeap::with_capacity(capacity),
                 out: Out {
                     v4: Batch::default(),
                     v6: Batch::default(),
@@ -199,6 +216,8 @@ impl Holder {
                 },
             }),
             wake: Notify::new(),
+            locals: RefCell::new(Vec::new()),
+            ticks: std::cell::Cell::new((0, 0)),
         }))
     }
 
@@ -218,12 +237,29 @@ impl Holder {
         at.saturating_duration_since(self.epoch).as_millis() as u32
     }
 
+    /// Our address a flow was accepted on.
+    fn local_ip(&self, flow: &Flow) -> std::net::IpAddr {
+        self.locals.borrow()[usize::from(flow.local)]
+    }
+
+    /// The index of our address `ip` in the table of local addresses (a sensor has few).
+    fn local_index(&self, ip: std::net::IpAddr) -> Result<u16, AdmitError> {
+        let ip = ip.to_canonical();
+        let mut locals = self.locals.borrow_mut();
+        if let Some(at) = locals.iter().position(|known| *known == ip) {
+            return Ok(at as u16);
+        }
+        let at = u16::try_from(locals.len()).map_err(|_| AdmitError::TooManyAddresses)?;
+        locals.push(ip);
+        Ok(at)
+    }
+
     /// Takes over a response whose socket is frozen: adds the flow to the hook's map (from
     /// now on the client's packets are dropped) and schedules its next tick now. The caller
     /// closes the socket on `Ok`, and thaws it on `Err`.
     pub(super) fn admit(&self, frozen: &Frozen, response: HeldResponse) -> Result<(), AdmitError> {
         let settings = &self.shared.settings;
-        let (position, bits, page, tick) = match response.stream {
+        let (position, mut bits, page) = match response.stream {
             HeldStream::Drip { framing, tick } => (
                 settings.drip.stream_position(tick, framing),
                 if framing == Framing::Chunked {
@@ -232,7 +268,6 @@ impl Holder {
                     0
                 },
                 0,
-                tick,
             ),
             HeldStream::Page {
                 page,
@@ -242,11 +277,14 @@ impl Holder {
                 at,
                 Flow::PAGE | if head_only { Flow::HEAD_ONLY } else { 0 },
                 page,
-                0,
             ),
         };
+        if frozen.ts_offset.is_some() {
+            bits |= Flow::TIMESTAMPS;
+        }
         let position = position as u32;
-        let key = crate::ebpf::conn_key(response.local, response.peer);
+        let key = crate::ebpf::held::held_key(response.local, response.peer);
+        let local = self.local_index(response.local.ip())?;
         let status = HeldStatus {
             ack: frozen.snd_nxt,
             ..Default::default()
@@ -257,10 +295,9 @@ impl Holder {
             key,
             seq_zero: frozen.snd_nxt.wrapping_sub(position),
             rcv_nxt: frozen.rcv_nxt,
-            ts_offset: frozen.ts_offset,
+            ts_offset: frozen.ts_offset.unwrap_or(0),
             sent: position,
             acked: position,
-            tick: tick as u32,
             progress_ms: now,
             started_ms: self.ms(response.started),
             accepted_ms: self.ms(response.accepted),
@@ -271,6 +308,7 @@ impl Holder {
             window: frozen.window,
             mss: frozen.mss,
             page,
+            local,
             bits,
             closing_ticks: 0,
         };
@@ -299,6 +337,13 @@ impl Holder {
                 _ = tokio::time::sleep_until(sleep_until) => self.tick_due(),
             }
         }
+        let (served, late) = self.ticks.get();
+        tracing::info!(
+            held = self.held(),
+            ticks = served,
+            late,
+            "socketless holder stopping (late: served over {LATE_MS} ms after due)"
+        );
         self.end_all();
     }
 
@@ -312,7 +357,10 @@ impl Holder {
                 break;
             }
             state.due.pop();
-            if let Some(next) = self.tick_flow(&mut state, slot as usize, now, now_ms) {
+            let (served, late) = self.ticks.get();
+            let is_late = now_ms.saturating_sub(due) > LATE_MS;
+            self.ticks.set((served + 1, late + u64::from(is_late)));
+            if let Some(next) = self.tick_flow(&mut state, slot as usize, now, (due, now_ms)) {
                 state.due.push(Reverse((next, slot)));
             }
         }
@@ -320,7 +368,13 @@ impl Holder {
     }
 
     /// One flow's tick; returns its next due time, or `None` once it is forgotten.
-    fn tick_flow(&self, state: &mut State, slot: usize, now: Instant, now_ms: u32) -> Option<u32> {
+    fn tick_flow(
+        &self,
+        state: &mut State,
+        slot: usize,
+        now: Instant,
+        (due, now_ms): (u32, u32),
+    ) -> Option<u32> {
         let settings = &self.shared.settings;
         let kit = self.kit();
         let flow = state.flows.get_mut(slot)?;
@@ -344,7 +398,14 @@ impl Holder {
         };
         let source = self.source(flow);
         let step = flow.step(&status, &source, now_ms, timeouts);
+        // Keep the cadence from when the tick was due; after a stall, resume from now rather
+        // than burst (as the dripper does).
         let delay = self.delay(flow);
+        let next = if due + delay > now_ms {
+            due + delay
+        } else {
+            now_ms + delay
+        };
         let flow = &state.flows[slot];
         match step {
             Step::Send {
@@ -356,7 +417,7 @@ impl Holder {
                 let ack = flow.rcv_nxt;
                 let source = Some(&source);
                 state.out.queue(
-                    &kit.raw,
+                    (&kit.raw, self.local_ip(flow)),
                     flow,
                     (from, to),
                     ack,
@@ -366,7 +427,7 @@ impl Holder {
                 if let Some(reason) = ended {
                     self.record(flow, reason, now);
                 }
-                Some(now_ms + delay)
+                Some(next)
             }
             Step::Gone { reason, at_ms } => {
                 let at = at_ms.map_or(now, |ms| self.instant_of(ms, now));
@@ -378,14 +439,19 @@ impl Holder {
             Step::AckFinAndForget => {
                 // Our FIN is acknowledged: this ACK of the client's FIN follows it.
                 let (at, ack) = (flow.sent + 1, flow.rcv_nxt.wrapping_add(1));
-                state
-                    .out
-                    .queue(&kit.raw, flow, (at, at), ack, (false, &status), (None, &[]));
+                state.out.queue(
+                    (&kit.raw, self.local_ip(flow)),
+                    flow,
+                    (at, at),
+                    ack,
+                    (false, &status),
+                    (None, &[]),
+                );
                 kit.map.remove(&flow.key);
                 state.flows.remove(slot);
                 None
             }
-            Step::Wait => Some(now_ms + delay),
+            Step::Wait => Some(next),
             Step::Forget => {
                 kit.map.remove(&flow.key);
                 state.flows.remove(slot);
@@ -448,7 +514,13 @@ impl Holder {
         let payload = if flow.has(Flow::PAGE) {
             u64::from(flow.sent.min(self.source(flow).length()))
         } else {
-            settings.drip.payload_through(u64::from(flow.tick))
+            let framing = if flow.has(Flow::CHUNKED) {
+                Framing::Chunked
+            } else {
+                Framing::Raw
+            };
+            let tick = settings.drip.tick_at(u64::from(flow.sent), framing);
+            settings.drip.payload_through(tick)
         };
         let closed_at = SystemTime::now() - Instant::now().saturating_duration_since(at);
         let at_ms = self.ms(at);
@@ -501,7 +573,7 @@ impl Holder {
                 let source = self.source(&flow);
                 let ack = flow.rcv_nxt;
                 state.out.queue(
-                    &kit.raw,
+                    (&kit.raw, self.local_ip(&flow)),
                     &flow,
                     (from, flow.sent),
                     ack,
