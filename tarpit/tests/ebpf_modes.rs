@@ -54,6 +54,31 @@ fn on_without_privileges_refuses_to_start_and_names_what_is_missing() {
     assert!(!stderr.contains("listening on"), "{stderr}");
 }
 
+/// Socketless hold cannot run without the hook (it drops the held clients' packets): with
+/// `auto` and no privileges the tarpit refuses to start rather than hold no one.
+#[test]
+fn socketless_without_privileges_refuses_to_start_and_says_why() {
+    if !prerequisites_met(&["setpriv"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(NO_CAPS[0])
+        .args(&NO_CAPS[1..])
+        .arg(env!("CARGO_BIN_EXE_tarpit"))
+        .args(["--port", "0", "--ebpf-mode", "auto", "--hold", "socketless"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("[tarpit] hold = \"socketless\" needs the eBPF hook, which cannot start"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("CAP_BPF"), "{stderr}");
+    assert!(!stderr.contains("listening on"), "{stderr}");
+}
+
 #[test]
 fn off_never_loads_and_says_so() {
     let tarpit = Tarpit::start(&["--ebpf-mode", "off"]);

@@ -8,6 +8,9 @@ mod common;
 use common::Tarpit;
 use common::netns::prerequisites_met;
 
+/// CAP_NET_ADMIN's bit in the /proc status masks.
+const CAP_NET_ADMIN: u64 = 1 << 12;
+
 /// The capability sets of every thread of `pid`, as (thread, line) for each non-zero set.
 fn nonzero_capability_sets(pid: u32) -> Vec<(String, String)> {
     let mut found = Vec::new();
@@ -67,4 +70,31 @@ fn no_capability_is_left_with_the_hook_attached() {
 #[test]
 fn no_capability_is_left_without_the_hook() {
     check("off");
+}
+
+/// Socketless hold keeps CAP_NET_ADMIN (TCP repair at every hand-over), in its permitted and
+/// effective sets only, and nothing else: its raw sockets were opened at start, so CAP_NET_RAW
+/// goes with the rest.
+#[test]
+fn socketless_hold_keeps_cap_net_admin_alone() {
+    if !prerequisites_met(&[]) {
+        return;
+    }
+    let tarpit =
+        Tarpit::start(&[common::FAST, &["--ebpf-mode", "on", "--hold", "socketless"]].concat());
+    let stderr = tarpit.stderr();
+    assert!(stderr.contains("kept=[CAP_NET_ADMIN]"), "{stderr}");
+    let mut sets = nonzero_capability_sets(tarpit.pid());
+    assert!(!sets.is_empty());
+    sets.retain(|(_, line)| {
+        let (set, mask) = line.split_once(':').unwrap();
+        let mask = u64::from_str_radix(mask.trim(), 16).unwrap();
+        !(matches!(set, "CapPrm" | "CapEff") && mask == CAP_NET_ADMIN)
+    });
+    assert_eq!(
+        sets,
+        Vec::new(),
+        "only CAP_NET_ADMIN, permitted and effective"
+    );
+    tarpit.assert_still_answers();
 }

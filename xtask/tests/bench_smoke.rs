@@ -75,6 +75,68 @@ fn bench_holds_and_churns_the_release_tarpit_without_loss() {
     );
 }
 
+/// `bench hold --hold socketless` measures socketless hold and socket mode in one run: every
+/// connection held in both, the socketless server with a handful of fds where the socket one
+/// has one per connection, and its map memory reported. Needs root (the eBPF hook).
+#[test]
+fn bench_holds_socketless_and_on_sockets_in_one_run() {
+    if !is_root() {
+        assert!(
+            std::env::var_os("TARPIT_E2E").is_none(),
+            "TARPIT_E2E is set but the test is not root"
+        );
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let table = bench(&[
+        "hold",
+        "--hold",
+        "socketless",
+        "--conns",
+        "300",
+        "--socket-conns",
+        "200",
+        "--duration",
+        "4",
+    ]);
+    let row = |label: &str| -> Vec<String> {
+        let line = table
+            .lines()
+            .find(|line| line.split('|').nth(1).map(str::trim) == Some(label))
+            .unwrap_or_else(|| panic!("no row {label:?} in\n{table}"));
+        line.split('|')
+            .skip(2)
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect()
+    };
+    assert_eq!(row("server"), ["socketless", "socket"], "{table}");
+    assert_eq!(
+        row("held / requested"),
+        ["300 / 300", "200 / 200"],
+        "{table}"
+    );
+    assert_eq!(row("failures (connect, eof, read)"), ["0, 0, 0", "0, 0, 0"]);
+    let fds: Vec<u64> = row("server open fds at the end")
+        .iter()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(fds[0] < 100 && fds[1] >= 200, "{table}");
+    let bpf = &row("server BPF map memory per held connection")[0];
+    let bytes: f64 = bpf.strip_suffix(" B").unwrap().parse().unwrap();
+    assert!(bytes > 0.0, "the held-flow map grew: {table}");
+    let gap = millis(&row("drip gap p50")[0]);
+    assert!((1450.0..1550.0).contains(&gap), "{table}");
+}
+
+/// Whether this runs as root (`id -u`).
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
 /// Whether a command is on PATH; with `TARPIT_E2E` set, a missing one fails the test.
 fn have(tools: &[&str]) -> bool {
     let missing: Vec<&&str> = tools
