@@ -358,3 +358,56 @@ fn shutdown_ends_held_responses_with_the_terminating_chunk() {
         .rows("SELECT e.end_reason, c.end_reason FROM events e JOIN connections c USING (conn_id)");
     assert_eq!(rows, vec![("shutdown".to_owned(), "shutdown".to_owned())]);
 }
+
+/// The adaptive mode: a page with no planned early end (a client family never seen to give
+/// up) is held without a socket too, its body and HEAD's head end dripped to the last byte.
+#[test]
+fn an_adaptive_page_with_no_planned_end_is_held_without_a_socket() {
+    if !prerequisites_met(&["ip", "ss", "curl"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let tarpit = start(&lab, &["--mode", "adaptive", "--response-delay", "0.005"]);
+    let client = lab.client.clone();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().display();
+    let base = format!("http://{SENSOR_V4}:8080");
+    let command = format!(
+        "curl -sS -m 60 -o {dir}/page -w \"%{{http_code}} %{{size_download}}\" {base}/no-such-page-7f3a > {dir}/get; \
+         curl -sS -m 60 -I {base}/head-7f3a > {dir}/head"
+    );
+    let mut curl = std::process::Command::new("ip")
+        .args(["netns", "exec", &client, "sh", "-c", &command])
+        .spawn()
+        .unwrap();
+    tarpit.wait_count("SELECT COUNT(*) FROM events", 1);
+    wait_all_socketless(&lab);
+    assert!(curl.wait().unwrap().success());
+    let page = std::fs::read(out.path().join("page")).unwrap();
+    let get = std::fs::read_to_string(out.path().join("get")).unwrap();
+    assert_eq!(get, format!("404 {}", page.len()));
+    assert!(
+        page.starts_with(b"<html>"),
+        "{}",
+        String::from_utf8_lossy(&page)
+    );
+    let head = std::fs::read_to_string(out.path().join("head")).unwrap();
+    assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
+    assert!(head.contains("Connection: close\r\n"), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "{head}");
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE end_reason = 'complete'",
+        2,
+    );
+    let rows: Vec<(String, String, i64)> =
+        tarpit.rows("SELECT http_path, response_mode, bytes_sent FROM events ORDER BY id");
+    assert_eq!(
+        rows[0],
+        (
+            "/no-such-page-7f3a".into(),
+            "adaptive".into(),
+            page.len() as i64
+        )
+    );
+    assert_eq!(rows[1].1, "adaptive");
+}

@@ -294,13 +294,22 @@ impl<C: Held> Dripper<C> {
                     continue;
                 }
                 let entry = self.queue.borrow_mut().entries.try_remove(key);
-                if let Some((conn, state)) = entry {
+                if let Some((conn, mut state)) = entry {
                     // Its heap deadline stays behind and is skipped when it comes due.
                     let reason = match conn.socket_error() {
                         Some(Errno::ETIMEDOUT) => "peer_gone",
                         Some(Errno::ECONNRESET) => "client_reset",
                         _ => "client_closed",
                     };
+                    // A FIN and the close after it can arrive in one wake (a loaded machine):
+                    // the FIN is on record then too. (A bare reset also reads as a half-close,
+                    // but its error says so: `client_reset`.)
+                    if reason == "client_closed"
+                        && event.events().contains(EpollFlags::EPOLLRDHUP)
+                        && state.fin_ms == NO_FIN
+                    {
+                        state.fin_ms = millis_since(state.started);
+                    }
                     self.finish(conn, state, Err(reason));
                 }
             }
@@ -323,8 +332,7 @@ impl<C: Held> Dripper<C> {
         let _ = epoll.modify(conn.fd(), &mut event);
         let now = Instant::now();
         if state.fin_ms == NO_FIN {
-            let millis = now.saturating_duration_since(state.started).as_millis();
-            state.fin_ms = millis.min(u128::from(NO_FIN - 1)) as u32;
+            state.fin_ms = millis_since(state.started);
         }
         if state.is_page() {
             state.next = now;
@@ -430,6 +438,14 @@ impl<C: Held> Dripper<C> {
     }
 }
 
+/// Milliseconds since `started`, as `DripState::fin_ms` holds them.
+fn millis_since(started: Instant) -> u32 {
+    let millis = Instant::now()
+        .saturating_duration_since(started)
+        .as_millis();
+    millis.min(u128::from(NO_FIN - 1)) as u32
+}
+
 /// A non-blocking send; a full socket buffer is not an error (`Ok(0)`).
 fn send_now(conn: &impl Held, bytes: &[u8]) -> std::io::Result<usize> {
     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
@@ -517,10 +533,15 @@ mod tests {
 
     use super::*;
 
+    /// What a finished response was given: the client's FIN (ms) and the outcome.
+    type Finished = Option<(u32, Result<&'static str, &'static str>)>;
+
     /// A held connection on one end of a socket pair.
     struct Fake {
         stream: UnixStream,
         settings: Settings,
+        /// What `finish_response` was given: the client's FIN and the outcome.
+        finished: Rc<Cell<Finished>>,
     }
 
     impl Held for Fake {
@@ -536,7 +557,13 @@ mod tests {
         fn settings(&self) -> &Settings {
             &self.settings
         }
-        fn finish_response(&mut self, _: &DripState, _: Result<&'static str, &'static str>) {}
+        fn finish_response(
+            &mut self,
+            state: &DripState,
+            outcome: Result<&'static str, &'static str>,
+        ) {
+            self.finished.set(Some((state.fin_ms, outcome)));
+        }
         fn close(self: Box<Self>, _: &'static str) {}
         async fn drive(self: Box<Self>, _: &Rc<Dripper<Self>>) {}
     }
@@ -554,6 +581,7 @@ mod tests {
         let fake = Fake {
             stream: ours,
             settings,
+            finished: Rc::default(),
         };
         let started = Instant::now();
         let mut state = DripState {
@@ -581,5 +609,46 @@ mod tests {
             tick_page(&fake, &mut state, almost),
             Tick::Done(Ok("planned_end"))
         ));
+    }
+
+    /// The client's FIN and its close noticed in the same wake (a loaded machine): the FIN is
+    /// on record, as when the two come apart. (The old code dropped it, and the adaptive
+    /// mode's give-up, learned from it, with it.)
+    #[test]
+    fn a_fin_and_close_seen_together_keep_the_fin_on_record() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let finished = Rc::new(Cell::new(None));
+        let fake = Fake {
+            stream: ours,
+            settings: Settings::from_config(&crate::config::Config::default()),
+            finished: finished.clone(),
+        };
+        let dripper = Dripper::new(
+            Rc::new(Cell::new(0)),
+            tokio_util::sync::CancellationToken::new(),
+            None,
+        );
+        let started = Instant::now();
+        let state = DripState {
+            seq: 1,
+            started,
+            framing: Framing::Chunked,
+            keep_alive: false,
+            tick: 1,
+            offset: 0,
+            sent: 1,
+            next: started + Duration::from_secs(60),
+            page: DRIP_TICKS,
+            end_ms: NO_PLANNED_END,
+            fin_ms: NO_FIN,
+            head_only: false,
+            socketless: false,
+        };
+        dripper.add(Box::new(fake), state);
+        drop(theirs); // FIN and hang-up at once
+        dripper.end_hung_up();
+        let (fin_ms, outcome) = finished.get().expect("the response ended");
+        assert_eq!(outcome, Err("client_closed"));
+        assert_ne!(fin_ms, NO_FIN, "the client's FIN is on record");
     }
 }
