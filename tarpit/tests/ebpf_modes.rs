@@ -12,6 +12,21 @@ use common::netns::prerequisites_met;
 /// Runs the binary with no capabilities at all.
 const NO_CAPS: &[&str] = &["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"];
 
+/// Runs the binary with no capabilities and `args`, which must make it refuse to start;
+/// returns its standard error.
+fn refused_without_capabilities(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(NO_CAPS[0])
+        .args(&NO_CAPS[1..])
+        .arg(env!("CARGO_BIN_EXE_tarpit"))
+        .args(args)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn auto_without_privileges_runs_and_says_why() {
     if !prerequisites_met(&["setpriv"]) {
@@ -36,16 +51,7 @@ fn on_without_privileges_refuses_to_start_and_names_what_is_missing() {
     if !prerequisites_met(&["setpriv"]) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(NO_CAPS[0])
-        .args(&NO_CAPS[1..])
-        .arg(env!("CARGO_BIN_EXE_tarpit"))
-        .args(["--port", "0", "--ebpf-mode", "on"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused_without_capabilities(&["--port", "0", "--ebpf-mode", "on"]);
     assert!(
         stderr.contains("[ebpf] mode = \"on\", but eBPF port attribution cannot start"),
         "{stderr}"
@@ -61,16 +67,14 @@ fn socketless_without_privileges_refuses_to_start_and_says_why() {
     if !prerequisites_met(&["setpriv"]) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(NO_CAPS[0])
-        .args(&NO_CAPS[1..])
-        .arg(env!("CARGO_BIN_EXE_tarpit"))
-        .args(["--port", "0", "--ebpf-mode", "auto", "--hold", "socketless"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused_without_capabilities(&[
+        "--port",
+        "0",
+        "--ebpf-mode",
+        "auto",
+        "--hold",
+        "socketless",
+    ]);
     assert!(
         stderr.contains("[tarpit] hold = \"socketless\" needs the eBPF hook, which cannot start"),
         "{stderr}"
