@@ -1,0 +1,121 @@
+//! The dripper's unit tests: a `Fake` held connection on a Unix socket pair.
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+
+use super::*;
+
+/// What a finished response was given: the client's FIN (ms) and the outcome.
+type Finished = Option<(u32, Result<&'static str, &'static str>)>;
+
+/// A held connection on one end of a socket pair.
+struct Fake {
+    stream: UnixStream,
+    settings: Settings,
+    /// What `finish_response` was given: the client's FIN and the outcome.
+    finished: Rc<Cell<Finished>>,
+}
+
+impl Held for Fake {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+    fn socket_error(&self) -> Option<Errno> {
+        None
+    }
+    fn lifetime_end(&self) -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+    fn finish_response(&mut self, state: &DripState, outcome: Result<&'static str, &'static str>) {
+        self.finished.set(Some((state.fin_ms, outcome)));
+    }
+    fn close(self: Box<Self>, _: &'static str) {}
+    async fn drive(self: Box<Self>, _: &Rc<Dripper<Self>>) {}
+}
+
+#[test]
+fn a_page_woken_just_before_its_planned_end_ends_as_planned_not_in_a_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::db::open(&dir.path().join("t.db")).unwrap();
+    let config = crate::config::Config::default();
+    let mut settings = Settings::from_config(&config);
+    let adaptive = crate::adaptive::start(&config, &db).unwrap().0;
+    let page = adaptive.persona.page_for("/a");
+    settings.adaptive = Some(adaptive);
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let fake = Fake {
+        stream: ours,
+        settings,
+        finished: Rc::default(),
+    };
+    let started = Instant::now();
+    let mut state = DripState {
+        seq: 1,
+        started,
+        framing: Framing::Chunked,
+        keep_alive: true,
+        tick: 1,
+        offset: 0,
+        sent: 1,
+        next: started,
+        page,
+        end_ms: 1000,
+        fin_ms: NO_FIN,
+        head_only: false,
+        socketless: false,
+    };
+    // Well before the end: one slice.
+    let early = started + Duration::from_millis(500);
+    assert!(matches!(tick_page(&fake, &mut state, early), Tick::Again));
+    assert_eq!(state.sent, 2);
+    // Woken 3 ms before the end (inside the coalescing window): the rest, as planned.
+    let almost = started + Duration::from_millis(997);
+    assert!(matches!(
+        tick_page(&fake, &mut state, almost),
+        Tick::Done(Ok("planned_end"))
+    ));
+}
+
+/// The client's FIN and its close noticed in the same wake (a loaded machine): the FIN is
+/// on record, as when the two come apart. (The old code dropped it, and the adaptive
+/// mode's give-up, learned from it, with it.)
+#[test]
+fn a_fin_and_close_seen_together_keep_the_fin_on_record() {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let finished = Rc::new(Cell::new(None));
+    let fake = Fake {
+        stream: ours,
+        settings: Settings::from_config(&crate::config::Config::default()),
+        finished: finished.clone(),
+    };
+    let dripper = Dripper::new(
+        Rc::new(Cell::new(0)),
+        tokio_util::sync::CancellationToken::new(),
+        None,
+    );
+    let started = Instant::now();
+    let state = DripState {
+        seq: 1,
+        started,
+        framing: Framing::Chunked,
+        keep_alive: false,
+        tick: 1,
+        offset: 0,
+        sent: 1,
+        next: started + Duration::from_secs(60),
+        page: DRIP_TICKS,
+        end_ms: NO_PLANNED_END,
+        fin_ms: NO_FIN,
+        head_only: false,
+        socketless: false,
+    };
+    dripper.add(Box::new(fake), state);
+    drop(theirs); // FIN and hang-up at once
+    dripper.end_hung_up();
+    let (fin_ms, outcome) = finished.get().expect("the response ended");
+    assert_eq!(outcome, Err("client_closed"));
+    assert_ne!(fin_ms, NO_FIN, "the client's FIN is on record");
+}
