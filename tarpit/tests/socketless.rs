@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::netns::{Lab, SENSOR_V4, SENSOR_V6, prerequisites_met, sh};
+use common::netns::{CLIENT_V4, Lab, SENSOR_V4, SENSOR_V6, prerequisites_met, sh};
 use common::{Tarpit, wait_for};
 
 /// The sensor's established TCP sockets on the tarpit's port (its held clients, if it had
@@ -54,9 +54,27 @@ fn start(lab: &Lab, extra: &[&str]) -> Tarpit {
 /// Connects from the client namespace, sends a request and reads the head with the first
 /// tick; returns the stream.
 fn held_client(lab: &Lab, to: SocketAddr, path: &str) -> TcpStream {
+    held_client_from(lab, to, None, path)
+}
+
+/// [`held_client`] from a fixed source address and port, when `from` is given.
+fn held_client_from(lab: &Lab, to: SocketAddr, from: Option<SocketAddr>, path: &str) -> TcpStream {
     let path = path.to_owned();
     lab.as_client(move || {
-        let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(to),
+            socket2::Type::STREAM,
+            None,
+        )
+        .unwrap();
+        if let Some(from) = from {
+            socket.set_reuse_address(true).unwrap();
+            socket.bind(&from.into()).unwrap();
+        }
+        socket
+            .connect_timeout(&to.into(), Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect to {to} from {from:?}: {e}"));
+        let mut stream: TcpStream = socket.into();
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
@@ -173,7 +191,10 @@ fn a_client_fin_then_close_and_a_client_reset_are_recorded() {
     let tarpit = start(&lab, &["--response-delay", "0.3"]);
     let to: SocketAddr = format!("{SENSOR_V4}:8080").parse().unwrap();
     let closer = held_client(&lab, to, "/fin-then-close");
-    let resetter = held_client(&lab, to, "/reset");
+    // From a fixed port: once its end is recorded, its flow must be gone from the hook's map,
+    // or a new connection from the same port would be dropped.
+    let from: SocketAddr = format!("{CLIENT_V4}:40444").parse().unwrap();
+    let resetter = held_client_from(&lab, to, Some(from), "/reset");
     wait_all_socketless(&lab);
     let fin_sent = Instant::now();
     lab.as_client(move || {
@@ -213,6 +234,8 @@ fn a_client_fin_then_close_and_a_client_reset_are_recorded() {
         ("/reset", "client_reset", None)
     );
     assert!(fin_sent.elapsed() < Duration::from_secs(5));
+    let again = held_client_from(&lab, to, Some(from), "/same-port-again");
+    drop(again);
     assert_eq!(
         tarpit.count(
             "SELECT COUNT(*) FROM connections WHERE end_reason IN ('client_closed', 'client_reset')"
@@ -232,7 +255,8 @@ fn a_dropped_segment_is_sent_again_from_the_clients_last_ack() {
         &["--response-delay", "0.2", "--max-response-bytes", "20"],
     );
     let to: SocketAddr = format!("{SENSOR_V4}:8080").parse().unwrap();
-    let stream = held_client(&lab, to, "/lossy");
+    let from: SocketAddr = format!("{CLIENT_V4}:40555").parse().unwrap();
+    let stream = held_client_from(&lab, to, Some(from), "/lossy");
     wait_all_socketless(&lab);
     // The client's side loses every segment from the tarpit for a while.
     let rule = "INPUT -p tcp --sport 8080 -j DROP";
@@ -262,6 +286,16 @@ fn a_dropped_segment_is_sent_again_from_the_clients_last_ack() {
         "SELECT COUNT(*) FROM events WHERE end_reason = 'complete' AND bytes_sent = 20",
         1,
     );
+    // The client closed after the end; the holder acknowledges its FIN and forgets the flow:
+    // the client's socket leaves LAST_ACK and the same port connects again (a flow left in the
+    // hook's map would keep dropping its FIN and then its new SYN).
+    wait_for(Duration::from_secs(10), || {
+        let left = lab.in_client("ss -Htan sport = :40555 | wc -l");
+        (left.trim() == "0").then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", lab.in_client("ss -tan sport = :40555")));
+    let again = held_client_from(&lab, to, Some(from), "/same-port-again");
+    drop(again);
 }
 
 #[test]
