@@ -218,78 +218,22 @@ fn main() -> anyhow::Result<()> {
             socket_conns,
             ramp_rate,
             ..
-        } => {
-            if cfg!(debug_assertions) {
-                return rerun_release(&root);
-            }
-            if isolate_rx && std::env::var_os(bench::ISOLATED_ENV).is_none() {
-                return bench::rerun_isolated();
-            }
-            let ours = match server_cmd {
-                Some(cmd) => cmd,
-                None => {
-                    run(cargo(&root).args(["build", "--release", "-p", "tarpit"]))?;
-                    format!(
-                        "{} --host 127.0.0.1 --port {{port}}",
-                        target_dir(&root).join("release/tarpit").display()
-                    )
-                }
-            };
-            let socketless = hold == HoldArg::Socketless && matches!(kind, BenchKind::Hold);
-            let ramp_rate = ramp_rate.unwrap_or(if socketless { 4_000 } else { 0 });
-            let mut servers = vec![("server", ours.clone(), conns)];
-            if socketless {
-                servers = vec![
-                    (
-                        "socketless",
-                        format!("{ours} --hold socketless --ebpf-mode on"),
-                        conns,
-                    ),
-                    ("socket", ours, socket_conns),
-                ];
-            }
-            if let Some(cmd) = compare_cmd {
-                servers.push(("compared", cmd, conns));
-            }
-            if isolate_rx {
-                for (_, cmd, _) in &mut servers {
-                    *cmd = format!("taskset -c 0 {cmd}");
-                }
-            }
-            if servers
-                .iter()
-                .any(|(_, cmd, _)| cmd.contains("baseline.py"))
-            {
-                ensure_python_module("aiohttp", "aiohttp")?;
-            }
-            let mut columns = Vec::new();
-            for (name, cmd, conns) in servers {
-                eprintln!("xtask: bench against {cmd}");
-                let figures = match kind {
-                    BenchKind::Hold => {
-                        bench::hold(&cmd, name, conns, (duration, processes, ramp_rate))?
-                    }
-                    BenchKind::Churn => bench::churn(&cmd, name, workers, duration, processes)?,
-                    BenchKind::Classify | BenchKind::Scanners | BenchKind::Ship => {
-                        unreachable!("handled above")
-                    }
-                };
-                columns.push(figures);
-            }
-            let title = match kind {
-                BenchKind::Hold if socketless => format!(
-                    "hold: {conns} connections socketless, {socket_conns} on sockets, \
-                     {duration} s measured, opened at {ramp_rate}/s"
-                ),
-                BenchKind::Hold => format!("hold: {conns} connections, {duration} s measured"),
-                BenchKind::Churn => format!("churn: {workers} loops, {duration} s measured"),
-                BenchKind::Classify | BenchKind::Scanners | BenchKind::Ship => {
-                    unreachable!("handled above")
-                }
-            };
-            bench::print_table(&title, &mut columns);
-            Ok(())
-        }
+        } => bench::hold_or_churn(
+            &root,
+            kind,
+            bench::LoadArgs {
+                conns,
+                workers,
+                duration,
+                processes,
+                server_cmd,
+                compare_cmd,
+                isolate_rx,
+                socketless: hold == HoldArg::Socketless,
+                socket_conns,
+                ramp_rate,
+            },
+        ),
     }
 }
 

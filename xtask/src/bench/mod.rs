@@ -406,3 +406,104 @@ pub fn churn(
         ..Default::default()
     })
 }
+
+/// `cargo xtask bench hold|churn`'s options (see `main`'s `Bench`).
+pub struct LoadArgs {
+    pub conns: u64,
+    pub workers: u64,
+    pub duration: u64,
+    pub processes: u64,
+    pub server_cmd: Option<String>,
+    pub compare_cmd: Option<String>,
+    pub isolate_rx: bool,
+    /// `--hold socketless`: our tarpit socketless at `conns` and on sockets at `socket_conns`.
+    pub socketless: bool,
+    pub socket_conns: u64,
+    pub ramp_rate: Option<u64>,
+}
+
+/// `cargo xtask bench hold|churn`: each server in turn (ours, or `--server-cmd`; then
+/// `--compare-cmd`; with `--hold socketless`, ours both ways), one table.
+pub fn hold_or_churn(root: &Path, kind: crate::BenchKind, args: LoadArgs) -> anyhow::Result<()> {
+    use crate::BenchKind;
+    let LoadArgs {
+        conns,
+        workers,
+        duration,
+        processes,
+        server_cmd,
+        compare_cmd,
+        isolate_rx,
+        socketless,
+        socket_conns,
+        ramp_rate,
+    } = args;
+    if cfg!(debug_assertions) {
+        return crate::rerun_release(root);
+    }
+    if isolate_rx && std::env::var_os(ISOLATED_ENV).is_none() {
+        return rerun_isolated();
+    }
+    let ours = match server_cmd {
+        Some(cmd) => cmd,
+        None => {
+            crate::run(crate::cargo(root).args(["build", "--release", "-p", "tarpit"]))?;
+            format!(
+                "{} --host 127.0.0.1 --port {{port}}",
+                crate::target_dir(root).join("release/tarpit").display()
+            )
+        }
+    };
+    let socketless = socketless && matches!(kind, BenchKind::Hold);
+    let ramp_rate = ramp_rate.unwrap_or(if socketless { 4_000 } else { 0 });
+    let mut servers = vec![("server", ours.clone(), conns)];
+    if socketless {
+        servers = vec![
+            (
+                "socketless",
+                format!("{ours} --hold socketless --ebpf-mode on"),
+                conns,
+            ),
+            ("socket", ours, socket_conns),
+        ];
+    }
+    if let Some(cmd) = compare_cmd {
+        servers.push(("compared", cmd, conns));
+    }
+    if isolate_rx {
+        for (_, cmd, _) in &mut servers {
+            *cmd = format!("taskset -c 0 {cmd}");
+        }
+    }
+    if servers
+        .iter()
+        .any(|(_, cmd, _)| cmd.contains("baseline.py"))
+    {
+        crate::ensure_python_module("aiohttp", "aiohttp")?;
+    }
+    let mut columns = Vec::new();
+    for (name, cmd, conns) in servers {
+        eprintln!("xtask: bench against {cmd}");
+        let figures = match kind {
+            BenchKind::Hold => hold(&cmd, name, conns, (duration, processes, ramp_rate))?,
+            BenchKind::Churn => churn(&cmd, name, workers, duration, processes)?,
+            BenchKind::Classify | BenchKind::Scanners | BenchKind::Ship => {
+                unreachable!("handled above")
+            }
+        };
+        columns.push(figures);
+    }
+    let title = match kind {
+        BenchKind::Hold if socketless => format!(
+            "hold: {conns} connections socketless, {socket_conns} on sockets, \
+             {duration} s measured, opened at {ramp_rate}/s"
+        ),
+        BenchKind::Hold => format!("hold: {conns} connections, {duration} s measured"),
+        BenchKind::Churn => format!("churn: {workers} loops, {duration} s measured"),
+        BenchKind::Classify | BenchKind::Scanners | BenchKind::Ship => {
+            unreachable!("handled above")
+        }
+    };
+    print_table(&title, &mut columns);
+    Ok(())
+}
