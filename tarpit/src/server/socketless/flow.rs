@@ -116,7 +116,8 @@ pub struct Flow {
     pub sent: u32,
     /// The position the client has acknowledged (one past `sent` once our FIN is).
     pub acked: u32,
-    /// When `acked` last moved (holder ms).
+    /// When `acked` last moved (holder ms; the holder's clock wraps, so only differences of
+    /// these times mean anything).
     pub progress_ms: u32,
     /// When the request was recorded (holder ms).
     pub started_ms: u32,
@@ -193,7 +194,9 @@ impl Flow {
                 at_ms: Some(status.rst_ms),
             };
         }
-        if now_ms >= timeouts.lifetime_end_ms {
+        // Times are the holder's wrapping millisecond clock: differences, never comparisons
+        // (a flow lives far less than the 49 days the clock takes to wrap).
+        if now_ms.wrapping_sub(self.accepted_ms) >= timeouts.lifetime_ms {
             return self.end_with_fin("lifetime_exceeded");
         }
         if self.acked >= self.sent {
@@ -270,8 +273,8 @@ impl Flow {
 /// The two limits a tick checks, in holder ms.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
-    /// When the connection reaches `max_connection_lifetime`.
-    pub lifetime_end_ms: u32,
+    /// `max_connection_lifetime`, counted from `accepted_ms`.
+    pub lifetime_ms: u32,
     /// How long unacknowledged bytes may wait (`peer_timeout`).
     pub peer_ms: u32,
 }
@@ -305,7 +308,7 @@ mod tests {
     }
 
     const TIMEOUTS: Timeouts = Timeouts {
-        lifetime_end_ms: 1_000_000,
+        lifetime_ms: 1_000_000,
         peer_ms: 60_000,
     };
 
@@ -439,7 +442,7 @@ mod tests {
         f.bits = 0;
         (f.sent, f.acked) = (1, 1);
         let end = Timeouts {
-            lifetime_end_ms: 5_000,
+            lifetime_ms: 5_000,
             ..TIMEOUTS
         };
         assert_eq!(
@@ -485,5 +488,35 @@ mod tests {
                 ended: Some("complete")
             }
         );
+    }
+
+    /// The holder's millisecond clock wraps after 49 days; a flow accepted just before the
+    /// wrap is timed by differences, so it is neither ended at once nor held forever.
+    #[test]
+    fn the_clock_wrapping_changes_nothing() {
+        let drip = DripResponse::new(b".", 1200, "nginx");
+        let source = Source::Drip(&drip, Framing::Raw);
+        let mut f = flow(0);
+        f.bits = 0;
+        (f.sent, f.acked) = (1, 1);
+        f.accepted_ms = u32::MAX - 1_000;
+        f.progress_ms = u32::MAX - 1_000;
+        let end = Timeouts {
+            lifetime_ms: 5_000,
+            ..TIMEOUTS
+        };
+        // 1.5 s after acceptance, across the wrap: a tick.
+        assert!(matches!(
+            f.step(&status(1), &source, 499, end),
+            Step::Send { ended: None, .. }
+        ));
+        // 5 s after: the lifetime is over.
+        assert!(matches!(
+            f.step(&status(2), &source, 3_999, end),
+            Step::Send {
+                ended: Some("lifetime_exceeded"),
+                ..
+            }
+        ));
     }
 }

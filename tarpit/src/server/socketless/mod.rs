@@ -114,8 +114,9 @@ pub enum AdmitError {
 
 struct State {
     flows: Slab<Flow>,
-    /// (due, flow key) in holder ms; each flow has exactly one entry.
-    due: BinaryHeap<Reverse<(u32, u32)>>,
+    /// (due, flow key) in holder ms, 64 bits (this order must never wrap); each flow has
+    /// exactly one entry.
+    due: BinaryHeap<Reverse<(u64, u32)>>,
     out: Out,
 }
 
@@ -233,8 +234,14 @@ impl Holder {
         self.state.borrow().flows.len()
     }
 
+    /// The holder's clock in ms, wrapping at 32 bits (flows keep only differences of it).
     fn ms(&self, at: Instant) -> u32 {
-        at.saturating_duration_since(self.epoch).as_millis() as u32
+        self.ms64(at) as u32
+    }
+
+    /// The holder's clock in ms, for the deadline order.
+    fn ms64(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// Our address a flow was accepted on.
@@ -290,7 +297,8 @@ impl Holder {
             ..Default::default()
         };
         self.kit().map.add(&key, &status).map_err(AdmitError::Map)?;
-        let now = self.ms(Instant::now());
+        let now_instant = Instant::now();
+        let now = self.ms(now_instant);
         let flow = Flow {
             key,
             seq_zero: frozen.snd_nxt.wrapping_sub(position),
@@ -314,7 +322,7 @@ impl Holder {
         };
         let mut state = self.state.borrow_mut();
         let slot = state.flows.insert(flow) as u32;
-        state.due.push(Reverse((now, slot)));
+        state.due.push(Reverse((self.ms64(now_instant), slot)));
         drop(state);
         self.wake.notify_one();
         Ok(())
@@ -327,7 +335,7 @@ impl Holder {
         loop {
             let next = self.state.borrow().due.peek().map(|Reverse((due, _))| *due);
             let sleep_until = match next {
-                Some(due) => self.epoch + Duration::from_millis(u64::from(due)),
+                Some(due) => self.epoch + Duration::from_millis(due),
                 None => Instant::now() + Duration::from_secs(3600),
             };
             tokio::select! {
@@ -350,15 +358,15 @@ impl Holder {
     /// Serves every flow due now (or within [`COALESCE_MS`]).
     fn tick_due(&self) {
         let now = Instant::now();
-        let now_ms = self.ms(now);
+        let now_ms = self.ms64(now);
         let mut state = self.state.borrow_mut();
         while let Some(Reverse((due, slot))) = state.due.peek().copied() {
-            if due > now_ms + COALESCE_MS {
+            if due > now_ms + u64::from(COALESCE_MS) {
                 break;
             }
             state.due.pop();
             let (served, late) = self.ticks.get();
-            let is_late = now_ms.saturating_sub(due) > LATE_MS;
+            let is_late = now_ms.saturating_sub(due) > u64::from(LATE_MS);
             self.ticks.set((served + 1, late + u64::from(is_late)));
             if let Some(next) = self.tick_flow(&mut state, slot as usize, now, (due, now_ms)) {
                 state.due.push(Reverse((next, slot)));
@@ -373,8 +381,9 @@ impl Holder {
         state: &mut State,
         slot: usize,
         now: Instant,
-        (due, now_ms): (u32, u32),
-    ) -> Option<u32> {
+        (due, now_ms64): (u64, u64),
+    ) -> Option<u64> {
+        let now_ms = now_ms64 as u32;
         let settings = &self.shared.settings;
         let kit = self.kit();
         let flow = state.flows.get_mut(slot)?;
@@ -391,20 +400,18 @@ impl Holder {
             flow.fin_ms = self.ms(at).saturating_sub(flow.started_ms).min(NO_FIN - 1);
         }
         let timeouts = Timeouts {
-            lifetime_end_ms: flow
-                .accepted_ms
-                .saturating_add(millis(settings.max_connection_lifetime)),
+            lifetime_ms: millis(settings.max_connection_lifetime),
             peer_ms: millis(settings.peer_timeout),
         };
         let source = self.source(flow);
         let step = flow.step(&status, &source, now_ms, timeouts);
         // Keep the cadence from when the tick was due; after a stall, resume from now rather
         // than burst (as the dripper does).
-        let delay = self.delay(flow);
-        let next = if due + delay > now_ms {
+        let delay = u64::from(self.delay(flow));
+        let next = if due + delay > now_ms64 {
             due + delay
         } else {
-            now_ms + delay
+            now_ms64 + delay
         };
         let flow = &state.flows[slot];
         match step {
@@ -524,7 +531,7 @@ impl Holder {
         };
         let closed_at = SystemTime::now() - Instant::now().saturating_duration_since(at);
         let at_ms = self.ms(at);
-        let seconds = |from_ms: u32| f64::from(at_ms.saturating_sub(from_ms)) / 1000.0;
+        let seconds = |from_ms: u32| f64::from(at_ms.wrapping_sub(from_ms)) / 1000.0;
         self.shared.events.send(Event::ResponseEnd(ResponseEnd {
             conn_id: flow.conn_id,
             request_seq: flow.request_seq,
