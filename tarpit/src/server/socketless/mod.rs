@@ -44,7 +44,7 @@ use crate::event::{ConnectionClosed, Event, ResponseEnd};
 use crate::http::response::{CHUNKED_END, Framing};
 use flow::{Flow, NO_FIN, Source, Step, Timeouts};
 use repair::Frozen;
-use segment::{Batch, RawSockets, Segment};
+use segment::{Batch, Out, RawSockets};
 
 /// What every worker's holder shares: the hook's map and the raw sockets, opened at start.
 #[derive(Debug)]
@@ -118,64 +118,6 @@ struct State {
     /// exactly one entry.
     due: BinaryHeap<Reverse<(u64, u32)>>,
     out: Out,
-}
-
-/// Segments on their way out, per family, and a scratch buffer for one payload.
-struct Out {
-    v4: Batch,
-    v6: Batch,
-    payload: Vec<u8>,
-}
-
-impl Out {
-    /// Builds the segment carrying stream bytes `from..to` of `flow` (then a FIN if `fin`)
-    /// into its family's batch, sending the batch first if it is full.
-    fn queue(
-        &mut self,
-        (raw, local_ip): (&RawSockets, std::net::IpAddr),
-        flow: &Flow,
-        (from, to): (u32, u32),
-        ack: u32,
-        (fin, status): (bool, &HeldStatus),
-        (source, tail): (Option<&Source<'_>>, &[u8]),
-    ) {
-        let len = (to.saturating_sub(from) as usize).min(usize::from(flow.mss));
-        let mut n = source.map_or(0, |source| source.copy(from, &mut self.payload[..len]));
-        let extra = tail.len().min(self.payload.len() - n);
-        self.payload[n..n + extra].copy_from_slice(&tail[..extra]);
-        n += extra;
-        let local = SocketAddr::new(local_ip, flow.key.local_port);
-        let peer = SocketAddr::new(segment::unmapped(flow.key.peer_addr), flow.key.peer_port);
-        let segment = Segment {
-            local,
-            peer,
-            seq: flow.seq_zero.wrapping_add(from),
-            ack,
-            window: flow.window,
-            timestamps: flow.has(Flow::TIMESTAMPS).then(|| {
-                let tsval = flow.ts_offset.wrapping_add(repair::monotonic_ms());
-                (tsval, status.tsval)
-            }),
-            fin,
-            payload: &self.payload[..n],
-        };
-        let (batch, socket) = match local.ip() {
-            std::net::IpAddr::V4(_) => (&mut self.v4, raw.v4()),
-            std::net::IpAddr::V6(_) => (&mut self.v6, raw.v6()),
-        };
-        if batch.is_full() {
-            batch.send(socket);
-        }
-        if let Err(error) = batch.push(&segment) {
-            tracing::debug!("socketless segment not built: {error}");
-        }
-    }
-
-    /// Sends both batches.
-    fn flush(&mut self, raw: &RawSockets) {
-        self.v4.send(raw.v4());
-        self.v6.send(raw.v6());
-    }
 }
 
 /// Ticks due this close together are sent in one wake-up (as the dripper's).

@@ -1,6 +1,6 @@
 //! Crafted TCP segments for socketless holds: headers and checksums built by `etherparse` into
 //! a caller's buffer, and the raw sockets (`IPPROTO_RAW`, the IP header ours) that send them in
-//! batches with one `sendmmsg` per wake-up.
+//! batches with one `sendmmsg` per wake-up ([`Out`]: a flow's bytes into its family's batch).
 //!
 //! Raw sockets are opened once at start, while the process still has CAP_NET_RAW.
 
@@ -8,6 +8,9 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use etherparse::{IpNumber, Ipv4Header, Ipv6Header, TcpHeader, TcpOptionElement};
+use tarpit_ebpf::HeldStatus;
+
+use super::flow::{Flow, Source};
 
 /// The largest segment built here: IPv6 header, TCP header with the timestamp option, and a
 /// payload of at most [`super::repair::Frozen::mss`] (≤ 1400).
@@ -303,6 +306,67 @@ pub fn unmapped(bytes: [u8; 16]) -> IpAddr {
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(v6),
+    }
+}
+
+/// Segments on their way out, per family, and a scratch buffer for one payload.
+pub struct Out {
+    /// IPv4 segments waiting.
+    pub v4: Batch,
+    /// IPv6 segments waiting.
+    pub v6: Batch,
+    /// One payload, assembled before it is framed.
+    pub payload: Vec<u8>,
+}
+
+impl Out {
+    /// Builds the segment carrying stream bytes `from..to` of `flow` (then a FIN if `fin`)
+    /// into its family's batch, sending the batch first if it is full.
+    pub fn queue(
+        &mut self,
+        (raw, local_ip): (&RawSockets, std::net::IpAddr),
+        flow: &Flow,
+        (from, to): (u32, u32),
+        ack: u32,
+        (fin, status): (bool, &HeldStatus),
+        (source, tail): (Option<&Source<'_>>, &[u8]),
+    ) {
+        let len = (to.saturating_sub(from) as usize).min(usize::from(flow.mss));
+        let mut n = source.map_or(0, |source| source.copy(from, &mut self.payload[..len]));
+        let extra = tail.len().min(self.payload.len() - n);
+        self.payload[n..n + extra].copy_from_slice(&tail[..extra]);
+        n += extra;
+        let local = SocketAddr::new(local_ip, flow.key.local_port);
+        let peer = SocketAddr::new(unmapped(flow.key.peer_addr), flow.key.peer_port);
+        let segment = Segment {
+            local,
+            peer,
+            seq: flow.seq_zero.wrapping_add(from),
+            ack,
+            window: flow.window,
+            timestamps: flow.has(Flow::TIMESTAMPS).then(|| {
+                let tsval = flow.ts_offset.wrapping_add(super::repair::monotonic_ms());
+                (tsval, status.tsval)
+            }),
+            fin,
+            payload: &self.payload[..n],
+        };
+        let (batch, socket) = match local.ip() {
+            std::net::IpAddr::V4(_) => (&mut self.v4, raw.v4()),
+            std::net::IpAddr::V6(_) => (&mut self.v6, raw.v6()),
+        };
+        if batch.is_full() {
+            batch.send(socket);
+        }
+        if let Err(error) = batch.push(&segment) {
+            tracing::debug!("socketless segment not built: {error}");
+        }
+    }
+
+    /// Sends both batches.
+    pub fn flush(&mut self, raw: &RawSockets) {
+        self.v4.send(raw.v4());
+        self.v6.send(raw.v6());
     }
 }
 
