@@ -322,7 +322,9 @@ pub fn mapped(ip: IpAddr) -> [u8; 16] {
     }
 }
 
-fn unmapped(bytes: [u8; 16]) -> IpAddr {
+/// A map's stored address, back as an address (IPv4-mapped means IPv4): the inverse of
+/// [`mapped`].
+pub fn unmapped(bytes: [u8; 16]) -> IpAddr {
     IpAddr::from(bytes).to_canonical()
 }
 

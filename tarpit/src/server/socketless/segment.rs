@@ -4,7 +4,7 @@
 //!
 //! Raw sockets are opened once at start, while the process still has CAP_NET_RAW.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use etherparse::{IpNumber, Ipv4Header, Ipv6Header, TcpHeader, TcpOptionElement};
@@ -300,15 +300,6 @@ fn write_sockaddr(peer: SocketAddr, out: &mut libc::sockaddr_in6) -> libc::sockl
     }
 }
 
-/// The address a map key holds, back as an address (IPv4-mapped means IPv4).
-pub fn unmapped(bytes: [u8; 16]) -> IpAddr {
-    let v6 = Ipv6Addr::from(bytes);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
-}
-
 /// Segments on their way out, per family, and a scratch buffer for one payload.
 pub struct Out {
     /// IPv4 segments waiting.
@@ -337,7 +328,10 @@ impl Out {
         self.payload[n..n + extra].copy_from_slice(&tail[..extra]);
         n += extra;
         let local = SocketAddr::new(local_ip, flow.key.local_port);
-        let peer = SocketAddr::new(unmapped(flow.key.peer_addr), flow.key.peer_port);
+        let peer = SocketAddr::new(
+            crate::ebpf::unmapped(flow.key.peer_addr),
+            flow.key.peer_port,
+        );
         let segment = Segment {
             local,
             peer,
