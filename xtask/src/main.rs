@@ -3,13 +3,14 @@
 //!
 //! - `cargo xtask build-ebpf`: build the eBPF object (installing bpf-linker when needed).
 //! - `cargo xtask test`: the whole test suite (eBPF object, format, lints, fuzz smoke run,
-//!   every test).
+//!   every test), every phase run and every failure listed at the end (`suite.rs`).
 //! - `cargo xtask fuzz --seconds N`: fuzz each parser of received bytes for N seconds.
 //! - `cargo xtask ci-setup`: install what the tests need on a fresh machine (CI runs it).
 
 mod bench;
 mod classify_eval;
 mod fuzz;
+mod suite;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,11 +29,16 @@ struct Cli {
 enum Task {
     /// Build the eBPF object into tarpit-ebpf/build/, where the server's build embeds it.
     BuildEbpf,
-    /// Run the whole test suite: fmt, clippy, a short fuzz run, then every test.
+    /// Run the whole test suite: fmt, clippy, a short fuzz run, then every test; every phase
+    /// runs even after one fails, and every failure is listed at the end.
     Test {
         /// Seconds of fuzzing the request-head reader (0 skips it).
         #[arg(long, default_value_t = 30)]
         fuzz_seconds: u64,
+        /// Run Debian's `stress-ng --cpu N` beside the whole suite (0: none): the flake audit,
+        /// since CI may run on a busy machine and a test that fails under load is a defect.
+        #[arg(long, default_value_t = 0)]
+        stress_cpus: u32,
     },
     /// Fuzz the request-head reader (installs cargo-fuzz when missing).
     Fuzz {
@@ -143,7 +149,10 @@ fn main() -> anyhow::Result<()> {
     let root = workspace_root();
     match cli.task {
         Task::BuildEbpf => build_ebpf(&root).map(|_| ()),
-        Task::Test { fuzz_seconds } => test(&root, fuzz_seconds),
+        Task::Test {
+            fuzz_seconds,
+            stress_cpus,
+        } => suite::test(&root, fuzz_seconds, stress_cpus),
         Task::Fuzz { seconds, jobs } => fuzz::fuzz(&root, seconds, jobs),
         Task::CiSetup => ci_setup(),
         Task::ClassifyEval { misses } => {
@@ -273,81 +282,6 @@ fn cargo(root: &Path) -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.current_dir(root);
     command
-}
-
-fn test(root: &Path, fuzz_seconds: u64) -> anyhow::Result<()> {
-    if std::env::var_os("TARPIT_E2E").is_none() {
-        eprintln!(
-            "xtask: TARPIT_E2E is not set: end-to-end tests whose prerequisites (root, network \
-             namespaces, apt packages) are missing will say so and skip. CI sets it."
-        );
-    }
-    build_ebpf(root)?;
-    run(cargo(root).args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo(root).args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    if fuzz_seconds > 0 {
-        fuzz::fuzz(root, fuzz_seconds, 1)?;
-    }
-    // Last, closed by one total line over every test binary.
-    let mut command = cargo(root);
-    command.args(["test", "--workspace", "--all-targets"]);
-    eprintln!("xtask: running {command:?}");
-    let mut child = command
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("starting cargo test")?;
-    let mut totals = TestTotals::default();
-    let stdout = child.stdout.take().expect("piped stdout");
-    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-        let line = line?;
-        println!("{line}");
-        totals.add_line(&line);
-    }
-    let status = child.wait()?;
-    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
-    if !status.success() {
-        bail!("cargo test failed with {status}");
-    }
-    if totals.passed == 0 {
-        bail!("cargo test ran no test");
-    }
-    Ok(())
-}
-
-/// Sums cargo test's per-binary `test result:` lines.
-#[derive(Debug, Default, PartialEq)]
-struct TestTotals {
-    passed: u64,
-    failed: u64,
-}
-
-impl TestTotals {
-    fn add_line(&mut self, line: &str) {
-        let Some(rest) = line.strip_prefix("test result: ") else {
-            return;
-        };
-        for part in rest.split(';') {
-            let mut words = part.split_whitespace().rev();
-            let (Some(kind), Some(count)) = (words.next(), words.next()) else {
-                continue;
-            };
-            let Ok(count) = count.parse::<u64>() else {
-                continue;
-            };
-            match kind {
-                "passed" => self.passed += count,
-                "failed" => self.failed += count,
-                _ => {}
-            }
-        }
-    }
 }
 
 /// Output of `rustup run nightly ...`, trimmed.
@@ -495,6 +429,8 @@ const APT_PACKAGES: &[&str] = &[
     "ffuf",
     // The metrics as a real Prometheus scrapes them (`tests/prometheus.rs`, with `promtool`).
     "prometheus",
+    // CPU load beside the suite for the flake audit (`cargo xtask test --stress-cpus 2`).
+    "stress-ng",
     // The fleet's central store (`tests/clickhouse.rs`, `cargo xtask bench ship`); the client
     // applies deploy/clickhouse/requests.sql by hand.
     "clickhouse-server",
@@ -523,29 +459,4 @@ fn ci_setup() -> anyhow::Result<()> {
     run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::TestTotals;
-
-    #[test]
-    fn totals_sum_every_binary() {
-        let mut totals = TestTotals::default();
-        for line in [
-            "test result: ok. 52 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.02s",
-            "running 3 tests",
-            "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
-            "test something ... ok",
-        ] {
-            totals.add_line(line);
-        }
-        assert_eq!(
-            totals,
-            TestTotals {
-                passed: 54,
-                failed: 1
-            }
-        );
-    }
 }
