@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::time::Duration;
 
 use common::Tarpit;
 
@@ -28,7 +27,18 @@ fn kill_9_mid_drip_then_restart_marks_open_rows_interrupted() {
     }
     // One connection that has already ended, so the restart must leave finished rows alone.
     drop(tarpit.connect());
-    std::thread::sleep(Duration::from_millis(300)); // let the queue reach SQLite
+    // What the test is about is that nothing already recorded is lost: wait until SQLite holds
+    // every connection, every request in flight and the ended connection's end (a fixed sleep
+    // here lost rows still in the queue on a busy machine), then kill.
+    tarpit.wait_count("SELECT COUNT(*) FROM connections", 14);
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE http_path LIKE '/in-flight/%'",
+        10,
+    );
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM connections WHERE end_reason = 'client_closed'",
+        1,
+    );
     tarpit.kill9();
 
     let restarted = Tarpit::start_in(&dir, &slow, 1);

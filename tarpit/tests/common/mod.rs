@@ -170,9 +170,11 @@ impl Tarpit {
             .expect(sql)
     }
 
-    /// Waits (up to 10 s) until `sql` counts at least `n`; returns the count.
+    /// Waits (up to 30 s) until `sql` counts at least `n`; returns the count.
     pub fn wait_count(&self, sql: &str, n: i64) -> i64 {
-        wait_for(Duration::from_secs(10), || {
+        // Generous: it returns as soon as the rows are there, and a busy CI machine can take
+        // seconds to get a batch through the pipeline.
+        wait_for(Duration::from_secs(30), || {
             let c = self.count(sql);
             (c >= n).then_some(c)
         })
