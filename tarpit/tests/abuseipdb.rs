@@ -106,12 +106,11 @@ fn reports_once_per_interval_with_exact_fields_and_remembers_across_restarts() {
     assert_eq!(reported, 1);
     humantime::parse_rfc3339(&at.unwrap()).unwrap();
     // The JSON log records the report too.
-    assert!(
-        tarpit
-            .json_lines()
+    tarpit.wait_json_lines(|lines| {
+        lines
             .iter()
             .any(|l| l["event"] == "abuse_report" && l["outcome"] == "reported")
-    );
+    });
 
     // Restart on the same database: the address is still within its interval.
     let (status, _) = tarpit.terminate(Duration::from_secs(5));

@@ -187,7 +187,7 @@ fn give_ups_are_learned_then_answered_early_and_kept_across_restarts() {
         .expect("the learned figure");
     assert!((learned - shortest).abs() < 0.01, "{learned} vs {shortest}");
     let line = tarpit
-        .json_lines()
+        .wait_json_lines(|lines| lines.iter().any(|l| l["http_path"] == "/a"))
         .into_iter()
         .find(|l| l["http_path"] == "/a")
         .expect("the JSON line of /a");

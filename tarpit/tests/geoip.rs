@@ -108,10 +108,11 @@ fn location_and_asn_fill_the_seed_columns_and_a_new_file_is_picked_up() {
         tarpit.stderr()
     );
 
+    let is_after = |l: &serde_json::Value| l["event"] == "request" && l["http_path"] == "/after";
     let line = tarpit
-        .json_lines()
+        .wait_json_lines(|lines| lines.iter().any(is_after))
         .into_iter()
-        .find(|l| l["event"] == "request" && l["http_path"] == "/after")
+        .find(is_after)
         .unwrap();
     assert_eq!(line["client_ip"], "81.2.69.142");
     assert_eq!(line["country_iso_code"], "GB");

@@ -57,8 +57,7 @@ fn the_sensor_id_is_on_every_row_line_export_and_report() {
             r#"{"provider":"hz","region":"eu-central"}"#.to_owned()
         )]
     );
-    let lines = tarpit.json_lines();
-    assert!(lines.len() >= 4, "{lines:?}");
+    let lines = tarpit.wait_json_lines(|lines| lines.len() >= 4);
     assert!(lines.iter().all(|l| l["sensor_id"] == "fra-1"), "{lines:?}");
     tarpit.terminate(std::time::Duration::from_secs(10));
 

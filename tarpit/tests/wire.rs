@@ -256,7 +256,8 @@ fn the_sqlite_row_has_every_seed_column_and_the_json_log_matches() {
     assert!(orig.is_none() || orig == Some(i64::from(tarpit.addr.port())));
 
     // The JSON log tells the same story with the same field names.
-    let lines = tarpit.json_lines();
+    let lines =
+        tarpit.wait_json_lines(|lines| lines.iter().any(|l| l["event"] == "connection_closed"));
     let kinds: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,

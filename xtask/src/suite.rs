@@ -110,7 +110,10 @@ fn summary(failed_phases: &[String], report: &TestReport) -> Vec<String> {
         lines.extend(report.failed_tests.iter().map(|t| format!("  {t}")));
     }
     if !report.failed_binaries.is_empty() {
-        lines.push("test binaries that failed (crashed, or failed to build):".to_owned());
+        lines.push(
+            "test binaries with failures (one that crashed or did not build is named only here):"
+                .to_owned(),
+        );
         lines.extend(report.failed_binaries.iter().map(|b| format!("  {b}")));
     }
     lines.push(format!(

@@ -181,13 +181,29 @@ impl Tarpit {
         .unwrap_or_else(|| panic!("timed out waiting for {n} from {sql}: {}", self.count(sql)))
     }
 
-    /// Every JSON line written so far.
+    /// Every whole JSON line written so far (a last line still being written, without its
+    /// newline yet, is left out).
     pub fn json_lines(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.dir.join("logs/tarpit.log"))
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(self.dir.join("logs/tarpit.log")).unwrap_or_default();
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
             .lines()
             .map(|l| serde_json::from_str(l).expect("valid JSON line"))
             .collect()
+    }
+
+    /// The JSON lines once `ready` holds for them (polled up to 30 s). Why: the JSON log is a
+    /// sink of its own behind its own queue, so rows in SQLite say nothing of the log; on a
+    /// busy machine it was seen two lines behind.
+    pub fn wait_json_lines(
+        &self,
+        ready: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        wait_for(Duration::from_secs(30), || {
+            let lines = self.json_lines();
+            ready(&lines).then_some(lines)
+        })
+        .unwrap_or_else(|| panic!("the JSON log never got there: {:?}", self.json_lines()))
     }
 
     /// Sends SIGTERM and waits for the exit (at most `within`).
