@@ -76,13 +76,11 @@ fn run_tests(root: &Path, report: &mut TestReport) -> anyhow::Result<()> {
     // The command holds the pipe's write ends until it is dropped; drop it so that the read
     // below ends when cargo does.
     drop(command);
-    let mut out = std::io::stdout().lock();
-    for line in BufReader::new(reader).lines() {
-        let line = line?;
-        writeln!(out, "{line}")?;
-        report.add_line(&line);
-    }
-    drop(out);
+    pass_through(
+        BufReader::new(reader),
+        &mut std::io::stdout().lock(),
+        report,
+    )?;
     let status = child.wait()?;
     if !status.success() {
         bail!("cargo test failed with {status}");
@@ -92,6 +90,23 @@ fn run_tests(root: &Path, report: &mut TestReport) -> anyhow::Result<()> {
     }
     if report.failed > 0 {
         bail!("{} tests failed", report.failed);
+    }
+    Ok(())
+}
+
+/// Copies cargo's output to `out` line by line, reading each into `report`. Bytes, not
+/// `lines()`: a test that prints invalid UTF-8 must not end the read (and the summary) early.
+fn pass_through(
+    mut input: impl BufRead,
+    out: &mut impl Write,
+    report: &mut TestReport,
+) -> std::io::Result<()> {
+    let mut bytes = Vec::new();
+    while input.read_until(b'\n', &mut bytes)? > 0 {
+        out.write_all(&bytes)?;
+        let line = String::from_utf8_lossy(&bytes);
+        report.add_line(line.trim_end_matches(['\n', '\r']));
+        bytes.clear();
     }
     Ok(())
 }
@@ -205,13 +220,13 @@ impl Phases {
 /// What `cargo test`'s output says: totals over every binary, each failed test named with its
 /// binary, and binaries that failed without a result line (a crash, a build error).
 #[derive(Debug, Default, PartialEq)]
-pub struct TestReport {
-    pub passed: u64,
-    pub failed: u64,
+struct TestReport {
+    passed: u64,
+    failed: u64,
     /// `binary: test name` of every test reported `FAILED`.
-    pub failed_tests: Vec<String>,
+    failed_tests: Vec<String>,
     /// What cargo lists after `error: N targets failed:` (e.g. `` `--test classify` ``).
-    pub failed_binaries: Vec<String>,
+    failed_binaries: Vec<String>,
     /// The binary whose tests are running: cargo's last `Running` or `Doc-tests` line.
     current: String,
     /// Inside cargo's closing list of failed targets.
@@ -220,7 +235,7 @@ pub struct TestReport {
 
 impl TestReport {
     /// Reads one line of `cargo test` output.
-    pub fn add_line(&mut self, line: &str) {
+    fn add_line(&mut self, line: &str) {
         let trimmed = line.trim();
         if self.in_failed_targets {
             if trimmed.starts_with('`') {
@@ -277,7 +292,7 @@ impl TestReport {
 
 #[cfg(test)]
 mod tests {
-    use super::{TestReport, summary};
+    use super::{TestReport, pass_through, summary};
 
     /// Lines as cargo test prints them with `--no-fail-fast`, two binaries failing.
     const OUTPUT: &[&str] = &[
@@ -339,6 +354,20 @@ mod tests {
         assert_eq!(report.failed_binaries, ["`--test crash`"]);
         let lines = summary(&["tests".to_owned()], &report);
         assert!(lines.contains(&"  `--test crash`".to_owned()), "{lines:?}");
+    }
+
+    #[test]
+    fn invalid_utf8_from_a_test_does_not_end_the_read() {
+        let output: &[u8] = b"     Running tests/wire.rs (target/debug/deps/wire-6a)\n\
+            raw bytes \xff\xfe from a test\n\
+            test slow_client_is_held ... FAILED\n\
+            test result: FAILED. 4 passed; 1 failed; 0 ignored\n";
+        let mut report = TestReport::default();
+        let mut copy = Vec::new();
+        pass_through(output, &mut copy, &mut report).unwrap();
+        assert_eq!(copy, output, "passed through unchanged");
+        assert_eq!((report.passed, report.failed), (4, 1));
+        assert_eq!(report.failed_tests, ["tests/wire.rs: slow_client_is_held"]);
     }
 
     #[test]
