@@ -418,6 +418,51 @@ fn bench(classifier: &Classifier, seconds: f64) {
     println!("  RegexSet per field, patterns only            {sets_only:>10.0} requests/s");
     println!("  rule by rule, patterns only                  {rule_by_rule:>10.0} requests/s");
     println!("  target                                          100000 requests/s");
+    non_ascii_bench(classifier, &specs, seconds);
+}
+
+/// 16 KiB requests of non-ASCII text (a query of Cyrillic words, as a crafted burst would
+/// send): the whole stage, and the `anywhere` patterns with Unicode word boundaries (as the rules
+/// were compiled before) beside ASCII ones (as they are now).
+fn non_ascii_bench(classifier: &Classifier, specs: &[tarpit::classify::RuleSpec], seconds: f64) {
+    let word = "привет мир данные ";
+    let text = word.repeat(16 * 1024 / word.len());
+    let samples: Vec<Sample> = (0..16)
+        .map(|i| Sample::new(&format!("/search/{i}"), Some(format!("q={text}")), BROWSER))
+        .collect();
+    let whole = throughput(&samples, seconds, |s| classifier.classify(&s.view()).len());
+    let anywhere: Vec<&str> = specs
+        .iter()
+        .flat_map(|s| s.patterns())
+        .filter(|(f, _)| *f == tarpit::classify::Field::Anywhere)
+        .map(|(_, p)| p)
+        .collect();
+    let unicode = regex::RegexSet::new(&anywhere).unwrap();
+    let ascii = regex::RegexSet::new(
+        anywhere
+            .iter()
+            .map(|p| tarpit::classify::ascii_word_boundaries(p)),
+    )
+    .unwrap();
+    let texts: Vec<String> = samples
+        .iter()
+        .map(|s| Fields::of(&s.view()).anywhere.clone())
+        .collect();
+    let per = |set: &regex::RegexSet| {
+        let mut i = 0;
+        throughput(&samples, seconds, |_| {
+            i += 1;
+            set.matches(&texts[i % texts.len()]).iter().count()
+        })
+    };
+    let (unicode, ascii) = (per(&unicode), per(&ascii));
+    println!(
+        "16 KiB non-ASCII requests ({} bytes each), one thread:",
+        text.len()
+    );
+    println!("  whole stage (tarpit)                         {whole:>10.0} requests/s");
+    println!("  `anywhere` set, Unicode \\b (before)          {unicode:>10.0} requests/s");
+    println!("  `anywhere` set, ASCII \\b (now)               {ascii:>10.0} requests/s");
 }
 
 fn main() {

@@ -33,7 +33,7 @@ fn tags(tarpit: &Tarpit) -> BTreeSet<(String, String)> {
 
 /// Waits until the tags of the request for `path` include every one of `expected`.
 fn wait_tags(tarpit: &Tarpit, path: &str, expected: &[&str]) -> BTreeSet<String> {
-    let found = wait_for(Duration::from_secs(10), || {
+    let found = wait_for(Duration::from_secs(30), || {
         let have: BTreeSet<String> = tags(tarpit)
             .into_iter()
             .filter(|(p, _)| p == path)
@@ -277,4 +277,32 @@ fn a_bad_rule_stops_the_start_naming_file_rule_and_reason() {
     ] {
         assert!(stderr.contains(part), "{part} missing from {stderr}");
     }
+}
+
+/// A head larger than `max_request_head` (Citrix Bleed sends a 24.8 KB `Host:`) is recorded
+/// `head_too_large` with what arrived of it: its path, and the tags the path earns.
+#[test]
+fn an_oversized_head_is_classified_by_what_arrived() {
+    let tarpit = Tarpit::start(FAST);
+    let mut request = b"GET /oauth/idp/.well-known/openid-configuration HTTP/1.1\r\n\
+                        User-Agent: python-requests/2.31.0\r\nHost: "
+        .to_vec();
+    request.extend(std::iter::repeat_n(b'a', 24_812));
+    request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    send(&tarpit, &request);
+    let tags = wait_tags(
+        &tarpit,
+        "/oauth/idp/.well-known/openid-configuration",
+        &["cve:CVE-2023-4966", "tool:python-requests"],
+    );
+    assert!(tags.contains("target:citrix"), "{tags:?}");
+    let error: String = tarpit
+        .db()
+        .query_row(
+            "SELECT error_message FROM events WHERE http_path LIKE '/oauth/%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(error, "head_too_large");
 }

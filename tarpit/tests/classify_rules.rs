@@ -810,6 +810,43 @@ const SHAPES: &[Shape] = &[
         )],
         "",
     ),
+    // The implant-era privilege escalation: the WSMA endpoint double-encoded past the front
+    // end's filter (Cisco advisory; rules see the decoded path, /webui_wsma_Http).
+    (
+        "cve:CVE-2023-20198",
+        "POST",
+        "/%2577eb%2575i_%2577sma_Http",
+        None,
+        &[UA, ("Content-Type", "application/xml")],
+        "<?xml version=\"1.0\"?><SOAP:Envelope xmlns:SOAP=\"http://schemas.xmlsoap.org/soap/envelope/\"><SOAP:Body><request correlator=\"exec1\" xmlns=\"urn:cisco:wsma-exec\"><execCLI><cmd>show run</cmd></execCLI></request></SOAP:Body></SOAP:Envelope>",
+    ),
+    // Spring Data Commons: SpEL in a form parameter's property path (Pivotal advisory PoC).
+    (
+        "cve:CVE-2018-1273",
+        "POST",
+        "/users",
+        Some("page=&size=5"),
+        &[UA, ("Content-Type", "application/x-www-form-urlencoded")],
+        "username%5B%23this.getClass%28%29.forName%28%22java.lang.Runtime%22%29.getRuntime%28%29.exec%28%22id%22%29%5D=&password=&repeatedPassword=",
+    ),
+    // Struts 2 namespace OGNL: the expression is a path segment before the action (S2-057).
+    (
+        "cve:CVE-2018-11776",
+        "GET",
+        "/struts2-showcase/%24%7B%28%23_memberAccess%5B%22allowStaticMethodAccess%22%5D%3Dtrue%2C%23a%3D%40java.lang.Runtime%40getRuntime%28%29.exec%28%27id%27%29%29%7D/actionChain1.action",
+        None,
+        &[UA],
+        "",
+    ),
+    // aiohttp static routes with follow_symlinks (GHSA-5h86-8mv2-jq9f PoC).
+    (
+        "cve:CVE-2024-23334",
+        "GET",
+        "/static/../../../../etc/passwd",
+        None,
+        &[UA],
+        "",
+    ),
 ];
 
 fn tags(classifier: &Classifier, shape: &Shape) -> Vec<String> {
@@ -892,6 +929,83 @@ fn plain_requests_get_no_attack_or_cve_tag() {
             !got.iter()
                 .any(|t| t.starts_with("attack:") || t.starts_with("cve:")),
             "{path} {query:?} -> {got:?}"
+        );
+    }
+}
+
+/// Cross-product precision: a request built for one CVE gets no other product's `cve:` tag. A
+/// rule that names several CVEs of one product (a chain, or a fix and its bypass) gives them
+/// together, so the tags a shape may carry are those of the rules that give its own tag.
+#[test]
+fn no_shape_gets_another_products_cve() {
+    let specs = tarpit::classify::rules::load(None).unwrap();
+    let classifier = Classifier::new(&specs).unwrap();
+    let mut wrong = Vec::new();
+    for shape in SHAPES.iter().filter(|s| s.0.starts_with("cve:")) {
+        let allowed: Vec<&str> = specs
+            .iter()
+            .filter(|r| r.tags.iter().any(|t| t == shape.0))
+            .flat_map(|r| r.tags.iter().map(String::as_str))
+            .collect();
+        for tag in tags(&classifier, shape) {
+            if tag.starts_with("cve:") && !allowed.contains(&tag.as_str()) {
+                wrong.push(format!(
+                    "{} {} {:?} also got {tag}",
+                    shape.0, shape.2, shape.3
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "wrong CVE tags:\n{}", wrong.join("\n"));
+}
+
+/// Real browsers' User-Agents are not commands: Opera Mini's `(MTK; Opera Mini/...; U; id)` names
+/// its language (Indonesian), not the `id` command.
+const BROWSERS: &[Shape] = &[
+    (
+        "",
+        "GET",
+        "/",
+        None,
+        &[(
+            "User-Agent",
+            "Opera/9.80 (MTK; Opera Mini/2.1199/34.1244; U; id) Presto/2.8.119 Version/11.10",
+        )],
+        "",
+    ),
+    (
+        "",
+        "GET",
+        "/",
+        None,
+        &[(
+            "User-Agent",
+            "Opera/9.80 (J2ME/MIDP; Opera Mini/4.2.14912/870; U; id) Presto/2.4.15",
+        )],
+        "",
+    ),
+    (
+        "",
+        "GET",
+        "/",
+        None,
+        &[(
+            "User-Agent",
+            "Mozilla/5.0 (Linux; U; Android 4.0.4; id-id; GT-S7562 Build/IMM76I) AppleWebKit/534.30 (KHTML, like Gecko) Version/4.0 Mobile Safari/534.30",
+        )],
+        "",
+    ),
+];
+
+#[test]
+fn browser_user_agents_get_no_attack_tag() {
+    let classifier = Classifier::load(None).unwrap();
+    for shape in BROWSERS {
+        let got = tags(&classifier, shape);
+        assert!(
+            !got.iter().any(|t| t.starts_with("attack:")),
+            "{:?} -> {got:?}",
+            shape.4
         );
     }
 }

@@ -163,7 +163,7 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<RuleSpec>, RuleError> {
             )));
         }
         for (field, pattern) in rule.patterns() {
-            regex::Regex::new(pattern)
+            regex::Regex::new(&super::ascii_word_boundaries(pattern))
                 .map_err(|e| error(format!("{}: invalid pattern: {e}", field.name())))?;
         }
     }

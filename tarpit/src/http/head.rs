@@ -151,6 +151,29 @@ pub fn parse_head(buf: &[u8], limits: HeadLimits) -> HeadStatus {
     }
 }
 
+/// What can be read of a head cut at the size limit: the request line and every header line
+/// that arrived whole (the line the limit cut is left out), so an oversized request, such as
+/// Citrix Bleed's 24 KB `Host:`, is still recorded and classified by its method, path and
+/// headers. `None` when the bytes do not start with a request line. Runs once per rejected
+/// head, never per read.
+pub fn truncated_head(buf: &[u8], max_headers: usize) -> Option<ParsedHead> {
+    let last_line_end = buf.iter().rposition(|&b| b == b'\n')?;
+    let mut whole = Vec::with_capacity(last_line_end + 3);
+    whole.extend_from_slice(&buf[..=last_line_end]);
+    whole.extend_from_slice(b"\r\n");
+    let limits = HeadLimits {
+        max_head: whole.len(),
+        max_headers,
+    };
+    match parse_complete(&whole, limits) {
+        HeadStatus::Complete(mut head) => {
+            head.head_len = buf.len();
+            Some(head)
+        }
+        _ => None,
+    }
+}
+
 /// A TLS record header for a handshake: content type 22, major version 3.
 fn looks_like_tls(buf: &[u8]) -> bool {
     buf.len() >= 2 && buf[0] == 0x16 && buf[1] == 0x03
@@ -407,6 +430,23 @@ mod tests {
         }
         raw.extend_from_slice(b"\r\n");
         assert_eq!(rejection(&raw), Rejection::TooManyHeaders);
+    }
+
+    #[test]
+    fn a_cut_head_keeps_its_request_line_and_whole_headers() {
+        let mut raw = b"GET /oauth/idp/.well-known/openid-configuration?x=1 HTTP/1.1\r\n\
+                        User-Agent: curl/8.0\r\nHost: "
+            .to_vec();
+        raw.extend(std::iter::repeat_n(b'a', 24_812));
+        let head = truncated_head(&raw, 64).expect("the request line arrived");
+        assert_eq!(head.method, "GET");
+        assert_eq!(head.path, "/oauth/idp/.well-known/openid-configuration");
+        assert_eq!(head.query.as_deref(), Some("x=1"));
+        assert_eq!(head.header("user-agent"), Some("curl/8.0"));
+        assert_eq!(head.header("host"), None, "the cut line is left out");
+        assert_eq!(head.head_len, raw.len());
+        assert!(truncated_head(b"\x00\x01garbage\n more", 64).is_none());
+        assert!(truncated_head(b"GET /no-line-end", 64).is_none());
     }
 
     #[test]

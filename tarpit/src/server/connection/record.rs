@@ -178,6 +178,20 @@ impl Connection {
         let client = self.client(None);
         let ports = self.target_ports(None);
         let mut record = self.base_record(seq, client, received.len(), ports);
+        // A head cut at the size limit is still a request: what arrived of it is recorded
+        // (and so classified) as a complete head would be.
+        if reason == "head_too_large" {
+            let max_headers = self.shared.settings.head_limits.max_headers;
+            if let Some(head) = crate::http::head::truncated_head(received, max_headers) {
+                record.http_method = Some(head.method.clone());
+                record.http_path = Some(head.path.clone());
+                record.http_query = head.query.clone();
+                record.http_version = Some(head.version.as_str());
+                record.user_agent = head.header("user-agent").map(str::to_owned);
+                record.headers_json = head.headers;
+                record.header_order = Some(head.header_order);
+            }
+        }
         record.error_message = Some(reason);
         record.raw_preview =
             (!received.is_empty()).then(|| escape_preview(received, RAW_PREVIEW_BYTES));
