@@ -112,6 +112,9 @@ pub struct ClassifyArgs {
     /// Operator rule file (default: `classify.rules` of the configuration).
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
+    /// The OWASP CRS pass: auto, on or off (default: `classify.crs` of the configuration).
+    #[arg(long, value_enum)]
+    pub crs: Option<crate::ebpf::EbpfMode>,
 }
 
 /// Flags of `tarpit ports` and `tarpit stats`.
@@ -259,6 +262,18 @@ pub struct Overrides {
     /// [classify] rules: an operator rule file, read after the built-in rules.
     #[arg(long)]
     pub classify_rules: Option<PathBuf>,
+    /// [classify] crs: the OWASP Core Rule Set, auto, on or off.
+    #[arg(long, value_enum)]
+    pub crs: Option<crate::ebpf::EbpfMode>,
+    /// [classify] crs_dir: the CRS directory (holding rules/REQUEST-*.conf).
+    #[arg(long)]
+    pub crs_dir: Option<PathBuf>,
+    /// [classify] crs_paranoia: the CRS paranoia level, 1 to 4.
+    #[arg(long)]
+    pub crs_paranoia: Option<u8>,
+    /// [classify] crs_exclusions: exclusions in the CRS's syntax, loaded after its rules.
+    #[arg(long)]
+    pub crs_exclusions: Option<PathBuf>,
     /// [tarpit] mode: drip (the replaced tool's response) or adaptive.
     #[arg(long, value_enum)]
     pub mode: Option<crate::config::TarpitMode>,
@@ -333,6 +348,12 @@ impl Overrides {
         set(&mut config.ebpf.map_entries, &self.ebpf_map_entries);
         if let Some(rules) = &self.classify_rules {
             config.classify.rules = Some(rules.clone());
+        }
+        set(&mut config.classify.crs, &self.crs);
+        set(&mut config.classify.crs_dir, &self.crs_dir);
+        set(&mut config.classify.crs_paranoia, &self.crs_paranoia);
+        if let Some(file) = &self.crs_exclusions {
+            config.classify.crs_exclusions = Some(file.clone());
         }
         set(&mut config.tarpit.mode, &self.mode);
         set(&mut config.tarpit.hold, &self.hold);

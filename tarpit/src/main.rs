@@ -214,6 +214,36 @@ fn classify(
         summary.tagged,
         summary.tags
     );
+    // The CRS pass after the own rules (which replaced every stored tag): every row again.
+    use tarpit::classify::crs::{Crs, stage};
+    use tarpit::ebpf::EbpfMode;
+    let mode = args.crs.unwrap_or(config.classify.crs);
+    let crs = match mode {
+        EbpfMode::Off => None,
+        _ => match Crs::load(&config.classify.crs_settings()) {
+            Ok(crs) => Some(crs),
+            Err(error) if mode == EbpfMode::Auto => {
+                println!("OWASP CRS pass skipped: {error}");
+                None
+            }
+            Err(error) => return Err(anyhow::anyhow!(error)).context("--crs on"),
+        },
+    };
+    if let Some(mut crs) = crs {
+        let mut conn = rusqlite::Connection::open(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        let outcome = stage::evaluate_all(&mut conn, &mut crs)
+            .with_context(|| format!("evaluating the CRS on {}", db.display()))?;
+        println!(
+            "{}: {} requests evaluated with the OWASP CRS ({}, {} rules, paranoia level {}): {} with rules fired",
+            db.display(),
+            outcome.rows,
+            crs.catalog().version().unwrap_or("unknown version"),
+            crs.catalog().len(),
+            config.classify.crs_paranoia,
+            outcome.tagged
+        );
+    }
     Ok(())
 }
 

@@ -147,6 +147,14 @@ fn describe() {
     );
     describe_gauge!("tarpit_connections_active", "Connections open now.");
     describe_gauge!(
+        "tarpit_classify_backlog_rows",
+        "Stored requests the OWASP CRS stage has not evaluated yet."
+    );
+    describe_counter!(
+        "tarpit_crs_evaluated_rows_total",
+        "Stored requests the OWASP CRS stage has evaluated."
+    );
+    describe_gauge!(
         "tarpit_giveup_seconds",
         Unit::Seconds,
         "The adaptive mode's learned give-up time, per tool."

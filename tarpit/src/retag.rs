@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, params};
 
-use crate::classify::{Classifier, RequestView};
+use crate::classify::Classifier;
+use crate::classify::stored::{StoredRequest, read_batch};
 
 /// Rows per transaction.
 const BATCH: i64 = 5_000;
@@ -25,48 +26,6 @@ pub struct RetagSummary {
     pub tags: u64,
 }
 
-/// One stored request, as the classifier reads it.
-struct StoredRequest {
-    id: i64,
-    conn_id: Option<i64>,
-    request_seq: Option<i64>,
-    method: Option<String>,
-    path: Option<String>,
-    query: Option<String>,
-    headers: Vec<(String, String)>,
-    user_agent: Option<String>,
-    body: Option<Vec<u8>>,
-    raw: Option<String>,
-}
-
-impl StoredRequest {
-    fn view(&self) -> RequestView<'_> {
-        RequestView {
-            method: self.method.as_deref(),
-            path: self.path.as_deref(),
-            query: self.query.as_deref(),
-            headers: &self.headers,
-            user_agent: self.user_agent.as_deref(),
-            body: self.body.as_deref(),
-            raw: self.raw.as_deref(),
-        }
-    }
-}
-
-/// `headers_json` back into header pairs (ours and the replaced tool's are JSON objects); text
-/// that is not one gives no headers rather than an error: the rest of the row still counts.
-fn headers_of(json: Option<&str>) -> Vec<(String, String)> {
-    let Some(Ok(serde_json::Value::Object(map))) = json.map(serde_json::from_str) else {
-        return Vec::new();
-    };
-    map.into_iter()
-        .map(|(name, value)| match value {
-            serde_json::Value::String(text) => (name, text),
-            other => (name, other.to_string()),
-        })
-        .collect()
-}
-
 /// Re-tags every request in the database at `path` with `classifier`.
 pub fn retag(path: &Path, classifier: &Classifier) -> Result<RetagSummary, crate::db::DbError> {
     // The schema check of the read-only commands: an old or foreign file is refused, with what
@@ -77,7 +36,7 @@ pub fn retag(path: &Path, classifier: &Classifier) -> Result<RetagSummary, crate
     let mut summary = RetagSummary::default();
     let mut after = i64::MIN;
     loop {
-        let batch = read_batch(&conn, after)?;
+        let batch = read_batch(&conn, after, BATCH)?;
         let Some(last) = batch.last() else {
             break;
         };
@@ -126,29 +85,6 @@ pub fn retag(path: &Path, classifier: &Classifier) -> Result<RetagSummary, crate
         after = last;
     }
     Ok(summary)
-}
-
-fn read_batch(conn: &Connection, after: i64) -> rusqlite::Result<Vec<StoredRequest>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, conn_id, request_seq, http_method, http_path, http_query, headers_json,
-                user_agent, body_preview, raw_preview
-         FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
-    )?;
-    stmt.query_map(params![after, BATCH], |r| {
-        Ok(StoredRequest {
-            id: r.get(0)?,
-            conn_id: r.get(1)?,
-            request_seq: r.get(2)?,
-            method: r.get(3)?,
-            path: r.get(4)?,
-            query: r.get(5)?,
-            headers: headers_of(r.get::<_, Option<String>>(6)?.as_deref()),
-            user_agent: r.get(7)?,
-            body: r.get(8)?,
-            raw: r.get(9)?,
-        })
-    })?
-    .collect()
 }
 
 #[cfg(test)]
@@ -204,6 +140,9 @@ mod tests {
         assert!(tags.contains(&(1, "tool:sqlmap".into())), "{tags:?}");
         assert!(!tags.iter().any(|(_, t)| t == "attack:stale"), "{tags:?}");
         assert_eq!(summary.tags, tags.len() as u64);
-        assert_eq!(headers_of(Some("{\"A\":1}")), [("A".into(), "1".into())]);
+        assert_eq!(
+            crate::classify::stored::headers_of(Some("{\"A\":1}")),
+            [("A".into(), "1".into())]
+        );
     }
 }

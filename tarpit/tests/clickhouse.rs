@@ -526,3 +526,34 @@ fn ship_once_backfills_the_replaced_tools_database() {
         "{stderr}"
     );
 }
+
+/// A table created before the CRS score existed: the sensor says which upgrade file adds the
+/// column, and ships once it is applied.
+#[test]
+fn a_table_without_the_crs_score_names_its_upgrade_then_ships() {
+    if !ready() {
+        return;
+    }
+    let server = ClickHouse::start();
+    server.query("ALTER TABLE tarpit.requests DROP COLUMN crs_score");
+    let config = format!("{FAST_DRIP}{}", ship_section(&server, ""));
+    let dir = tempfile::tempdir().unwrap();
+    let tarpit = start_sensor(dir.path(), &config, &[(PASSWORD_VAR, PASSWORD)], 0);
+    assert!(get(&tarpit, "/before-upgrade"));
+    let named = wait_for(Duration::from_secs(30), || {
+        let stderr = tarpit.stderr();
+        stderr
+            .contains("deploy/clickhouse/upgrade-crs-score.sql")
+            .then_some(stderr)
+    });
+    assert!(named.is_some(), "{}", tarpit.stderr());
+    let upgrade =
+        std::fs::read_to_string(repo_file("deploy/clickhouse/upgrade-crs-score.sql")).unwrap();
+    for statement in statements(&upgrade) {
+        server.query(&statement);
+    }
+    let shipped = wait_for(Duration::from_secs(90), || {
+        (server.count("SELECT count() FROM tarpit.requests") >= 1).then_some(())
+    });
+    assert!(shipped.is_some(), "{}", tarpit.stderr());
+}

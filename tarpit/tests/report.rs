@@ -55,9 +55,11 @@ fn the_report_is_self_contained_and_escapes_what_attackers_sent() {
         urls,
         namespaces + html.matches("http://10.20.30.40").count()
     );
-    // Activity, map, four top charts, six tag charts and the duration histogram.
-    assert_eq!(html.matches("<svg").count(), 13);
+    // Activity, map, four top charts, eight tag charts (the CRS rules and scores among them)
+    // and the duration histogram.
+    assert_eq!(html.matches("<svg").count(), 15);
     assert!(html.contains("Attack classes") && html.contains("Seconds held per tool"));
+    assert!(html.contains("OWASP CRS rules fired") && html.contains("CRS anomaly score"));
     // The eight places of the dataset, three latitudes each.
     assert_eq!(html.matches("<circle").count(), 24);
     assert!(html.contains("<b>400</b><span class=\"muted\">requests</span>"));
@@ -135,7 +137,7 @@ fn chromium_renders_the_report_offline() {
     }
     let rendered = String::from_utf8_lossy(&dom.stdout);
     assert!(rendered.contains("<h1>tarpit report</h1>"), "{rendered}");
-    assert_eq!(rendered.matches("<svg").count(), 13);
+    assert_eq!(rendered.matches("<svg").count(), 15);
 
     let bytes = std::fs::read(&png).expect("chromium wrote the screenshot");
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");

@@ -424,6 +424,10 @@ const APT_PACKAGES: &[&str] = &[
     "sqlmap",
     "wfuzz",
     "dirb",
+    // The OWASP Core Rule Set and the engine that evaluates it (`[classify] crs`,
+    // `tests/crs.rs`, `cargo xtask bench classify`).
+    "libmodsecurity3",
+    "modsecurity-crs",
     // Scanners of `cargo xtask bench scanners` (and its smoke test).
     "gobuster",
     "ffuf",

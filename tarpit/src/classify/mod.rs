@@ -7,9 +7,11 @@
 //! the detector the field measures against ([`detect`]). Runs on the pipeline, never on a
 //! worker, and again offline (`tarpit classify`) on stored rows, with the same input.
 
+pub mod crs;
 pub mod detect;
 pub mod normalize;
 pub mod rules;
+pub mod stored;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -225,13 +225,47 @@ impl ClickHouseConfig {
     }
 }
 
-/// `[classify]`: the classification rules (see `tarpit/assets/classify-rules.toml`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `[classify]`: the classification rules (see `tarpit/assets/classify-rules.toml`) and the
+/// OWASP Core Rule Set (see `crate::classify::crs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClassifyConfig {
     /// An operator rule file read after the built-in rules (same `id` replaces, new `id`
     /// adds); re-read when it changes. None: the built-in rules only.
     pub rules: Option<PathBuf>,
+    /// The CRS: `auto` (on where libmodsecurity and the rules are installed, else say why once),
+    /// `on` (refuse to start without them), `off`.
+    pub crs: crate::ebpf::EbpfMode,
+    /// The CRS directory, holding `rules/REQUEST-*.conf` (Debian's `modsecurity-crs`).
+    pub crs_dir: PathBuf,
+    /// The CRS paranoia level, 1 (fewest false positives) to 4.
+    pub crs_paranoia: u8,
+    /// Exclusions in the CRS's own syntax (`SecRuleRemoveById 920350`,
+    /// `SecRuleUpdateTargetById 942100 "!ARGS:q"`), loaded after the rules.
+    pub crs_exclusions: Option<PathBuf>,
+}
+
+impl Default for ClassifyConfig {
+    fn default() -> Self {
+        Self {
+            rules: None,
+            crs: crate::ebpf::EbpfMode::Auto,
+            crs_dir: crate::classify::crs::DEFAULT_CRS_DIR.into(),
+            crs_paranoia: 1,
+            crs_exclusions: None,
+        }
+    }
+}
+
+impl ClassifyConfig {
+    /// The CRS settings these keys give.
+    pub fn crs_settings(&self) -> crate::classify::crs::CrsSettings {
+        crate::classify::crs::CrsSettings {
+            dir: self.crs_dir.clone(),
+            paranoia: self.crs_paranoia,
+            exclusions: self.crs_exclusions.clone(),
+        }
+    }
 }
 
 /// `[ebpf]`: the netfilter hook that records original destination ports.

@@ -313,6 +313,23 @@ impl Config {
         {
             return err("classify.rules", error.to_string());
         }
+        if !(1..=4).contains(&self.classify.crs_paranoia) {
+            return err(
+                "classify.crs_paranoia",
+                format!(
+                    "{} is not a paranoia level (1 to 4)",
+                    self.classify.crs_paranoia
+                ),
+            );
+        }
+        if let Some(file) = &self.classify.crs_exclusions
+            && let Err(error) = std::fs::metadata(file)
+        {
+            return err(
+                "classify.crs_exclusions",
+                format!("{}: {error}", file.display()),
+            );
+        }
         Ok(())
     }
 }

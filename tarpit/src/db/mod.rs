@@ -258,6 +258,26 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE TABLE ship_watch (event_id INTEGER PRIMARY KEY, version INTEGER NOT NULL);
     "#,
+    // 8: the OWASP CRS stage (see `crate::classify::crs`): each request's inbound anomaly score
+    // (NULL until the stage has evaluated the row, and on rows it does not evaluate), and the
+    // stage's cursor: rows up to `cursor_id` are evaluated. `active` says a tarpit with the CRS
+    // on wrote here last, so shipping waits for the stage (see `crate::ship::outbox`).
+    // `crs_rules` holds the message of each rule of the set last loaded (for `stats`/`report`).
+    r#"
+    ALTER TABLE events ADD COLUMN crs_score INTEGER;
+    CREATE TABLE classify_state (
+        stage TEXT PRIMARY KEY,
+        cursor_id INTEGER NOT NULL,
+        active INTEGER NOT NULL,
+        evaluated_rows INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE crs_rules (
+        rule_id INTEGER PRIMARY KEY,
+        message TEXT NOT NULL,
+        paranoia INTEGER NOT NULL,
+        version TEXT
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

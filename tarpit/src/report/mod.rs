@@ -201,6 +201,8 @@ pub fn to_html(data: &ReportData, now: SystemTime) -> Result<String, ReportError
         ("tool", "Tools"),
         (crate::tag_stats::TIME_PER_TOOL, "Seconds held per tool"),
         ("crawler", "Crawlers"),
+        ("CRS rule", "OWASP CRS rules fired"),
+        (crate::tag_stats::CRS_SCORE, "CRS anomaly score (requests)"),
     ])?;
 
     let mut html = String::with_capacity(256 * 1024);

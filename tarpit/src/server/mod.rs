@@ -132,6 +132,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         shipper: crate::ship::ShipperSetup::from_config(config, &storage.database)?,
     };
     let pipeline = Pipeline::start(rx, enrichment, sinks, stats.clone())?;
+    let crs_stage = start_crs_stage(config, &storage.database)?;
 
     let shared = Arc::new(Shared {
         settings,
@@ -186,6 +187,9 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     drop(shared); // the last EventSender: the pipeline drains and stops
     drop(attribution); // detaches the hook
     pipeline.finish();
+    if let Some(stage) = crs_stage {
+        stage.stop();
+    }
     let dropped = stats
         .dropped_events
         .load(std::sync::atomic::Ordering::Relaxed);
@@ -194,6 +198,44 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         .load(std::sync::atomic::Ordering::Relaxed);
     tracing::info!(dropped, sink_dropped, "stopped; every queued event written");
     Ok(())
+}
+
+/// The CRS stage, as `[classify] crs` says: `auto` goes on without it (saying why once) where
+/// libmodsecurity or the rules are missing, `on` refuses to start. Shipping waits for the stage
+/// only while it runs (`classify_state.active`).
+fn start_crs_stage(
+    config: &Config,
+    database: &std::path::Path,
+) -> anyhow::Result<Option<crate::classify::crs::stage::CrsStage>> {
+    use crate::classify::crs::{Crs, stage};
+    use crate::ebpf::EbpfMode;
+    let mode = config.classify.crs;
+    let loaded = match mode {
+        EbpfMode::Off => None,
+        EbpfMode::On | EbpfMode::Auto => match Crs::load(&config.classify.crs_settings()) {
+            Ok(crs) => Some(crs),
+            Err(error) if mode == EbpfMode::Auto => {
+                tracing::warn!("OWASP CRS classification off: {error}");
+                None
+            }
+            Err(error) => {
+                return Err(anyhow::anyhow!(error))
+                    .context("[classify] crs = \"on\": the OWASP CRS could not be loaded");
+            }
+        },
+    };
+    let Some(crs) = loaded else {
+        let conn = rusqlite::Connection::open(database)?;
+        crate::classify::crs::stage::set_active(&conn, false)?;
+        return Ok(None);
+    };
+    tracing::info!(
+        rules = crs.catalog().len(),
+        version = crs.catalog().version().unwrap_or("unknown"),
+        paranoia = config.classify.crs_paranoia,
+        "OWASP CRS classification on"
+    );
+    Ok(Some(stage::CrsStage::start(database, crs)?))
 }
 
 /// AbuseIPDB reporting, when a key is set: the filters and the history that must survive a

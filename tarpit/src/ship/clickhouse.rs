@@ -121,7 +121,16 @@ impl ClickHouse {
         } else {
             Err(ClickHouseError::Table {
                 table,
-                problem: format!("lacks columns {}", missing.join(", ")),
+                problem: format!(
+                    "lacks columns {}{}",
+                    missing.join(", "),
+                    if missing.contains(&"crs_score") {
+                        " (a table created before the CRS score: apply \
+                         deploy/clickhouse/upgrade-crs-score.sql)"
+                    } else {
+                        ""
+                    }
+                ),
             })
         }
     }

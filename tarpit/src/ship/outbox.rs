@@ -113,10 +113,20 @@ impl Outbox {
         let room = limit - batch.rows;
         if room > 0 {
             let open_before_us = (open_before * 1e6).min(i64::MAX as f64) as i64;
+            // While the CRS stage runs, rows wait for it, so they ship with their CRS tags.
+            let classified_up_to: i64 = tx
+                .query_row(
+                    "SELECT CASE WHEN active THEN cursor_id ELSE ?2 END
+                     FROM classify_state WHERE stage = ?1",
+                    params![crate::classify::crs::stage::STAGE, i64::MAX],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(i64::MAX);
             let mut next = tx.prepare_cached(&format!(
-                "SELECT {select} FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"
+                "SELECT {select} FROM events WHERE id > ?1 AND id <= ?3 ORDER BY id LIMIT ?2"
             ))?;
-            let mut rows = next.query(params![cursor_id, room as i64])?;
+            let mut rows = next.query(params![cursor_id, room as i64, classified_up_to])?;
             while let Some(r) = rows.next()? {
                 let (id, seq, open) = state(r)?;
                 if open && seq > open_before_us {
@@ -294,6 +304,28 @@ mod tests {
             params![conn_id, end_reason, seq],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn rows_wait_for_an_active_crs_stage_and_not_for_an_inactive_one() {
+        let (_dir, conn, mut outbox) = setup();
+        for id in 1..=3 {
+            insert(&conn, id, Some("complete"));
+        }
+        crate::classify::crs::stage::set_active(&conn, true).unwrap();
+        conn.execute("UPDATE classify_state SET cursor_id = 1", [])
+            .unwrap();
+        let batch = outbox.next_batch(100, f64::INFINITY).unwrap();
+        assert_eq!(
+            lines(&batch).len(),
+            1,
+            "rows 2 and 3 are not classified yet"
+        );
+        assert_eq!(batch.next_id, 1);
+        // A tarpit started with the CRS off: nothing waits.
+        crate::classify::crs::stage::set_active(&conn, false).unwrap();
+        let batch = outbox.next_batch(100, f64::INFINITY).unwrap();
+        assert_eq!(lines(&batch).len(), 3);
     }
 
     #[test]

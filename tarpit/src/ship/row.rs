@@ -102,6 +102,7 @@ pub const COLUMNS: &[(&str, Kind)] = &[
     ("giveup_basis", Kind::Text),
     ("planned_end_s", Kind::Real),
     ("client_fin_s", Kind::Real),
+    ("crs_score", Kind::Int),
 ];
 
 /// The columns built apart from [`COLUMNS`], with their ClickHouse types, in the order of the

@@ -1,0 +1,241 @@
+//! The CRS stage: a thread that evaluates the CRS on rows SQLite already holds, past its cursor.
+//!
+//! Why after SQLite and not on the pipeline: the engine costs about a millisecond per distinct
+//! request, a burst of distinct requests would stall the pipeline, and a stalled pipeline drops
+//! events. Here a burst only makes the stage fall behind: the rows are written untagged at once,
+//! wait in SQLite (the backlog: `tarpit_classify_backlog_rows`), and are tagged when the stage
+//! catches up, across restarts and `kill -9` (each batch's tags, scores and cursor commit
+//! together). Shipping waits for the stage (see `crate::ship::outbox`), so the fleet's store gets
+//! rows with their CRS tags. `tarpit classify` runs the same batches offline.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::Crs;
+use super::catalog::Catalog;
+use crate::classify::stored::read_batch;
+
+/// The stage's name in `classify_state`.
+pub const STAGE: &str = "crs";
+
+/// Rows per transaction: a commit every few hundred milliseconds when behind.
+const BATCH: i64 = 256;
+
+/// How long the stage sleeps when it has caught up.
+const IDLE: Duration = Duration::from_millis(200);
+
+/// How long a stopping tarpit lets the stage catch up before it leaves the rest for the next
+/// start.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Rows read (the cursor moved past them).
+    pub rows: usize,
+    /// Rows on which at least one rule fired.
+    pub tagged: usize,
+}
+
+/// Marks whether a tarpit with the CRS on writes this database (shipping waits for the stage
+/// only then), and creates the stage's cursor at 0 the first time.
+pub fn set_active(conn: &Connection, active: bool) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO classify_state (stage, cursor_id, active, evaluated_rows)
+         VALUES (?1, 0, ?2, 0)
+         ON CONFLICT (stage) DO UPDATE SET active = ?2",
+        params![STAGE, active],
+    )?;
+    Ok(())
+}
+
+/// Stores the loaded rule set's messages and levels (`crs_rules`), which `tarpit stats` and
+/// `report` show beside the rule ids.
+pub fn store_catalog(conn: &mut Connection, catalog: &Catalog) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare(
+            "INSERT OR REPLACE INTO crs_rules (rule_id, message, paranoia, version)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (id, rule) in catalog.iter() {
+            insert.execute(params![id, rule.message, rule.paranoia, catalog.version()])?;
+        }
+    }
+    tx.commit()
+}
+
+/// Evaluates every row again, from the first (`tarpit classify`, after it has replaced the
+/// stored tags): returns rows read and rows tagged.
+pub fn evaluate_all(conn: &mut Connection, crs: &mut Crs) -> rusqlite::Result<BatchOutcome> {
+    store_catalog(conn, crs.catalog())?;
+    rewind(conn)?;
+    let mut total = BatchOutcome::default();
+    loop {
+        let outcome = tag_batch(conn, crs)?;
+        if outcome.rows == 0 {
+            return Ok(total);
+        }
+        total.rows += outcome.rows;
+        total.tagged += outcome.tagged;
+    }
+}
+
+/// Moves the cursor back to the start, so every row is evaluated again (`tarpit classify`).
+pub fn rewind(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE classify_state SET cursor_id = 0, evaluated_rows = 0 WHERE stage = ?1",
+        [STAGE],
+    )?;
+    Ok(())
+}
+
+/// Rows not evaluated yet.
+pub fn backlog(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM events
+         WHERE id > IFNULL((SELECT cursor_id FROM classify_state WHERE stage = ?1), 0)",
+        [STAGE],
+        |r| r.get(0),
+    )
+}
+
+/// Evaluates the next batch past the cursor and stores the tags, scores and the new cursor in
+/// one transaction.
+pub fn tag_batch(conn: &mut Connection, crs: &mut Crs) -> rusqlite::Result<BatchOutcome> {
+    let cursor: i64 = conn
+        .query_row(
+            "SELECT cursor_id FROM classify_state WHERE stage = ?1",
+            [STAGE],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let batch = read_batch(conn, cursor, BATCH)?;
+    let Some(last) = batch.last().map(|r| r.id) else {
+        return Ok(BatchOutcome::default());
+    };
+    let verdicts: Vec<_> = batch
+        .iter()
+        // A row that was no request (garbage, TLS, nothing sent) has nothing for the CRS.
+        .filter(|r| r.method.is_some())
+        .map(|r| {
+            (
+                r,
+                crs.evaluate(&r.view(), r.client_ip.as_deref().unwrap_or("0.0.0.0")),
+            )
+        })
+        .collect();
+    let mut outcome = BatchOutcome {
+        rows: batch.len(),
+        tagged: 0,
+    };
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut score = tx.prepare_cached("UPDATE events SET crs_score = ?2 WHERE id = ?1")?;
+        let mut tag = tx.prepare_cached(
+            "INSERT OR IGNORE INTO request_tags (event_id, conn_id, request_seq, tag)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (request, verdict) in &verdicts {
+            score.execute(params![request.id, verdict.score])?;
+            let tags = verdict.tags(crs.catalog());
+            outcome.tagged += usize::from(!tags.is_empty());
+            for t in tags {
+                tag.execute(params![request.id, request.conn_id, request.request_seq, t])?;
+            }
+        }
+    }
+    tx.execute(
+        "INSERT INTO classify_state (stage, cursor_id, active, evaluated_rows)
+         VALUES (?1, ?2, 0, ?3)
+         ON CONFLICT (stage) DO UPDATE SET cursor_id = ?2,
+             evaluated_rows = evaluated_rows + ?3",
+        params![STAGE, last, batch.len() as i64],
+    )?;
+    tx.commit()?;
+    Ok(outcome)
+}
+
+/// The running stage; [`CrsStage::stop`] ends it.
+#[derive(Debug)]
+pub struct CrsStage {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl CrsStage {
+    /// Starts the stage on the database at `path` (already migrated) with a loaded CRS.
+    pub fn start(path: &Path, crs: Crs) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let mut conn = Connection::open(path).context("opening the database for the CRS stage")?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        set_active(&conn, true).context("marking the CRS stage active")?;
+        store_catalog(&mut conn, crs.catalog()).context("storing the CRS rule messages")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("crs-stage".into())
+            .spawn(move || run(&mut conn, crs, &flag))
+            .context("starting the CRS stage thread")?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Lets the stage catch up for a moment, then stops it; what is left is evaluated at the
+    /// next start.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if self.thread.join().is_err() {
+            tracing::error!("the CRS stage panicked");
+        }
+    }
+}
+
+fn run(conn: &mut Connection, mut crs: Crs, stop: &AtomicBool) {
+    let mut stopping_since: Option<Instant> = None;
+    let mut last_error: Option<Instant> = None;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            let since = *stopping_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > STOP_GRACE {
+                break;
+            }
+        }
+        match tag_batch(conn, &mut crs) {
+            Ok(outcome) => {
+                metrics::counter!("tarpit_crs_evaluated_rows_total").increment(outcome.rows as u64);
+                if let Ok(rows) = backlog(conn) {
+                    metrics::gauge!("tarpit_classify_backlog_rows").set(rows as f64);
+                }
+                if outcome.rows == 0 {
+                    if stopping_since.is_some() {
+                        break;
+                    }
+                    std::thread::sleep(IDLE);
+                }
+            }
+            Err(error) => {
+                // SQLite busy for 10 s or a disk error: try again, saying so once a minute.
+                if last_error.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                    tracing::warn!("CRS stage: {error}; retrying");
+                    last_error = Some(Instant::now());
+                }
+                if stopping_since.is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+    tracing::debug!(
+        cache_hits = crs.hits,
+        evaluated = crs.misses,
+        "CRS stage stopped"
+    );
+}
