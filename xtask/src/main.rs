@@ -424,6 +424,9 @@ const APT_PACKAGES: &[&str] = &[
     "sqlmap",
     "wfuzz",
     "dirb",
+    // wapiti's attack payload files (command, SQL, XSS, file handling), a corpus of
+    // `cargo xtask classify-eval`.
+    "wapiti",
     // The OWASP Core Rule Set and the engine that evaluates it (`[classify] crs`,
     // `tests/crs.rs`, `cargo xtask bench classify`).
     "libmodsecurity3",

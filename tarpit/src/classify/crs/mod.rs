@@ -127,6 +127,7 @@ pub fn attack_tag(rule_id: u32) -> Option<&'static str> {
 pub fn engine_config(settings: &CrsSettings, files: &[PathBuf]) -> String {
     let mut text = format!(
         "SecRuleEngine DetectionOnly\n\
+         SecAuditEngine Off\n\
          SecRequestBodyAccess On\n\
          SecRequestBodyLimit 13107200\n\
          SecRequestBodyNoFilesLimit 131072\n\
@@ -209,6 +210,13 @@ impl Crs {
             return verdict.clone();
         }
         self.misses += 1;
+        let verdict = self.evaluate_uncached(request, client_ip);
+        self.cache.put(key, verdict.clone());
+        verdict
+    }
+
+    /// Evaluates a request with the engine, past the cache (what a distinct request costs).
+    pub fn evaluate_uncached(&mut self, request: &RequestView<'_>, client_ip: &str) -> Verdict {
         let uri = match request.query {
             Some(query) => format!("{}?{query}", request.path.unwrap_or("/")),
             None => request.path.unwrap_or("/").to_owned(),
@@ -228,9 +236,7 @@ impl Crs {
             &self.catalog,
         );
         rule_ids.sort_unstable();
-        let verdict = Verdict { rule_ids, score };
-        self.cache.put(key, verdict.clone());
-        verdict
+        Verdict { rule_ids, score }
     }
 
     /// The cache key: everything the engine reads of a request, and whether the client is

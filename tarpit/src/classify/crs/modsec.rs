@@ -7,7 +7,7 @@
 //! classification is on where Debian's `libmodsecurity3` is installed, and the start-up says so
 //! and why not otherwise, as it does for the eBPF object. The C API used is the stable
 //! `msc_*` subset of `modsecurity/modsecurity.h`, `rules_set.h` and `transaction.h` (libmodsecurity
-//! 3.0.x), declared below by hand: fourteen functions.
+//! 3.0.x), declared below by hand: fifteen functions.
 //!
 //! Which rules fired is read from the engine's log callback, one text line per rule that matched
 //! with `log` in effect (`[id "942100"] ... [msg "..."]`), exactly what a ModSecurity deployment
@@ -81,7 +81,8 @@ struct Api {
     create_rules_set: unsafe extern "C" fn() -> *mut RulesSet,
     rules_add: unsafe extern "C" fn(*mut RulesSet, *const c_char, *mut *const c_char) -> c_int,
     rules_cleanup: unsafe extern "C" fn(*mut RulesSet) -> c_int,
-    new_transaction: unsafe extern "C" fn(*mut Msc, *mut RulesSet, *mut c_void) -> *mut Transaction,
+    new_transaction_with_id:
+        unsafe extern "C" fn(*mut Msc, *mut RulesSet, *mut c_char, *mut c_void) -> *mut Transaction,
     process_connection:
         unsafe extern "C" fn(*mut Transaction, *const c_char, c_int, *const c_char, c_int) -> c_int,
     process_uri: unsafe extern "C" fn(
@@ -122,7 +123,7 @@ impl Api {
                 create_rules_set: get(library, "msc_create_rules_set")?,
                 rules_add: get(library, "msc_rules_add")?,
                 rules_cleanup: get(library, "msc_rules_cleanup")?,
-                new_transaction: get(library, "msc_new_transaction")?,
+                new_transaction_with_id: get(library, "msc_new_transaction_with_id")?,
                 process_connection: get(library, "msc_process_connection")?,
                 process_uri: get(library, "msc_process_uri")?,
                 add_n_request_header: get(library, "msc_add_n_request_header")?,
@@ -141,6 +142,8 @@ pub struct ModSecurity {
     api: Api,
     msc: *mut Msc,
     rules: *mut RulesSet,
+    /// Transactions started (their ids).
+    transactions: u64,
     // Declared last: dropped after the pointers above are cleaned up (see `Drop`).
     _library: Library,
 }
@@ -188,6 +191,7 @@ impl ModSecurity {
                 api,
                 msc,
                 rules: set,
+                transactions: 0,
                 _library: library,
             })
         }
@@ -207,12 +211,18 @@ impl ModSecurity {
             text(request.version),
         );
         let server = c"127.0.0.1";
+        // Our own transaction id: without one the engine seeds a random device per request.
+        self.transactions += 1;
+        let mut id = CString::new(self.transactions.to_string())
+            .unwrap_or_default()
+            .into_bytes_with_nul();
         // SAFETY: `collector` outlives the transaction (cleaned up below, before it is
         // returned); every buffer passed lives across its call.
         unsafe {
-            let tx = (self.api.new_transaction)(
+            let tx = (self.api.new_transaction_with_id)(
                 self.msc,
                 self.rules,
+                id.as_mut_ptr().cast(),
                 (&mut collector as *mut Collector<'_>).cast(),
             );
             (self.api.process_connection)(
