@@ -2,6 +2,7 @@
 //! advisories and exploits of each), so a rule edit that loses one fails here; and every `cve:`
 //! tag the rules can give must have its shape in this table.
 
+use tarpit::classify::rules::RuleExample;
 use tarpit::classify::{Classifier, RequestView};
 
 /// (expected tag, method, path, query, headers, body)
@@ -810,6 +811,58 @@ const SHAPES: &[Shape] = &[
         )],
         "",
     ),
+    // The bypass of the CVE-2020-14882 patch: the same traversal in upper case under images/.
+    (
+        "cve:CVE-2020-14750",
+        "GET",
+        "/console/images/%252E%252E%252Fconsole.portal",
+        None,
+        &[UA],
+        "",
+    ),
+    // Shapes the issue named: a command parameter without a metacharacter, a DVR's /shell, an
+    // uploaded shell under wp-content/uploads, a PHP probe that exits with a marker.
+    (
+        "attack:cmd-injection",
+        "GET",
+        "/index.php",
+        Some("cmd=cat%20/etc/passwd"),
+        &[UA],
+        "",
+    ),
+    (
+        "attack:cmd-injection",
+        "GET",
+        "/x.php",
+        Some("cmd=net%20user"),
+        &[UA],
+        "",
+    ),
+    (
+        "attack:cmd-injection",
+        "GET",
+        "/shell",
+        Some("uname%20-a"),
+        &[UA],
+        "",
+    ),
+    (
+        "attack:webshell",
+        "GET",
+        "/wp-content/uploads/cache.php",
+        None,
+        &[UA],
+        "",
+    ),
+    ("attack:webshell", "GET", "/cmdd.php", None, &[UA], ""),
+    (
+        "attack:code-injection",
+        "GET",
+        "/index.php",
+        Some("cmd=a%3Bexit%28md5%28%27x%27%29%29%3B%2F%2F"),
+        &[UA],
+        "",
+    ),
     // The implant-era privilege escalation: the WSMA endpoint double-encoded past the front
     // end's filter (Cisco advisory; rules see the decoded path, /webui_wsma_Http).
     (
@@ -888,17 +941,111 @@ fn every_shape_gets_its_tag() {
     assert!(missed.is_empty(), "missed:\n{}", missed.join("\n"));
 }
 
+/// The tags a rule's example gets.
+fn example_tags(classifier: &Classifier, example: &RuleExample) -> Vec<String> {
+    let headers: Vec<(String, String)> = example
+        .headers
+        .iter()
+        .map(|line| {
+            let (name, value) = line.split_once(':').unwrap_or((line, ""));
+            (name.trim().to_owned(), value.trim().to_owned())
+        })
+        .collect();
+    let user_agent = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("user-agent"))
+        .map(|(_, v)| v.as_str());
+    let view = RequestView {
+        method: Some(example.method.as_deref().unwrap_or("GET")),
+        path: Some(&example.path),
+        query: example.query.as_deref(),
+        headers: &headers,
+        user_agent,
+        body: example.body.as_deref().map(str::as_bytes),
+        raw: None,
+    };
+    classifier
+        .classify(&view)
+        .iter()
+        .map(|t| t.to_string())
+        .collect()
+}
+
+/// Every rule that carries the request it was written from tags it with all of its tags.
+#[test]
+fn every_rule_example_gets_its_rules_tags() {
+    let specs = tarpit::classify::rules::load(None).unwrap();
+    let classifier = Classifier::new(&specs).unwrap();
+    let mut missed = Vec::new();
+    let mut examples = 0;
+    for spec in &specs {
+        let Some(example) = &spec.example else {
+            continue;
+        };
+        examples += 1;
+        assert!(
+            !example.source.trim().is_empty(),
+            "{}: example without a source",
+            spec.id
+        );
+        let got = example_tags(&classifier, example);
+        let lacking: Vec<&String> = spec.tags.iter().filter(|t| !got.contains(t)).collect();
+        if !lacking.is_empty() {
+            missed.push(format!("{}: lacks {lacking:?}, got {got:?}", spec.id));
+        }
+    }
+    assert!(examples >= 150, "{examples} examples");
+    assert!(
+        missed.is_empty(),
+        "examples not tagged:\n{}",
+        missed.join("\n")
+    );
+}
+
+/// Cross-product precision on the examples: an example gets no `cve:` tag but its own rule's,
+/// or those of rules that share a CVE with it (one product's chain).
+#[test]
+fn no_example_gets_another_products_cve() {
+    let specs = tarpit::classify::rules::load(None).unwrap();
+    let classifier = Classifier::new(&specs).unwrap();
+    let mut wrong = Vec::new();
+    for spec in &specs {
+        let Some(example) = &spec.example else {
+            continue;
+        };
+        let own: Vec<&String> = spec.tags.iter().filter(|t| t.starts_with("cve:")).collect();
+        let allowed: Vec<&str> = specs
+            .iter()
+            .filter(|r| r.tags.iter().any(|t| own.contains(&t)))
+            .flat_map(|r| r.tags.iter().map(String::as_str))
+            .collect();
+        for tag in example_tags(&classifier, example) {
+            if tag.starts_with("cve:") && !allowed.contains(&tag.as_str()) {
+                wrong.push(format!("{} ({}) also got {tag}", spec.id, example.path));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "wrong CVE tags:\n{}", wrong.join("\n"));
+}
+
 #[test]
 fn every_cve_the_rules_name_has_a_shape_here() {
-    let classifier = Classifier::load(None).unwrap();
+    let specs = tarpit::classify::rules::load(None).unwrap();
+    let classifier = Classifier::new(&specs).unwrap();
     let cves: Vec<&str> = classifier
         .all_tags()
         .iter()
         .map(|t| t.as_ref())
         .filter(|t| t.starts_with("cve:"))
         .collect();
-    assert!(cves.len() >= 30, "at least 30 CVEs: {}", cves.len());
-    let tested: Vec<&str> = SHAPES.iter().map(|s| s.0).collect();
+    assert!(cves.len() >= 250, "at least 250 CVEs: {}", cves.len());
+    let mut tested: Vec<&str> = SHAPES.iter().map(|s| s.0).collect();
+    tested.extend(
+        specs
+            .iter()
+            .filter(|s| s.example.is_some())
+            .flat_map(|s| s.tags.iter().map(String::as_str)),
+    );
     let untested: Vec<&&str> = cves.iter().filter(|c| !tested.contains(c)).collect();
     assert!(
         untested.is_empty(),

@@ -9,11 +9,19 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-/// The default rule set, compiled in.
-pub const DEFAULT_RULES: &str = include_str!("../../assets/classify-rules.toml");
-
-/// The name the compiled-in file is reported under in errors.
-pub const DEFAULT_RULES_NAME: &str = "tarpit/assets/classify-rules.toml (built in)";
+/// The default rule files, compiled in, with the names they are reported under in errors: the
+/// attack, target, tool and crawler rules with the first CVEs, then the CVEs seen exploited
+/// over HTTP, each with the request its rule was written from (`example`).
+pub const DEFAULT_RULE_FILES: &[(&str, &str)] = &[
+    (
+        "tarpit/assets/classify-rules.toml (built in)",
+        include_str!("../../assets/classify-rules.toml"),
+    ),
+    (
+        "tarpit/assets/classify-cves.toml (built in)",
+        include_str!("../../assets/classify-cves.toml"),
+    ),
+];
 
 /// Tag families; every tag is `family:name`.
 pub const FAMILIES: &[&str] = &["attack", "cve", "target", "tool", "crawler"];
@@ -87,6 +95,33 @@ pub struct RuleSpec {
     /// A detector (`libinjection-sqli`, `libinjection-xss`) run on each user-controlled value.
     #[serde(default)]
     pub detector: Option<String>,
+    /// The request the rule was written from (an advisory's or a public exploit's), which it
+    /// must tag: checked by the test suite for every built-in rule that has one, and a
+    /// self-test an operator's rule can carry.
+    #[serde(default)]
+    pub example: Option<RuleExample>,
+}
+
+/// A request a rule must match, as its source sends it (not yet decoded).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RuleExample {
+    /// Where the shape comes from: the advisory or exploit, by name or URL.
+    pub source: String,
+    /// The method (GET when absent).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// The path as sent.
+    pub path: String,
+    /// The query as sent, without `?`.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Header lines, `Name: value`.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// The body as sent.
+    #[serde(default)]
+    pub body: Option<String>,
 }
 
 fn enabled() -> bool {
@@ -197,7 +232,19 @@ fn check_tag(tag: &str) -> Result<(), String> {
 
 /// The default rules with an operator file's merged in (same id: replaced; new: added).
 pub fn load(operator_file: Option<&Path>) -> Result<Vec<RuleSpec>, RuleError> {
-    let mut rules = parse(DEFAULT_RULES, DEFAULT_RULES_NAME)?;
+    let mut rules = Vec::new();
+    for (name, text) in DEFAULT_RULE_FILES {
+        for rule in parse(text, name)? {
+            if rules.iter().any(|r: &RuleSpec| r.id == rule.id) {
+                return Err(RuleError {
+                    file: (*name).to_owned(),
+                    rule: rule.id,
+                    reason: "a second rule with this id among the built-in files".into(),
+                });
+            }
+            rules.push(rule);
+        }
+    }
     if let Some(path) = operator_file {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| RuleError {
