@@ -416,3 +416,58 @@ fn a_missing_rule_set_or_a_bad_level_stops_the_start() {
     assert!(stderr.contains("classify.crs_paranoia"), "{stderr}");
     assert!(stderr.contains("1 to 4"), "{stderr}");
 }
+
+/// Operator exclusions in the CRS's own syntax take effect: a removed rule no longer fires, a
+/// target excluded from a rule is not inspected by it, and the other rules still do.
+#[test]
+fn operator_exclusions_remove_rules_and_targets() {
+    if !crs_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exclusions = dir.path().join("crs-exclusions.conf");
+    std::fs::write(
+        &exclusions,
+        "# ours\nSecRuleRemoveById 942100\nSecRuleUpdateTargetById 941100 \"!ARGS:comment\"\n",
+    )
+    .unwrap();
+    let tarpit = Tarpit::start(
+        &[
+            FAST,
+            &[
+                "--crs",
+                "on",
+                "--crs-exclusions",
+                exclusions.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    let sqli = Request::get("/item.php", Some("id=1%27%20OR%20%271%27%3D%271"));
+    let xss_excluded = Request::get("/post", Some("comment=%3Cscript%3Ealert(1)%3C/script%3E"));
+    let xss = Request::get("/post", Some("title=%3Cscript%3Ealert(1)%3C/script%3E"));
+    for request in [&sqli, &xss_excluded, &xss] {
+        send(&tarpit, request);
+    }
+    wait_evaluated(&tarpit, 3, Duration::from_secs(60));
+    assert!(!tags_of(&tarpit, &sqli.target()).contains("crs:942100"));
+    assert!(!tags_of(&tarpit, &xss_excluded.target()).contains("crs:941100"));
+    assert!(tags_of(&tarpit, &xss.target()).contains("crs:941100"));
+    // A file the engine refuses stops the start, even with `crs = "auto"`, naming the key, the
+    // file and the engine's reason.
+    std::fs::write(&exclusions, "SecRuleRemoveById\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tarpit"))
+        .current_dir(dir.path())
+        .args(["run", "--port", "0", "--crs", "auto", "--crs-exclusions"])
+        .arg(&exclusions)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("[classify] crs_exclusions"), "{stderr}");
+    let named = format!(
+        "{}: libmodsecurity refused the exclusions",
+        exclusions.display()
+    );
+    assert!(stderr.contains(&named), "{stderr}");
+}

@@ -307,6 +307,26 @@ fn classify_tags_the_replaced_tools_rows() {
     );
     assert!(stdout.contains("5 requests re-tagged"), "{stdout}");
     let conn = rusqlite::Connection::open(&db).unwrap();
+    // Then the OWASP CRS on every row (CI installs it; elsewhere the pass says why it is off).
+    if std::env::var_os("TARPIT_E2E").is_some() {
+        assert!(
+            stdout.contains("5 requests evaluated with the OWASP CRS"),
+            "{stdout}"
+        );
+        let scored: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE crs_score IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(scored, 5);
+    } else {
+        assert!(
+            stdout.contains("evaluated with the OWASP CRS") || stdout.contains("CRS pass skipped"),
+            "{stdout}"
+        );
+    }
     let tags: Vec<Vec<Value>> = conn
         .prepare("SELECT event_id, conn_id, tag FROM request_tags ORDER BY event_id, tag")
         .unwrap()

@@ -89,6 +89,13 @@ impl Field {
     }
 }
 
+/// The lazy DFA cache of each field's set (the regex crate's default is 2 MiB). With 325 rules
+/// the default cache filled and was rebuilt or given up for the PikeVM on ordinary traffic
+/// (throughput fell from 134,000 to 80,000-100,000 requests/s); at 8 MiB it holds (about
+/// 120,000/s, `cargo xtask bench classify`). The cache grows only as states are built, so the
+/// most a crafted request can make it cost is this per field set: 72 MiB per classifying thread.
+const DFA_CACHE_BYTES: usize = 8 << 20;
+
 /// One field's patterns as a single set, and the rule each pattern belongs to.
 #[derive(Debug)]
 struct FieldSet {
@@ -163,6 +170,7 @@ impl Classifier {
                 .map(|p| ascii_word_boundaries(p))
                 .collect();
             let set = regex::RegexSetBuilder::new(&field_patterns)
+                .dfa_size_limit(DFA_CACHE_BYTES)
                 .build()
                 .map_err(|e| RuleError {
                     file: "(rule set)".into(),

@@ -214,6 +214,10 @@ fn start_crs_stage(
         EbpfMode::Off => None,
         EbpfMode::On | EbpfMode::Auto => match Crs::load(&config.classify.crs_settings()) {
             Ok(crs) => Some(crs),
+            // The operator's own file is a configuration error whatever the mode.
+            Err(error @ crate::classify::crs::CrsError::Exclusions { .. }) => {
+                return Err(anyhow::anyhow!(error)).context("[classify] crs_exclusions");
+            }
             Err(error) if mode == EbpfMode::Auto => {
                 tracing::warn!("OWASP CRS classification off: {error}");
                 None

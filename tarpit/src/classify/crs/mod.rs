@@ -60,6 +60,14 @@ pub enum CrsError {
     /// The engine is missing or refused the rules.
     #[error(transparent)]
     Engine(#[from] modsec::ModSecurityError),
+    /// The rules load, but not with the operator's exclusions: the file is at fault.
+    #[error("{file}: libmodsecurity refused the exclusions: {reason}")]
+    Exclusions {
+        /// The exclusions file.
+        file: String,
+        /// The engine's reason.
+        reason: String,
+    },
 }
 
 /// What the CRS said of one request.
@@ -185,7 +193,31 @@ impl Crs {
             let text = std::fs::read_to_string(file).map_err(|e| files_error(file, e))?;
             catalog.add_text(&text);
         }
-        let engine = ModSecurity::load(&engine_config(settings, &files))?;
+        let engine = match ModSecurity::load(&engine_config(settings, &files)) {
+            Ok(engine) => engine,
+            // Loading again without the exclusions tells whose fault it is.
+            Err(modsec::ModSecurityError::Rules(reason))
+                if settings.exclusions.is_some()
+                    && ModSecurity::load(&engine_config(
+                        &CrsSettings {
+                            exclusions: None,
+                            ..settings.clone()
+                        },
+                        &files,
+                    ))
+                    .is_ok() =>
+            {
+                return Err(CrsError::Exclusions {
+                    file: settings
+                        .exclusions
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    reason,
+                });
+            }
+            Err(error) => return Err(error.into()),
+        };
         Ok(Self {
             engine,
             catalog: Arc::new(catalog),
