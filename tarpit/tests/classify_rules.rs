@@ -904,28 +904,15 @@ const SHAPES: &[Shape] = &[
 
 fn tags(classifier: &Classifier, shape: &Shape) -> Vec<String> {
     let (_, method, path, query, headers, body) = *shape;
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
-    let user_agent = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("user-agent"))
-        .map(|(_, v)| v.as_str());
-    let view = RequestView {
-        method: Some(method),
-        path: Some(path),
-        query,
-        headers: &headers,
-        user_agent,
-        body: (!body.is_empty()).then_some(body.as_bytes()),
-        raw: None,
+    let example = RuleExample {
+        source: "tests/classify_rules.rs".into(),
+        method: Some(method.into()),
+        path: path.into(),
+        query: query.map(str::to_owned),
+        headers: headers.iter().map(|(n, v)| format!("{n}: {v}")).collect(),
+        body: (!body.is_empty()).then(|| body.to_owned()),
     };
-    classifier
-        .classify(&view)
-        .iter()
-        .map(|t| t.to_string())
-        .collect()
+    example_tags(classifier, &example)
 }
 
 #[test]
