@@ -1131,6 +1131,32 @@ const BROWSERS: &[Shape] = &[
     ),
 ];
 
+/// Java XMLDecoder bodies (WebLogic's wls-wsat exploits, and harmless XML alike) are full of
+/// `<object class=...>` elements: that is no cross-site scripting.
+#[test]
+fn an_xml_object_element_is_not_xss() {
+    let classifier = Classifier::load(None).unwrap();
+    let shape: Shape = (
+        "",
+        "POST",
+        "/api/import",
+        None,
+        &[UA, ("Content-Type", "text/xml")],
+        "<java version=\"1.8\"><object class=\"java.util.ArrayList\"><void method=\"add\"><string>x</string></void></object></java>",
+    );
+    let got = tags(&classifier, &shape);
+    assert!(!got.iter().any(|t| t == "attack:xss"), "{got:?}");
+    let xss: Shape = (
+        "attack:xss",
+        "GET",
+        "/p",
+        Some("x=%3Cobject%20data%3D%22javascript%3Aalert(1)%22%3E"),
+        &[UA],
+        "",
+    );
+    assert!(tags(&classifier, &xss).iter().any(|t| t == "attack:xss"));
+}
+
 #[test]
 fn browser_user_agents_get_no_attack_tag() {
     let classifier = Classifier::load(None).unwrap();

@@ -171,7 +171,16 @@ fn normalize_path(path: &str) -> String {
 /// value: `1 AND 1=1`), cookie values, path segments and the headers scanners inject into.
 pub fn parameter_values<'a>(fields: &'a Fields, request: &RequestView<'_>) -> Vec<Cow<'a, str>> {
     let mut values: Vec<Cow<'a, str>> = Vec::new();
-    let body = request.body.map(String::from_utf8_lossy);
+    // An XML body is markup, not `name=value` pairs: split at `&` and `=`, its elements
+    // (`<object class=...>` in every Java XMLDecoder payload) would look like injected HTML.
+    let xml_body = fields
+        .headers
+        .lines()
+        .any(|l| l.starts_with("content-type: ") && l.contains("xml"));
+    let body = request
+        .body
+        .filter(|_| !xml_body)
+        .map(String::from_utf8_lossy);
     for list in [request.query, body.as_deref()].into_iter().flatten() {
         for part in list.split('&') {
             match part.split_once('=') {
