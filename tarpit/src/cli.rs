@@ -274,6 +274,9 @@ pub struct Overrides {
     /// [classify] crs_exclusions: exclusions in the CRS's syntax, loaded after its rules.
     #[arg(long)]
     pub crs_exclusions: Option<PathBuf>,
+    /// [classify] crs_backlog_max: most stored rows that may wait for the CRS stage.
+    #[arg(long)]
+    pub crs_backlog_max: Option<u64>,
     /// [tarpit] mode: drip (the replaced tool's response) or adaptive.
     #[arg(long, value_enum)]
     pub mode: Option<crate::config::TarpitMode>,
@@ -352,6 +355,7 @@ impl Overrides {
         set(&mut config.classify.crs, &self.crs);
         set(&mut config.classify.crs_dir, &self.crs_dir);
         set(&mut config.classify.crs_paranoia, &self.crs_paranoia);
+        set(&mut config.classify.crs_backlog_max, &self.crs_backlog_max);
         if let Some(file) = &self.crs_exclusions {
             config.classify.crs_exclusions = Some(file.clone());
         }

@@ -154,6 +154,10 @@ fn describe() {
         "tarpit_crs_evaluated_rows_total",
         "Stored requests the OWASP CRS stage has evaluated."
     );
+    describe_counter!(
+        "tarpit_crs_skipped_rows_total",
+        "Stored requests the OWASP CRS stage passed over to keep its backlog under crs_backlog_max."
+    );
     describe_gauge!(
         "tarpit_giveup_seconds",
         Unit::Seconds,

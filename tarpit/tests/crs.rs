@@ -471,3 +471,74 @@ fn operator_exclusions_remove_rules_and_targets() {
     );
     assert!(stderr.contains(&named), "{stderr}");
 }
+
+/// The backlog is bounded: when more than `crs_backlog_max` rows wait, the oldest are passed
+/// over and counted, the newest evaluated, and `tarpit classify` evaluates the rest later.
+#[test]
+fn a_backlog_past_its_bound_skips_the_oldest_rows_and_counts_them() {
+    if !crs_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Tarpit::start_in(dir.path(), &[FAST, &["--crs", "off"]].concat(), 0);
+    for i in 0..60 {
+        send(
+            &first,
+            &Request::get("/item.php", Some(&format!("id={i}%27%20OR%201=1--"))),
+        );
+    }
+    first.wait_count("SELECT COUNT(*) FROM events", 60);
+    first.kill9();
+    let second = Tarpit::start_in(
+        dir.path(),
+        &[FAST, &["--crs", "on", "--crs-backlog-max", "20"]].concat(),
+        1,
+    );
+    wait_evaluated(&second, 60, Duration::from_secs(60));
+    let (scored, skipped): (i64, i64) = second
+        .db()
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM events WHERE crs_score IS NOT NULL),
+                    (SELECT skipped_rows FROM classify_state WHERE stage = 'crs')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((scored, skipped), (20, 40));
+    // The newest rows are the ones evaluated.
+    let oldest_scored: i64 = second
+        .db()
+        .query_row(
+            "SELECT MIN(id) FROM events WHERE crs_score IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(oldest_scored, 41);
+    assert!(second.stderr().contains("crs_backlog_max"));
+}
+
+/// libmodsecurity's set-up and clean-up are not safe on two threads at once (this test process
+/// once aborted with a double free when tests loaded engines in parallel): engines loaded,
+/// used and dropped on several threads at once must all work.
+#[test]
+fn engines_load_and_drop_on_several_threads_at_once() {
+    if !crs_ready() {
+        return;
+    }
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            scope.spawn(move || {
+                for round in 0..3 {
+                    let mut crs = Crs::load(&settings()).unwrap();
+                    let request = Request::get(
+                        "/item.php",
+                        Some(&format!("id={t}{round}%27%20OR%20%271%27%3D%271")),
+                    );
+                    let verdict = crs.evaluate(&request.view(), "192.0.2.1");
+                    assert!(verdict.rule_ids.contains(&942100), "{verdict:?}");
+                }
+            });
+        }
+    });
+}

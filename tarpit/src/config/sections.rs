@@ -243,6 +243,9 @@ pub struct ClassifyConfig {
     /// Exclusions in the CRS's own syntax (`SecRuleRemoveById 920350`,
     /// `SecRuleUpdateTargetById 942100 "!ARGS:q"`), loaded after the rules.
     pub crs_exclusions: Option<PathBuf>,
+    /// Most stored rows that may wait for the CRS stage; past it the oldest are passed over
+    /// (left for `tarpit classify`), so a sustained flood delays tags by a bounded amount.
+    pub crs_backlog_max: u64,
 }
 
 impl Default for ClassifyConfig {
@@ -253,6 +256,7 @@ impl Default for ClassifyConfig {
             crs_dir: crate::classify::crs::DEFAULT_CRS_DIR.into(),
             crs_paranoia: 1,
             crs_exclusions: None,
+            crs_backlog_max: 1_000_000,
         }
     }
 }

@@ -322,6 +322,12 @@ impl Config {
                 ),
             );
         }
+        if self.classify.crs_backlog_max == 0 {
+            return err(
+                "classify.crs_backlog_max",
+                "must be at least 1 (rows that may wait for the CRS stage)".into(),
+            );
+        }
         if let Some(file) = &self.classify.crs_exclusions
             && let Err(error) = std::fs::metadata(file)
         {

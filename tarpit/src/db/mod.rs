@@ -262,6 +262,8 @@ const MIGRATIONS: &[&str] = &[
     // (NULL until the stage has evaluated the row, and on rows it does not evaluate), and the
     // stage's cursor: rows up to `cursor_id` are evaluated. `active` says a tarpit with the CRS
     // on wrote here last, so shipping waits for the stage (see `crate::ship::outbox`).
+    // `skipped_rows` counts rows the stage passed over to keep its backlog bounded
+    // (`[classify] crs_backlog_max`; `tarpit classify` evaluates them later).
     // `crs_rules` holds the message of each rule of the set last loaded (for `stats`/`report`).
     r#"
     ALTER TABLE events ADD COLUMN crs_score INTEGER;
@@ -269,7 +271,8 @@ const MIGRATIONS: &[&str] = &[
         stage TEXT PRIMARY KEY,
         cursor_id INTEGER NOT NULL,
         active INTEGER NOT NULL,
-        evaluated_rows INTEGER NOT NULL
+        evaluated_rows INTEGER NOT NULL,
+        skipped_rows INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
     CREATE TABLE crs_rules (
         rule_id INTEGER PRIMARY KEY,

@@ -239,7 +239,11 @@ fn start_crs_stage(
         paranoia = config.classify.crs_paranoia,
         "OWASP CRS classification on"
     );
-    Ok(Some(stage::CrsStage::start(database, crs)?))
+    Ok(Some(stage::CrsStage::start(
+        database,
+        crs,
+        config.classify.crs_backlog_max,
+    )?))
 }
 
 /// AbuseIPDB reporting, when a key is set: the filters and the history that must survive a

@@ -20,6 +20,11 @@ use libloading::Library;
 
 use super::catalog::Catalog;
 
+/// Serialises creating and destroying engines: libmodsecurity's set-up and clean-up share global
+/// state and are not safe to run on two threads at once (owasp-modsecurity/ModSecurity#3138; seen
+/// here as a double free when tests loaded engines in parallel). Evaluation needs no lock.
+static LIFECYCLE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The library's file name, as Debian's `libmodsecurity3` installs it.
 pub const LIBRARY: &str = "libmodsecurity.so.3";
 
@@ -169,6 +174,7 @@ impl ModSecurity {
         let api = Api::load(&library)?;
         let text = CString::new(rules)
             .map_err(|_| ModSecurityError::Rules("the rules text holds a NUL byte".into()))?;
+        let _serialised = LIFECYCLE.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the functions are the library's; every pointer passed is valid for the call.
         unsafe {
             let msc = (api.init)();
@@ -255,6 +261,7 @@ impl ModSecurity {
 
 impl Drop for ModSecurity {
     fn drop(&mut self) {
+        let _serialised = LIFECYCLE.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: both were created by this library and are not used after this.
         unsafe {
             (self.api.rules_cleanup)(self.rules);

@@ -40,6 +40,8 @@ pub struct BatchOutcome {
     pub rows: usize,
     /// Rows on which at least one rule fired.
     pub tagged: usize,
+    /// Rows passed over to keep the backlog bounded.
+    pub skipped: usize,
 }
 
 /// Marks whether a tarpit with the CRS on writes this database (shipping waits for the stage
@@ -77,7 +79,7 @@ pub fn evaluate_all(conn: &mut Connection, crs: &mut Crs) -> rusqlite::Result<Ba
     rewind(conn)?;
     let mut total = BatchOutcome::default();
     loop {
-        let outcome = tag_batch(conn, crs)?;
+        let outcome = tag_batch(conn, crs, u64::MAX)?;
         if outcome.rows == 0 {
             return Ok(total);
         }
@@ -106,9 +108,15 @@ pub fn backlog(conn: &Connection) -> rusqlite::Result<i64> {
 }
 
 /// Evaluates the next batch past the cursor and stores the tags, scores and the new cursor in
-/// one transaction.
-pub fn tag_batch(conn: &mut Connection, crs: &mut Crs) -> rusqlite::Result<BatchOutcome> {
-    let cursor: i64 = conn
+/// one transaction. When more than `backlog_max` rows wait, the oldest of them are passed over
+/// (counted in `skipped_rows`, left for `tarpit classify`), so under a sustained flood the tags
+/// lag by at most `backlog_max` rows rather than without bound.
+pub fn tag_batch(
+    conn: &mut Connection,
+    crs: &mut Crs,
+    backlog_max: u64,
+) -> rusqlite::Result<BatchOutcome> {
+    let mut cursor: i64 = conn
         .query_row(
             "SELECT cursor_id FROM classify_state WHERE stage = ?1",
             [STAGE],
@@ -116,9 +124,37 @@ pub fn tag_batch(conn: &mut Connection, crs: &mut Crs) -> rusqlite::Result<Batch
         )
         .optional()?
         .unwrap_or(0);
+    let newest: i64 = conn.query_row("SELECT IFNULL(MAX(id), 0) FROM events", [], |r| r.get(0))?;
+    let mut skipped = 0;
+    let backlog_max = i64::try_from(backlog_max).unwrap_or(i64::MAX);
+    if newest.saturating_sub(cursor) > backlog_max {
+        let to = newest - backlog_max;
+        skipped = conn.query_row(
+            "SELECT COUNT(*) FROM events WHERE id > ?1 AND id <= ?2",
+            params![cursor, to],
+            |r| r.get::<_, i64>(0),
+        )?;
+        conn.execute(
+            "INSERT INTO classify_state (stage, cursor_id, active, evaluated_rows, skipped_rows)
+             VALUES (?1, ?2, 0, 0, ?3)
+             ON CONFLICT (stage) DO UPDATE SET cursor_id = ?2,
+                 skipped_rows = skipped_rows + ?3",
+            params![STAGE, to, skipped],
+        )?;
+        tracing::warn!(
+            skipped,
+            backlog_max,
+            "CRS stage behind by more than [classify] crs_backlog_max rows: the oldest were passed \
+             over (tarpit classify evaluates them)"
+        );
+        cursor = to;
+    }
     let batch = read_batch(conn, cursor, BATCH)?;
     let Some(last) = batch.last().map(|r| r.id) else {
-        return Ok(BatchOutcome::default());
+        return Ok(BatchOutcome {
+            skipped: skipped as usize,
+            ..BatchOutcome::default()
+        });
     };
     let verdicts: Vec<_> = batch
         .iter()
@@ -134,6 +170,7 @@ pub fn tag_batch(conn: &mut Connection, crs: &mut Crs) -> rusqlite::Result<Batch
     let mut outcome = BatchOutcome {
         rows: batch.len(),
         tagged: 0,
+        skipped: skipped as usize,
     };
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
@@ -170,8 +207,9 @@ pub struct CrsStage {
 }
 
 impl CrsStage {
-    /// Starts the stage on the database at `path` (already migrated) with a loaded CRS.
-    pub fn start(path: &Path, crs: Crs) -> anyhow::Result<Self> {
+    /// Starts the stage on the database at `path` (already migrated) with a loaded CRS; it
+    /// lets at most `backlog_max` rows wait (see [`tag_batch`]).
+    pub fn start(path: &Path, crs: Crs, backlog_max: u64) -> anyhow::Result<Self> {
         use anyhow::Context;
         let mut conn = Connection::open(path).context("opening the database for the CRS stage")?;
         conn.busy_timeout(Duration::from_secs(10))?;
@@ -182,7 +220,7 @@ impl CrsStage {
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("crs-stage".into())
-            .spawn(move || run(&mut conn, crs, &flag))
+            .spawn(move || run(&mut conn, crs, backlog_max, &flag))
             .context("starting the CRS stage thread")?;
         Ok(Self { stop, thread })
     }
@@ -197,7 +235,7 @@ impl CrsStage {
     }
 }
 
-fn run(conn: &mut Connection, mut crs: Crs, stop: &AtomicBool) {
+fn run(conn: &mut Connection, mut crs: Crs, backlog_max: u64, stop: &AtomicBool) {
     let mut stopping_since: Option<Instant> = None;
     let mut last_error: Option<Instant> = None;
     loop {
@@ -207,9 +245,11 @@ fn run(conn: &mut Connection, mut crs: Crs, stop: &AtomicBool) {
                 break;
             }
         }
-        match tag_batch(conn, &mut crs) {
+        match tag_batch(conn, &mut crs, backlog_max) {
             Ok(outcome) => {
                 metrics::counter!("tarpit_crs_evaluated_rows_total").increment(outcome.rows as u64);
+                metrics::counter!("tarpit_crs_skipped_rows_total")
+                    .increment(outcome.skipped as u64);
                 if let Ok(rows) = backlog(conn) {
                     metrics::gauge!("tarpit_classify_backlog_rows").set(rows as f64);
                 }
