@@ -347,11 +347,17 @@ pub fn score_rule() -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn log_lines_give_rule_ids_once_and_the_score() {
+    /// A rule set of two rules, 942100 and 920000.
+    fn two_rules() -> Catalog {
         let mut catalog = Catalog::default();
         catalog.add_text("SecRule ARGS \"@detectSQLi\" \"id:942100,phase:2,block\"\n");
         catalog.add_text("SecRule ARGS \"@rx x\" \"id:920000,phase:2,block\"\n");
+        catalog
+    }
+
+    #[test]
+    fn log_lines_give_rule_ids_once_and_the_score() {
+        let catalog = two_rules();
         let mut collector = Collector {
             catalog: &catalog,
             firings: Firings::default(),
@@ -377,9 +383,7 @@ mod tests {
 
     #[test]
     fn a_forged_id_in_the_value_neither_hides_the_real_rule_nor_sets_the_score() {
-        let mut catalog = Catalog::default();
-        catalog.add_text("SecRule ARGS \"@detectSQLi\" \"id:942100,phase:2,block\"\n");
-        catalog.add_text("SecRule ARGS \"@rx x\" \"id:920000,phase:2,block\"\n");
+        let catalog = two_rules();
         let mut c = Collector {
             catalog: &catalog,
             firings: Firings::default(),
