@@ -4,12 +4,12 @@
 //! sqlmap's list of browser User-Agents): recall per class, false positives on benign input.
 //! With `--bench SECONDS` it instead measures classification throughput on one thread (run it
 //! pinned to one core: `cargo xtask bench classify` does), beside a rule-by-rule scan of the
-//! same patterns. Run through `cargo xtask classify-eval` and `cargo xtask bench classify`.
+//! same patterns; `--crs-only SECONDS` measures only the OWASP CRS part (to profile it). Run through `cargo xtask classify-eval` and `cargo xtask bench classify`.
 
 use std::time::{Duration, Instant};
 
 use tarpit::classify::Classifier;
-use tarpit::classify::crs::{Crs, CrsSettings, DEFAULT_CRS_DIR};
+use tarpit::classify::crs::{Crs, CrsEngine, CrsSettings, DEFAULT_CRS_DIR};
 use tarpit::classify::normalize::Fields;
 
 #[path = "common/corpora.rs"]
@@ -293,12 +293,90 @@ fn crs_settings() -> CrsSettings {
         dir: DEFAULT_CRS_DIR.into(),
         paranoia: 1,
         exclusions: None,
+        engine: CrsEngine::Native,
+    }
+}
+
+/// The native evaluator against libmodsecurity on every corpus: the share of the library's
+/// rule firings the native record has, the firings only the native one has, and the rules
+/// that disagree most, with an example request each.
+fn crs_agreement() {
+    let load = |engine| {
+        Crs::load(&CrsSettings {
+            engine,
+            ..crs_settings()
+        })
+        .expect("the CRS loads")
+    };
+    let (mut reference, mut native) = (load(CrsEngine::Libmodsecurity), load(CrsEngine::Native));
+    let mut samples: Vec<Sample> = benign_sets().into_iter().flat_map(|(_, s, _)| s).collect();
+    samples.extend(labelled_sets().into_iter().flat_map(|s| s.samples));
+    samples.extend(corpora::sqlmap_payloads());
+    let (mut firings, mut found, mut extra, mut scores) = (0usize, 0usize, 0usize, 0usize);
+    let mut missed: std::collections::BTreeMap<u32, (usize, String)> = Default::default();
+    let mut added: std::collections::BTreeMap<u32, (usize, String)> = Default::default();
+    for sample in &samples {
+        let a = reference.evaluate_uncached(&sample.view(), "203.0.113.7");
+        let b = native.evaluate_uncached(&sample.view(), "203.0.113.7");
+        let text = format!("{}?{}", sample.path, sample.query.as_deref().unwrap_or(""));
+        firings += a.rule_ids.len();
+        scores += usize::from(a.score == b.score);
+        if a.score != b.score && std::env::var_os("CRS_AGREE_VERBOSE").is_some() {
+            println!("score {} vs {}: {:?} vs {:?} {text}", a.score, b.score, a.rule_ids, b.rule_ids);
+        }
+        for id in &a.rule_ids {
+            if b.rule_ids.contains(id) {
+                found += 1;
+            } else {
+                missed.entry(*id).or_insert((0, text.clone())).0 += 1;
+            }
+        }
+        for id in b.rule_ids.iter().filter(|id| !a.rule_ids.contains(id)) {
+            extra += 1;
+            added.entry(*id).or_insert((0, text.clone())).0 += 1;
+        }
+    }
+    println!(
+        "{} requests, {firings} libmodsecurity rule firings: native has {found} ({:.2}%), \
+         {extra} firings only native, scores equal on {:.2}%",
+        samples.len(),
+        100.0 * found as f64 / firings.max(1) as f64,
+        100.0 * scores as f64 / samples.len().max(1) as f64
+    );
+    for (what, map) in [("missed", &missed), ("only native", &added)] {
+        let mut rows: Vec<_> = map.iter().collect();
+        rows.sort_by_key(|(_, (n, _))| std::cmp::Reverse(*n));
+        for (id, (n, example)) in rows.into_iter().take(25) {
+            let example: String = example.chars().take(110).collect();
+            println!("  {what} {id}: {n}  e.g. {example}");
+        }
     }
 }
 
 fn main() {
     let classifier = Classifier::load(None).expect("the default rules");
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--crs-one") {
+        let mut crs = Crs::load(&crs_settings()).expect("loads");
+        let target = args[i + 1].clone();
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+            None => (target.clone(), None),
+        };
+        let sample = Sample::new(&path, query, BROWSER);
+        println!("{:?}", crs.evaluate_uncached(&sample.view(), "203.0.113.7"));
+        return;
+    }
+    if args.iter().any(|a| a == "--crs-agree") {
+        crs_agreement();
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--crs-only") {
+        // Only the CRS part of the bench: what `perf record` is pointed at.
+        let seconds = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(10.0);
+        crs_bench(&classifier, seconds);
+        return;
+    }
     match args.iter().position(|a| a == "--bench") {
         Some(i) => {
             let seconds = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(10.0);

@@ -271,6 +271,9 @@ pub struct Overrides {
     /// [classify] crs_paranoia: the CRS paranoia level, 1 to 4.
     #[arg(long)]
     pub crs_paranoia: Option<u8>,
+    /// [classify] crs_engine: native (the tarpit's evaluator) or libmodsecurity.
+    #[arg(long)]
+    pub crs_engine: Option<crate::classify::crs::CrsEngine>,
     /// [classify] crs_exclusions: exclusions in the CRS's syntax, loaded after its rules.
     #[arg(long)]
     pub crs_exclusions: Option<PathBuf>,
@@ -355,6 +358,7 @@ impl Overrides {
         set(&mut config.classify.crs, &self.crs);
         set(&mut config.classify.crs_dir, &self.crs_dir);
         set(&mut config.classify.crs_paranoia, &self.crs_paranoia);
+        set(&mut config.classify.crs_engine, &self.crs_engine);
         set(&mut config.classify.crs_backlog_max, &self.crs_backlog_max);
         if let Some(file) = &self.crs_exclusions {
             config.classify.crs_exclusions = Some(file.clone());

@@ -233,13 +233,17 @@ pub struct ClassifyConfig {
     /// An operator rule file read after the built-in rules (same `id` replaces, new `id`
     /// adds); re-read when it changes. None: the built-in rules only.
     pub rules: Option<PathBuf>,
-    /// The CRS: `auto` (on where libmodsecurity and the rules are installed, else say why once),
+    /// The CRS: `auto` (on where the rules (and, for `crs_engine = "libmodsecurity"`, the
+    /// library) are installed, else say why once),
     /// `on` (refuse to start without them), `off`.
     pub crs: crate::ebpf::EbpfMode,
     /// The CRS directory, holding `rules/REQUEST-*.conf` (Debian's `modsecurity-crs`).
     pub crs_dir: PathBuf,
     /// The CRS paranoia level, 1 (fewest false positives) to 4.
     pub crs_paranoia: u8,
+    /// Which engine evaluates the CRS: `native` (the tarpit's own evaluator of the rule files)
+    /// or `libmodsecurity` (Debian's libmodsecurity3, the reference engine).
+    pub crs_engine: crate::classify::crs::CrsEngine,
     /// Exclusions in the CRS's own syntax (`SecRuleRemoveById 920350`,
     /// `SecRuleUpdateTargetById 942100 "!ARGS:q"`), loaded after the rules.
     pub crs_exclusions: Option<PathBuf>,
@@ -255,6 +259,7 @@ impl Default for ClassifyConfig {
             crs: crate::ebpf::EbpfMode::Auto,
             crs_dir: crate::classify::crs::DEFAULT_CRS_DIR.into(),
             crs_paranoia: 1,
+            crs_engine: crate::classify::crs::CrsEngine::Native,
             crs_exclusions: None,
             crs_backlog_max: 1_000_000,
         }
@@ -268,6 +273,7 @@ impl ClassifyConfig {
             dir: self.crs_dir.clone(),
             paranoia: self.crs_paranoia,
             exclusions: self.crs_exclusions.clone(),
+            engine: self.crs_engine,
         }
     }
 }

@@ -201,7 +201,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
 }
 
 /// The CRS stage, as `[classify] crs` says: `auto` goes on without it (saying why once) where
-/// libmodsecurity or the rules are missing, `on` refuses to start. Shipping waits for the stage
+/// the rules (or, with `crs_engine = "libmodsecurity"`, the library) are missing, `on` refuses to start. Shipping waits for the stage
 /// only while it runs (`classify_state.active`).
 fn start_crs_stage(
     config: &Config,
@@ -237,6 +237,7 @@ fn start_crs_stage(
         rules = crs.catalog().len(),
         version = crs.catalog().version().unwrap_or("unknown"),
         paranoia = config.classify.crs_paranoia,
+        engine = %config.classify.crs_engine,
         "OWASP CRS classification on"
     );
     Ok(Some(stage::CrsStage::start(

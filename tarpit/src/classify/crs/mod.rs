@@ -15,6 +15,7 @@
 
 pub mod catalog;
 pub mod modsec;
+pub mod native;
 pub mod stage;
 
 use std::collections::hash_map::RandomState;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 use catalog::Catalog;
 use modsec::{EngineRequest, Firings, ModSecurity};
+use native::NativeEngine;
 
 use super::RequestView;
 
@@ -44,6 +46,41 @@ pub struct CrsSettings {
     /// Operator exclusions in the CRS's own syntax (`SecRuleRemoveById`,
     /// `SecRuleUpdateTargetById`, ...), loaded after the rules.
     pub exclusions: Option<PathBuf>,
+    /// Which engine evaluates the rules.
+    pub engine: CrsEngine,
+}
+
+/// The engine that evaluates the CRS (`[classify] crs_engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrsEngine {
+    /// The tarpit's own evaluator of the rule files ([`native`]): no library needed, and fast
+    /// enough for distinct attack requests at a sensor's pace.
+    #[default]
+    Native,
+    /// Debian's libmodsecurity 3, the reference engine ([`modsec`]).
+    Libmodsecurity,
+}
+
+impl std::fmt::Display for CrsEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native",
+            Self::Libmodsecurity => "libmodsecurity",
+        })
+    }
+}
+
+impl std::str::FromStr for CrsEngine {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "native" => Ok(Self::Native),
+            "libmodsecurity" => Ok(Self::Libmodsecurity),
+            other => Err(format!("`{other}` is not native or libmodsecurity")),
+        }
+    }
 }
 
 /// The CRS could not be set up.
@@ -60,8 +97,11 @@ pub enum CrsError {
     /// The engine is missing or refused the rules.
     #[error(transparent)]
     Engine(#[from] modsec::ModSecurityError),
+    /// The native evaluator refused a rule (it names the file, line and reason).
+    #[error("the native CRS evaluator cannot load the rules: {0} (crs_engine = \"libmodsecurity\" runs them on the library)")]
+    Native(#[from] native::NativeError),
     /// The rules load, but not with the operator's exclusions: the file is at fault.
-    #[error("{file}: libmodsecurity refused the exclusions: {reason}")]
+    #[error("{file}: the CRS engine refused the exclusions: {reason}")]
     Exclusions {
         /// The exclusions file.
         file: String,
@@ -159,10 +199,34 @@ pub fn engine_config(settings: &CrsSettings, files: &[PathBuf]) -> String {
     text
 }
 
+/// A loaded engine of either kind.
+#[derive(Debug)]
+enum Engine {
+    Native(NativeEngine),
+    ModSecurity(ModSecurity),
+}
+
+impl Engine {
+    /// Loads the configuration into the engine `kind`.
+    fn load(kind: CrsEngine, config: &str) -> Result<Self, CrsError> {
+        Ok(match kind {
+            CrsEngine::Native => Self::Native(NativeEngine::load(config)?),
+            CrsEngine::Libmodsecurity => Self::ModSecurity(ModSecurity::load(config)?),
+        })
+    }
+
+    fn evaluate(&mut self, request: &EngineRequest<'_>, catalog: &Catalog) -> Firings {
+        match self {
+            Self::Native(engine) => engine.evaluate(request, catalog),
+            Self::ModSecurity(engine) => engine.evaluate(request, catalog),
+        }
+    }
+}
+
 /// The CRS, loaded and ready: one per thread that evaluates.
 #[derive(Debug)]
 pub struct Crs {
-    engine: ModSecurity,
+    engine: Engine,
     catalog: Arc<Catalog>,
     cache: lru::LruCache<u64, Verdict>,
     hasher: RandomState,
@@ -193,30 +257,26 @@ impl Crs {
             let text = std::fs::read_to_string(file).map_err(|e| files_error(file, e))?;
             catalog.add_text(&text);
         }
-        let engine = match ModSecurity::load(&engine_config(settings, &files)) {
+        let engine = match Engine::load(settings.engine, &engine_config(settings, &files)) {
             Ok(engine) => engine,
             // Loading again without the exclusions tells whose fault it is.
-            Err(modsec::ModSecurityError::Rules(reason))
-                if settings.exclusions.is_some()
-                    && ModSecurity::load(&engine_config(
-                        &CrsSettings {
-                            exclusions: None,
-                            ..settings.clone()
-                        },
-                        &files,
-                    ))
-                    .is_ok() =>
+            Err(CrsError::Engine(modsec::ModSecurityError::Rules(reason)))
+                if settings.exclusions.is_some() && Self::loads_without_exclusions(settings, &files) =>
             {
                 return Err(CrsError::Exclusions {
-                    file: settings
-                        .exclusions
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
+                    file: exclusions_name(settings),
                     reason,
                 });
             }
-            Err(error) => return Err(error.into()),
+            Err(CrsError::Native(error))
+                if settings.exclusions.is_some() && Self::loads_without_exclusions(settings, &files) =>
+            {
+                return Err(CrsError::Exclusions {
+                    file: exclusions_name(settings),
+                    reason: error.to_string(),
+                });
+            }
+            Err(error) => return Err(error),
         };
         Ok(Self {
             engine,
@@ -226,6 +286,15 @@ impl Crs {
             hits: 0,
             misses: 0,
         })
+    }
+
+    /// Whether the rules load with the same settings but no exclusions file.
+    fn loads_without_exclusions(settings: &CrsSettings, files: &[PathBuf]) -> bool {
+        let plain = CrsSettings {
+            exclusions: None,
+            ..settings.clone()
+        };
+        Engine::load(settings.engine, &engine_config(&plain, files)).is_ok()
     }
 
     /// The rules loaded (messages, levels, version).
@@ -285,6 +354,15 @@ impl Crs {
     }
 }
 
+/// The exclusions file's name, for an error.
+fn exclusions_name(settings: &CrsSettings) -> String {
+    settings
+        .exclusions
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +412,7 @@ mod tests {
             dir: DEFAULT_CRS_DIR.into(),
             paranoia: 3,
             exclusions: Some("/etc/tarpit/crs-exclusions.conf".into()),
+            engine: CrsEngine::Native,
         };
         let text = engine_config(&settings, &["/r/REQUEST-942.conf".into()]);
         assert!(text.contains("setvar:tx.paranoia_level=3"));
