@@ -189,58 +189,65 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// The OWASP CRS stage on one thread: the churn bench's request (the same request again and
-/// again: the verdict cache), sqlmap's distinct payloads (the engine itself, no repeat), and the
-/// whole classification (built-in rules and CRS) on those; and the memory the engine adds.
+/// The OWASP CRS stage on one thread, for each engine (the native evaluator, then
+/// libmodsecurity, the reference, in the same run): the churn bench's request (the same request
+/// again and again: the verdict cache), sqlmap's distinct payloads (the engine itself, no
+/// repeat), and the whole classification (built-in rules and CRS) on those; and the memory the
+/// engine adds.
 fn crs_bench(classifier: &Classifier, seconds: f64) {
-    let before = rss_kib();
-    let mut crs = match Crs::load(&crs_settings()) {
-        Ok(crs) => crs,
-        Err(error) => {
-            println!("OWASP CRS: not measured ({error})");
-            return;
-        }
-    };
-    let added_mib = rss_kib().saturating_sub(before) as f64 / 1024.0;
-    let churn = vec![Sample {
-        path: "/bench".into(),
-        query: None,
-        headers: vec![
-            ("Host".into(), "bench".into()),
-            ("User-Agent".into(), "tarpit-bench".into()),
-        ],
-        user_agent: "tarpit-bench".into(),
-    }];
-    let cached = throughput(&churn, seconds, |s| {
-        crs.evaluate(&s.view(), "127.0.0.1").rule_ids.len()
-    });
-    // Distinct: sqlmap's payloads, each through the engine itself (the cache is passed by).
-    let distinct = corpora::sqlmap_payloads();
-    let engine = throughput(&distinct, seconds, |s| {
-        crs.evaluate_uncached(&s.view(), "203.0.113.7")
-            .rule_ids
-            .len()
-    });
-    let whole = throughput(&distinct, seconds, |s| {
-        crs.evaluate_uncached(&s.view(), "203.0.113.7")
-            .rule_ids
-            .len()
-            + classifier.classify(&s.view()).len()
-    });
-    println!(
-        "OWASP CRS ({}, {} rules, paranoia 1) via libmodsecurity, one thread:",
-        crs.catalog().version().unwrap_or("?"),
-        crs.catalog().len()
-    );
-    println!(
-        "  churn bench's request, repeated (cache)     {cached:>10.0} requests/s   target 20000"
-    );
-    println!(
-        "  {} distinct sqlmap payloads, CRS only      {engine:>10.0} requests/s   target 2000",
-        distinct.len()
-    );
-    println!("  same, built-in rules + CRS                 {whole:>10.0} requests/s");
-    println!("  memory the engine and rules add            {added_mib:>10.1} MiB");
+    for engine in [CrsEngine::Native, CrsEngine::Libmodsecurity] {
+        let before = rss_kib();
+        let mut crs = match Crs::load(&CrsSettings {
+            engine,
+            ..crs_settings()
+        }) {
+            Ok(crs) => crs,
+            Err(error) => {
+                println!("OWASP CRS on {engine}: not measured ({error})");
+                continue;
+            }
+        };
+        let added_mib = rss_kib().saturating_sub(before) as f64 / 1024.0;
+        let churn = vec![Sample {
+            path: "/bench".into(),
+            query: None,
+            headers: vec![
+                ("Host".into(), "bench".into()),
+                ("User-Agent".into(), "tarpit-bench".into()),
+            ],
+            user_agent: "tarpit-bench".into(),
+        }];
+        let cached = throughput(&churn, seconds, |s| {
+            crs.evaluate(&s.view(), "127.0.0.1").rule_ids.len()
+        });
+        // Distinct: sqlmap's payloads, each through the engine itself (the cache is passed by).
+        let distinct = corpora::sqlmap_payloads();
+        let alone = throughput(&distinct, seconds, |s| {
+            crs.evaluate_uncached(&s.view(), "203.0.113.7")
+                .rule_ids
+                .len()
+        });
+        let whole = throughput(&distinct, seconds, |s| {
+            crs.evaluate_uncached(&s.view(), "203.0.113.7")
+                .rule_ids
+                .len()
+                + classifier.classify(&s.view()).len()
+        });
+        println!(
+            "OWASP CRS ({}, {} rules, paranoia 1) on {engine}, one thread:",
+            crs.catalog().version().unwrap_or("?"),
+            crs.catalog().len()
+        );
+        println!(
+            "  churn bench's request, repeated (cache)     {cached:>10.0} requests/s   target 20000"
+        );
+        println!(
+            "  {} distinct sqlmap payloads, CRS only      {alone:>10.0} requests/s   target 2000",
+            distinct.len()
+        );
+        println!("  same, built-in rules + CRS                 {whole:>10.0} requests/s");
+        println!("  memory the engine and rules add            {added_mib:>10.1} MiB");
+    }
 }
 
 /// 16 KiB requests of non-ASCII text (a query of Cyrillic words, as a crafted burst would
@@ -322,7 +329,10 @@ fn crs_agreement() {
         firings += a.rule_ids.len();
         scores += usize::from(a.score == b.score);
         if a.score != b.score && std::env::var_os("CRS_AGREE_VERBOSE").is_some() {
-            println!("score {} vs {}: {:?} vs {:?} {text}", a.score, b.score, a.rule_ids, b.rule_ids);
+            println!(
+                "score {} vs {}: {:?} vs {:?} {text}",
+                a.score, b.score, a.rule_ids, b.rule_ids
+            );
         }
         for id in &a.rule_ids {
             if b.rule_ids.contains(id) {

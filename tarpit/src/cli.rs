@@ -115,6 +115,9 @@ pub struct ClassifyArgs {
     /// The OWASP CRS pass: auto, on or off (default: `classify.crs` of the configuration).
     #[arg(long, value_enum)]
     pub crs: Option<crate::ebpf::EbpfMode>,
+    /// The CRS engine: native or libmodsecurity (default: `classify.crs_engine`).
+    #[arg(long)]
+    pub crs_engine: Option<crate::classify::crs::CrsEngine>,
 }
 
 /// Flags of `tarpit ports` and `tarpit stats`.

@@ -220,7 +220,10 @@ fn classify(
     let mode = args.crs.unwrap_or(config.classify.crs);
     let crs = match mode {
         EbpfMode::Off => None,
-        _ => match Crs::load(&config.classify.crs_settings()) {
+        _ => match Crs::load(&tarpit::classify::crs::CrsSettings {
+            engine: args.crs_engine.unwrap_or(config.classify.crs_engine),
+            ..config.classify.crs_settings()
+        }) {
             Ok(crs) => Some(crs),
             Err(error) if mode == EbpfMode::Auto => {
                 println!("OWASP CRS pass skipped: {error}");

@@ -98,7 +98,9 @@ pub enum CrsError {
     #[error(transparent)]
     Engine(#[from] modsec::ModSecurityError),
     /// The native evaluator refused a rule (it names the file, line and reason).
-    #[error("the native CRS evaluator cannot load the rules: {0} (crs_engine = \"libmodsecurity\" runs them on the library)")]
+    #[error(
+        "the native CRS evaluator cannot load the rules: {0} (crs_engine = \"libmodsecurity\" runs them on the library)"
+    )]
     Native(#[from] native::NativeError),
     /// The rules load, but not with the operator's exclusions: the file is at fault.
     #[error("{file}: the CRS engine refused the exclusions: {reason}")]
@@ -261,7 +263,8 @@ impl Crs {
             Ok(engine) => engine,
             // Loading again without the exclusions tells whose fault it is.
             Err(CrsError::Engine(modsec::ModSecurityError::Rules(reason)))
-                if settings.exclusions.is_some() && Self::loads_without_exclusions(settings, &files) =>
+                if settings.exclusions.is_some()
+                    && Self::loads_without_exclusions(settings, &files) =>
             {
                 return Err(CrsError::Exclusions {
                     file: exclusions_name(settings),
@@ -269,7 +272,8 @@ impl Crs {
                 });
             }
             Err(CrsError::Native(error))
-                if settings.exclusions.is_some() && Self::loads_without_exclusions(settings, &files) =>
+                if settings.exclusions.is_some()
+                    && Self::loads_without_exclusions(settings, &files) =>
             {
                 return Err(CrsError::Exclusions {
                     file: exclusions_name(settings),

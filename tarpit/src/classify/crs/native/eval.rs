@@ -2,10 +2,14 @@
 //! rules in load order with `skipAfter` jumps, chains, `setvar` for each matched value, `capture`,
 //! and the `ctl`s that exclude rules or targets for this request.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use super::operator;
-use super::request::{Collection, Request};
+use super::request::{BodyProcessor, Collection, Request};
 use super::rules::{Ctl, Entry, Rule, RuleSet, in_ranges, tag_matches};
-use super::variable::{self, Context, Target, Value, Variable};
+use super::variable::{self, Item, State, Target, Value, Variable};
 
 /// What evaluating one request gives.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -16,10 +20,10 @@ pub struct Outcome {
     pub anomaly_score: u32,
 }
 
-/// The state of one request's evaluation.
+/// The state of one request's evaluation (the request itself is passed beside it: it is read
+/// by every rule and changed only between the phases).
 struct Transaction<'r> {
     rules: &'r RuleSet,
-    request: Request,
     /// `TX`, lower-case keys.
     tx: Collection,
     /// `MATCHED_VARS` of the rule being evaluated.
@@ -29,10 +33,17 @@ struct Transaction<'r> {
     removed_tags: Vec<String>,
     /// `ctl:ruleRemoveTarget...`: (ids or tag, target).
     removed_targets: Vec<(RuleRef, Target)>,
-    processor: Option<super::request::BodyProcessor>,
+    processor: Option<BodyProcessor>,
     engine_off: bool,
     fired: Vec<u32>,
+    /// Values after each transformation list (indexed by the rules' `transform_key`): most
+    /// rules of a family transform the same arguments the same way. Lives for one request, so
+    /// a client cannot grow it past its own request's size.
+    transformed: Vec<TransformCache>,
 }
+
+/// Values already transformed by one transformation list: value → what the operator sees.
+type TransformCache = HashMap<Vec<u8>, Rc<[Vec<u8>]>>;
 
 /// Which rules a target removal is for.
 enum RuleRef {
@@ -40,11 +51,27 @@ enum RuleRef {
     Tag(String),
 }
 
+/// The values an operator looks at for one target value.
+enum Candidates<'a> {
+    /// No transformation: the value itself.
+    Itself(Cow<'a, [u8]>),
+    /// Transformed (from the per-request cache).
+    Transformed(Rc<[Vec<u8>]>),
+}
+
+impl Candidates<'_> {
+    fn list(&self) -> Vec<&[u8]> {
+        match self {
+            Self::Itself(value) => vec![value.as_ref()],
+            Self::Transformed(values) => values.iter().map(Vec::as_slice).collect(),
+        }
+    }
+}
+
 /// Evaluates `request` (its variables built) against `rules`.
-pub fn evaluate(rules: &RuleSet, request: Request, unique_id: u64) -> Outcome {
+pub fn evaluate(rules: &RuleSet, mut request: Request, unique_id: u64) -> Outcome {
     let mut t = Transaction {
         rules,
-        request,
         tx: Collection::new(),
         matched: Vec::new(),
         unique_id: unique_id.to_string().into_bytes(),
@@ -54,17 +81,16 @@ pub fn evaluate(rules: &RuleSet, request: Request, unique_id: u64) -> Outcome {
         processor: None,
         engine_off: rules.engine_off,
         fired: Vec::new(),
+        transformed: Vec::new(),
     };
-    t.phase(0);
-    let processor = t
-        .processor
-        .unwrap_or_else(|| t.request.default_processor());
+    t.phase(0, &request);
+    let processor = t.processor.unwrap_or_else(|| request.default_processor());
     if rules.body_access {
-        t.request.process_body(processor);
+        request.process_body(processor);
     } else {
-        t.request.body.clear();
+        request.body.clear();
     }
-    t.phase(1);
+    t.phase(1, &request);
     let anomaly_score = t
         .tx_get(b"anomaly_score")
         .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<i64>().ok())
@@ -76,7 +102,7 @@ pub fn evaluate(rules: &RuleSet, request: Request, unique_id: u64) -> Outcome {
 }
 
 impl Transaction<'_> {
-    fn phase(&mut self, index: usize) {
+    fn phase(&mut self, index: usize, request: &Request) {
         let rules = self.rules;
         let mut skip_to: Option<&str> = None;
         for entry in &rules.phases[index] {
@@ -96,7 +122,7 @@ impl Transaction<'_> {
                 continue;
             }
             self.matched.clear();
-            if self.rule(rule, rule) {
+            if self.rule(rule, rule, request) {
                 if rule.log == Some(true) && !self.fired.contains(&rule.id) {
                     self.fired.push(rule.id);
                 }
@@ -114,32 +140,17 @@ impl Transaction<'_> {
     }
 
     /// Evaluates one link (and the rest of its chain); `top` is the chain's first rule.
-    fn rule(&mut self, link: &Rule, top: &Rule) -> bool {
-        let values = self.values(link, top);
+    fn rule(&mut self, link: &Rule, top: &Rule, request: &Request) -> bool {
+        let items = self.values(link, top, request);
         let mut any = false;
-        for (name, value) in values {
-            let mut candidates: Vec<Vec<u8>> = Vec::new();
-            let mut current = value;
-            if link.multi_match {
-                candidates.push(current.clone());
-            }
-            for transform in &link.transforms {
-                let next = transform.apply(&current);
-                // multiMatch looks again only after a transformation that changed the value.
-                if link.multi_match && next != current {
-                    candidates.push(next.clone());
-                }
-                current = next;
-            }
-            if !link.multi_match {
-                candidates.push(current);
-            }
-            for candidate in candidates {
-                if self.operator(link, &candidate) {
+        for item in items {
+            let candidates = self.transform(link, item.value.clone());
+            for candidate in candidates.list() {
+                if self.operator(link, candidate, request) {
                     any = true;
-                    self.matched.push((name.clone(), candidate));
+                    self.matched.push((item.name(), candidate.to_vec()));
                     for setvar in &link.setvars {
-                        self.setvar(setvar, top);
+                        self.setvar(setvar, top, request);
                     }
                 }
             }
@@ -148,7 +159,7 @@ impl Transaction<'_> {
             return false;
         }
         if let Some(next) = &link.chain
-            && !self.rule(next, top)
+            && !self.rule(next, top, request)
         {
             return false;
         }
@@ -158,11 +169,50 @@ impl Transaction<'_> {
         true
     }
 
+    /// The values the operator looks at: the value after the link's transformations, and with
+    /// `multiMatch` the value before and after each transformation that changed it.
+    fn transform<'v>(&mut self, link: &Rule, value: Cow<'v, [u8]>) -> Candidates<'v> {
+        if link.transforms.is_empty() {
+            return Candidates::Itself(value);
+        }
+        if self.transformed.len() <= link.transform_key {
+            self.transformed
+                .resize_with(link.transform_key + 1, HashMap::new);
+        }
+        if let Some(done) = self.transformed[link.transform_key].get(value.as_ref()) {
+            return Candidates::Transformed(Rc::clone(done));
+        }
+        let mut candidates: Vec<Vec<u8>> = Vec::new();
+        let mut current = value.to_vec();
+        if link.multi_match {
+            candidates.push(current.clone());
+        }
+        for transform in &link.transforms {
+            let next = transform.apply(&current);
+            // multiMatch looks again only after a transformation that changed the value.
+            if link.multi_match && next != current {
+                candidates.push(next.clone());
+            }
+            current = next;
+        }
+        if !link.multi_match {
+            candidates.push(current);
+        }
+        let candidates: Rc<[Vec<u8>]> = candidates.into();
+        self.transformed[link.transform_key].insert(value.into_owned(), Rc::clone(&candidates));
+        Candidates::Transformed(candidates)
+    }
+
     /// The values of a link's targets, after exclusions.
-    fn values(&self, link: &Rule, top: &Rule) -> Vec<Value> {
+    fn values<'r>(&self, link: &Rule, top: &Rule, request: &'r Request) -> Vec<Item<'r>> {
         if link.targets.is_empty() {
             // SecAction: one empty value, so the operator (always true) runs once.
-            return vec![(Vec::new(), Vec::new())];
+            return vec![Item {
+                variable: Variable::Empty,
+                key: Cow::Borrowed(b""),
+                keyed: false,
+                value: Cow::Borrowed(b""),
+            }];
         }
         let mut excluded: Vec<&Target> = link.targets.iter().filter(|t| t.negated).collect();
         for (which, target) in &self.removed_targets {
@@ -174,12 +224,7 @@ impl Transaction<'_> {
                 excluded.push(target);
             }
         }
-        let context = Context {
-            request: &self.request,
-            tx: &self.tx,
-            matched: &self.matched,
-            unique_id: &self.unique_id,
-        };
+        let state = self.state();
         let mut out = Vec::new();
         for target in link.targets.iter().filter(|t| !t.negated) {
             let whole_removed = excluded.iter().any(|e| {
@@ -190,15 +235,23 @@ impl Transaction<'_> {
             if whole_removed {
                 continue;
             }
-            out.extend(variable::values(target, &excluded, &context));
+            out.extend(variable::values(target, &excluded, request, &state));
         }
         out
     }
 
+    fn state(&self) -> State<'_> {
+        State {
+            tx: &self.tx,
+            matched: &self.matched,
+            unique_id: &self.unique_id,
+        }
+    }
+
     /// Runs a link's operator on one value, keeping captures.
-    fn operator(&mut self, link: &Rule, value: &[u8]) -> bool {
+    fn operator(&mut self, link: &Rule, value: &[u8], request: &Request) -> bool {
         let param = match link.operator.param() {
-            Some(param) if param.contains("%{") => self.expand(param, link),
+            Some(param) if param.contains("%{") => self.expand_in(param, link, request),
             Some(param) => param.to_owned(),
             None => String::new(),
         };
@@ -243,7 +296,7 @@ impl Transaction<'_> {
     }
 
     /// `setvar:tx.name=value`, `=+n`, `=-n`, `!tx.name`; other collections are not kept.
-    fn setvar(&mut self, spec: &str, rule: &Rule) {
+    fn setvar(&mut self, spec: &str, rule: &Rule, request: &Request) {
         let (delete, spec) = match spec.strip_prefix('!') {
             Some(rest) => (true, rest),
             None => (false, spec),
@@ -252,7 +305,7 @@ impl Transaction<'_> {
         let Some(key) = name
             .split_once('.')
             .filter(|(collection, _)| collection.eq_ignore_ascii_case("tx"))
-            .map(|(_, key)| self.expand(key, rule))
+            .map(|(_, key)| self.expand_in(key, rule, request))
         else {
             return;
         };
@@ -264,21 +317,19 @@ impl Transaction<'_> {
         let new = if let Some(number) = value.strip_prefix('+').or_else(|| value.strip_prefix('-'))
         {
             let sign = if value.starts_with('-') { -1 } else { 1 };
-            let amount = stoi(&self.expand(number, rule));
+            let amount = stoi(self.expand_in(number, rule, request));
             let old = self.tx_get(key.as_bytes()).map_or(0, stoi);
             (old + sign * amount).to_string().into_bytes()
         } else {
-            self.expand(value, rule).into_bytes()
+            self.expand_in(value, rule, request).into_bytes()
         };
-        if std::env::var_os("NATIVE_DEBUG").is_some() {
-            eprintln!("rule {} setvar {key} = {}", rule.id, String::from_utf8_lossy(&new));
-        }
+        tracing::trace!(rule = rule.id, key, value = %String::from_utf8_lossy(&new), "setvar");
         self.tx_set(key.as_bytes(), new);
     }
 
     /// Expands `%{tx.name}`, `%{MATCHED_VAR}`, `%{request_headers.host}`, `%{rule.id}`...;
     /// unknown names expand to nothing.
-    fn expand(&self, text: &str, rule: &Rule) -> String {
+    fn expand_in(&self, text: &str, rule: &Rule, request: &Request) -> String {
         if !text.contains("%{") {
             return text.to_owned();
         }
@@ -291,14 +342,16 @@ impl Transaction<'_> {
                 return out;
             };
             let name = &rest[start + 2..start + end];
-            out.push_str(&String::from_utf8_lossy(&self.macro_value(name, rule)));
+            out.push_str(&String::from_utf8_lossy(
+                &self.macro_value(name, rule, request),
+            ));
             rest = &rest[start + end + 1..];
         }
         out.push_str(rest);
         out
     }
 
-    fn macro_value(&self, name: &str, rule: &Rule) -> Vec<u8> {
+    fn macro_value(&self, name: &str, rule: &Rule, request: &Request) -> Vec<u8> {
         let (collection, key) = match name.split_once('.') {
             Some((collection, key)) => (collection, Some(key)),
             None => (name, None),
@@ -311,7 +364,7 @@ impl Transaction<'_> {
                 _ => Vec::new(),
             },
             (_, key) => {
-                let Ok(variable) = Variable::named(collection) else {
+                let (Ok(variable), request) = (Variable::named(collection), request) else {
                     return Vec::new();
                 };
                 let target = Target {
@@ -323,16 +376,10 @@ impl Transaction<'_> {
                     count: false,
                     negated: false,
                 };
-                let context = Context {
-                    request: &self.request,
-                    tx: &self.tx,
-                    matched: &self.matched,
-                    unique_id: &self.unique_id,
-                };
-                variable::values(&target, &[], &context)
+                variable::values(&target, &[], request, &self.state())
                     .into_iter()
                     .next()
-                    .map(|(_, v)| v)
+                    .map(|item| item.value.into_owned())
                     .unwrap_or_default()
             }
         }
@@ -348,4 +395,110 @@ fn stoi(text: impl AsRef<[u8]>) -> i64 {
         .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && (c == '-' || c == '+'))))
         .map_or(text.len(), |(i, _)| i);
     text[..end].parse::<i32>().map(i64::from).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::modsec::EngineRequest;
+    use super::*;
+
+    /// Fires `rules` (configuration text) on a GET of `target` with `headers`.
+    fn fire(rules: &str, target: &str, headers: &[(&str, &str)]) -> Outcome {
+        let set = RuleSet::load(rules, "test").unwrap();
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        let request = EngineRequest {
+            client: ("203.0.113.7", 1),
+            method: "GET",
+            uri: target,
+            version: "1.1",
+            headers: &headers,
+            body: b"",
+        };
+        evaluate(&set, Request::of(&request), 1)
+    }
+
+    #[test]
+    fn chains_fire_only_whole_and_skip_after_jumps_to_its_marker() {
+        let rules = r#"
+SecDefaultAction "phase:2,log,pass"
+SecRule ARGS "@rx a" "id:1,chain"
+    SecRule REQUEST_METHOD "@streq POST" "t:none"
+SecRule ARGS "@rx a" "id:2,chain"
+    SecRule MATCHED_VARS_NAMES "@rx ^ARGS:q$" "t:none"
+SecRule &ARGS "@eq 1" "id:3,nolog,skipAfter:END"
+SecRule ARGS "@rx a" "id:4"
+SecMarker END
+SecRule ARGS:Q "@rx a" "id:5"
+SecRule ARGS|!ARGS:q "@rx a" "id:6"
+SecRule ARGS "!@rx z" "id:7,nolog"
+"#;
+        assert_eq!(fire(rules, "/?q=a", &[]).fired, [2, 5]);
+    }
+
+    #[test]
+    fn setvar_counts_macros_expand_and_captures_land_in_tx() {
+        let rules = r#"
+SecAction "id:1,phase:1,nolog,setvar:tx.points=5"
+SecRule REQUEST_HEADERS:User-Agent "@rx ^(\w+)/(\d)" "id:2,phase:1,capture,nolog,setvar:'tx.tool=%{tx.1}'"
+SecRule ARGS "@rx x" "id:3,phase:2,nolog,setvar:'tx.anomaly_score=+%{tx.points}'"
+SecRule TX:TOOL "@streq sqlmap" "id:4,phase:2,log"
+SecRule TX:anomaly_score "@eq 10" "id:5,phase:2,log,setvar:!tx.tool"
+SecRule &TX:tool "@eq 0" "id:6,phase:2,log"
+"#;
+        let outcome = fire(rules, "/?a=x&b=x", &[("User-Agent", "sqlmap/1.7")]);
+        assert_eq!(outcome.fired, [4, 5, 6]);
+        assert_eq!(outcome.anomaly_score, 10);
+    }
+
+    #[test]
+    fn ctl_removes_rules_and_targets_for_this_request_only() {
+        let rules = r#"
+SecDefaultAction "phase:1,log,pass"
+SecRule REQUEST_URI "@beginsWith /admin" "id:1,phase:1,nolog,ctl:ruleRemoveById=10,ctl:ruleRemoveTargetById=11;ARGS:safe,ctl:ruleRemoveByTag=noisy"
+SecRule ARGS "@rx evil" "id:10,phase:2,log"
+SecRule ARGS "@rx evil" "id:11,phase:2,log"
+SecRule ARGS "@rx evil" "id:12,phase:2,log,tag:'noisy'"
+SecRule REQUEST_URI "@beginsWith /off" "id:2,phase:1,nolog,ctl:ruleEngine=Off"
+SecRule ARGS "@rx evil" "id:13,phase:2,log"
+"#;
+        assert_eq!(fire(rules, "/admin?safe=evil", &[]).fired, [13]);
+        assert_eq!(fire(rules, "/admin?other=evil", &[]).fired, [11, 13]);
+        assert_eq!(fire(rules, "/?safe=evil", &[]).fired, [10, 11, 12, 13]);
+        assert_eq!(fire(rules, "/off?x=evil", &[]).fired, Vec::<u32>::new());
+    }
+
+    #[test]
+    fn multi_match_looks_after_each_changing_transformation() {
+        let rules = r#"
+SecRule ARGS "@rx ^%41$" "id:1,phase:2,log,t:none,t:urlDecodeUni"
+SecRule ARGS "@rx ^%41$" "id:2,phase:2,log,t:none,t:urlDecodeUni,multiMatch"
+SecRule ARGS "@rx A" "id:3,phase:2,log,t:none,t:lowercase,t:urlDecodeUni,multiMatch,setvar:tx.anomaly_score=+1"
+"#;
+        // The argument arrives as `%41` (its own `%` encoded as %25).
+        let outcome = fire(rules, "/?q=%2541", &[]);
+        assert_eq!(outcome.fired, [2, 3]);
+        // Matched once, after urlDecodeUni; lowercase changed nothing it could match.
+        assert_eq!(outcome.anomaly_score, 1);
+    }
+
+    #[test]
+    fn what_is_not_implemented_is_refused_with_its_line() {
+        for (text, says) in [
+            ("SecRule ARGS \"@nosuch x\" \"id:1\"", "@nosuch"),
+            ("SecRule NOSUCH \"@rx x\" \"id:1\"", "NOSUCH"),
+            ("SecRule ARGS \"@rx x\" \"id:1,t:nosuch\"", "t:nosuch"),
+            ("SecRule ARGS \"@rx x\" \"id:1,skip:2\"", "skip"),
+            ("SecRule XML:/a/b \"@rx x\" \"id:1\"", "XML:/a/b"),
+            ("SecRule ARGS \"@rx (\" \"id:1\"", "does not compile"),
+            ("SecWebAppId x", "SecWebAppId"),
+        ] {
+            let error = RuleSet::load(&format!("\n{text}\n"), "f.conf").unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains("f.conf, line 2"), "{message}");
+            assert!(message.contains(says), "{message}");
+        }
+    }
 }

@@ -25,8 +25,8 @@ pub mod rules;
 pub mod transform;
 pub mod variable;
 
-use super::modsec::{EngineRequest, Firings};
 use super::catalog::Catalog;
+use super::modsec::{EngineRequest, Firings};
 
 /// The rules could not be loaded by the native evaluator.
 #[derive(Debug, thiserror::Error)]

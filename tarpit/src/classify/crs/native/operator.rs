@@ -204,7 +204,9 @@ pub fn evaluate(operator: &Operator, param: &str, value: &[u8], capture: bool) -
             Outcome {
                 matched: result.is_injection(),
                 captures: match (capture, &result.fingerprint) {
-                    (true, Some(fingerprint)) => vec![(0, fingerprint.as_str().as_bytes().to_vec())],
+                    (true, Some(fingerprint)) => {
+                        vec![(0, fingerprint.as_str().as_bytes().to_vec())]
+                    }
                     _ => Vec::new(),
                 },
             }

@@ -113,7 +113,10 @@ impl Request {
             None => filename.clone(),
         };
         let protocol = format!("HTTP/{}", request.version).into_bytes();
-        let line = format!("{} {} HTTP/{}", request.method, request.uri, request.version);
+        let line = format!(
+            "{} {} HTTP/{}",
+            request.method, request.uri, request.version
+        );
         let mut headers = Collection::new();
         let mut cookies = Collection::new();
         for (name, value) in request.headers {
@@ -205,22 +208,8 @@ impl Request {
 
 /// Percent-decoding as the library decodes the request target: `%XX` only, invalid escapes and
 /// `+` kept.
-pub fn percent_decode(input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    let hex = |b: u8| (b as char).to_digit(16);
-    while i < input.len() {
-        if input[i] == b'%' && i + 2 < input.len() {
-            if let (Some(h), Some(l)) = (hex(input[i + 1]), hex(input[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(input[i]);
-        i += 1;
-    }
-    out
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    super::transform::percent_decode(input, false, false)
 }
 
 /// `a=1&b=2` to arguments: split on `&` (an empty piece between two is an argument with an
@@ -352,7 +341,13 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["json.a.b", "json.a.c.array_0", "json.a.c.array_1", "json.a.c.array_2.d", "json.e"]
+            [
+                "json.a.b",
+                "json.a.c.array_0",
+                "json.a.c.array_1",
+                "json.a.c.array_2.d",
+                "json.e"
+            ]
         );
     }
 }

@@ -14,7 +14,7 @@ use super::operator::Operator;
 use super::parse::{self, Directive};
 use super::request::BodyProcessor;
 use super::transform::Transform;
-use super::variable::{Selector, Target};
+use super::variable::Target;
 
 /// One rule, or one link of a chain.
 #[derive(Debug)]
@@ -35,6 +35,9 @@ pub struct Rule {
     pub transforms: Vec<Transform>,
     /// `multiMatch`: the operator runs after each transformation.
     pub multi_match: bool,
+    /// The same number for every rule with the same transformations and `multiMatch`: the key
+    /// of the per-request cache of transformed values.
+    pub transform_key: usize,
     /// `capture`: `TX:0`-`TX:9` from the match.
     pub capture: bool,
     /// `log`/`nolog` when given.
@@ -77,7 +80,7 @@ pub enum Ctl {
 #[derive(Debug)]
 pub enum Entry {
     /// A rule (with its chain).
-    Rule(Rule),
+    Rule(Box<Rule>),
     /// A marker `skipAfter` jumps to.
     Marker(String),
 }
@@ -138,10 +141,14 @@ impl RuleSet {
             ..RuleSet::default()
         };
         let mut loader = Loader::default();
-        loader.text(&mut set, text, &Source {
-            file: origin,
-            dir: Path::new("/"),
-        })?;
+        loader.text(
+            &mut set,
+            text,
+            &Source {
+                file: origin,
+                dir: Path::new("/"),
+            },
+        )?;
         loader.finish(&mut set);
         Ok(set)
     }
@@ -165,7 +172,12 @@ enum TargetUpdate {
 }
 
 impl Loader {
-    fn text(&mut self, set: &mut RuleSet, text: &str, source: &Source<'_>) -> Result<(), NativeError> {
+    fn text(
+        &mut self,
+        set: &mut RuleSet,
+        text: &str,
+        source: &Source<'_>,
+    ) -> Result<(), NativeError> {
         let at = |line: usize, reason: String| NativeError::At {
             file: source.file.to_owned(),
             line,
@@ -185,7 +197,12 @@ impl Loader {
         Ok(())
     }
 
-    fn directive(&mut self, set: &mut RuleSet, d: &Directive, source: &Source<'_>) -> Result<(), Failure> {
+    fn directive(
+        &mut self,
+        set: &mut RuleSet,
+        d: &Directive,
+        source: &Source<'_>,
+    ) -> Result<(), Failure> {
         let arg = |i: usize| d.args.get(i).map(String::as_str).unwrap_or_default();
         match d.name.as_str() {
             "Include" => {
@@ -193,9 +210,19 @@ impl Loader {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| Failure::Here(format!("{}: {e}", path.display())))?;
                 let file = path.display().to_string();
-                let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
-                self.text(set, &text, &Source { file: &file, dir: &dir })
-                    .map_err(Failure::Nested)?;
+                let dir = path
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from("/"));
+                self.text(
+                    set,
+                    &text,
+                    &Source {
+                        file: &file,
+                        dir: &dir,
+                    },
+                )
+                .map_err(Failure::Nested)?;
             }
             "SecRuleEngine" => set.engine_off = arg(0).eq_ignore_ascii_case("off"),
             "SecRequestBodyAccess" => set.body_access = arg(0).eq_ignore_ascii_case("on"),
@@ -215,13 +242,16 @@ impl Loader {
             }
             "SecRule" => {
                 if d.args.len() < 2 {
-                    return Err(Failure::Here("SecRule needs targets and an operator".into()));
+                    return Err(Failure::Here(
+                        "SecRule needs targets and an operator".into(),
+                    ));
                 }
                 let rule = compile(arg(0), arg(1), arg(2), source.dir).map_err(Failure::Here)?;
                 self.add(set, rule, arg(2));
             }
             "SecAction" => {
-                let rule = compile("", "@unconditionalMatch", arg(0), source.dir).map_err(Failure::Here)?;
+                let rule = compile("", "@unconditionalMatch", arg(0), source.dir)
+                    .map_err(Failure::Here)?;
                 self.add(set, rule, arg(0));
             }
             "SecRuleRemoveById" => {
@@ -238,7 +268,10 @@ impl Loader {
             "SecRuleRemoveByTag" => self.removed_tags.push(arg(0).to_owned()),
             "SecRuleRemoveByMsg" => self.removed_msgs.push(arg(0).to_owned()),
             "SecRuleUpdateTargetById" | "SecRuleUpdateTargetByTag" if d.args.len() != 2 => {
-                return Err(Failure::Here(format!("{} needs a rule and targets", d.name)));
+                return Err(Failure::Here(format!(
+                    "{} needs a rule and targets",
+                    d.name
+                )));
             }
             "SecRuleUpdateTargetById" | "SecRuleUpdateTargetByTag" => {
                 let targets = arg(1)
@@ -286,19 +319,38 @@ impl Loader {
             child = parent;
         }
         if let 1..=2 = child.phase {
-            set.phases[usize::from(child.phase - 1)].push(Entry::Rule(child));
+            set.phases[usize::from(child.phase - 1)].push(Entry::Rule(Box::new(child)));
         }
     }
 
-    /// Applies the exclusion directives to every rule.
+    /// Applies the exclusion directives to every rule, and numbers the transformation lists.
     fn finish(&mut self, set: &mut RuleSet) {
         self.close_chain(set);
+        let mut lists: Vec<(Vec<Transform>, bool)> = Vec::new();
+        for entry in set.phases.iter_mut().flatten() {
+            let Entry::Rule(rule) = entry else { continue };
+            let mut link: Option<&mut Rule> = Some(rule);
+            while let Some(rule) = link {
+                let list = (rule.transforms.clone(), rule.multi_match);
+                rule.transform_key = match lists.iter().position(|l| *l == list) {
+                    Some(at) => at,
+                    None => {
+                        lists.push(list);
+                        lists.len() - 1
+                    }
+                };
+                link = rule.chain.as_deref_mut();
+            }
+        }
         for phase in &mut set.phases {
             phase.retain(|entry| match entry {
                 Entry::Rule(rule) => {
                     !(in_ranges(&self.removed, rule.id)
                         || self.removed_tags.iter().any(|t| tag_matches(rule, t))
-                        || self.removed_msgs.iter().any(|m| rule.msg.contains(m.as_str())))
+                        || self
+                            .removed_msgs
+                            .iter()
+                            .any(|m| rule.msg.contains(m.as_str())))
                 }
                 Entry::Marker(_) => true,
             });
@@ -400,6 +452,7 @@ fn compile(targets: &str, operator: &str, actions: &str, dir: &Path) -> Result<R
         param: param.to_owned(),
         transforms: Vec::new(),
         multi_match: false,
+        transform_key: 0,
         capture: false,
         log: None,
         setvars: Vec::new(),
@@ -429,11 +482,37 @@ fn compile(targets: &str, operator: &str, actions: &str, dir: &Path) -> Result<R
             "tag" => rule.tags.push(value),
             "msg" => rule.msg = value,
             "skip" => return Err("the action skip is not supported (skipAfter is)".into()),
-            "exec" | "prepend" | "append" | "xmlns" | "sanitisearg" | "sanitisematched"
-            | "sanitiserequestheader" | "initcol" | "setsid" | "setuid" | "setenv" | "expirevar"
-            | "deprecatevar" | "phase" | "chain" | "pass" | "block" | "deny" | "drop"
-            | "allow" | "redirect" | "proxy" | "status" | "severity" | "ver" | "rev"
-            | "accuracy" | "maturity" | "logdata" | "auditlog" | "noauditlog" => {}
+            "exec"
+            | "prepend"
+            | "append"
+            | "xmlns"
+            | "sanitisearg"
+            | "sanitisematched"
+            | "sanitiserequestheader"
+            | "initcol"
+            | "setsid"
+            | "setuid"
+            | "setenv"
+            | "expirevar"
+            | "deprecatevar"
+            | "phase"
+            | "chain"
+            | "pass"
+            | "block"
+            | "deny"
+            | "drop"
+            | "allow"
+            | "redirect"
+            | "proxy"
+            | "status"
+            | "severity"
+            | "ver"
+            | "rev"
+            | "accuracy"
+            | "maturity"
+            | "logdata"
+            | "auditlog"
+            | "noauditlog" => {}
             other => return Err(format!("the action {other} is not supported")),
         }
     }
@@ -466,20 +545,11 @@ fn ctl(value: &str) -> Result<Ctl, String> {
             let (tag, target) = target_of(setting)?;
             Ctl::RemoveTargetByTag(tag, target)
         }
-        "auditengine" | "auditlogparts" | "forcerequestbodyvariable" | "requestbodyaccess"
+        "auditengine"
+        | "auditlogparts"
+        | "forcerequestbodyvariable"
+        | "requestbodyaccess"
         | "debugloglevel" => Ctl::Ignored,
         other => return Err(format!("ctl:{other} is not supported")),
     })
-}
-
-impl Selector {
-    /// Whether two selectors name the same members (for `ctl` target removal).
-    pub fn same_as(&self, other: &Selector) -> bool {
-        match (self, other) {
-            (Selector::All, Selector::All) => true,
-            (Selector::Key(a), Selector::Key(b)) => a.eq_ignore_ascii_case(b),
-            (Selector::Regex(a), Selector::Regex(b)) => a.as_str() == b.as_str(),
-            _ => false,
-        }
-    }
 }

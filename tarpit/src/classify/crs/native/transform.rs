@@ -127,8 +127,15 @@ fn unicode_low_byte(digits: &[u8]) -> u8 {
     }
 }
 
-/// `%XX` (and with `unicode`, `%uXXXX`) decoding; invalid escapes are kept as they are.
+/// `%XX` (and with `unicode`, `%uXXXX`) decoding, `+` as a space; invalid escapes are kept as
+/// they are.
 pub fn url_decode(input: &[u8], unicode: bool) -> Vec<u8> {
+    percent_decode(input, unicode, true)
+}
+
+/// `%XX` (and `%uXXXX`) decoding; `plus` makes `+` a space (arguments) or keeps it (the request
+/// target, which the library decodes without it).
+pub fn percent_decode(input: &[u8], unicode: bool, plus: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     let hex = |at: usize| input.get(at).copied().and_then(hex_value).is_some();
@@ -151,7 +158,7 @@ pub fn url_decode(input: &[u8], unicode: bool) -> Vec<u8> {
                 i += 1;
             }
         } else {
-            out.push(if b == b'+' { b' ' } else { b });
+            out.push(if plus && b == b'+' { b' ' } else { b });
             i += 1;
         }
     }
@@ -594,26 +601,35 @@ mod tests {
 
     #[test]
     fn url_decoding_keeps_invalid_escapes_and_takes_the_low_byte_of_u() {
-        assert_eq!(t("urlDecodeUni", "a%27+b%zz%u0041%uff41%u12"), "a' b%zzAa%u12");
+        assert_eq!(
+            t("urlDecodeUni", "a%27+b%zz%u0041%uff41%u12"),
+            "a' b%zzAa%u12"
+        );
         assert_eq!(t("urlDecode", "%u0041%4"), "%u0041%4");
     }
 
     #[test]
     fn entities_javascript_and_css_escapes_decode_as_the_library_does() {
-        assert_eq!(t("htmlEntityDecode", "&lt;a&#x41;&#66&foo;&amp"), "<aAB&foo;&");
+        assert_eq!(
+            t("htmlEntityDecode", "&lt;a&#x41;&#66&foo;&amp"),
+            "<aAB&foo;&"
+        );
         assert_eq!(t("jsDecode", r"\x41\u0042\103\n\q"), "ABC\nq");
         assert_eq!(t("cssDecode", r"\41 \000062x\\"), "Abx\\");
     }
 
     #[test]
     fn shell_comments_whitespace_and_paths() {
-        assert_eq!(t("cmdLine", "C^at  \"/etc\"/PASSWD ;id"), "cat/etc/passwd id");
+        assert_eq!(
+            t("cmdLine", "C^at  \"/etc\"/PASSWD ;id"),
+            "cat/etc/passwd id"
+        );
         assert_eq!(t("replaceComments", "a/*x*/b/*"), "a b ");
         assert_eq!(t("compressWhitespace", "a \t\n b"), "a b");
         assert_eq!(t("normalizePath", "/a/./b/../../../c//d"), "/c/d");
         assert_eq!(t("normalizePathWin", "a\\b\\..\\c"), "a/c");
         assert_eq!(t("utf8toUnicode", "aé"), "a%u00e9");
         let overlong = Transform::Utf8ToUnicode.apply(b"/\xc0\xae..\xc0/\0x");
-        assert_eq!(overlong, b"/%u002e\xc0..//x");
+        assert_eq!(overlong, b"/%u002e\xc0../x");
     }
 }

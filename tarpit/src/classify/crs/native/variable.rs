@@ -1,6 +1,8 @@
 //! Rule targets: which variable (`ARGS`, `REQUEST_HEADERS:User-Agent`, `!REQUEST_COOKIES:/__utm/`,
 //! `&TX:foo`) a rule looks at, and the values a target has in one request.
 
+use std::borrow::Cow;
+
 use pcre2::bytes::Regex;
 
 use super::operator::regex;
@@ -115,8 +117,16 @@ impl Variable {
             "UNIQUE_ID" => Self::UniqueId,
             "DURATION" => Self::Duration,
             "ARGS_COMBINED_SIZE" => Self::ArgsCombinedSize,
-            "FILES" | "FILES_NAMES" | "FILES_COMBINED_SIZE" | "MULTIPART_PART_HEADERS" | "IP"
-            | "GLOBAL" | "SESSION" | "USER" | "RESOURCE" | "GEO" => Self::Empty,
+            "FILES"
+            | "FILES_NAMES"
+            | "FILES_COMBINED_SIZE"
+            | "MULTIPART_PART_HEADERS"
+            | "IP"
+            | "GLOBAL"
+            | "SESSION"
+            | "USER"
+            | "RESOURCE"
+            | "GEO" => Self::Empty,
             other => return Err(format!("the variable {other} is not supported")),
         })
     }
@@ -224,7 +234,9 @@ impl Target {
         if variable == Variable::Xml {
             let supported = matches!(&selector, Selector::Key(k) if k == b"/*" || k == b"//@*");
             if !supported {
-                return Err(format!("the target {text} is not supported (XML:/* and XML://@* are)"));
+                return Err(format!(
+                    "the target {text} is not supported (XML:/* and XML://@* are)"
+                ));
             }
         }
         Ok(Self {
@@ -236,29 +248,61 @@ impl Target {
     }
 }
 
-/// One value a target has: its name (`ARGS:q`) and bytes.
+/// A matched value as `MATCHED_VARS` keeps it: its name (`ARGS:q`) and bytes.
 pub type Value = (Vec<u8>, Vec<u8>);
 
-/// The state beside the request that some variables read.
-pub struct Context<'a> {
-    /// The request.
-    pub request: &'a Request,
-    /// `TX`, lower-case keys.
-    pub tx: &'a Collection,
-    /// `MATCHED_VARS`: (name, value) of the current rule's matches.
-    pub matched: &'a [Value],
-    /// `UNIQUE_ID`.
-    pub unique_id: &'a [u8],
+/// One value a target has in this request: borrowed from the request where it can be, so that
+/// hundreds of rules reading the same arguments copy nothing.
+#[derive(Debug, Clone)]
+pub struct Item<'r> {
+    /// The variable.
+    pub variable: Variable,
+    /// The member's key (`q` of `ARGS:q`), empty for a variable with one value.
+    pub key: Cow<'r, [u8]>,
+    /// Whether the name carries the key (`ARGS:q`, not `REQUEST_URI`).
+    pub keyed: bool,
+    /// The value.
+    pub value: Cow<'r, [u8]>,
 }
 
-/// The members of `variable` as (key, value) pairs, before any selector.
-fn members<'a>(variable: Variable, context: &'a Context<'_>) -> Vec<(&'a [u8], &'a [u8])> {
-    let request = context.request;
-    let pairs = |c: &'a Collection| -> Vec<(&'a [u8], &'a [u8])> {
-        c.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect()
+impl Item<'_> {
+    /// The name `MATCHED_VAR_NAME` gives it.
+    pub fn name(&self) -> Vec<u8> {
+        let prefix = self.variable.name().as_bytes();
+        if !self.keyed {
+            return prefix.to_vec();
+        }
+        let mut name = Vec::with_capacity(prefix.len() + 1 + self.key.len());
+        name.extend_from_slice(prefix);
+        name.push(b':');
+        name.extend_from_slice(&self.key);
+        name
+    }
+}
+
+/// The state beside the request that some variables read (copied out, as rules change it).
+pub struct State<'s> {
+    /// `TX`, lower-case keys.
+    pub tx: &'s Collection,
+    /// `MATCHED_VARS`: (name, value) of the current rule's matches.
+    pub matched: &'s [Value],
+    /// `UNIQUE_ID`.
+    pub unique_id: &'s [u8],
+}
+
+type Pair<'r> = (Cow<'r, [u8]>, Cow<'r, [u8]>);
+
+/// The members of a request's collection variable as (key, value) pairs, before any selector.
+fn members<'r>(variable: Variable, request: &'r Request) -> Vec<Pair<'r>> {
+    let pairs = |c: &'r Collection| -> Vec<Pair<'r>> {
+        c.iter()
+            .map(|(k, v)| (Cow::Borrowed(k.as_slice()), Cow::Borrowed(v.as_slice())))
+            .collect()
     };
-    let names = |c: &'a Collection| -> Vec<(&'a [u8], &'a [u8])> {
-        c.iter().map(|(k, _)| (k.as_slice(), k.as_slice())).collect()
+    let names = |c: &'r Collection| -> Vec<Pair<'r>> {
+        c.iter()
+            .map(|(k, _)| (Cow::Borrowed(k.as_slice()), Cow::Borrowed(k.as_slice())))
+            .collect()
     };
     let all_args = || {
         request
@@ -269,10 +313,10 @@ fn members<'a>(variable: Variable, context: &'a Context<'_>) -> Vec<(&'a [u8], &
     };
     match variable {
         Variable::Args => all_args()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .map(|(k, v)| (Cow::Borrowed(k.as_slice()), Cow::Borrowed(v.as_slice())))
             .collect(),
         Variable::ArgsNames => all_args()
-            .map(|(k, _)| (k.as_slice(), k.as_slice()))
+            .map(|(k, _)| (Cow::Borrowed(k.as_slice()), Cow::Borrowed(k.as_slice())))
             .collect(),
         Variable::ArgsGet => pairs(&request.args_get),
         Variable::ArgsPost => pairs(&request.args_post),
@@ -282,26 +326,15 @@ fn members<'a>(variable: Variable, context: &'a Context<'_>) -> Vec<(&'a [u8], &
         Variable::HeaderNames => names(&request.headers),
         Variable::Cookies => pairs(&request.cookies),
         Variable::CookieNames => names(&request.cookies),
-        Variable::Tx => pairs(context.tx),
-        Variable::MatchedVars => context
-            .matched
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
-            .collect(),
-        Variable::MatchedVarsNames => context
-            .matched
-            .iter()
-            .map(|(k, _)| (k.as_slice(), k.as_slice()))
-            .collect(),
         Variable::Xml => {
-            let mut out: Vec<(&[u8], &[u8])> = Vec::new();
+            let mut out: Vec<Pair<'r>> = Vec::new();
             if let Some(text) = &request.xml_text {
-                out.push((b"/*", text));
+                out.push((Cow::Borrowed(b"/*"), Cow::Borrowed(text)));
                 out.extend(
                     request
                         .xml_attributes
                         .iter()
-                        .map(|v| (&b"//@*"[..], v.as_slice())),
+                        .map(|v| (Cow::Borrowed(&b"//@*"[..]), Cow::Borrowed(v.as_slice()))),
                 );
             }
             out
@@ -310,71 +343,98 @@ fn members<'a>(variable: Variable, context: &'a Context<'_>) -> Vec<(&'a [u8], &
     }
 }
 
-/// The values of one (not negated) target, as `(name, value)`; `excluded` are the rule's
-/// negated targets.
-pub fn values(target: &Target, excluded: &[&Target], context: &Context<'_>) -> Vec<Value> {
-    let request = context.request;
-    let scalar = |bytes: &[u8]| vec![(target.variable.name().as_bytes().to_vec(), bytes.to_vec())];
-    let single: Option<Vec<Value>> = match target.variable {
-        Variable::Filename => Some(scalar(&request.filename)),
-        Variable::Basename => Some(scalar(&request.basename)),
-        Variable::Uri => Some(scalar(&request.uri)),
-        Variable::UriRaw => Some(scalar(&request.uri_raw)),
-        Variable::Line => Some(scalar(&request.line)),
-        Variable::Method => Some(scalar(&request.method)),
-        Variable::Protocol => Some(scalar(&request.protocol)),
-        Variable::QueryString => Some(scalar(&request.query)),
-        Variable::Body => Some(scalar(&request.body)),
-        Variable::BodyLength => Some(scalar(request.body.len().to_string().as_bytes())),
-        Variable::BodyProcessor => Some(scalar(
-            request.processor.map_or("", |p| p.name()).as_bytes(),
-        )),
-        Variable::BodyError => Some(scalar(if request.body_error { b"1" } else { b"0" })),
-        Variable::RemoteAddr => Some(scalar(&request.remote_addr)),
-        Variable::UniqueId => Some(scalar(context.unique_id)),
-        Variable::Duration => Some(scalar(b"0")),
+/// The value of a variable that has one (`REQUEST_URI`), or `None` for a collection.
+fn scalar<'r>(
+    variable: Variable,
+    request: &'r Request,
+    state: &State<'_>,
+) -> Option<Option<Cow<'r, [u8]>>> {
+    let borrowed = |bytes: &'r [u8]| Some(Some(Cow::Borrowed(bytes)));
+    let owned = |bytes: Vec<u8>| Some(Some(Cow::Owned(bytes)));
+    match variable {
+        Variable::Filename => borrowed(&request.filename),
+        Variable::Basename => borrowed(&request.basename),
+        Variable::Uri => borrowed(&request.uri),
+        Variable::UriRaw => borrowed(&request.uri_raw),
+        Variable::Line => borrowed(&request.line),
+        Variable::Method => borrowed(&request.method),
+        Variable::Protocol => borrowed(&request.protocol),
+        Variable::QueryString => borrowed(&request.query),
+        Variable::Body => borrowed(&request.body),
+        Variable::BodyLength => owned(request.body.len().to_string().into_bytes()),
+        Variable::BodyProcessor => borrowed(request.processor.map_or("", |p| p.name()).as_bytes()),
+        Variable::BodyError => borrowed(if request.body_error { b"1" } else { b"0" }),
+        Variable::RemoteAddr => borrowed(&request.remote_addr),
+        Variable::UniqueId => owned(state.unique_id.to_vec()),
+        Variable::Duration => borrowed(b"0"),
         Variable::ArgsCombinedSize => {
-            let size: usize = members(Variable::Args, context)
+            let size: usize = members(Variable::Args, request)
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum();
-            Some(scalar(size.to_string().as_bytes()))
+            owned(size.to_string().into_bytes())
         }
-        Variable::MatchedVar => context.matched.last().map(|(_, v)| scalar(v)),
-        Variable::MatchedVarName => context.matched.last().map(|(k, _)| scalar(k)),
+        Variable::MatchedVar => Some(state.matched.last().map(|(_, v)| Cow::Owned(v.clone()))),
+        Variable::MatchedVarName => Some(state.matched.last().map(|(k, _)| Cow::Owned(k.clone()))),
         _ => None,
+    }
+}
+
+/// The values of one (not negated) target; `excluded` are the rule's negated targets.
+pub fn values<'r>(
+    target: &Target,
+    excluded: &[&Target],
+    request: &'r Request,
+    state: &State<'_>,
+) -> Vec<Item<'r>> {
+    let item = |key: Cow<'r, [u8]>, keyed: bool, value: Cow<'r, [u8]>| Item {
+        variable: target.variable,
+        key,
+        keyed,
+        value,
     };
-    if let Some(single) = single {
-        return if target.count {
-            scalar(single.len().to_string().as_bytes())
-        } else {
-            single
+    let count = |n: usize| Cow::Owned(n.to_string().into_bytes());
+    if let Some(single) = scalar(target.variable, request, state) {
+        let present = usize::from(single.is_some());
+        return match (target.count, single) {
+            (true, _) => vec![item(Cow::Borrowed(b""), false, count(present))],
+            (false, Some(value)) => vec![item(Cow::Borrowed(b""), false, value)],
+            (false, None) => Vec::new(),
         };
     }
-    let selected: Vec<(&[u8], &[u8])> = members(target.variable, context)
-        .into_iter()
-        .filter(|(key, _)| target.selector.selects(key))
-        .filter(|(key, _)| {
-            !excluded
+    let wanted = |key: &[u8]| {
+        target.selector.selects(key)
+            && !excluded
                 .iter()
                 .any(|e| e.variable == target.variable && e.selector.selects(key))
-        })
-        .collect();
-    let prefix = target.variable.name();
+    };
+    // The transaction's own collections change as rules run: only the selected members are
+    // copied out.
+    let own = match target.variable {
+        Variable::Tx => Some((state.tx.as_slice(), false)),
+        Variable::MatchedVars => Some((state.matched, false)),
+        Variable::MatchedVarsNames => Some((state.matched, true)),
+        _ => None,
+    };
+    let selected: Vec<Pair<'r>> = match own {
+        Some((collection, names_only)) => collection
+            .iter()
+            .filter(|(key, _)| wanted(key))
+            .map(|(key, value)| {
+                let value = if names_only { key } else { value };
+                (Cow::Owned(key.clone()), Cow::Owned(value.clone()))
+            })
+            .collect(),
+        None => members(target.variable, request)
+            .into_iter()
+            .filter(|(key, _)| wanted(key))
+            .collect(),
+    };
     if target.count {
-        return vec![(
-            prefix.as_bytes().to_vec(),
-            selected.len().to_string().into_bytes(),
-        )];
+        return vec![item(Cow::Borrowed(b""), false, count(selected.len()))];
     }
     selected
         .into_iter()
-        .map(|(key, value)| {
-            let mut name = Vec::with_capacity(prefix.len() + 1 + key.len());
-            name.extend_from_slice(prefix.as_bytes());
-            name.push(b':');
-            name.extend_from_slice(key);
-            (name, value.to_vec())
-        })
+        .map(|(key, value)| item(key, true, value))
         .collect()
 }
