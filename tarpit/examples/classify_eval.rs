@@ -4,7 +4,9 @@
 //! sqlmap's list of browser User-Agents): recall per class, false positives on benign input.
 //! With `--bench SECONDS` it instead measures classification throughput on one thread (run it
 //! pinned to one core: `cargo xtask bench classify` does), beside a rule-by-rule scan of the
-//! same patterns; `--crs-only SECONDS` measures only the OWASP CRS part (to profile it). Run through `cargo xtask classify-eval` and `cargo xtask bench classify`.
+//! same patterns; `--crs-only SECONDS` measures only the OWASP CRS part (to profile it);
+//! `--crs-agree` compares the native CRS evaluator with libmodsecurity on every corpus;
+//! `--crs-one TARGET` prints the native verdict on one GET (to investigate a difference). Run through `cargo xtask classify-eval` and `cargo xtask bench classify`.
 
 use std::time::{Duration, Instant};
 

@@ -57,6 +57,10 @@ enum Task {
         /// Also print up to this many undetected payloads per set.
         #[arg(long, default_value_t = 0)]
         misses: usize,
+        /// Instead, run the native CRS evaluator and libmodsecurity on every corpus and print
+        /// how far their rule firings and scores agree.
+        #[arg(long)]
+        crs_agree: bool,
     },
     /// Measure a tarpit on loopback (ours by default): `hold` or `churn`; `classify`: requests
     /// per second the default rules classify on one core; `scanners`: real scanners (gobuster,
@@ -155,7 +159,10 @@ fn main() -> anyhow::Result<()> {
         } => suite::test(&root, fuzz_seconds, stress_cpus),
         Task::Fuzz { seconds, jobs } => fuzz::fuzz(&root, seconds, jobs),
         Task::CiSetup => ci_setup(),
-        Task::ClassifyEval { misses } => {
+        Task::ClassifyEval {
+            crs_agree: true, ..
+        } => classify_eval::run_eval(&root, &["--crs-agree".into()], false),
+        Task::ClassifyEval { misses, .. } => {
             classify_eval::run_eval(&root, &["--misses".into(), misses.to_string()], false)
         }
         Task::Bench {
