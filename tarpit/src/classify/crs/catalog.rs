@@ -118,28 +118,10 @@ pub fn request_rule_files(crs_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// The file's directives with continuation lines joined and comments left out.
 fn directives(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if current.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
-            continue;
-        }
-        match trimmed.strip_suffix('\\') {
-            Some(part) => {
-                current.push_str(part);
-                current.push(' ');
-            }
-            None => {
-                current.push_str(trimmed);
-                out.push(std::mem::take(&mut current));
-            }
-        }
-    }
-    if !current.is_empty() {
-        out.push(current);
-    }
-    out
+    super::native::parse::logical_lines(text)
+        .into_iter()
+        .map(|(_, joined)| joined)
+        .collect()
 }
 
 /// The value of action `name` (`id:942100`, `msg:'...'`) in a directive's action list.

@@ -28,6 +28,16 @@ pub struct Action {
 
 /// The directives of a configuration text, with the line each starts on.
 pub fn directives(text: &str) -> Result<Vec<Directive>, NativeError> {
+    logical_lines(text)
+        .into_iter()
+        .map(|(line, joined)| split_directive(&joined, line))
+        .collect()
+}
+
+/// The text's directives as single lines (continuation lines joined, comments and blank lines
+/// left out), each with the line number it starts on: what both the evaluator and the rule
+/// catalog read.
+pub fn logical_lines(text: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     let mut current = String::new();
     let mut start = 0;
@@ -46,14 +56,14 @@ pub fn directives(text: &str) -> Result<Vec<Directive>, NativeError> {
             }
             None => {
                 current.push_str(trimmed);
-                out.push(split_directive(&std::mem::take(&mut current), start)?);
+                out.push((start, std::mem::take(&mut current)));
             }
         }
     }
     if !current.is_empty() {
-        out.push(split_directive(&current, start)?);
+        out.push((start, current));
     }
-    Ok(out)
+    out
 }
 
 /// Splits one joined directive into its name and arguments.
