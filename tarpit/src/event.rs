@@ -33,7 +33,7 @@ pub enum Event {
     /// Give-up model families that changed (adaptive mode), for the `giveup_families` table
     /// and the metrics; not a connection's record, so the JSON log leaves it out.
     #[serde(skip)]
-    GiveUpFamilies(Arc<Vec<crate::adaptive::model::FamilyRow>>),
+    GiveUpFamilies(Arc<crate::adaptive::model::FamilyBatch>),
 }
 
 /// The outcome of one AbuseIPDB report; the `abuseipdb_reports` table's columns.
@@ -111,7 +111,7 @@ impl Event {
                         + r.categories.capacity()
                         + r.comment.capacity()
                 }
-                Event::GiveUpFamilies(rows) => rows.len() * 512,
+                Event::GiveUpFamilies(batch) => batch.rows.len() * 512,
                 _ => 0,
             }
     }

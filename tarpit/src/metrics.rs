@@ -258,9 +258,13 @@ impl MetricsSink {
             Event::AbuseReport(e) => {
                 counter!("tarpit_abuseipdb_reports_total", "outcome" => e.outcome).increment(1);
             }
-            Event::GiveUpFamilies(rows) => {
+            Event::GiveUpFamilies(batch) => {
                 // Tool names come only from the rule set's tags and the priors: bounded.
-                for row in rows.iter().filter(|r| r.family.kind == FamilyKind::Tool) {
+                for row in batch
+                    .rows
+                    .iter()
+                    .filter(|r| r.family.kind == FamilyKind::Tool)
+                {
                     if let Some(seconds) = row.give_up_s {
                         gauge!("tarpit_giveup_seconds", "tool" => row.family.name.clone())
                             .set(seconds);

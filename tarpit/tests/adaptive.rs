@@ -123,9 +123,13 @@ fn give_ups_are_learned_then_answered_early_and_kept_across_restarts() {
     ];
     let mut tarpit = Tarpit::start_in(dir.path(), &args, 0);
     let base = format!("http://127.0.0.1:{}", tarpit.addr.port());
-    // Three clients give up after 2 s (curl -m 2 exits 28, a timeout).
+    // Three clients from three networks (127.0.1.0/24, ...: a tool's figure needs give-ups
+    // from three) give up after 2 s (curl -m 2 exits 28, a timeout).
     for i in 0..3 {
-        let (code, _) = curl(&format!("-m 2 -o /dev/null '{base}/probe{i}'"));
+        let (code, _) = curl(&format!(
+            "-m 2 --interface 127.0.{}.1 -o /dev/null '{base}/probe{i}'",
+            i + 1
+        ));
         assert_eq!(code, Some(28));
     }
     tarpit.wait_count(
@@ -162,6 +166,8 @@ fn give_ups_are_learned_then_answered_early_and_kept_across_restarts() {
          FROM events WHERE http_path IN ('/a', '/b') ORDER BY request_seq",
     );
     let shortest = give_ups.iter().map(|(_, s)| *s).fold(f64::MAX, f64::min);
+    // No plan ends before four drip intervals (2 s here), whatever was learned.
+    let planned_with = shortest.max(2.0);
     for (index, (seq, reason, basis, limit, end, status)) in planned.iter().enumerate() {
         assert_eq!(*seq, index as u32 + 1);
         assert_eq!(reason, "planned_end");
@@ -169,7 +175,10 @@ fn give_ups_are_learned_then_answered_early_and_kept_across_restarts() {
             ["address", "user_agent", "header_order", "tool"].contains(&basis.as_str()),
             "{basis}"
         );
-        assert!((limit - shortest).abs() < 0.01, "{limit} vs {shortest}");
+        assert!(
+            (limit - planned_with).abs() < 0.01,
+            "{limit} vs {planned_with}"
+        );
         assert!((end - (limit - 1.0).max(limit / 2.0)).abs() < 0.01, "{end}");
         assert_eq!(*status, 404);
     }
@@ -330,4 +339,83 @@ fn an_operator_persona_is_served_and_a_bad_one_names_file_entry_and_reason() {
     ] {
         assert!(stderr.contains(part), "{part} missing from {stderr}");
     }
+}
+
+/// Connects from `source` (a loopback address: 127.0.0.0/8 is all local) and sends `request`.
+fn connect_from(source: &str, tarpit: &Tarpit, request: &str) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let source: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&source.into()).unwrap();
+    socket.connect(&tarpit.addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.write_all(request.as_bytes()).unwrap();
+    stream
+}
+
+/// Poisoning: 3, 10 and 50 connections from one network, each closing early with the header
+/// order browsers and curl share, change nothing for clients from other networks (they keep the
+/// full drip); give-ups from three networks do make a figure, and never one below the floor.
+#[test]
+fn one_network_cannot_shorten_other_clients_plans() {
+    let dir = tempfile::tempdir().unwrap();
+    // A drip interval of 0.5 s: give-ups under 1 s are not timeouts, and the floor is 2 s.
+    let tarpit = Tarpit::start_in(
+        dir.path(),
+        &["--mode", "adaptive", "--response-delay", "0.5"],
+        0,
+    );
+    let request = |ua: &str, path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nUser-Agent: {ua}\r\nAccept: */*\r\n\r\n")
+    };
+    let mut sent = 0;
+    for (round, attackers) in [3usize, 10, 50].into_iter().enumerate() {
+        let streams: Vec<TcpStream> = (0..attackers)
+            .map(|i| {
+                let source = format!("127.0.9.{}", 1 + i % 200);
+                connect_from(&source, &tarpit, &request(&format!("attacker/{i}"), "/p"))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1300));
+        drop(streams);
+        sent += attackers;
+        tarpit.wait_count(
+            "SELECT COUNT(*) FROM events WHERE http_path = '/p'
+             AND end_reason IN ('client_closed', 'client_reset')",
+            sent as i64,
+        );
+        // Let the learner publish (at most every half second), then a client from another
+        // network with the same header order and a User-Agent nobody gave up with.
+        std::thread::sleep(Duration::from_millis(800));
+        let victim = format!("/victim{round}");
+        let _held = connect_from("127.0.7.1", &tarpit, &request("curl/8.1", &victim));
+        tarpit.wait_count(
+            &format!("SELECT COUNT(*) FROM events WHERE http_path = '{victim}'"),
+            1,
+        );
+        let plan: Vec<(Option<f64>, Option<String>)> = tarpit.rows(&format!(
+            "SELECT giveup_limit_s, giveup_basis FROM events WHERE http_path = '{victim}'"
+        ));
+        assert_eq!(plan, [(None, None)], "round {round}: {attackers} attackers");
+    }
+    // The same give-ups from three networks are evidence: the header order gets a figure,
+    // bounded below by the floor (2 s) although the clients left after 1.3 s.
+    let streams: Vec<TcpStream> = ["127.0.10.1", "127.0.11.1", "127.0.12.1"]
+        .iter()
+        .map(|source| connect_from(source, &tarpit, &request("other/1", "/q")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1300));
+    drop(streams);
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE http_path = '/q'
+         AND end_reason IN ('client_closed', 'client_reset')",
+        3,
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let _held = connect_from("127.0.7.1", &tarpit, &request("curl/8.1", "/after"));
+    tarpit.wait_count("SELECT COUNT(*) FROM events WHERE http_path = '/after'", 1);
+    let plan: Vec<(f64, String)> =
+        tarpit.rows("SELECT giveup_limit_s, giveup_basis FROM events WHERE http_path = '/after'");
+    assert_eq!(plan.len(), 1);
+    assert_eq!(plan[0].1, "header_order");
+    assert!((plan[0].0 - 2.0).abs() < 1e-6, "the floor: {plan:?}");
 }

@@ -15,7 +15,8 @@ use std::net::IpAddr;
 pub enum FamilyKind {
     /// One client address.
     Address,
-    /// One exact User-Agent (absent is a family of its own).
+    /// One exact User-Agent (requests without one are in no User-Agent family: thousands of
+    /// unrelated clients send none).
     UserAgent,
     /// One header order (the names as sent).
     HeaderOrder,
@@ -95,7 +96,9 @@ impl FamilyKeys {
     ) -> Self {
         Self {
             address: address_key(client),
-            user_agent: family_key(FamilyKind::UserAgent, user_agent.unwrap_or("")),
+            user_agent: user_agent
+                .filter(|ua| !ua.is_empty())
+                .map_or(0, |ua| family_key(FamilyKind::UserAgent, ua)),
             header_order: family_key(FamilyKind::HeaderOrder, header_order),
             tool: tool.map_or(0, |tool| family_key(FamilyKind::Tool, tool)),
         }

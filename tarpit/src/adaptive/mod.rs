@@ -24,6 +24,7 @@ pub mod family;
 pub mod model;
 pub mod persona;
 pub mod priors;
+pub mod sample;
 pub mod snapshot;
 pub mod store;
 
@@ -89,10 +90,13 @@ pub fn start(
     let mut model = GiveUpModel::new(ModelConfig {
         quantile: a.quantile,
         min_samples: a.min_samples as usize,
+        min_prefixes: a.min_prefixes as usize,
+        floor: 4.0 * config.tarpit.response_delay,
         max_families: a.max_families,
         min_give_up: 2.0 * config.tarpit.response_delay,
     });
-    let stored = store::load_families(database).context("reading the give-up model")?;
+    let stored =
+        store::load_families(database, a.max_families).context("reading the give-up model")?;
     tracing::info!(
         families = stored.len(),
         "adaptive mode: give-up model restored"

@@ -7,6 +7,10 @@
 //! response the tarpit ended on plan says nothing new about when the client would have given
 //! up, and a family that never gives up has no figure at all and keeps the full drip.
 //!
+//! Who can move a figure: see [`super::sample`] (one sample per network prefix, several
+//! prefixes before a shared family has a figure, samples expire) and [`super::snapshot`] (floors
+//! and ceilings, the most specific evidence decides).
+//!
 //! Bounded: at most `max_families` families (least recently seen dropped first), 16 give-ups
 //! each. Changed families are handed to the SQLite sink ([`GiveUpModel::take_changed`]) and
 //! read back at the next start ([`GiveUpModel::restore`]).
@@ -19,10 +23,10 @@ use lru::LruCache;
 
 use super::family::{FamilyKeys, FamilyKind, address_key, cut, family_key};
 use super::priors::Prior;
+use super::sample::{Evidence, Prefix, Sample, Samples};
 use super::snapshot::Snapshot;
 
-/// Give-ups remembered per family.
-pub const RECENT: usize = 16;
+pub use super::sample::RECENT;
 
 /// How the model turns observations into plans.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,6 +35,12 @@ pub struct ModelConfig {
     pub quantile: f64,
     /// Give-ups a family needs before its figure is used (`[adaptive] min_samples`).
     pub min_samples: usize,
+    /// Distinct client prefixes (/24, /64) a shared family's give-ups must come from before
+    /// its figure is used (`[adaptive] min_prefixes`).
+    pub min_prefixes: usize,
+    /// No plan ends a response sooner than this (seconds) unless a tool's prior says less:
+    /// four drip intervals.
+    pub floor: f64,
     /// Families kept (`[adaptive] max_families`).
     pub max_families: usize,
     /// Give-ups sooner than this are not timeouts (the client took the status line and left)
@@ -69,10 +79,8 @@ pub struct Family {
     pub kind: FamilyKind,
     /// Its value (address, User-Agent, header order or tool).
     pub name: String,
-    /// The latest give-ups, in seconds (a ring of [`RECENT`]).
-    recent: Vec<f32>,
-    /// Where the next give-up goes in `recent` once it is full.
-    next: usize,
+    /// The latest give-ups, one per client prefix.
+    samples: Samples,
     /// Give-ups seen, in all.
     pub give_ups: u64,
     /// Responses ended early on plan.
@@ -90,8 +98,7 @@ impl Family {
         Self {
             kind,
             name: cut(name).to_owned(),
-            recent: Vec::new(),
-            next: 0,
+            samples: Samples::default(),
             give_ups: 0,
             planned_ends: 0,
             completed: 0,
@@ -100,32 +107,28 @@ impl Family {
         }
     }
 
-    /// The give-ups remembered, oldest first.
+    /// The give-ups remembered (one per client prefix), oldest first.
+    pub fn samples(&self) -> &[Sample] {
+        self.samples.all()
+    }
+
+    /// The give-up times remembered, oldest first.
     pub fn recent(&self) -> Vec<f32> {
-        let mut ordered = self.recent[self.next..].to_vec();
-        ordered.extend_from_slice(&self.recent[..self.next]);
-        ordered
+        self.samples.all().iter().map(|s| s.seconds).collect()
     }
 
-    fn remember(&mut self, seconds: f32) {
-        if self.recent.len() < RECENT {
-            self.recent.push(seconds);
-        } else {
-            self.recent[self.next] = seconds;
-            self.next = (self.next + 1) % RECENT;
-        }
-    }
-
-    /// The give-up time to plan with: the `quantile` of recent give-ups (nearest rank), once
-    /// there are `min_samples` of them.
+    /// The give-up time to plan with: the `quantile` of the unexpired give-ups, once there are
+    /// `min_samples` of them from `min_prefixes` prefixes (an address family: its own).
     pub fn give_up(&self, config: &ModelConfig) -> Option<f64> {
-        if self.recent.len() < config.min_samples.max(1) {
-            return None;
-        }
-        let mut sorted = self.recent.clone();
-        sorted.sort_by(f32::total_cmp);
-        let rank = (config.quantile * sorted.len() as f64).ceil() as usize;
-        Some(f64::from(sorted[rank.clamp(1, sorted.len()) - 1]))
+        let evidence = Evidence {
+            quantile: config.quantile,
+            min_samples: config.min_samples,
+            min_prefixes: match self.kind {
+                FamilyKind::Address => 1,
+                _ => config.min_prefixes,
+            },
+        };
+        self.samples.figure(&evidence, unix_now())
     }
 }
 
@@ -136,6 +139,16 @@ pub struct FamilyRow {
     pub family: Family,
     /// Its planned-with give-up time when the row was written (for readers of the table).
     pub give_up_s: Option<f64>,
+}
+
+/// Changed families on their way to storage, and how many families storage keeps (the
+/// model's bound: the least recently seen beyond it are deleted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FamilyBatch {
+    /// The changed families.
+    pub rows: Vec<FamilyRow>,
+    /// Families kept in the table at most.
+    pub keep: usize,
 }
 
 /// Every family's state, on the pipeline.
@@ -168,9 +181,7 @@ impl GiveUpModel {
 
     /// Loads stored families (oldest first, so the most recent stay when there are too many).
     pub fn restore(&mut self, rows: impl IntoIterator<Item = Family>) {
-        for mut family in rows {
-            family.recent.truncate(RECENT);
-            family.next = 0;
+        for family in rows {
             if let Some(key) = stored_key(&family) {
                 self.families.push(key, family);
                 if self.families.len() > self.config.max_families.max(1) {
@@ -204,7 +215,13 @@ impl GiveUpModel {
             }
             let family = self.entry(key, kind, name);
             family.last_seen = now;
-            if kind == FamilyKind::UserAgent && names.tool.is_some() && family.tool != names.tool {
+            let linked = matches!(kind, FamilyKind::UserAgent | FamilyKind::Address);
+            if linked && names.tool.is_some() && family.tool != names.tool {
+                // An address that turns to another tool starts over: its give-ups were the
+                // other tool's.
+                if kind == FamilyKind::Address {
+                    family.samples.clear();
+                }
                 family.tool = names.tool.clone();
                 self.changed.insert(key);
             }
@@ -212,8 +229,10 @@ impl GiveUpModel {
         keys
     }
 
-    /// Learns from the end of an adaptive response of a request with these (registered) keys.
-    pub fn observe(&mut self, keys: &FamilyKeys, outcome: Outcome) {
+    /// Learns from the end of an adaptive response of a request with these (registered) keys,
+    /// from `client`.
+    pub fn observe(&mut self, keys: &FamilyKeys, client: std::net::IpAddr, outcome: Outcome) {
+        let now = unix_now();
         if let Outcome::GaveUp(seconds) = outcome
             && seconds < self.config.min_give_up
         {
@@ -230,7 +249,13 @@ impl GiveUpModel {
             match outcome {
                 Outcome::GaveUp(seconds) => {
                     family.give_ups += 1;
-                    family.remember(seconds as f32);
+                    let shared = kind != FamilyKind::Address;
+                    let sample = Sample {
+                        seconds: seconds as f32,
+                        prefix: Prefix::of(client),
+                        at: now,
+                    };
+                    family.samples.remember(sample, shared);
                 }
                 Outcome::PlannedEnd => family.planned_ends += 1,
                 Outcome::Completed => family.completed += 1,
@@ -274,7 +299,7 @@ impl GiveUpModel {
                 tools.insert(*key, family_key(FamilyKind::Tool, tool));
             }
         }
-        Snapshot::new(limits, tools, priors)
+        Snapshot::new(limits, tools, priors).with_floor(self.config.floor as f32)
     }
 
     /// The families in memory, most recently seen first.
@@ -308,14 +333,15 @@ fn stored_key(family: &Family) -> Option<u64> {
 pub fn family_from_row(
     kind: &str,
     name: String,
-    recent: &[f32],
+    samples: &[Sample],
     counts: (u64, u64, u64),
     tool: Option<String>,
     last_seen: i64,
 ) -> Option<Family> {
     let mut family = Family::new(FamilyKind::from_name(kind)?, &name);
-    for seconds in recent.iter().take(RECENT) {
-        family.remember(*seconds);
+    let shared = family.kind != FamilyKind::Address;
+    for sample in samples.iter().take(RECENT) {
+        family.samples.remember(*sample, shared);
     }
     (family.give_ups, family.planned_ends, family.completed) = counts;
     family.tool = tool;
@@ -337,6 +363,8 @@ mod tests {
         ModelConfig {
             quantile: 0.1,
             min_samples: 3,
+            min_prefixes: 3,
+            floor: 4.0,
             max_families: 100,
             min_give_up: 3.0,
         }
@@ -353,36 +381,61 @@ mod tests {
         (keys, names)
     }
 
+    fn ip(text: &str) -> std::net::IpAddr {
+        text.parse().unwrap()
+    }
+
     #[test]
-    fn a_family_plans_with_a_low_quantile_once_it_has_enough_give_ups() {
+    fn a_shared_family_needs_give_ups_from_several_prefixes() {
         let mut model = GiveUpModel::new(config());
-        let (keys, names) = request("192.0.2.1", "gobuster/3.5", Some("gobuster"));
-        let keys = model.register(&keys, &names);
         let tool_key = family_key(FamilyKind::Tool, "gobuster");
-        assert_eq!(keys.tool, tool_key);
-        model.observe(&keys, Outcome::GaveUp(10.2));
-        model.observe(&keys, Outcome::GaveUp(10.1));
-        let snapshot = model.snapshot(Arc::from(Vec::new()));
-        assert_eq!(
-            snapshot.limit(tool_key),
-            None,
-            "two give-ups are not enough"
-        );
-        model.observe(&keys, Outcome::GaveUp(12.0));
-        let snapshot = model.snapshot(Arc::from(Vec::new()));
-        let limit = snapshot.limit(tool_key).unwrap();
-        assert!((limit - 10.1).abs() < 1e-3, "{limit}");
-        // 16 more give-ups: the ring keeps the latest, and the 10% rank is the second lowest.
-        for i in 0..16 {
-            model.observe(&keys, Outcome::GaveUp(20.0 + f64::from(i)));
+        let mut keys_of = |client: &str| {
+            let (keys, names) = request(client, "gobuster/3.5", Some("gobuster"));
+            model.register(&keys, &names)
+        };
+        let first = keys_of("192.0.2.1");
+        let second = keys_of("198.51.100.1");
+        let third = keys_of("203.0.113.1");
+        assert_eq!(first.tool, tool_key);
+        for seconds in [10.2, 10.1, 10.4] {
+            model.observe(&first, ip("192.0.2.1"), Outcome::GaveUp(seconds));
         }
+        let snapshot = model.snapshot(Arc::from(Vec::new()));
+        assert_eq!(snapshot.limit(tool_key), None, "one prefix is not enough");
+        // The address's own family plans its own next responses.
+        assert!((snapshot.limit(first.address).unwrap() - 10.1).abs() < 1e-3);
+        model.observe(&second, ip("198.51.100.1"), Outcome::GaveUp(12.0));
+        model.observe(&third, ip("203.0.113.1"), Outcome::GaveUp(11.0));
+        let snapshot = model.snapshot(Arc::from(Vec::new()));
+        // One sample per prefix (the latest, 10.4 for the first), the 10% rank: the lowest.
+        let limit = snapshot.limit(tool_key).unwrap();
+        assert!((limit - 10.4).abs() < 1e-3, "{limit}");
         let family = model
             .families()
             .find(|f| f.kind == FamilyKind::Tool)
             .unwrap();
-        assert_eq!(family.recent().len(), RECENT);
-        assert_eq!(family.give_ups, 19);
-        assert_eq!(family.give_up(&config()), Some(21.0));
+        assert_eq!(family.recent().len(), 3);
+        assert_eq!(family.give_ups, 5);
+    }
+
+    #[test]
+    fn thousands_of_closes_from_one_prefix_weigh_as_one() {
+        let mut model = GiveUpModel::new(config());
+        let mut plan_keys = FamilyKeys::default();
+        for i in 0..3000 {
+            let client = format!("198.51.100.{}", i % 250);
+            let (keys, names) = request(&client, &format!("attacker/{i}"), None);
+            let keys = model.register(&keys, &names);
+            model.observe(&keys, ip(&client), Outcome::GaveUp(3.2));
+            plan_keys = keys;
+        }
+        let snapshot = model.snapshot(Arc::from(Vec::new()));
+        assert_eq!(snapshot.limit(plan_keys.header_order), None);
+        let order = model
+            .families()
+            .find(|f| f.kind == FamilyKind::HeaderOrder)
+            .unwrap();
+        assert_eq!(order.samples().len(), 1);
     }
 
     #[test]
@@ -391,11 +444,12 @@ mod tests {
         let (keys, names) = request("192.0.2.1", "x", None);
         let keys = model.register(&keys, &names);
         for _ in 0..3 {
-            model.observe(&keys, Outcome::GaveUp(5.0));
+            model.observe(&keys, ip("192.0.2.1"), Outcome::GaveUp(5.0));
         }
         for _ in 0..50 {
-            model.observe(&keys, Outcome::GaveUp(0.2)); // took the status line and left
-            model.observe(&keys, Outcome::PlannedEnd);
+            // Took the status line and left.
+            model.observe(&keys, ip("192.0.2.1"), Outcome::GaveUp(0.2));
+            model.observe(&keys, ip("192.0.2.1"), Outcome::PlannedEnd);
         }
         let address = model
             .families()
@@ -412,12 +466,31 @@ mod tests {
         let (keys, names) = request("192.0.2.9", "curl/7.88.1", Some("curl"));
         let keys = model.register(&keys, &names);
         for _ in 0..10 {
-            model.observe(&keys, Outcome::Completed);
+            model.observe(&keys, ip("192.0.2.9"), Outcome::Completed);
         }
         let snapshot = model.snapshot(Arc::from(Vec::new()));
         for kind in FamilyKind::ALL {
             assert_eq!(snapshot.limit(keys.get(kind)), None);
         }
+    }
+
+    #[test]
+    fn an_address_that_turns_to_another_tool_starts_over() {
+        let mut model = GiveUpModel::new(ModelConfig {
+            min_samples: 1,
+            ..config()
+        });
+        let (keys, names) = request("192.0.2.4", "gobuster/3.5", Some("gobuster"));
+        let keys = model.register(&keys, &names);
+        model.observe(&keys, ip("192.0.2.4"), Outcome::GaveUp(10.0));
+        let (other, names) = request("192.0.2.4", "Nikto", Some("nikto"));
+        model.register(&other, &names);
+        let address = model
+            .families()
+            .find(|f| f.kind == FamilyKind::Address)
+            .unwrap();
+        assert_eq!(address.tool.as_deref(), Some("nikto"));
+        assert!(address.samples().is_empty());
     }
 
     #[test]
@@ -427,9 +500,10 @@ mod tests {
             ..config()
         });
         for i in 0..20 {
-            let (keys, names) = request(&format!("192.0.2.{i}"), "ua", None);
+            let client = format!("192.0.2.{i}");
+            let (keys, names) = request(&client, "ua", None);
             let keys = model.register(&keys, &names);
-            model.observe(&keys, Outcome::GaveUp(9.0));
+            model.observe(&keys, ip(&client), Outcome::GaveUp(9.0));
         }
         assert_eq!(model.families().count(), 8);
         let rows = model.take_changed();
@@ -444,10 +518,11 @@ mod tests {
     #[test]
     fn stored_families_come_back_with_their_keys() {
         let mut model = GiveUpModel::new(config());
-        let (keys, names) = request("2001:db8::7", "gobuster/3.5", Some("gobuster"));
-        let keys = model.register(&keys, &names);
-        for seconds in [9.5, 10.0, 10.5] {
-            model.observe(&keys, Outcome::GaveUp(seconds));
+        for (i, seconds) in [9.5, 10.0, 10.5].into_iter().enumerate() {
+            let client = format!("2001:db8:{i}::7");
+            let (keys, names) = request(&client, "gobuster/3.5", Some("gobuster"));
+            let keys = model.register(&keys, &names);
+            model.observe(&keys, ip(&client), Outcome::GaveUp(seconds));
         }
         let rows = model.take_changed();
         let mut restored = GiveUpModel::new(config());
@@ -456,17 +531,29 @@ mod tests {
             family_from_row(
                 f.kind.name(),
                 f.name.clone(),
-                &f.recent(),
+                f.samples(),
                 (f.give_ups, f.planned_ends, f.completed),
                 f.tool.clone(),
                 f.last_seen,
             )
             .unwrap()
         }));
+        let keys = FamilyKeys::of(
+            ip("2001:db8:2::7"),
+            Some("gobuster/3.5"),
+            "host,user-agent",
+            Some("gobuster"),
+        );
         let snapshot = restored.snapshot(Arc::from(Vec::new()));
-        for kind in FamilyKind::ALL {
+        for kind in [
+            FamilyKind::UserAgent,
+            FamilyKind::HeaderOrder,
+            FamilyKind::Tool,
+        ] {
             assert_eq!(snapshot.limit(keys.get(kind)), Some(9.5), "{kind:?}");
         }
+        // One give-up of its own is not enough for the address.
+        assert_eq!(snapshot.limit(keys.address), None);
         assert_eq!(
             snapshot.tool_of(keys.user_agent),
             Some(family_key(FamilyKind::Tool, "gobuster"))

@@ -1,6 +1,8 @@
 //! The persona: what the adaptive mode answers. A 404 page for every path not listed (so a
-//! scanner's wildcard probe, a random path, is told the truth a real server would tell), and
-//! plausible bait pages for the paths scanners hunt (`/.env`, `/wp-login.php`, ...). The pages
+//! scanner's wildcard probe, a random path, is told the truth a real server would tell), a
+//! `200` page for any other request with a query string or a body (an injection target: a
+//! scanner given a 404 there decides the target is gone and stops; the page echoes nothing the
+//! client sent), and plausible bait pages for the paths scanners hunt (`/.env`, `/wp-login.php`, ...). The pages
 //! are data files (`tarpit/assets/persona/`, documented in its `persona.toml`), replaceable
 //! as a whole by `[adaptive] persona`.
 //!
@@ -22,6 +24,10 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../assets/persona/persona.toml"),
     ),
     ("404.html", include_str!("../../assets/persona/404.html")),
+    (
+        "target.html",
+        include_str!("../../assets/persona/target.html"),
+    ),
     ("403.html", include_str!("../../assets/persona/403.html")),
     (
         "robots.txt",
@@ -58,6 +64,9 @@ pub struct PersonaError {
 #[serde(deny_unknown_fields)]
 struct Manifest {
     not_found: String,
+    /// The page for requests with a query or a body on paths not listed (none: the 404).
+    #[serde(default)]
+    target: Option<String>,
     #[serde(default)]
     page: Vec<PageSpec>,
 }
@@ -104,6 +113,8 @@ pub struct Persona {
     exact: HashMap<String, u16>,
     /// Path prefixes → page index, tried in file order.
     prefixes: Vec<(String, u16)>,
+    /// The page for requests with a query or a body on unlisted paths.
+    target: Option<u16>,
 }
 
 /// The status codes a page may have, with their reason phrases.
@@ -177,7 +188,14 @@ impl Persona {
             pages: vec![page("text/html", 404, &manifest.not_found)?],
             exact: HashMap::new(),
             prefixes: Vec::new(),
+            target: None,
         };
+        if let Some(file) = &manifest.target {
+            persona.target = Some(persona.pages.len() as u16);
+            persona
+                .pages
+                .push(page("text/html; charset=UTF-8", 200, file)?);
+        }
         for (i, spec) in manifest.page.iter().enumerate() {
             let entry = format!("page[{i}] ({})", spec.file);
             if reason_phrase(spec.status).is_none() || spec.status == 404 {
@@ -211,13 +229,16 @@ impl Persona {
         Ok(persona)
     }
 
-    /// The page for a request path (the not-found page unless it is bait).
-    pub fn page_for(&self, path: &str) -> u16 {
+    /// The page for a request path: its bait page, else for a request with a query or a
+    /// body (`has_input`) the target page, else the not-found page.
+    pub fn page_for(&self, path: &str, has_input: bool) -> u16 {
         self.exact.get(path).copied().unwrap_or_else(|| {
             self.prefixes
                 .iter()
                 .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-                .map_or(0, |(_, index)| *index)
+                .map(|(_, index)| *index)
+                .or(self.target.filter(|_| has_input))
+                .unwrap_or(0)
         })
     }
 
@@ -279,7 +300,7 @@ mod tests {
     #[test]
     fn random_paths_get_404_and_bait_gets_its_page() {
         let persona = Persona::load(None, 1200, 1200).unwrap();
-        let random = persona.page(persona.page_for("/3f2a9c1e-0b7d-4e55-9a61-2c8d1f0e4b7a"));
+        let random = persona.page(persona.page_for("/3f2a9c1e-0b7d-4e55-9a61-2c8d1f0e4b7a", false));
         assert_eq!(random.status, 404);
         assert!(
             random
@@ -288,15 +309,35 @@ mod tests {
         );
         assert_eq!(
             persona
-                .page(persona.page_for("/nmaplowercheck1764460000"))
+                .page(persona.page_for("/nmaplowercheck1764460000", false))
                 .status,
             404
         );
-        let env = persona.page(persona.page_for("/.env"));
+        let env = persona.page(persona.page_for("/.env", false));
         assert_eq!(env.status, 200);
         assert!(env.body.starts_with(b"APP_NAME="));
-        assert_eq!(persona.page(persona.page_for("/backup/db.sql")).status, 403);
-        assert_eq!(persona.page(persona.page_for("/wp-login.php")).status, 200);
+        assert_eq!(
+            persona
+                .page(persona.page_for("/backup/db.sql", false))
+                .status,
+            403
+        );
+        assert_eq!(
+            persona
+                .page(persona.page_for("/wp-login.php", false))
+                .status,
+            200
+        );
+        // An injection target gets a believable page that echoes nothing; a random path with no
+        // query still gets the 404 a wildcard probe needs.
+        let target = persona.page(persona.page_for("/item.php", true));
+        assert_eq!(target.status, 200);
+        assert!(String::from_utf8_lossy(target.body).contains("<title>Search results"));
+        assert_eq!(
+            persona.page(persona.page_for("/item.php", false)).status,
+            404
+        );
+        assert_eq!(persona.page(persona.page_for("/.env", true)).body, env.body);
     }
 
     #[test]
@@ -313,7 +354,7 @@ mod tests {
     #[test]
     fn the_head_is_well_formed_with_the_body_length() {
         let persona = Persona::load(None, 10, 10).unwrap();
-        let index = persona.page_for("/nothing-here");
+        let index = persona.page_for("/nothing-here", false);
         let page = persona.page(index);
         let length = page.body.len();
         let head = format!(
@@ -352,8 +393,11 @@ mod tests {
         )
         .unwrap();
         let persona = Persona::load(Some(dir.path()), 4, 4).unwrap();
-        assert_eq!(persona.page(persona.page_for("/bait")).body, b"secret=1");
-        assert_eq!(persona.page(persona.page_for("/.env")).body, b"gone");
+        assert_eq!(
+            persona.page(persona.page_for("/bait", false)).body,
+            b"secret=1"
+        );
+        assert_eq!(persona.page(persona.page_for("/.env", false)).body, b"gone");
         std::fs::write(
             dir.path().join("persona.toml"),
             "not_found = \"nf.html\"\n[[page]]\npaths = [\"/bait\"]\nstatus = 302\n\

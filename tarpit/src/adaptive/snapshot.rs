@@ -1,5 +1,12 @@
 //! What the workers plan with: an immutable copy of the model's figures, published by the
 //! pipeline through an `ArcSwap`, so a worker reads it with one atomic load and no lock.
+//!
+//! How a plan is chosen, so that no client can steer another's: the most specific evidence
+//! decides, not the earliest. The address's own figure, only for the tool it was learned
+//! with; then the tool's learned figure; then the tool's prior; then the User-Agent's; then
+//! the header order's. A client nothing is known about keeps the full drip. Whatever decides,
+//! the plan never ends before the floor (half the tool's prior where it has one, else four
+//! drip intervals) nor, for a tool with a prior (a known hard timeout), after the prior.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -21,6 +28,8 @@ pub struct Snapshot {
     priors: Arc<[Prior]>,
     /// The tool family key of each prior.
     prior_keys: Vec<u64>,
+    /// No plan ends sooner than this without a prior (seconds).
+    floor: f32,
 }
 
 /// Where the give-up time a response was planned with came from (the `giveup_basis` column).
@@ -64,7 +73,14 @@ impl Snapshot {
             tools,
             priors,
             prior_keys,
+            floor: 0.0,
         }
+    }
+
+    /// The same snapshot with a floor: no plan without a prior ends sooner.
+    pub fn with_floor(mut self, floor: f32) -> Self {
+        self.floor = floor;
+        self
     }
 
     /// A snapshot that knows only the priors (at start, before anything is learned).
@@ -82,9 +98,8 @@ impl Snapshot {
         self.tools.get(&user_agent_key).copied()
     }
 
-    /// Decides one request's plan: the earliest give-up time any of its families is known for
-    /// (learned, or the prior of the tool its User-Agent names). Ending too early costs one
-    /// more request; ending too late can lose the scanner, hence the earliest. No allocation.
+    /// Decides one request's plan from the most specific evidence there is (see the module
+    /// doc), bounded by the floor and the tool's prior. No allocation.
     pub fn decide(&self, client: IpAddr, user_agent: Option<&str>, header_order: &str) -> Decision {
         let prior = user_agent.and_then(|ua| self.priors.iter().position(|p| p.matches(ua)));
         let mut keys = FamilyKeys::of(client, user_agent, header_order, None);
@@ -92,26 +107,31 @@ impl Snapshot {
             Some(index) => self.prior_keys[index],
             None => self.tool_of(keys.user_agent).unwrap_or(0),
         };
-        let mut give_up: Option<(f32, Basis)> = None;
-        let mut consider = |seconds: f32, basis: Basis| {
-            if give_up.is_none_or(|(best, _)| seconds < best) {
-                give_up = Some((seconds, basis));
-            }
-        };
-        for kind in FamilyKind::ALL {
+        let learned = |kind: FamilyKind| {
             let key = keys.get(kind);
-            if key != 0
-                && let Some(seconds) = self.limit(key)
-            {
-                consider(seconds, Basis::Learned(kind));
-            }
-        }
-        // A tool's prior counts only until the tool has a figure of its own.
-        if let Some(index) = prior
-            && self.limit(keys.tool).is_none()
-        {
-            consider(self.priors[index].give_up as f32, Basis::Prior);
-        }
+            (key != 0)
+                .then(|| self.limit(key))
+                .flatten()
+                .map(|seconds| (seconds, Basis::Learned(kind)))
+        };
+        let same_tool = keys.tool != 0 && self.tool_of(keys.address) == Some(keys.tool);
+        let chosen = same_tool
+            .then(|| learned(FamilyKind::Address))
+            .flatten()
+            .or_else(|| learned(FamilyKind::Tool))
+            .or_else(|| prior.map(|index| (self.priors[index].give_up as f32, Basis::Prior)))
+            .or_else(|| learned(FamilyKind::UserAgent))
+            .or_else(|| learned(FamilyKind::HeaderOrder));
+        let give_up = chosen.map(|(seconds, basis)| {
+            let bounded = match prior {
+                Some(index) => {
+                    let ceiling = self.priors[index].give_up as f32;
+                    seconds.clamp(ceiling / 2.0, ceiling)
+                }
+                None => seconds.max(self.floor),
+            };
+            (bounded, basis)
+        });
         Decision { keys, give_up }
     }
 }
@@ -144,24 +164,65 @@ mod tests {
     }
 
     #[test]
-    fn the_earliest_known_give_up_wins_and_a_learned_tool_replaces_its_prior() {
+    fn the_most_specific_evidence_decides_within_the_priors_bounds() {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let keys = FamilyKeys::of(ip, Some("gobuster/3.5"), "h", Some("gobuster"));
         let mut limits = HashMap::new();
+        limits.insert(keys.header_order, 2.0);
+        limits.insert(keys.user_agent, 3.0);
+        let snapshot = Snapshot::new(limits.clone(), HashMap::new(), priors());
+        // The prior beats a User-Agent or a header order, however early they are.
+        let decision = snapshot.decide(ip, Some("gobuster/3.5"), "h");
+        assert_eq!(decision.give_up, Some((10.0, Basis::Prior)));
         limits.insert(keys.tool, 20.0);
-        limits.insert(keys.header_order, 30.0);
+        let snapshot = Snapshot::new(limits.clone(), HashMap::new(), priors());
+        let decision = snapshot.decide(ip, Some("gobuster/3.5"), "h");
+        // The learned tool figure decides, but never past the tool's own timeout.
+        assert_eq!(
+            decision.give_up,
+            Some((10.0, Basis::Learned(FamilyKind::Tool)))
+        );
+        limits.insert(keys.tool, 1.0);
         let snapshot = Snapshot::new(limits.clone(), HashMap::new(), priors());
         let decision = snapshot.decide(ip, Some("gobuster/3.5"), "h");
         assert_eq!(
             decision.give_up,
-            Some((20.0, Basis::Learned(FamilyKind::Tool)))
+            Some((5.0, Basis::Learned(FamilyKind::Tool)))
         );
-        limits.insert(keys.address, 4.0);
-        let snapshot = Snapshot::new(limits, HashMap::new(), priors());
+        // The address's own figure only for the tool it was learned with.
+        limits.insert(keys.address, 6.0);
+        let other_tool = HashMap::from([(keys.address, family_key(FamilyKind::Tool, "nikto"))]);
+        let snapshot = Snapshot::new(limits.clone(), other_tool, priors());
         let decision = snapshot.decide(ip, Some("gobuster/3.5"), "h");
         assert_eq!(
             decision.give_up,
-            Some((4.0, Basis::Learned(FamilyKind::Address)))
+            Some((5.0, Basis::Learned(FamilyKind::Tool)))
+        );
+        let same_tool = HashMap::from([(keys.address, keys.tool)]);
+        let snapshot = Snapshot::new(limits, same_tool, priors());
+        let decision = snapshot.decide(ip, Some("gobuster/3.5"), "h");
+        assert_eq!(
+            decision.give_up,
+            Some((6.0, Basis::Learned(FamilyKind::Address)))
+        );
+    }
+
+    #[test]
+    fn without_a_prior_the_floor_holds_and_no_user_agent_is_no_family() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let keys = FamilyKeys::of(ip, Some("curl/8"), "h", None);
+        let limits = HashMap::from([(keys.user_agent, 1.5), (keys.header_order, 9.0)]);
+        let snapshot = Snapshot::new(limits, HashMap::new(), priors()).with_floor(6.0);
+        let decision = snapshot.decide(ip, Some("curl/8"), "h");
+        assert_eq!(
+            decision.give_up,
+            Some((6.0, Basis::Learned(FamilyKind::UserAgent)))
+        );
+        let bare = snapshot.decide(ip, None, "h");
+        assert_eq!(bare.keys.user_agent, 0);
+        assert_eq!(
+            bare.give_up,
+            Some((9.0, Basis::Learned(FamilyKind::HeaderOrder)))
         );
     }
 

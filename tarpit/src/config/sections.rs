@@ -380,6 +380,10 @@ pub struct AdaptiveConfig {
     pub quantile: f64,
     /// Give-ups a learned family needs before its own figure is used.
     pub min_samples: u32,
+    /// Distinct client prefixes (IPv4 /24, IPv6 /64) a shared family (User-Agent, header
+    /// order, tool) must have give-ups from before its figure is used: one client cannot move
+    /// what other clients are planned with.
+    pub min_prefixes: u32,
     /// Each drip gap is the delay times a random factor in `1 ± jitter`.
     pub jitter: f64,
     /// Client families kept in memory (least recently seen dropped first).
@@ -396,6 +400,7 @@ impl Default for AdaptiveConfig {
             margin: 1.0,
             quantile: 0.1,
             min_samples: 3,
+            min_prefixes: 3,
             jitter: 0.3,
             max_families: 10_000,
             persona: None,

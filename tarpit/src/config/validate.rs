@@ -282,6 +282,15 @@ impl Config {
                 ),
             );
         }
+        if !(1..=16).contains(&a.min_prefixes) {
+            return err(
+                "adaptive.min_prefixes",
+                format!(
+                    "must be 1 to 16 (one give-up is kept per prefix), got {}",
+                    a.min_prefixes
+                ),
+            );
+        }
         if !(0.0..=0.9).contains(&a.jitter) {
             return err(
                 "adaptive.jitter",

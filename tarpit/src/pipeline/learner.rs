@@ -29,8 +29,8 @@ pub struct Learner {
     model: GiveUpModel,
     priors: Arc<[Prior]>,
     snapshot: SharedSnapshot,
-    /// (conn_id, request_seq) → families, for adaptive responses still running.
-    pending: LruCache<(u64, u32), FamilyKeys>,
+    /// (conn_id, request_seq) → families and client, for adaptive responses still running.
+    pending: LruCache<(u64, u32), (FamilyKeys, std::net::IpAddr)>,
     last_publish: Option<Instant>,
     dirty_snapshot: bool,
 }
@@ -71,7 +71,10 @@ impl Learner {
                 .map(str::to_owned),
         };
         let keys = self.model.register(&keys, &names);
-        self.pending.put((record.conn_id, record.request_seq), keys);
+        self.pending.put(
+            (record.conn_id, record.request_seq),
+            (keys, record.client_ip),
+        );
         if self.pending.len() > PENDING {
             self.pending.pop_lru();
         }
@@ -80,7 +83,7 @@ impl Learner {
 
     /// Learns from the end of an adaptive response.
     pub fn on_response_end(&mut self, end: &ResponseEnd) {
-        let Some(keys) = self.pending.pop(&(end.conn_id, end.request_seq)) else {
+        let Some((keys, client)) = self.pending.pop(&(end.conn_id, end.request_seq)) else {
             return;
         };
         let outcome = match end.end_reason {
@@ -91,7 +94,7 @@ impl Learner {
             }
             _ => return, // shutdown, lifetime, peer gone: nothing about patience
         };
-        self.model.observe(&keys, outcome);
+        self.model.observe(&keys, client, outcome);
         self.dirty_snapshot = true;
     }
 
@@ -105,6 +108,11 @@ impl Learner {
             self.publish();
         }
         self.model.has_changes().then(|| self.model.take_changed())
+    }
+
+    /// Families kept at most (in memory and in storage).
+    pub fn max_families(&self) -> usize {
+        self.model.config().max_families
     }
 
     fn publish(&mut self) {
@@ -131,7 +139,9 @@ mod tests {
     use crate::adaptive::{Basis, FamilyKind};
 
     fn request(conn_id: u64, snapshot: &Snapshot) -> RequestRecord {
-        let mut record = RequestRecord::sample("192.0.2.1".parse().unwrap());
+        // Each connection from its own network: a tool's figure needs several.
+        let client = format!("192.0.{}.1", conn_id % 250);
+        let mut record = RequestRecord::sample(client.parse().unwrap());
         record.conn_id = conn_id;
         let decision = snapshot.decide(record.client_ip, record.user_agent.as_deref(), "host");
         record.families = Some(decision.keys);
@@ -146,6 +156,8 @@ mod tests {
         let model = GiveUpModel::new(ModelConfig {
             quantile: 0.1,
             min_samples: 3,
+            min_prefixes: 3,
+            floor: 4.0,
             max_families: 100,
             min_give_up: 3.0,
         });

@@ -21,6 +21,7 @@ pub use channel::{EventReceiver, EventSender, event_channel};
 use tokio::sync::mpsc;
 
 use crate::abuseipdb::Reporter;
+use crate::adaptive::model::FamilyBatch;
 use crate::classify::{LiveRules, RequestView};
 use crate::event::{Event, RequestRecord};
 use crate::fingerprint::Fingerprint;
@@ -223,8 +224,11 @@ fn store_families(
     sinks: &[SinkThread],
     stats: &PipelineStats,
 ) {
-    if let Some(rows) = learner.and_then(Learner::tick) {
-        let event = Event::GiveUpFamilies(Arc::new(rows));
+    if let Some(learner) = learner
+        && let Some(rows) = learner.tick()
+    {
+        let keep = learner.max_families();
+        let event = Event::GiveUpFamilies(Arc::new(FamilyBatch { rows, keep }));
         if let Some(metrics) = metrics {
             metrics.observe(&event);
         }

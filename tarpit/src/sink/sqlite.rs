@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, params};
 
 use super::{Sink, SinkError};
-use crate::adaptive::model::FamilyRow;
+use crate::adaptive::model::FamilyBatch;
 use crate::event::{
     AbuseReport, ConnectionClosed, ConnectionOpened, Event, RequestRecord, ResponseEnd,
     format_timestamp, headers_to_json,
@@ -55,7 +55,7 @@ impl Sink for SqliteSink {
                 Event::ResponseEnd(e) => complete_request(&tx, e, seq.take())?,
                 Event::ConnectionClosed(e) => complete_connection(&tx, e)?,
                 Event::AbuseReport(e) => record_report(&tx, e, sensor, seq.take())?,
-                Event::GiveUpFamilies(rows) => store_families(&tx, rows)?,
+                Event::GiveUpFamilies(batch) => store_families(&tx, batch)?,
             }
         }
         crate::db::store_change_seq(&tx, seq.0 - 1)?;
@@ -273,11 +273,12 @@ fn record_report(
     Ok(())
 }
 
-/// Upserts the give-up model's changed families.
-fn store_families(conn: &Connection, rows: &[FamilyRow]) -> rusqlite::Result<()> {
-    for row in rows {
+/// Upserts the give-up model's changed families and deletes the least recently seen beyond the
+/// model's bound, so the table never outgrows what a start reads back.
+fn store_families(conn: &Connection, batch: &FamilyBatch) -> rusqlite::Result<()> {
+    for row in &batch.rows {
         let f = &row.family;
-        let recent = serde_json::to_string(&f.recent()).expect("floats serialise");
+        let recent = crate::adaptive::store::samples_json(f.samples());
         conn.prepare_cached(
             "INSERT OR REPLACE INTO giveup_families (kind, name, give_up_s, recent_s, give_ups,
                                                      planned_ends, completed, tool, last_seen)
@@ -295,6 +296,11 @@ fn store_families(conn: &Connection, rows: &[FamilyRow]) -> rusqlite::Result<()>
             f.last_seen,
         ])?;
     }
+    conn.prepare_cached(
+        "DELETE FROM giveup_families WHERE rowid IN (
+             SELECT rowid FROM giveup_families ORDER BY last_seen DESC LIMIT -1 OFFSET ?1)",
+    )?
+    .execute([batch.keep as i64])?;
     Ok(())
 }
 

@@ -150,7 +150,13 @@ impl Connection {
             record.user_agent.as_deref(),
             &head.header_order,
         );
-        let page = adaptive.persona.page_for(&head.path);
+        let has_input = head.query.as_deref().is_some_and(|q| !q.is_empty())
+            || head
+                .header("content-length")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+            || head.header("transfer-encoding").is_some();
+        let page = adaptive.persona.page_for(&head.path, has_input);
         let planned_end = decision
             .give_up
             .map(|(seconds, _)| adaptive.planned_end(seconds));

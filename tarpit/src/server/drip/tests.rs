@@ -43,7 +43,7 @@ fn a_page_woken_just_before_its_planned_end_ends_as_planned_not_in_a_burst() {
     let config = crate::config::Config::default();
     let mut settings = Settings::from_config(&config);
     let adaptive = crate::adaptive::start(&config, &db).unwrap().0;
-    let page = adaptive.persona.page_for("/a");
+    let page = adaptive.persona.page_for("/a", false);
     settings.adaptive = Some(adaptive);
     let (ours, _theirs) = UnixStream::pair().unwrap();
     let fake = Fake {
