@@ -139,6 +139,9 @@ mod tests {
         assert!(!gobuster.matches("curl/7.88.1"));
         let ffuf = priors.iter().find(|p| p.tool == "ffuf").unwrap();
         assert!(ffuf.matches("Fuzz Faster U Fool v1.1.0"));
+        let feroxbuster = priors.iter().find(|p| p.tool == "feroxbuster").unwrap();
+        assert!(feroxbuster.matches("feroxbuster/2.10.4"));
+        assert_eq!(feroxbuster.give_up, 7.0);
     }
 
     #[test]
