@@ -296,9 +296,10 @@ fn store_families(conn: &Connection, batch: &FamilyBatch) -> rusqlite::Result<()
             f.last_seen,
         ])?;
     }
+    // The table has no rowid (WITHOUT ROWID): rows are named by their key.
     conn.prepare_cached(
-        "DELETE FROM giveup_families WHERE rowid IN (
-             SELECT rowid FROM giveup_families ORDER BY last_seen DESC LIMIT -1 OFFSET ?1)",
+        "DELETE FROM giveup_families WHERE (kind, name) IN (
+             SELECT kind, name FROM giveup_families ORDER BY last_seen DESC LIMIT -1 OFFSET ?1)",
     )?
     .execute([batch.keep as i64])?;
     Ok(())
@@ -319,4 +320,48 @@ fn complete_connection(conn: &Connection, e: &ConnectionClosed) -> rusqlite::Res
         e.conn_id as i64,
     ])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adaptive::model::{FamilyRow, family_from_row};
+
+    /// Storing changes keeps the table at the model's bound, the least recently seen going
+    /// first, and never fails the batch it is part of.
+    #[test]
+    fn stored_families_are_pruned_to_the_bound_least_recently_seen_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::db::open(&dir.path().join("t.db")).unwrap();
+        let rows: Vec<FamilyRow> = (0..10)
+            .map(|i| FamilyRow {
+                family: family_from_row(
+                    "user_agent",
+                    format!("agent/{i}"),
+                    &[],
+                    (0, 0, 0),
+                    None,
+                    1_000 + i,
+                )
+                .unwrap(),
+                give_up_s: None,
+            })
+            .collect();
+        store_families(&conn, &FamilyBatch { rows, keep: 4 }).unwrap();
+        let names: Vec<String> = conn
+            .prepare("SELECT name FROM giveup_families ORDER BY last_seen")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(names, ["agent/6", "agent/7", "agent/8", "agent/9"]);
+        let back = crate::adaptive::store::load_families(&conn, 2).unwrap();
+        let back: Vec<&str> = back.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            back,
+            ["agent/8", "agent/9"],
+            "a start reads the newest, at most its bound"
+        );
+    }
 }
