@@ -17,6 +17,7 @@
 //! `TX` keys a client can name (through `setvar` with `%{MATCHED_VAR_NAME}`) live only for its
 //! own request.
 
+pub mod decode;
 pub mod eval;
 pub mod operator;
 pub mod parse;
