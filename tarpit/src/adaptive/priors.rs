@@ -19,6 +19,10 @@ pub struct Prior {
     pub user_agent: String,
     /// Seconds after which the tool gives up by default.
     pub give_up: f64,
+    /// Keep the full drip for this tool, whatever weaker evidence says: its timer restarts on
+    /// every byte (the drip already holds it), or it sends one request per target, so an
+    /// early answer buys no further request.
+    pub hold: bool,
 }
 
 impl Prior {
@@ -57,6 +61,8 @@ struct PriorSpec {
     tool: String,
     user_agent: String,
     give_up: f64,
+    #[serde(default)]
+    hold: bool,
     #[allow(dead_code)] // documentation for the reader of the file
     source: Option<String>,
 }
@@ -114,6 +120,7 @@ fn parse(text: &str, file: &str) -> Result<Vec<Prior>, PriorError> {
                 tool: spec.tool,
                 user_agent: spec.user_agent,
                 give_up: spec.give_up,
+                hold: spec.hold,
             })
         })
         .collect()
@@ -142,6 +149,31 @@ mod tests {
         let feroxbuster = priors.iter().find(|p| p.tool == "feroxbuster").unwrap();
         assert!(feroxbuster.matches("feroxbuster/2.10.4"));
         assert_eq!(feroxbuster.give_up, 7.0);
+        // The tools the issue names, each matched by the User-Agent it sends by default.
+        let named = |tool: &str| priors.iter().find(|p| p.tool == tool).unwrap();
+        assert!(
+            named("nuclei")
+                .matches("Nuclei - Open-source project (github.com/projectdiscovery/nuclei)")
+        );
+        assert!(
+            named("httpx-pd")
+                .matches("httpx - Open-source project (github.com/projectdiscovery/httpx)")
+        );
+        assert!(
+            named("masscan").matches("masscan/1.3 (https://github.com/robertdavidgraham/masscan)")
+        );
+        assert!(named("zgrab").matches("Mozilla/5.0 zgrab/0.x"));
+        // One request per target, or a timer per read: the full drip.
+        for tool in ["zgrab", "masscan", "nmap"] {
+            assert!(named(tool).hold, "{tool}");
+        }
+        assert!(!named("nuclei").hold && !named("gobuster").hold);
+        // The first prior that matches decides: httpx's User-Agent is not nuclei's.
+        let httpx = "httpx - Open-source project (github.com/projectdiscovery/httpx)";
+        assert_eq!(
+            priors.iter().find(|p| p.matches(httpx)).unwrap().tool,
+            "httpx-pd"
+        );
     }
 
     #[test]
@@ -150,6 +182,7 @@ mod tests {
             tool: "x".into(),
             user_agent: "Fuzz Faster".into(),
             give_up: 1.0,
+            hold: false,
         };
         assert!(prior.matches("fuzz faster u fool v1.1.0"));
         assert!(!prior.matches("Fuzz"));

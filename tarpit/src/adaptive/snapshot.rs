@@ -4,7 +4,9 @@
 //! How a plan is chosen, so that no client can steer another's: the most specific evidence
 //! decides, not the earliest. The address's own figure, only for the tool it was learned
 //! with; then the tool's learned figure; then the tool's prior; then the User-Agent's; then
-//! the header order's. A client nothing is known about keeps the full drip. Whatever decides,
+//! the header order's. A client nothing is known about keeps the full drip, and so does a tool
+//! whose prior says `hold` (a timer that restarts on every byte, or one request per target: an
+//! early answer buys nothing), whatever any family learned. Whatever decides,
 //! the plan never ends before the floor (half the tool's prior where it has one, else four
 //! drip intervals) nor, for a tool with a prior (a known hard timeout), after the prior.
 
@@ -114,6 +116,13 @@ impl Snapshot {
                 .flatten()
                 .map(|seconds| (seconds, Basis::Learned(kind)))
         };
+        if prior.is_some_and(|index| self.priors[index].hold) {
+            // A per-read timer or one request per target: nothing, learned or not, shortens it.
+            return Decision {
+                keys,
+                give_up: None,
+            };
+        }
         let same_tool = keys.tool != 0 && self.tool_of(keys.address) == Some(keys.tool);
         let chosen = same_tool
             .then(|| learned(FamilyKind::Address))
@@ -148,6 +157,7 @@ mod tests {
             tool: "gobuster".into(),
             user_agent: "gobuster/".into(),
             give_up: 10.0,
+            hold: false,
         }])
     }
 
@@ -205,6 +215,29 @@ mod tests {
             decision.give_up,
             Some((6.0, Basis::Learned(FamilyKind::Address)))
         );
+    }
+
+    #[test]
+    fn a_hold_prior_keeps_the_full_drip_whatever_was_learned() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let priors: Arc<[Prior]> = Arc::from(vec![Prior {
+            tool: "zgrab".into(),
+            user_agent: "zgrab/".into(),
+            give_up: 60.0,
+            hold: true,
+        }]);
+        let keys = FamilyKeys::of(ip, Some("Mozilla/5.0 zgrab/0.x"), "h", Some("zgrab"));
+        let limits = HashMap::from([
+            (keys.tool, 5.0),
+            (keys.user_agent, 5.0),
+            (keys.header_order, 5.0),
+            (keys.address, 5.0),
+        ]);
+        let tools = HashMap::from([(keys.address, keys.tool)]);
+        let snapshot = Snapshot::new(limits, tools, priors);
+        let decision = snapshot.decide(ip, Some("Mozilla/5.0 zgrab/0.x"), "h");
+        assert_eq!(decision.give_up, None);
+        assert_eq!(decision.keys.tool, keys.tool, "still learned as the tool");
     }
 
     #[test]
