@@ -61,3 +61,15 @@ SELECT sensor_id, max(timestamp) AS newest, now() - max(timestamp) AS seconds_be
 FROM tarpit.requests
 GROUP BY sensor_id
 ORDER BY seconds_behind DESC;
+
+-- What the fleet learned in the adaptive mode: per tool, how many sensors have a give-up figure
+-- and their median (the figure a sensor without its own plans with).
+SELECT name, count() AS sensors, median(g) AS fleet_give_up_s
+FROM (
+    SELECT name, sensor_id, argMax(give_up_s, updated_at) AS g
+    FROM tarpit.giveup_figures
+    WHERE kind = 'tool'
+    GROUP BY name, sensor_id
+)
+GROUP BY name
+ORDER BY sensors DESC;

@@ -91,3 +91,19 @@ CREATE TABLE IF NOT EXISTS tarpit.requests (
 PARTITION BY toYYYYMM(timestamp)
 ORDER BY (sensor_id, conn_id, request_seq);
 
+
+-- The adaptive mode's give-up figures, exchanged between sensors ([adaptive] fleet_interval,
+-- `[ship.clickhouse] figures_table`): per sensor, tool and User-Agent family, the figure the
+-- sensor plans with (the give-up time, seconds) and how many give-ups it has seen. Figures only:
+-- no samples, no client addresses. A sensor reads the others' latest figure per family
+-- (argMax by updated_at) from the last 7 days and plans with their median.
+CREATE TABLE IF NOT EXISTS tarpit.giveup_figures (
+    sensor_id String,
+    kind String,
+    name String,
+    tool String,
+    give_up_s Float64,
+    give_ups UInt64,
+    updated_at DateTime('UTC')
+) ENGINE = ReplacingMergeTree(updated_at)
+ORDER BY (kind, name, sensor_id);

@@ -33,7 +33,7 @@ use std::time::Duration;
 pub use family::{FamilyKeys, FamilyKind};
 pub use model::{GiveUpModel, ModelConfig, Outcome};
 pub use persona::Persona;
-pub use snapshot::{Basis, Decision, SharedSnapshot, Snapshot};
+pub use snapshot::{Basis, Decision, FleetFigures, SharedSnapshot, Snapshot};
 
 /// What the workers need of the adaptive mode, built once at start.
 #[derive(Debug)]

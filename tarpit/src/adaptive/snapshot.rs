@@ -3,8 +3,8 @@
 //!
 //! How a plan is chosen, so that no client can steer another's: the most specific evidence
 //! decides, not the earliest. The address's own figure, only for the tool it was learned
-//! with; then the tool's learned figure; then the tool's prior; then the User-Agent's; then
-//! the header order's. A client nothing is known about keeps the full drip, and so does a tool
+//! with; then the tool's learned figure (this sensor's, else the fleet's); then the tool's
+//! prior; then the User-Agent's (this sensor's, else the fleet's); then the header order's. A client nothing is known about keeps the full drip, and so does a tool
 //! whose prior says `hold` (a timer that restarts on every byte, or one request per target: an
 //! early answer buys nothing), whatever any family learned. Whatever decides,
 //! the plan never ends before the floor (half the tool's prior where it has one, else four
@@ -32,6 +32,19 @@ pub struct Snapshot {
     prior_keys: Vec<u64>,
     /// No plan ends sooner than this without a prior (seconds).
     floor: f32,
+    /// What the other sensors of the fleet learned ([`FleetFigures`]), used where this sensor
+    /// has no figure of its own.
+    fleet: Arc<FleetFigures>,
+}
+
+/// The fleet's figures, as read back from the central store (`crate::ship::fleet`): per tool
+/// and User-Agent family, the median of the other sensors' figures.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FleetFigures {
+    /// Family key → the fleet's give-up time (seconds).
+    pub limits: HashMap<u64, f32>,
+    /// User-Agent family key → tool family key, as the other sensors classified it.
+    pub tools: HashMap<u64, u64>,
 }
 
 /// Where the give-up time a response was planned with came from (the `giveup_basis` column).
@@ -41,6 +54,8 @@ pub enum Basis {
     Learned(FamilyKind),
     /// A built-in or operator prior for the tool its User-Agent names.
     Prior,
+    /// The fleet's figure for a family this sensor has none for (which kind).
+    Fleet(FamilyKind),
 }
 
 impl Basis {
@@ -49,6 +64,8 @@ impl Basis {
         match self {
             Basis::Learned(kind) => kind.name(),
             Basis::Prior => "prior",
+            Basis::Fleet(FamilyKind::Tool) => "fleet_tool",
+            Basis::Fleet(_) => "fleet_user_agent",
         }
     }
 }
@@ -76,7 +93,14 @@ impl Snapshot {
             priors,
             prior_keys,
             floor: 0.0,
+            fleet: Arc::default(),
         }
+    }
+
+    /// The same snapshot with the fleet's figures.
+    pub fn with_fleet(mut self, fleet: Arc<FleetFigures>) -> Self {
+        self.fleet = fleet;
+        self
     }
 
     /// The same snapshot with a floor: no plan without a prior ends sooner.
@@ -107,7 +131,10 @@ impl Snapshot {
         let mut keys = FamilyKeys::of(client, user_agent, header_order, None);
         keys.tool = match prior {
             Some(index) => self.prior_keys[index],
-            None => self.tool_of(keys.user_agent).unwrap_or(0),
+            None => self
+                .tool_of(keys.user_agent)
+                .or_else(|| self.fleet.tools.get(&keys.user_agent).copied())
+                .unwrap_or(0),
         };
         let learned = |kind: FamilyKind| {
             let key = keys.get(kind);
@@ -123,13 +150,22 @@ impl Snapshot {
                 give_up: None,
             };
         }
+        let fleet = |kind: FamilyKind| {
+            let key = keys.get(kind);
+            (key != 0)
+                .then(|| self.fleet.limits.get(&key).copied())
+                .flatten()
+                .map(|seconds| (seconds, Basis::Fleet(kind)))
+        };
         let same_tool = keys.tool != 0 && self.tool_of(keys.address) == Some(keys.tool);
         let chosen = same_tool
             .then(|| learned(FamilyKind::Address))
             .flatten()
             .or_else(|| learned(FamilyKind::Tool))
+            .or_else(|| fleet(FamilyKind::Tool))
             .or_else(|| prior.map(|index| (self.priors[index].give_up as f32, Basis::Prior)))
             .or_else(|| learned(FamilyKind::UserAgent))
+            .or_else(|| fleet(FamilyKind::UserAgent))
             .or_else(|| learned(FamilyKind::HeaderOrder));
         let give_up = chosen.map(|(seconds, basis)| {
             let bounded = match prior {
@@ -256,6 +292,46 @@ mod tests {
         assert_eq!(
             bare.give_up,
             Some((9.0, Basis::Learned(FamilyKind::HeaderOrder)))
+        );
+    }
+
+    #[test]
+    fn the_fleets_figure_fills_in_where_this_sensor_has_none() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let keys = FamilyKeys::of(ip, Some("Custom/1"), "h", None);
+        let tool = family_key(FamilyKind::Tool, "custom");
+        let fleet = Arc::new(FleetFigures {
+            limits: HashMap::from([(tool, 8.0), (keys.user_agent, 12.0)]),
+            tools: HashMap::from([(keys.user_agent, tool)]),
+        });
+        let snapshot =
+            Snapshot::new(HashMap::new(), HashMap::new(), priors()).with_fleet(fleet.clone());
+        let decision = snapshot.decide(ip, Some("Custom/1"), "h");
+        // The fleet linked the User-Agent to its tool: the tool's fleet figure decides.
+        assert_eq!(
+            decision.give_up,
+            Some((8.0, Basis::Fleet(FamilyKind::Tool)))
+        );
+        assert_eq!(decision.keys.tool, tool);
+        // This sensor's own figure for the tool beats the fleet's.
+        let own = HashMap::from([(tool, 9.0)]);
+        let snapshot = Snapshot::new(own, HashMap::new(), priors()).with_fleet(fleet.clone());
+        let decision = snapshot.decide(ip, Some("Custom/1"), "h");
+        assert_eq!(
+            decision.give_up,
+            Some((9.0, Basis::Learned(FamilyKind::Tool)))
+        );
+        // A prior beats the fleet's User-Agent figure, and bounds a fleet tool figure.
+        let gobuster = FamilyKeys::of(ip, Some("gobuster/3.6"), "h", Some("gobuster"));
+        let fleet = Arc::new(FleetFigures {
+            limits: HashMap::from([(gobuster.user_agent, 2.0), (gobuster.tool, 60.0)]),
+            tools: HashMap::new(),
+        });
+        let snapshot = Snapshot::new(HashMap::new(), HashMap::new(), priors()).with_fleet(fleet);
+        let decision = snapshot.decide(ip, Some("gobuster/3.6"), "h");
+        assert_eq!(
+            decision.give_up,
+            Some((10.0, Basis::Fleet(FamilyKind::Tool)))
         );
     }
 

@@ -201,6 +201,8 @@ pub struct ClickHouseConfig {
     pub open_after: f64,
     /// Seconds one INSERT may take before it counts as failed (and is retried).
     pub timeout: f64,
+    /// The table the adaptive mode's give-up figures go to (`crate::ship::fleet`).
+    pub figures_table: String,
 }
 
 impl Default for ClickHouseConfig {
@@ -214,6 +216,7 @@ impl Default for ClickHouseConfig {
             interval: 5.0,
             open_after: 60.0,
             timeout: 30.0,
+            figures_table: "giveup_figures".to_owned(),
         }
     }
 }
@@ -392,6 +395,12 @@ pub struct AdaptiveConfig {
     pub persona: Option<PathBuf>,
     /// A give-up prior file read before the built-in priors (same tool replaces).
     pub priors: Option<PathBuf>,
+    /// Seconds between exchanges of give-up figures with the fleet through
+    /// `[ship.clickhouse]` (`crate::ship::fleet`); 0: no exchange.
+    pub fleet_interval: f64,
+    /// Other sensors a tool or User-Agent family needs figures from before this sensor plans
+    /// with the fleet's (their median).
+    pub fleet_min_sensors: u32,
 }
 
 impl Default for AdaptiveConfig {
@@ -405,6 +414,8 @@ impl Default for AdaptiveConfig {
             max_families: 10_000,
             persona: None,
             priors: None,
+            fleet_interval: 300.0,
+            fleet_min_sensors: 2,
         }
     }
 }

@@ -224,6 +224,7 @@ impl Config {
         for (key, name) in [
             ("ship.clickhouse.database", &ch.database),
             ("ship.clickhouse.table", &ch.table),
+            ("ship.clickhouse.figures_table", &ch.figures_table),
         ] {
             let valid = !name.is_empty()
                 && name.len() <= 128
@@ -289,6 +290,21 @@ impl Config {
                     "must be 1 to 16 (one give-up is kept per prefix), got {}",
                     a.min_prefixes
                 ),
+            );
+        }
+        if !(a.fleet_interval.is_finite() && (0.0..=86_400.0).contains(&a.fleet_interval)) {
+            return err(
+                "adaptive.fleet_interval",
+                format!(
+                    "must be 0 (no exchange) to 86400 seconds, got {}",
+                    a.fleet_interval
+                ),
+            );
+        }
+        if !(1..=1000).contains(&a.fleet_min_sensors) {
+            return err(
+                "adaptive.fleet_min_sensors",
+                format!("must be 1 to 1000, got {}", a.fleet_min_sensors),
             );
         }
         if !(0.0..=0.9).contains(&a.jitter) {

@@ -10,7 +10,7 @@ use lru::LruCache;
 
 use crate::adaptive::model::{FamilyNames, FamilyRow, GiveUpModel, Outcome};
 use crate::adaptive::priors::Prior;
-use crate::adaptive::snapshot::SharedSnapshot;
+use crate::adaptive::snapshot::{FleetFigures, SharedSnapshot};
 use crate::adaptive::{FamilyKeys, family};
 use crate::event::{RequestRecord, ResponseEnd};
 
@@ -33,6 +33,8 @@ pub struct Learner {
     pending: LruCache<(u64, u32), (FamilyKeys, std::net::IpAddr)>,
     last_publish: Option<Instant>,
     dirty_snapshot: bool,
+    /// The fleet's figures as the fleet exchange last read them (`crate::ship::fleet`).
+    fleet: Option<tokio::sync::watch::Receiver<Arc<FleetFigures>>>,
 }
 
 impl Learner {
@@ -47,9 +49,16 @@ impl Learner {
             pending: LruCache::unbounded(),
             last_publish: None,
             dirty_snapshot: true,
+            fleet: None,
         };
         learner.publish();
         learner
+    }
+
+    /// Plans with the fleet's figures too, as `fleet` receives them.
+    pub fn follow_fleet(&mut self, fleet: tokio::sync::watch::Receiver<Arc<FleetFigures>>) {
+        self.fleet = Some(fleet);
+        self.dirty_snapshot = true;
     }
 
     /// Notes an adaptive request (classified already, so its tool tag is known).
@@ -101,6 +110,11 @@ impl Learner {
     /// Publishes a new snapshot when something changed (at most every half second) and
     /// returns the families to store, if any.
     pub fn tick(&mut self) -> Option<Vec<FamilyRow>> {
+        if let Some(fleet) = &self.fleet
+            && fleet.has_changed().unwrap_or(false)
+        {
+            self.dirty_snapshot = true;
+        }
         let due = self
             .last_publish
             .is_none_or(|at| at.elapsed() >= PUBLISH_INTERVAL);
@@ -116,8 +130,14 @@ impl Learner {
     }
 
     fn publish(&mut self) {
-        self.snapshot
-            .store(Arc::new(self.model.snapshot(self.priors.clone())));
+        let fleet = self
+            .fleet
+            .as_mut()
+            .map(|fleet| fleet.borrow_and_update().clone())
+            .unwrap_or_default();
+        self.snapshot.store(Arc::new(
+            self.model.snapshot(self.priors.clone()).with_fleet(fleet),
+        ));
         self.last_publish = Some(Instant::now());
         self.dirty_snapshot = false;
     }

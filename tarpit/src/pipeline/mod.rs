@@ -82,6 +82,8 @@ pub struct Enrichment {
     pub learner: Option<Learner>,
     /// Shipping to ClickHouse (reads the SQLite outbox, so it runs beside the sinks).
     pub shipper: Option<crate::ship::ShipperSetup>,
+    /// The adaptive mode's exchange of give-up figures with the fleet (needs `learner`).
+    pub fleet: Option<crate::ship::fleet::FleetSetup>,
 }
 
 /// How often the operator's rule file is checked for changes.
@@ -140,6 +142,16 @@ async fn run(
         .take()
         .map(|setup| Reporter::start(setup, outcome_tx));
     let shipper = enrichment.shipper.take().map(crate::ship::Shipper::start);
+    let fleet = match (enrichment.fleet.take(), enrichment.learner.as_mut()) {
+        (Some(setup), Some(learner)) => {
+            let (figures, received) = tokio::sync::watch::channel(Default::default());
+            learner.follow_fleet(received);
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(crate::ship::fleet::run(setup, figures, stopped));
+            Some((stop, task))
+        }
+        _ => None,
+    };
     let mut metrics =
         enrichment
             .metrics
@@ -197,6 +209,10 @@ async fn run(
     }
     if let Some(reporter) = reporter {
         reporter.stop();
+    }
+    if let Some((stop, task)) = fleet {
+        let _ = stop.send(true);
+        task.abort();
     }
     while let Ok(outcome) = outcomes.try_recv() {
         deliver(outcome, &sinks, &stats);

@@ -130,6 +130,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         ),
         learner,
         shipper: crate::ship::ShipperSetup::from_config(config, &storage.database)?,
+        fleet: crate::ship::fleet::FleetSetup::from_config(config, &storage.database)?,
     };
     let pipeline = Pipeline::start(rx, enrichment, sinks, stats.clone())?;
     let crs_stage = start_crs_stage(config, &storage.database)?;

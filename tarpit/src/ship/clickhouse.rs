@@ -91,6 +91,20 @@ impl ClickHouse {
         self.post(self.insert_url.clone(), body).await.map(drop)
     }
 
+    /// Inserts the rows of `body` (JSON objects, one per line) into `table` (`database.table`,
+    /// validated identifiers).
+    pub async fn insert_into(&self, table: &str, body: Vec<u8>) -> Result<(), ClickHouseError> {
+        let mut url = self.query_url.clone();
+        url.query_pairs_mut()
+            .append_pair("query", &format!("INSERT INTO {table} FORMAT JSONEachRow"));
+        self.post(url, body).await.map(drop)
+    }
+
+    /// Runs a query and returns ClickHouse's answer as text.
+    pub async fn select(&self, query: String) -> Result<String, ClickHouseError> {
+        self.post(self.query_url.clone(), query.into_bytes()).await
+    }
+
     /// Checks that the table exists with every column in `shipped`, so a wrong password, a
     /// missing table or an old DDL is named at start, before any row is waiting on it.
     pub async fn check_table(&self, shipped: &[String]) -> Result<(), ClickHouseError> {

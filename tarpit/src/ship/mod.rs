@@ -18,6 +18,7 @@
 //! line) show the backlog.
 
 pub mod clickhouse;
+pub mod fleet;
 pub mod outbox;
 pub mod row;
 
