@@ -27,6 +27,7 @@ pub mod priors;
 pub mod sample;
 pub mod snapshot;
 pub mod store;
+pub mod stretch;
 
 use std::time::Duration;
 

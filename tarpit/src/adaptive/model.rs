@@ -3,13 +3,14 @@
 //!
 //! Why a quantile of recent give-ups, not a mean: ending a response too late loses the scanner
 //! (gobuster aborts the whole scan on one timeout), ending it early costs one extra request.
-//! So the plan is the impatient end of what was seen. Only give-ups are remembered: a
-//! response the tarpit ended on plan says nothing new about when the client would have given
-//! up, and a family that never gives up has no figure at all and keeps the full drip.
+//! So the plan is the impatient end of what was seen. Give-ups are the samples; a response the
+//! tarpit ended on plan only says the client was still there (which [`super::stretch`] uses),
+//! and a family that never gives up has no figure at all and keeps the full drip.
 //!
 //! Who can move a figure: see [`super::sample`] (one sample per network prefix, several
-//! prefixes before a shared family has a figure, samples expire) and [`super::snapshot`] (floors
-//! and ceilings, the most specific evidence decides).
+//! prefixes before a shared family has a figure, samples expire), [`super::stretch`] (planned
+//! ends the client answered at once move it later, within its evidence) and
+//! [`super::snapshot`] (floors and ceilings, the most specific evidence decides).
 //!
 //! Bounded: at most `max_families` families (least recently seen dropped first), 16 give-ups
 //! each. Changed families are handed to the SQLite sink ([`GiveUpModel::take_changed`]) and
@@ -25,6 +26,7 @@ use super::family::{FamilyKeys, FamilyKind, address_key, cut, family_key};
 use super::priors::Prior;
 use super::sample::{Evidence, Prefix, Sample, Samples};
 use super::snapshot::Snapshot;
+use super::stretch::Stretch;
 
 pub use super::sample::RECENT;
 
@@ -55,6 +57,9 @@ pub enum Outcome {
     GaveUp(f64),
     /// The tarpit completed the response early, as planned.
     PlannedEnd,
+    /// After a planned end, the client sent its next request at once: it was still waiting
+    /// (see [`super::stretch`]).
+    Continued,
     /// The response ran to its full length.
     Completed,
 }
@@ -91,6 +96,8 @@ pub struct Family {
     pub tool: Option<String>,
     /// When a request of the family was last seen (UNIX seconds).
     pub last_seen: i64,
+    /// How far planned ends showed the figure to be early (in memory only).
+    stretch: Stretch,
 }
 
 impl Family {
@@ -104,6 +111,7 @@ impl Family {
             completed: 0,
             tool: None,
             last_seen: unix_now(),
+            stretch: Stretch::default(),
         }
     }
 
@@ -118,17 +126,30 @@ impl Family {
     }
 
     /// The give-up time to plan with: the `quantile` of the unexpired give-ups, once there are
-    /// `min_samples` of them from `min_prefixes` prefixes (an address family: its own).
+    /// `min_samples` of them from `min_prefixes` prefixes (an address family: its own), moved
+    /// later by the [`Stretch`] within the longest of them.
     pub fn give_up(&self, config: &ModelConfig) -> Option<f64> {
         let evidence = Evidence {
             quantile: config.quantile,
             min_samples: config.min_samples,
-            min_prefixes: match self.kind {
-                FamilyKind::Address => 1,
-                _ => config.min_prefixes,
-            },
+            min_prefixes: self.min_prefixes(config),
         };
-        self.samples.figure(&evidence, unix_now())
+        let now = unix_now();
+        let figure = self.samples.figure(&evidence, now)?;
+        let longest = Evidence {
+            quantile: 1.0,
+            ..evidence
+        };
+        let longest = self.samples.figure(&longest, now).unwrap_or(figure);
+        Some(self.stretch.apply(figure, longest))
+    }
+
+    /// Distinct prefixes this family's evidence must come from.
+    fn min_prefixes(&self, config: &ModelConfig) -> usize {
+        match self.kind {
+            FamilyKind::Address => 1,
+            _ => config.min_prefixes,
+        }
     }
 }
 
@@ -248,6 +269,7 @@ impl GiveUpModel {
             };
             match outcome {
                 Outcome::GaveUp(seconds) => {
+                    family.stretch.gave_up(now);
                     family.give_ups += 1;
                     let shared = kind != FamilyKind::Address;
                     let sample = Sample {
@@ -258,6 +280,15 @@ impl GiveUpModel {
                     family.samples.remember(sample, shared);
                 }
                 Outcome::PlannedEnd => family.planned_ends += 1,
+                Outcome::Continued => {
+                    let min_prefixes = family.min_prefixes(&self.config);
+                    if !family
+                        .stretch
+                        .continued(Prefix::of(client), min_prefixes, now)
+                    {
+                        continue; // nothing stored changed
+                    }
+                }
                 Outcome::Completed => family.completed += 1,
             }
             self.changed.insert(key);

@@ -33,6 +33,9 @@ pub struct Learner {
     pending: LruCache<(u64, u32), (FamilyKeys, std::net::IpAddr)>,
     last_publish: Option<Instant>,
     dirty_snapshot: bool,
+    /// Client address → the families and end time of its latest planned end, to tell whether
+    /// its next request came at once (`adaptive::stretch`).
+    released: LruCache<std::net::IpAddr, (FamilyKeys, std::time::SystemTime)>,
     /// The fleet's figures as the fleet exchange last read them (`crate::ship::fleet`).
     fleet: Option<tokio::sync::watch::Receiver<Arc<FleetFigures>>>,
 }
@@ -49,6 +52,7 @@ impl Learner {
             pending: LruCache::unbounded(),
             last_publish: None,
             dirty_snapshot: true,
+            released: LruCache::unbounded(),
             fleet: None,
         };
         learner.publish();
@@ -64,6 +68,15 @@ impl Learner {
     /// Notes an adaptive request (classified already, so its tool tag is known).
     pub fn on_request(&mut self, record: &RequestRecord) {
         let Some(keys) = record.families else { return };
+        if let Some((released, at)) = self.released.pop(&record.client_ip)
+            && record
+                .timestamp
+                .duration_since(at)
+                .is_ok_and(|gap| gap <= crate::adaptive::stretch::AT_ONCE)
+        {
+            self.model
+                .observe(&released, record.client_ip, Outcome::Continued);
+        }
         let names = FamilyNames {
             address: record.client_ip.to_string(),
             user_agent: family::cut(record.user_agent.as_deref().unwrap_or("")).to_owned(),
@@ -104,6 +117,12 @@ impl Learner {
             _ => return, // shutdown, lifetime, peer gone: nothing about patience
         };
         self.model.observe(&keys, client, outcome);
+        if outcome == Outcome::PlannedEnd {
+            self.released.put(client, (keys, end.closed_at));
+            if self.released.len() > PENDING {
+                self.released.pop_lru();
+            }
+        }
         self.dirty_snapshot = true;
     }
 
@@ -218,5 +237,66 @@ mod tests {
         assert_eq!(decision.give_up.map(|(s, _)| s), Some(7.0));
         assert!(matches!(decision.give_up, Some((_, Basis::Learned(_)))));
         assert!(learner.tick().is_none(), "nothing changed since");
+    }
+
+    /// A planned end answered by a next request within a second, from three networks, moves
+    /// the tool's figure one step later; a next request that came late moves nothing.
+    #[test]
+    fn a_next_request_at_once_after_a_planned_end_moves_the_figure_later() {
+        let snapshot: SharedSnapshot =
+            Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::default()));
+        let model = GiveUpModel::new(ModelConfig {
+            quantile: 0.1,
+            min_samples: 3,
+            min_prefixes: 3,
+            floor: 4.0,
+            max_families: 100,
+            min_give_up: 3.0,
+        });
+        let mut learner = Learner::new(model, Arc::from(Vec::new()), snapshot.clone());
+        let end = |conn_id, reason, seconds| ResponseEnd {
+            conn_id,
+            request_seq: 1,
+            closed_at: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1000),
+            bytes_sent: 5,
+            duration_s: seconds,
+            end_reason: reason,
+            client_fin_s: None,
+        };
+        for (conn_id, seconds) in [(1, 7.0), (2, 9.0), (3, 12.0)] {
+            learner.on_request(&request(conn_id, &snapshot.load()));
+            learner.on_response_end(&end(conn_id, "client_closed", seconds));
+        }
+        let tool_figure = |learner: &mut Learner| {
+            learner.last_publish = None;
+            learner.tick();
+            let key = crate::adaptive::family::family_key(FamilyKind::Tool, "mytool");
+            snapshot.load().limit(key)
+        };
+        assert_eq!(tool_figure(&mut learner), Some(7.0));
+        // Clients of three other networks are released on plan; their next requests come
+        // 0.5 s later (one of them 5 s later: it was not waiting).
+        for (conn_id, next_after) in [(11, 0.5), (12, 0.5), (13, 5.0)] {
+            learner.on_request(&request(conn_id, &snapshot.load()));
+            learner.on_response_end(&end(conn_id, "planned_end", 6.0));
+            let mut next = request(conn_id + 100, &snapshot.load());
+            next.client_ip = request(conn_id, &snapshot.load()).client_ip;
+            next.timestamp = std::time::SystemTime::UNIX_EPOCH
+                + Duration::from_secs(1000)
+                + Duration::from_secs_f64(next_after);
+            learner.on_request(&next);
+        }
+        assert_eq!(
+            tool_figure(&mut learner),
+            Some(7.0),
+            "two networks are not three"
+        );
+        learner.on_request(&request(14, &snapshot.load()));
+        learner.on_response_end(&end(14, "planned_end", 6.0));
+        let mut next = request(114, &snapshot.load());
+        next.client_ip = request(14, &snapshot.load()).client_ip;
+        next.timestamp = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        learner.on_request(&next);
+        assert_eq!(tool_figure(&mut learner), Some(8.0));
     }
 }
