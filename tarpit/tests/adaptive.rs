@@ -410,7 +410,12 @@ fn one_network_cannot_shorten_other_clients_plans() {
          AND end_reason IN ('client_closed', 'client_reset')",
         3,
     );
-    std::thread::sleep(Duration::from_millis(800));
+    // Stored, so published (both happen on the same tick of the learner).
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM giveup_families WHERE kind = 'header_order'
+         AND give_up_s IS NOT NULL",
+        1,
+    );
     let _held = connect_from("127.0.7.1", &tarpit, &request("curl/8.1", "/after"));
     tarpit.wait_count("SELECT COUNT(*) FROM events WHERE http_path = '/after'", 1);
     let plan: Vec<(f64, String)> =
@@ -418,4 +423,69 @@ fn one_network_cannot_shorten_other_clients_plans() {
     assert_eq!(plan.len(), 1);
     assert_eq!(plan[0].1, "header_order");
     assert!((plan[0].0 - 2.0).abs() < 1e-6, "the floor: {plan:?}");
+}
+
+/// The reverse poisoning: clients from three networks that the classification names as
+/// gobuster wait 4 s before giving up, so gobuster's learned figure becomes 4 s; a real
+/// gobuster, whose timeout (its prior, here 2.5 s) is shorter, is still planned within it.
+#[test]
+fn a_fake_slow_family_cannot_push_a_real_tool_past_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    // The tool's prior matches only the real version's User-Agent; the fakes are classified as
+    // gobuster (`^gobuster/`) without matching it, so they keep the full drip and can give up
+    // as late as they like.
+    let priors = dir.path().join("priors.toml");
+    std::fs::write(
+        &priors,
+        "[[prior]]\ntool = \"gobuster\"\nuser_agent = \"gobuster/3.6\"\ngive_up = 2.5\n",
+    )
+    .unwrap();
+    let tarpit = Tarpit::start_in(
+        dir.path(),
+        &[
+            "--mode",
+            "adaptive",
+            "--response-delay",
+            "0.5",
+            "--adaptive-priors",
+            priors.to_str().unwrap(),
+        ],
+        0,
+    );
+    let request = |ua: &str, path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nUser-Agent: {ua}\r\nAccept: */*\r\n\r\n")
+    };
+    let streams: Vec<TcpStream> = ["127.0.40.1", "127.0.41.1", "127.0.42.1"]
+        .iter()
+        .map(|source| connect_from(source, &tarpit, &request("gobuster/9.9", "/slow")))
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    drop(streams);
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE http_path = '/slow'
+         AND end_reason IN ('client_closed', 'client_reset')",
+        3,
+    );
+    // The learner has the slow figure: stored, so published (both happen on the same tick).
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM giveup_families WHERE kind = 'tool' AND name = 'gobuster'
+         AND give_up_s IS NOT NULL",
+        1,
+    );
+    let stored: Vec<(f64,)> = tarpit
+        .rows("SELECT give_up_s FROM giveup_families WHERE kind = 'tool' AND name = 'gobuster'");
+    assert!(
+        stored.first().is_some_and(|(s,)| *s > 3.5),
+        "the fake figure was learned: {stored:?}"
+    );
+    let _real = connect_from("127.0.43.1", &tarpit, &request("gobuster/3.6", "/real"));
+    tarpit.wait_count("SELECT COUNT(*) FROM events WHERE http_path = '/real'", 1);
+    let plan: Vec<(f64, String)> =
+        tarpit.rows("SELECT giveup_limit_s, giveup_basis FROM events WHERE http_path = '/real'");
+    assert_eq!(plan.len(), 1);
+    assert_eq!(plan[0].1, "tool", "the learned figure decides ...");
+    assert!(
+        (plan[0].0 - 2.5).abs() < 1e-6,
+        "... but never past the tool's timeout: {plan:?}"
+    );
 }

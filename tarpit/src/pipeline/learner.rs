@@ -126,8 +126,8 @@ impl Learner {
         self.dirty_snapshot = true;
     }
 
-    /// Publishes a new snapshot when something changed (at most every half second) and
-    /// returns the families to store, if any.
+    /// Publishes a new snapshot when something changed (at most every half second, and
+    /// always before families are stored) and returns the families to store, if any.
     pub fn tick(&mut self) -> Option<Vec<FamilyRow>> {
         if let Some(fleet) = &self.fleet
             && fleet.has_changed().unwrap_or(false)
@@ -137,7 +137,9 @@ impl Learner {
         let due = self
             .last_publish
             .is_none_or(|at| at.elapsed() >= PUBLISH_INTERVAL);
-        if self.dirty_snapshot && due {
+        // Families about to be stored are always published first, so a figure in the
+        // database is one the workers already plan with.
+        if self.dirty_snapshot && (due || self.model.has_changes()) {
             self.publish();
         }
         self.model.has_changes().then(|| self.model.take_changed())
