@@ -1,9 +1,14 @@
-//! `cargo xtask bench scanners`: real scanners from Debian's packages (gobuster, ffuf, nmap with
-//! `http-enum`, and curl without a timeout), each with its default settings and one fixed word
-//! list, for a fixed window, against (a) nginx serving a small site (found pages 200, the rest
-//! 404, at once), (b) the tarpit in its default drip, (c) the tarpit in the adaptive mode, and
-//! every extra configuration named with `--tarpit-args`; then each tarpit column against the
-//! drip.
+//! `cargo xtask bench scanners`: real scanners (gobuster, ffuf, nmap with `http-enum`,
+//! dirsearch and wapiti from Debian's packages, feroxbuster from crates.io, and curl without a
+//! timeout), each with its default settings and one fixed word list, for a fixed window,
+//! against (a) nginx serving a small site (found pages 200, the rest 404, at once), (b) the
+//! tarpit in its default drip, (c) the tarpit in the adaptive mode, and every extra
+//! configuration named with `--tarpit-args`; then each tarpit column against the drip.
+//!
+//! Before each scanner, a different tool visits the tarpit from the same address and gives up
+//! ([`PREVIOUS`]: gobuster, or ffuf before gobuster, with a 3 s timeout), as on a sensor where
+//! one operator runs several tools: the adaptive mode must not plan the scanner with the other
+//! tool's figure. Only the scanner's own requests are counted.
 //!
 //! Per scanner and target it reports what the server recorded (requests, distinct paths,
 //! seconds held: the sum of request hold times; attacker-seconds: the same with a request the
@@ -33,9 +38,36 @@ pub const SCANNERS: &[(&str, &str)] = &[
         "nmap http-enum",
         "nmap -n -Pn -p {port} -sV --script http-enum 127.0.0.1",
     ),
+    (
+        "feroxbuster",
+        "feroxbuster -u {url} -w {wordlist} --silent --no-state",
+    ),
+    // Debian's wrapper runs `python3` from PATH: the system one, which has its dependencies.
+    (
+        "dirsearch",
+        "env PATH=/usr/bin:/bin dirsearch -u {url}/ -w {wordlist} -q -o {logs}/dirsearch.txt",
+    ),
+    (
+        "wapiti",
+        "env PATH=/usr/bin:/bin wapiti -u {url}/ --flush-session -f txt -o {logs}/wapiti",
+    ),
     // A client with no timeout at all: the drip's best case, which adaptive must not spoil.
     ("curl (no timeout)", "curl -s -o /dev/null {url}/index.html"),
 ];
+
+/// The tool that visits each tarpit target before a scanner, from the same address, and gives
+/// up after 3 s (`{url}` replaced): gobuster, or ffuf before gobuster itself. At most
+/// [`PREVIOUS_WINDOW`].
+pub const PREVIOUS: [(&str, &str); 2] = [
+    (
+        "gobuster",
+        "gobuster dir -q -z --timeout 3s -u {url}/ -w {wordlist}",
+    ),
+    ("ffuf", "ffuf -s -timeout 3 -u {url}/FUZZ -w {wordlist}"),
+];
+
+/// How long the previous tool may run.
+pub const PREVIOUS_WINDOW: Duration = Duration::from_secs(8);
 
 /// What one scanner did against one target.
 #[derive(Debug, Clone)]
@@ -75,8 +107,9 @@ impl Target {
         }
     }
 
-    /// Stops the server and reads what it recorded.
-    fn finish(self) -> anyhow::Result<(u64, u64, f64, f64)> {
+    /// Stops the server and reads what it recorded on connections after `after` (the
+    /// previous tool's).
+    fn finish(self, after: i64) -> anyhow::Result<(u64, u64, f64, f64)> {
         match self {
             Target::Nginx { mut child, dir, .. } => {
                 let _ = child.kill();
@@ -105,9 +138,11 @@ impl Target {
                          'select count(*), count(distinct http_path), total(duration_s), \
                          total(case when client_fin_s is not null and end_reason in \
                          (\\'client_closed\\', \\'client_reset\\') then client_fin_s \
-                         else duration_s end) from events').fetchone())",
+                         else duration_s end) from events where conn_id > ?', \
+                         (int(sys.argv[2]),)).fetchone())",
                     )
                     .arg(dir.path().join("data/tarpit_events.db"))
+                    .arg(after.to_string())
                     .output()?;
                 let text = String::from_utf8_lossy(&out.stdout);
                 let fields: Vec<&str> = text.split_whitespace().collect();
@@ -198,14 +233,35 @@ fn run_scanner(command: &str, window: Duration, log: &Path) -> anyhow::Result<(S
     }
 }
 
-/// Every tool the bench needs, or the apt packages that provide them.
+/// The highest connection id the tarpit recorded so far, once the previous tool's requests
+/// are all in its database (the pipeline writes within a second).
+fn last_conn_id(server: &Server) -> anyhow::Result<i64> {
+    std::thread::sleep(Duration::from_secs(2));
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(\
+             'select coalesce(max(conn_id), 0) from events').fetchone()[0])",
+        )
+        .arg(server.dir.path().join("data/tarpit_events.db"))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .with_context(|| format!("reading the last connection id: {text}"))
+}
+
+/// Every tool the bench needs, or how to install it.
 fn check_prerequisites() -> anyhow::Result<()> {
     let missing: Vec<&str> = [
-        ("gobuster", "gobuster"),
-        ("ffuf", "ffuf"),
-        ("nmap", "nmap"),
-        ("curl", "curl"),
-        ("nginx", "nginx-light"),
+        ("gobuster", "apt-get install gobuster"),
+        ("ffuf", "apt-get install ffuf"),
+        ("nmap", "apt-get install nmap"),
+        ("curl", "apt-get install curl"),
+        ("nginx", "apt-get install nginx-light"),
+        ("dirsearch", "apt-get install dirsearch"),
+        ("wapiti", "apt-get install wapiti"),
+        ("feroxbuster", "cargo install feroxbuster"),
     ]
     .iter()
     .filter(|(tool, _)| {
@@ -218,12 +274,13 @@ fn check_prerequisites() -> anyhow::Result<()> {
     .collect();
     let mut missing = missing;
     if !Path::new(WORDLIST).exists() {
-        missing.push("dirb");
+        missing.push("apt-get install dirb");
     }
     if !missing.is_empty() {
         bail!(
-            "apt-get install {} (the scanner bench needs them)",
-            missing.join(" ")
+            "the scanner bench needs: {} (scanners from crates.io are looked up on PATH, \
+             ~/.cargo/bin included)",
+            missing.join("; ")
         );
     }
     Ok(())
@@ -251,16 +308,33 @@ pub fn scanners(
                 Some((_, command)) => Target::Tarpit(Server::start(command)?),
             };
             let port = target.port();
-            let command = template
-                .replace("{url}", &format!("http://127.0.0.1:{port}"))
-                .replace("{port}", &port.to_string())
-                .replace("{wordlist}", WORDLIST);
-            eprintln!("xtask: {scanner} against target {index}: {command}");
+            let fill = |template: &str| {
+                template
+                    .replace("{url}", &format!("http://127.0.0.1:{port}"))
+                    .replace("{port}", &port.to_string())
+                    .replace("{wordlist}", WORDLIST)
+                    .replace("{logs}", &logs.path().display().to_string())
+            };
             let log: PathBuf = logs
                 .path()
                 .join(format!("{}-{index}.log", scanner.replace(' ', "-")));
+            let after = match &target {
+                Target::Tarpit(server) => {
+                    let (previous, template) = PREVIOUS
+                        .iter()
+                        .find(|(name, _)| !scanner.starts_with(name))
+                        .expect("two previous tools");
+                    eprintln!("xtask: {previous} first, against target {index}");
+                    run_scanner(&fill(template), PREVIOUS_WINDOW, &log)?;
+                    last_conn_id(server)?
+                }
+                Target::Nginx { .. } => 0,
+            };
+            let command = fill(template);
+            eprintln!("xtask: {scanner} against target {index}: {command}");
             let (outcome, wall_seconds) = run_scanner(&command, window, &log)?;
-            let (requests, distinct_paths, held_seconds, attacker_seconds) = target.finish()?;
+            let (requests, distinct_paths, held_seconds, attacker_seconds) =
+                target.finish(after)?;
             runs.push(Run {
                 requests,
                 distinct_paths,
