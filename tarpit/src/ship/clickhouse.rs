@@ -179,7 +179,7 @@ fn first_line(text: &str) -> String {
     let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
     let line = line.split(", e.what()").next().unwrap_or(line);
     let mut line = line.trim().to_owned();
-    line.truncate(500);
+    line.truncate(line.floor_char_boundary(500));
     line
 }
 
@@ -211,6 +211,12 @@ mod tests {
         let new = "Code: 516. DB::Exception: tarpit: Authentication failed. (AUTHENTICATION_FAILED) \
                    (version 24.8.1)\n";
         assert!(first_line(new).contains("Authentication failed"));
+        // A long error cut at 500 bytes, whatever characters sit there.
+        for prefix in ["", "x", "xx"] {
+            let long = format!("{prefix}{}", "é".repeat(400));
+            let cut = first_line(&long);
+            assert!(cut.len() <= 500 && long.starts_with(&cut), "{}", cut.len());
+        }
     }
 
     #[test]

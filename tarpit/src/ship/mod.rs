@@ -44,12 +44,40 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// At most one error line per this interval while failures repeat.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How long a shipper that stopped on a panic waits before it starts again.
+const RESTART_AFTER: Duration = Duration::from_secs(5);
+
 /// Everything the shipper needs, gathered at start.
 #[derive(Debug)]
 pub struct ShipperSetup {
     outbox: Outbox,
     client: ClickHouse,
     config: ClickHouseConfig,
+    /// What it takes to open it again (after a panic).
+    reopen: Reopen,
+}
+
+/// What a shipper is opened from, kept to open it again.
+#[derive(Debug, Clone)]
+struct Reopen {
+    database: std::path::PathBuf,
+    stamp: Stamp,
+    config: ClickHouseConfig,
+    password: Option<crate::secret::Secret>,
+}
+
+impl Reopen {
+    /// A fresh shipper: the outbox opened again (its cursor is in SQLite), a new client.
+    fn open(&self) -> anyhow::Result<ShipperSetup> {
+        let outbox = Outbox::open(&self.database, self.stamp.clone(), TARGET)
+            .with_context(|| format!("opening {} for shipping", self.database.display()))?;
+        Ok(ShipperSetup {
+            outbox,
+            client: ClickHouse::new(&self.config, self.password.clone())?,
+            config: self.config.clone(),
+            reopen: self.clone(),
+        })
+    }
 }
 
 impl ShipperSetup {
@@ -64,13 +92,13 @@ impl ShipperSetup {
         if password.is_none() {
             tracing::info!("{PASSWORD_VAR} is not set (environment or .env): no password sent");
         }
-        let outbox = Outbox::open(database, stamp(config), TARGET)
-            .with_context(|| format!("opening {} for shipping", database.display()))?;
-        Ok(Some(Self {
-            outbox,
-            client: ClickHouse::new(ch, password)?,
+        let reopen = Reopen {
+            database: database.to_owned(),
+            stamp: stamp(config),
             config: ch.clone(),
-        }))
+            password,
+        };
+        reopen.open().map(Some)
     }
 }
 
@@ -105,7 +133,15 @@ impl Shipper {
             "shipping requests to ClickHouse"
         );
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(run(setup, stopped));
+        let reopen = setup.reopen.clone();
+        let mut first = Some(setup);
+        let task = tokio::spawn(supervise(stopped.clone(), RESTART_AFTER, move || {
+            let setup = match first.take() {
+                Some(setup) => Ok(setup),
+                None => reopen.open(),
+            };
+            setup.map(|setup| run(setup, stopped.clone()))
+        }));
         Self { stop, task }
     }
 
@@ -120,6 +156,50 @@ impl Shipper {
             tracing::warn!("shipping stopped before the outbox was empty; it resumes at start");
         }
     }
+}
+
+/// Runs the shipper built by `start` until it returns (asked to stop); a shipper that ends on a
+/// panic (a bug: no input should cause one) is logged and started again after
+/// `pause` ([`RESTART_AFTER`]), from the cursor in SQLite, so shipping never ends silently.
+async fn supervise<F>(
+    mut stop: watch::Receiver<bool>,
+    pause: Duration,
+    mut start: impl FnMut() -> anyhow::Result<F> + Send,
+) where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let ended = match start() {
+            Ok(shipper) => match tokio::spawn(shipper).await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => format!("panicked: {}", panic_text(e.into_panic())),
+                Err(_) => return,
+            },
+            Err(e) => format!("could not start again: {e:#}"),
+        };
+        metrics::counter!("tarpit_ship_restarts_total").increment(1);
+        tracing::error!(
+            "the ClickHouse shipper {ended}; starting it again in {} s (the rows stay queued \
+             in SQLite)",
+            pause.as_secs_f64()
+        );
+        if *stop.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// A panic's message, when it has one.
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// Runs blocking outbox work off the runtime's thread, handing the outbox back.
@@ -141,6 +221,7 @@ async fn run(setup: ShipperSetup, mut stop: watch::Receiver<bool>) {
         mut outbox,
         client,
         config,
+        ..
     } = setup;
     let interval = Duration::from_secs_f64(config.interval);
     let mut retry = Retry::default();
@@ -322,6 +403,7 @@ pub async fn ship_once(setup: ShipperSetup) -> anyhow::Result<OnceReport> {
         mut outbox,
         client,
         config,
+        ..
     } = setup;
     let started = Instant::now();
     client.check_table(&row::shipped_columns()).await?;
@@ -357,5 +439,40 @@ mod tests {
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         retry.succeeded();
         assert_eq!(retry.failed(0, "down again"), FIRST_BACKOFF);
+    }
+
+    /// A shipper that panics is started again (after the pause) and its next run is the one
+    /// that ends the supervision; a stop ends it at once.
+    #[tokio::test]
+    async fn a_shipper_that_panics_is_started_again() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (_stop, stopped) = watch::channel(false);
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counted = starts.clone();
+        supervise(stopped, Duration::from_millis(10), move || {
+            let run = counted.fetch_add(1, Ordering::SeqCst);
+            Ok(async move {
+                if run == 0 {
+                    panic!("an error text cut off a char boundary");
+                }
+            })
+        })
+        .await;
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
+        let (stop, stopped) = watch::channel(false);
+        stop.send(true).unwrap();
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counted = starts.clone();
+        supervise(stopped, Duration::from_millis(10), move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(async { panic!("again") })
+        })
+        .await;
+        assert_eq!(
+            starts.load(Ordering::SeqCst),
+            1,
+            "a stopping shipper is not restarted"
+        );
     }
 }

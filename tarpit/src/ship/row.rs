@@ -295,7 +295,7 @@ pub fn parse_time(text: &str) -> Option<i64> {
                 _ => return None,
             };
             let hhmm = rest[1..].replace(':', "");
-            if hhmm.len() != 4 {
+            if hhmm.len() != 4 || !hhmm.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
             let hours: i64 = hhmm[..2].parse().ok()?;
@@ -309,6 +309,35 @@ pub fn parse_time(text: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_stored_text_parses_or_is_refused_without_a_panic() {
+        let base = "2026-11-29T10:00:00";
+        for tail in [
+            "+1é1",
+            "+é:11",
+            "-1\u{300}1",
+            ".é",
+            ".1é",
+            "+01:0é",
+            "é",
+            "+",
+            "+0100000",
+            "Zé",
+        ] {
+            assert_eq!(parse_time(&format!("{base}{tail}")), None, "{tail}");
+        }
+        for text in [
+            "",
+            "é",
+            "2026-11-29Té0:00:00",
+            "２０２６-11-29T10:00:00",
+            "\u{10ffff}",
+        ] {
+            assert_eq!(parse_time(text), None, "{text}");
+        }
+        assert!(parse_time(&format!("{base}+01:00")).is_some());
+    }
 
     #[test]
     fn times_of_both_tools_parse_to_the_same_instant() {
