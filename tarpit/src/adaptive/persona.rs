@@ -128,6 +128,42 @@ fn reason_phrase(status: u16) -> Option<&'static str> {
     })
 }
 
+/// Checks that a persona file named `name` is a regular file inside `dir`: persona files are
+/// served to the internet, so a relative name with `..`, an absolute path or a symbolic link
+/// (to `/etc/shadow`, say) is refused at load. Why not, when refused.
+fn confine(dir: &Path, name: &str) -> Result<(), String> {
+    let relative = Path::new(name);
+    let plain = !name.is_empty()
+        && relative
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain {
+        return Err(format!(
+            "{name:?} must be a path inside the persona directory (no absolute path, no ..)"
+        ));
+    }
+    let path = dir.join(relative);
+    let meta = std::fs::symlink_metadata(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if meta.file_type().is_symlink() {
+        return Err(format!(
+            "{} is a symbolic link: only regular files inside the persona directory are served",
+            path.display()
+        ));
+    }
+    let inside = match (path.canonicalize(), dir.canonicalize()) {
+        (Ok(file), Ok(dir)) => file.starts_with(dir),
+        _ => false,
+    };
+    if !inside || !meta.is_file() {
+        return Err(format!(
+            "{} is not a regular file inside the persona directory",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 impl Persona {
     /// The built-in persona, or the one in `dir`; bodies are padded to `min_body` bytes and
     /// dripped over `ticks` ticks.
@@ -163,7 +199,14 @@ impl Persona {
             .map_err(|_| error("(file)".into(), "not UTF-8".into()))?;
         let manifest: Manifest =
             toml::from_str(&text).map_err(|e| error("(file)".into(), e.message().to_owned()))?;
-        let page = |content_type: &str, status: u16, file: &str| -> Result<Page, PersonaError> {
+        let page = |entry: &str,
+                    content_type: &str,
+                    status: u16,
+                    file: &str|
+         -> Result<Page, PersonaError> {
+            if let Some(dir) = dir {
+                confine(dir, file).map_err(|reason| error(entry.to_owned(), reason))?;
+            }
             let mut body = read(file)?;
             if body.len() < min_body {
                 body.resize(min_body, b' ');
@@ -185,16 +228,24 @@ impl Persona {
             })
         };
         let mut persona = Persona {
-            pages: vec![page("text/html", 404, &manifest.not_found)?],
+            pages: vec![page(
+                &format!("not_found ({})", manifest.not_found),
+                "text/html",
+                404,
+                &manifest.not_found,
+            )?],
             exact: HashMap::new(),
             prefixes: Vec::new(),
             target: None,
         };
         if let Some(file) = &manifest.target {
             persona.target = Some(persona.pages.len() as u16);
-            persona
-                .pages
-                .push(page("text/html; charset=UTF-8", 200, file)?);
+            persona.pages.push(page(
+                &format!("target ({file})"),
+                "text/html; charset=UTF-8",
+                200,
+                file,
+            )?);
         }
         for (i, spec) in manifest.page.iter().enumerate() {
             let entry = format!("page[{i}] ({})", spec.file);
@@ -224,7 +275,7 @@ impl Persona {
             }
             persona
                 .pages
-                .push(page(&spec.content_type, spec.status, &spec.file)?);
+                .push(page(&entry, &spec.content_type, spec.status, &spec.file)?);
         }
         Ok(persona)
     }
@@ -422,6 +473,57 @@ mod tests {
         let error = Persona::load(Some(dir.path()), 4, 4)
             .unwrap_err()
             .to_string();
-        assert!(error.contains("bait.txt: (file): cannot read"), "{error}");
+        assert!(
+            error.contains("persona.toml: page[0] (bait.txt): cannot read"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn persona_files_outside_the_directory_are_refused_naming_the_entry() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "root:x:0:0").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("nf.html"), "gone").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/ok.txt"), "fine").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("linkdir")).unwrap();
+        let secret = outside.path().join("secret").display().to_string();
+        let manifest = |file: &str| {
+            format!(
+                "not_found = \"nf.html\"\n[[page]]\npaths = [\"/bait\"]\nstatus = 200\n\
+                 content_type = \"text/plain\"\nfile = \"{file}\"\n"
+            )
+        };
+        let outside_name = format!(
+            "../{}/secret",
+            outside.path().file_name().unwrap().to_str().unwrap()
+        );
+        for (file, why) in [
+            (secret.as_str(), "no absolute path"),
+            (outside_name.as_str(), "no absolute path, no .."),
+            ("link", "symbolic link"),
+            ("linkdir/secret", "not a regular file inside"),
+            ("sub", "not a regular file"),
+        ] {
+            std::fs::write(dir.path().join("persona.toml"), manifest(file)).unwrap();
+            let error = Persona::load(Some(dir.path()), 4, 4)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(&format!("persona.toml: page[0] ({file})")),
+                "{error}"
+            );
+            assert!(error.contains(why), "{file}: {error}");
+        }
+        std::fs::write(dir.path().join("persona.toml"), manifest("sub/ok.txt")).unwrap();
+        let persona = Persona::load(Some(dir.path()), 4, 4).unwrap();
+        assert_eq!(persona.page(persona.page_for("/bait", false)).body, b"fine");
+        std::fs::write(dir.path().join("persona.toml"), "not_found = \"link\"\n").unwrap();
+        let error = Persona::load(Some(dir.path()), 4, 4)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not_found (link)"), "{error}");
     }
 }
