@@ -18,6 +18,7 @@ pub mod db;
 pub mod ebpf;
 pub mod event;
 pub mod export;
+pub mod file_modes;
 pub mod fingerprint;
 pub mod geoip;
 pub mod giveup_stats;

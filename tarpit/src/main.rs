@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    tarpit::file_modes::restrict();
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Completions { shell }) => {
