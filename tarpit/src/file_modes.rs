@@ -13,3 +13,9 @@ pub const UMASK: u32 = 0o027;
 pub fn restrict() {
     umask(Mode::from_bits_truncate(UMASK));
 }
+
+/// Makes a file this process copied (which kept its source's mode) 0640.
+pub fn make_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640))
+}

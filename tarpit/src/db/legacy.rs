@@ -142,9 +142,14 @@ pub fn save_copy(path: &Path) -> Result<PathBuf, DbError> {
         });
     }
     std::fs::copy(path, &backup).map_err(copy_error)?;
+    // `copy` keeps the original's mode (the replaced tool's file is often 0644): the copy
+    // holds the same record as ours, so it is made as private.
+    crate::file_modes::make_private(&backup).map_err(copy_error)?;
     let wal = suffixed(path, "-wal");
     if wal.metadata().is_ok_and(|m| m.len() > 0) {
-        std::fs::copy(&wal, suffixed(&backup, "-wal")).map_err(copy_error)?;
+        let wal_copy = suffixed(&backup, "-wal");
+        std::fs::copy(&wal, &wal_copy).map_err(copy_error)?;
+        crate::file_modes::make_private(&wal_copy).map_err(copy_error)?;
     }
     tracing::info!(
         database = %path.display(),
@@ -238,8 +243,15 @@ mod tests {
                  INSERT INTO events (timestamp) VALUES ('a'), ('b'), ('c');",
             )
             .unwrap();
-        // The writer stays open: the rows are in the WAL only.
+        // The writer stays open: the rows are in the WAL only. The original is readable by
+        // everyone, as the replaced tool left it; the copy is not.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let backup = save_copy(&path).unwrap();
+        for file in [backup.clone(), suffixed(&backup, "-wal")] {
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o640, "{}", file.display());
+        }
         let copy = Connection::open(&backup).unwrap();
         let n: i64 = copy
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
