@@ -11,6 +11,9 @@
 //!   parts as decimal), and the whole spelling is replaced whatever its reading.
 //! - IPv6 in any case, with leading zeros, `::` compression, an embedded IPv4 or a zone.
 //! - Any of these percent-encoded in a URL or form, once or several times.
+//! - Any of these in Unicode compatibility spellings that browsers and NFKC-normalising
+//!   parsers read as ASCII: full-width digits, dots and colons (`１９８．５１．１００．７`),
+//!   mathematical digits, the ideographic full stop as a dot; raw or percent-encoded.
 //!
 //! A field cut at a preview boundary may end in part of an address; that trailing run is
 //! masked ([`MASK`]). Not recognised (see the README): addresses as one integer
@@ -32,7 +35,7 @@ const V6_MAX_TEXT: usize = 45;
 /// trailing run that could be the start of an address. Bytes that are not part of an address
 /// are kept as they are (UTF-8 or not): replacements are ASCII and replace ASCII runs only.
 pub fn scrub_bytes(bytes: &[u8], truncated: bool, pseudonym: &dyn Fn(IpAddr) -> String) -> Vec<u8> {
-    let source = match percent_decoded_if_it_hides_addresses(bytes) {
+    let source = match readable_form_if_it_hides_addresses(bytes) {
         Some(decoded) => std::borrow::Cow::Owned(decoded),
         None => std::borrow::Cow::Borrowed(bytes),
     };
@@ -183,8 +186,9 @@ fn v6_at(run: &[u8]) -> Option<(usize, Ipv6Addr)> {
 /// The percent-decoded text (decoded up to four times, for double encoding) when decoding
 /// reveals addresses the text as written does not show; `None` otherwise, so that text whose
 /// escapes hide nothing keeps its encoding. Each address is then replaced exactly once.
-fn percent_decoded_if_it_hides_addresses(bytes: &[u8]) -> Option<Vec<u8>> {
-    if !bytes.contains(&b'%') {
+fn readable_form_if_it_hides_addresses(bytes: &[u8]) -> Option<Vec<u8>> {
+    let encoded = bytes.contains(&b'%');
+    if !encoded && bytes.is_ascii() {
         return None;
     }
     let mut decoded = bytes.to_vec();
@@ -195,7 +199,21 @@ fn percent_decoded_if_it_hides_addresses(bytes: &[u8]) -> Option<Vec<u8>> {
         }
         decoded = next;
     }
+    if !decoded.is_ascii() {
+        decoded = ascii_compatible(&decoded);
+    }
     (decoded != bytes && addresses_in(&decoded) != addresses_in(bytes)).then_some(decoded)
+}
+
+/// `bytes` (as UTF-8, invalid sequences replaced) in NFKC, with the ideographic full stops a
+/// URL parser takes for dots (IDNA: U+3002, and U+FF61 which NFKC turns into it) made `.`.
+fn ascii_compatible(bytes: &[u8]) -> Vec<u8> {
+    use unicode_normalization::UnicodeNormalization;
+    String::from_utf8_lossy(bytes)
+        .nfkc()
+        .map(|c| if c == '\u{3002}' { '.' } else { c })
+        .collect::<String>()
+        .into_bytes()
 }
 
 /// Masks a trailing run of characters that could begin an address (digits, hex letters, `.`,
@@ -331,6 +349,21 @@ mod tests {
             scrub("/?u=198%252E51%252E100%252E7", false),
             "/?u=<198.51.100.7>"
         );
+        assert_eq!(
+            scrub("http://１９８．５１．１００．７/", false),
+            "http://<198.51.100.7>/"
+        );
+        assert_eq!(scrub("𝟏𝟗𝟖。51｡100.7", false), "<198.51.100.7>");
+        assert_eq!(
+            scrub("ip=２００１：ｄｂ８：：１", false),
+            "ip=<2001:db8::1>"
+        );
+        assert_eq!(
+            scrub("/?r=%EF%BC%91%EF%BC%99%EF%BC%98%EF%BC%8E51.100.7", false),
+            "/?r=<198.51.100.7>"
+        );
+        // Unicode without an address in it is kept as it is.
+        assert_eq!(scrub("ｃａｆé 2026", false), "ｃａｆé 2026");
         assert_eq!(scrub("v1.2.3 and 10.1", false), "v1.2.3 and 10.1");
         assert_eq!(scrub("at 12:30:45, ab:cd", false), "at 12:30:45, ab:cd");
     }

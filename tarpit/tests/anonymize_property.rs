@@ -63,6 +63,10 @@ fn spellings(address: IpAddr) -> Vec<String> {
                     o[0], o[1], o[2], o[3]
                 ),
                 format!("::ffff:{v4}"),
+                // Compatibility spellings browsers and NFKC-normalising parsers read as ASCII.
+                full_width(&v4.to_string()),
+                v4.to_string().replace('.', "\u{3002}"),
+                mathematical_digits(&v4.to_string()).replace('.', "\u{ff61}"),
             ]
         }
         IpAddr::V6(v6) => {
@@ -74,9 +78,32 @@ fn spellings(address: IpAddr) -> Vec<String> {
                     .map(|g| format!("{g:04x}"))
                     .collect::<Vec<_>>()
                     .join(":"),
+                full_width(&v6.to_string()),
             ]
         }
     }
+}
+
+/// `text` with ASCII digits, letters, dots and colons in their full-width forms (U+FF01..).
+fn full_width(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '0'..='9' | 'a'..='z' | 'A'..='Z' | '.' | ':' => {
+                char::from_u32(c as u32 - 0x21 + 0xFF01).unwrap()
+            }
+            other => other,
+        })
+        .collect()
+}
+
+/// `text` with its digits as mathematical bold digits (U+1D7CE..).
+fn mathematical_digits(text: &str) -> String {
+    text.chars()
+        .map(|c| match c.to_digit(10) {
+            Some(d) => char::from_u32(0x1D7CE + d).unwrap(),
+            None => c,
+        })
+        .collect()
 }
 
 /// Every form of `address` whose presence in an export would give it away.
@@ -258,7 +285,7 @@ fn no_address_survives_an_anonymised_export_in_any_format() {
     let mut rng = Rng(0x5eed_cafe_f00d_1234);
     let mut addresses = Vec::new();
     let mut sent = 0;
-    for case in 0..180u64 {
+    for case in 0..240u64 {
         let address = if case.is_multiple_of(2) {
             IpAddr::V4(rng.v4())
         } else {
