@@ -194,6 +194,9 @@ pub struct ClickHouseConfig {
     pub user: String,
     /// Most requests in one INSERT.
     pub batch_rows: usize,
+    /// Most bytes of one INSERT's body (the row crossing it is the last in the batch): a
+    /// batch of rows full of escaped junk must not take hundreds of megabytes.
+    pub batch_bytes: usize,
     /// Seconds between batches while there is nothing more to send.
     pub interval: f64,
     /// Seconds after which a request still being answered is shipped as it stands (it is
@@ -213,6 +216,7 @@ impl Default for ClickHouseConfig {
             table: "requests".to_owned(),
             user: "default".to_owned(),
             batch_rows: 5000,
+            batch_bytes: 8 << 20,
             interval: 5.0,
             open_after: 60.0,
             timeout: 30.0,

@@ -249,6 +249,15 @@ impl Config {
                 format!("must be 1 to 1000000, got {}", ch.batch_rows),
             );
         }
+        if !(65_536..=(1 << 30)).contains(&ch.batch_bytes) {
+            return err(
+                "ship.clickhouse.batch_bytes",
+                format!(
+                    "must be 65536 (64 KiB) to 1073741824 (1 GiB), got {}",
+                    ch.batch_bytes
+                ),
+            );
+        }
         for (key, value, max) in [
             ("ship.clickhouse.interval", ch.interval, 3600.0),
             ("ship.clickhouse.open_after", ch.open_after, 86_400.0),

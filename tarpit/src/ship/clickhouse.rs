@@ -24,6 +24,14 @@ pub enum ClickHouseError {
         /// What went wrong.
         reason: String,
     },
+    /// No complete answer within `[ship.clickhouse] timeout` (a slow link or server).
+    #[error("ClickHouse at {url} did not answer within the timeout: {reason}")]
+    TimedOut {
+        /// The server (without credentials).
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// ClickHouse answered with an error.
     #[error("ClickHouse refused the request (HTTP {status}): {message}")]
     Refused {
@@ -158,12 +166,11 @@ impl ClickHouse {
             .body(body)
             .send()
             .await
-            .map_err(|e| ClickHouseError::Unreachable {
-                url: self.server.clone(),
-                reason: error_chain(&e.without_url()),
-            })?;
+            .map_err(|e| self.failed(e))?;
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
+        let text = read_capped(response, MAX_ANSWER)
+            .await
+            .map_err(|e| self.failed(e))?;
         if status.is_success() {
             return Ok(text);
         }
@@ -172,6 +179,40 @@ impl ClickHouse {
             message: first_line(&text),
         })
     }
+}
+
+/// The most of an answer read (the fleet's figures are the largest answer read: 100,000 short
+/// lines); the rest is dropped, so a hostile or broken server cannot fill memory.
+const MAX_ANSWER: usize = 32 << 20;
+
+impl ClickHouse {
+    /// A request that failed on the way: timed out, or unreachable.
+    fn failed(&self, error: reqwest::Error) -> ClickHouseError {
+        let url = self.server.clone();
+        let timed_out = error.is_timeout();
+        let reason = error_chain(&error.without_url());
+        if timed_out {
+            ClickHouseError::TimedOut { url, reason }
+        } else {
+            ClickHouseError::Unreachable { url, reason }
+        }
+    }
+}
+
+/// The answer's body as text, at most `cap` bytes of it.
+async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<String, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= cap {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// ClickHouse's error without the stack trace and version details that follow it.

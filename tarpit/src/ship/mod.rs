@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use crate::config::{ClickHouseConfig, Config};
 use crate::log_throttle::LogThrottle;
 use clickhouse::{ClickHouse, PASSWORD_VAR};
-use outbox::{Backlog, Batch, Outbox, unix_now};
+use outbox::{Backlog, Batch, Limit, Outbox, unix_now};
 use row::Stamp;
 
 /// The `ship_state` name of the ClickHouse target.
@@ -225,6 +225,7 @@ async fn run(setup: ShipperSetup, mut stop: watch::Receiver<bool>) {
     } = setup;
     let interval = Duration::from_secs_f64(config.interval);
     let mut retry = Retry::default();
+    let mut size = BatchSize::default();
     let columns = row::shipped_columns();
     let mut table_checked = false;
     let mut pending = 0;
@@ -261,32 +262,38 @@ async fn run(setup: ShipperSetup, mut stop: watch::Receiver<bool>) {
         } else {
             unix_now() - config.open_after
         };
-        let limit = config.batch_rows;
+        let limit = size.limit(&config);
         let (back, read) = with_outbox(outbox, move |o| o.next_batch(limit, open_before)).await;
         outbox = back;
         let outcome = match read {
             Ok(batch) if batch.is_empty() => Outcome::Idle,
             Ok(batch) => {
+                let full = batch.rows >= limit.rows || batch.body.len() >= limit.bytes;
                 let (back, shipped) = ship(&client, outbox, batch).await;
                 outbox = back;
-                shipped.map_or_else(Outcome::Failed, Outcome::Shipped)
+                match shipped {
+                    Ok(rows) => Outcome::Shipped(rows, full),
+                    Err(failure) => Outcome::Failed(failure),
+                }
             }
-            Err(e) => Outcome::Failed(format!("reading the outbox: {e}")),
+            Err(e) => Outcome::Failed(Failure::other(format!("reading the outbox: {e}"))),
         };
         let wait = match outcome {
-            Outcome::Shipped(rows) => {
+            Outcome::Shipped(rows, full) => {
                 retry.succeeded();
+                size.succeeded();
                 metrics::counter!("tarpit_ship_rows_total").increment(rows as u64);
-                if rows < limit {
-                    interval
-                } else {
-                    Duration::ZERO
-                }
+                if full { Duration::ZERO } else { interval }
             }
             Outcome::Idle if stopping => return,
             Outcome::Idle => interval,
             Outcome::Failed(_) if stopping => return,
-            Outcome::Failed(error) => retry.failed(pending, &error),
+            Outcome::Failed(failure) => {
+                if failure.timed_out {
+                    size.timed_out();
+                }
+                retry.failed(pending, &failure.error)
+            }
         };
         if !stopping {
             wait_or_stop(wait, &mut stop).await;
@@ -352,14 +359,75 @@ impl Retry {
     }
 }
 
+/// How far batches are cut below `[ship.clickhouse] batch_rows` and `batch_bytes`: halved
+/// after each insert that timed out (a link or server too slow for a full batch within the
+/// timeout), grown back one halving per [`BatchSize::GROW_AFTER`] successes in a row. Without
+/// it, a batch too large for a slow link would be retried whole, and time out, forever.
+#[derive(Debug, Default)]
+struct BatchSize {
+    halvings: u32,
+    successes: u32,
+}
+
+impl BatchSize {
+    /// Halvings at most: batches down to one row and 1/1024 of the bytes.
+    const MOST: u32 = 10;
+    /// Successes in a row before batches double again.
+    const GROW_AFTER: u32 = 4;
+
+    /// The batch limit now.
+    fn limit(&self, config: &ClickHouseConfig) -> Limit {
+        Limit {
+            rows: (config.batch_rows >> self.halvings).max(1),
+            bytes: (config.batch_bytes >> self.halvings).max(1),
+        }
+    }
+
+    /// An insert timed out: the next batches are half as large.
+    fn timed_out(&mut self) {
+        self.successes = 0;
+        if self.halvings < Self::MOST {
+            self.halvings += 1;
+            tracing::warn!(
+                halvings = self.halvings,
+                "a ClickHouse insert timed out: shipping smaller batches"
+            );
+        }
+    }
+
+    /// An insert went through: after [`Self::GROW_AFTER`] in a row, batches double.
+    fn succeeded(&mut self) {
+        self.successes += 1;
+        if self.successes >= Self::GROW_AFTER {
+            self.successes = 0;
+            self.halvings = self.halvings.saturating_sub(1);
+        }
+    }
+}
+
+/// Why a pass failed, and whether it was a timeout.
+struct Failure {
+    error: String,
+    timed_out: bool,
+}
+
+impl Failure {
+    fn other(error: String) -> Self {
+        Self {
+            error,
+            timed_out: false,
+        }
+    }
+}
+
 /// What one pass did.
 enum Outcome {
-    /// Rows were shipped (and acknowledged in SQLite).
-    Shipped(usize),
+    /// Rows were shipped (and acknowledged in SQLite); whether the batch was full.
+    Shipped(usize, bool),
     /// Nothing was ready.
     Idle,
-    /// The insert or the outbox failed; why.
-    Failed(String),
+    /// The insert or the outbox failed.
+    Failed(Failure),
 }
 
 /// Sends `batch` (never empty) and acknowledges it in SQLite: the rows shipped, or why not.
@@ -367,15 +435,20 @@ async fn ship(
     client: &ClickHouse,
     outbox: Outbox,
     batch: Batch,
-) -> (Outbox, Result<usize, String>) {
+) -> (Outbox, Result<usize, Failure>) {
     if let Err(e) = client.insert(batch.body.clone()).await {
-        return (outbox, Err(e.to_string()));
+        let timed_out = matches!(e, clickhouse::ClickHouseError::TimedOut { .. });
+        let failure = Failure {
+            error: e.to_string(),
+            timed_out,
+        };
+        return (outbox, Err(failure));
     }
     let rows = batch.rows;
     let (outbox, acked) = with_outbox(outbox, move |o| o.acknowledge(&batch)).await;
     let shipped = acked
         .map(|()| rows)
-        .map_err(|e| format!("acknowledging a shipped batch in SQLite: {e}"));
+        .map_err(|e| Failure::other(format!("acknowledging a shipped batch in SQLite: {e}")));
     (outbox, shipped)
 }
 
@@ -409,16 +482,16 @@ pub async fn ship_once(setup: ShipperSetup) -> anyhow::Result<OnceReport> {
     client.check_table(&row::shipped_columns()).await?;
     let mut report = OnceReport::default();
     loop {
-        let limit = config.batch_rows;
+        let limit = BatchSize::default().limit(&config);
         let (back, read) = with_outbox(outbox, move |o| o.next_batch(limit, f64::INFINITY)).await;
         let batch = read.context("reading the outbox")?;
         if batch.is_empty() {
             break;
         }
-        let full = batch.rows >= limit;
+        let full = batch.rows >= limit.rows || batch.body.len() >= limit.bytes;
         let (back, shipped) = ship(&client, back, batch).await;
         outbox = back;
-        report.rows += shipped.map_err(anyhow::Error::msg)?;
+        report.rows += shipped.map_err(|failure| anyhow::Error::msg(failure.error))?;
         report.batches += 1;
         if !full {
             break;
@@ -439,6 +512,52 @@ mod tests {
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         retry.succeeded();
         assert_eq!(retry.failed(0, "down again"), FIRST_BACKOFF);
+    }
+
+    #[test]
+    fn batches_halve_after_each_timeout_and_grow_back_on_success() {
+        let config = ClickHouseConfig {
+            batch_rows: 5000,
+            batch_bytes: 8 << 20,
+            ..ClickHouseConfig::default()
+        };
+        let mut size = BatchSize::default();
+        assert_eq!(
+            size.limit(&config),
+            Limit {
+                rows: 5000,
+                bytes: 8 << 20
+            }
+        );
+        size.timed_out();
+        size.timed_out();
+        assert_eq!(
+            size.limit(&config),
+            Limit {
+                rows: 1250,
+                bytes: 2 << 20
+            }
+        );
+        for _ in 0..50 {
+            size.timed_out();
+        }
+        assert_eq!(size.limit(&config).rows, 4, "bounded halvings");
+        for _ in 0..BatchSize::GROW_AFTER - 1 {
+            size.succeeded();
+        }
+        assert_eq!(size.limit(&config).rows, 4);
+        size.succeeded();
+        assert_eq!(size.limit(&config).rows, 9);
+        for _ in 0..200 {
+            size.succeeded();
+        }
+        assert_eq!(
+            size.limit(&config),
+            Limit {
+                rows: 5000,
+                bytes: 8 << 20
+            }
+        );
     }
 
     /// A shipper that panics is started again (after the pause) and its next run is the one

@@ -83,7 +83,7 @@ impl Outbox {
     /// Reads up to `limit` requests: the watched rows that changed, then the rows past the
     /// cursor, stopping at a request still open that arrived after `open_before` (Unix seconds;
     /// `f64::INFINITY` ships open requests at once).
-    pub fn next_batch(&mut self, limit: usize, open_before: f64) -> rusqlite::Result<Batch> {
+    pub fn next_batch(&mut self, limit: Limit, open_before: f64) -> rusqlite::Result<Batch> {
         let tx = self.conn.transaction()?;
         let cursor_id = read_cursor(&tx, &self.target)?;
         let mut batch = Batch {
@@ -98,8 +98,11 @@ impl Outbox {
                 "SELECT {select} FROM ship_watch w JOIN events ON events.id = w.event_id
                  WHERE IFNULL(events.changed_seq, 0) > w.version LIMIT ?1"
             ))?;
-            let mut rows = watched.query([limit as i64])?;
+            let mut rows = watched.query([limit.rows as i64])?;
             while let Some(r) = rows.next()? {
+                if batch.body.len() >= limit.bytes {
+                    break; // the rest stay watched for the next batch
+                }
                 let (id, seq, open) = state(r)?;
                 append(&mut batch, &tx, r, id, &self.stamp)?;
                 if open {
@@ -110,7 +113,11 @@ impl Outbox {
                 shipped.insert(id);
             }
         }
-        let room = limit - batch.rows;
+        let room = if batch.body.len() >= limit.bytes {
+            0
+        } else {
+            limit.rows - batch.rows
+        };
         if room > 0 {
             let open_before_us = (open_before * 1e6).min(i64::MAX as f64) as i64;
             // While the CRS stage runs, rows wait for it, so they ship with their CRS tags.
@@ -131,6 +138,9 @@ impl Outbox {
                 let (id, seq, open) = state(r)?;
                 if open && seq > open_before_us {
                     break; // young and open: it and what follows wait
+                }
+                if batch.body.len() >= limit.bytes {
+                    break; // full: the cursor stops before this row
                 }
                 if shipped.insert(id) {
                     append(&mut batch, &tx, r, id, &self.stamp)?;
@@ -212,6 +222,27 @@ fn append(
     batch.body.push(b'\n');
     batch.rows += 1;
     Ok(())
+}
+
+/// How large a batch may grow: requests, and bytes of INSERT body. The row that crosses the
+/// byte limit is the last one taken (a single row is always taken, however large: a row is
+/// bounded by the preview sizes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Requests at most.
+    pub rows: usize,
+    /// Body bytes after which no further row is added.
+    pub bytes: usize,
+}
+
+impl Limit {
+    /// A limit on requests only.
+    pub const fn rows(rows: usize) -> Self {
+        Self {
+            rows,
+            bytes: usize::MAX,
+        }
+    }
 }
 
 /// The stored cursor of `target` (0 when it has none).
@@ -315,7 +346,7 @@ mod tests {
         crate::classify::crs::stage::set_active(&conn, true).unwrap();
         conn.execute("UPDATE classify_state SET cursor_id = 1", [])
             .unwrap();
-        let batch = outbox.next_batch(100, f64::INFINITY).unwrap();
+        let batch = outbox.next_batch(Limit::rows(100), f64::INFINITY).unwrap();
         assert_eq!(
             lines(&batch).len(),
             1,
@@ -324,7 +355,7 @@ mod tests {
         assert_eq!(batch.next_id, 1);
         // A tarpit started with the CRS off: nothing waits.
         crate::classify::crs::stage::set_active(&conn, false).unwrap();
-        let batch = outbox.next_batch(100, f64::INFINITY).unwrap();
+        let batch = outbox.next_batch(Limit::rows(100), f64::INFINITY).unwrap();
         assert_eq!(lines(&batch).len(), 3);
     }
 
@@ -340,7 +371,7 @@ mod tests {
         )
         .unwrap();
         // The open row is young: row 1 goes, 3 waits behind 2.
-        let batch = outbox.next_batch(100, 0.0).unwrap();
+        let batch = outbox.next_batch(Limit::rows(100), 0.0).unwrap();
         let rows = lines(&batch);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0]["conn_id"], 1);
@@ -355,13 +386,20 @@ mod tests {
         outbox.acknowledge(&batch).unwrap();
         assert_eq!(outbox.backlog().unwrap().rows, 2);
         // Past `open_after`, the open row goes as it stands, and 3 after it.
-        let late = outbox.next_batch(100, unix_now() + 1.0).unwrap();
+        let late = outbox
+            .next_batch(Limit::rows(100), unix_now() + 1.0)
+            .unwrap();
         let ids: Vec<_> = lines(&late).iter().map(|r| r["conn_id"].clone()).collect();
         assert_eq!(ids, [2, 3]);
         let open_version = lines(&late)[0]["version"].as_i64().unwrap();
         outbox.acknowledge(&late).unwrap();
         assert_eq!(outbox.backlog().unwrap(), Backlog::default());
-        assert!(outbox.next_batch(100, unix_now()).unwrap().is_empty());
+        assert!(
+            outbox
+                .next_batch(Limit::rows(100), unix_now())
+                .unwrap()
+                .is_empty()
+        );
         // The watched row ends (as the sink records it): shipped again, newer, then forgotten.
         let seq = crate::db::next_change_seq(&conn).unwrap();
         conn.execute(
@@ -371,13 +409,13 @@ mod tests {
         .unwrap();
         crate::db::store_change_seq(&conn, seq).unwrap();
         assert_eq!(outbox.backlog().unwrap().rows, 1);
-        let ended = outbox.next_batch(100, 0.0).unwrap();
+        let ended = outbox.next_batch(Limit::rows(100), 0.0).unwrap();
         let rows = lines(&ended);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0]["end_reason"], "client_closed");
         assert!(rows[0]["version"].as_i64().unwrap() > open_version);
         outbox.acknowledge(&ended).unwrap();
-        assert!(outbox.next_batch(100, 0.0).unwrap().is_empty());
+        assert!(outbox.next_batch(Limit::rows(100), 0.0).unwrap().is_empty());
         // A rare writer's change to a shipped row (an AbuseIPDB report) asks for it again; the
         // cursor survives a reopen.
         conn.execute(
@@ -386,7 +424,7 @@ mod tests {
         )
         .unwrap();
         let mut reopened = Outbox::open(&dir.path().join("t.db"), stamp(), "clickhouse").unwrap();
-        let again = lines(&reopened.next_batch(100, 0.0).unwrap());
+        let again = lines(&reopened.next_batch(Limit::rows(100), 0.0).unwrap());
         assert_eq!(again.len(), 1);
         assert_eq!(again[0]["conn_id"], 3);
         let totals = shipped(&conn).unwrap();
@@ -399,14 +437,14 @@ mod tests {
         let (_dir, conn, mut outbox) = setup();
         insert(&conn, 1, Some("complete"));
         insert(&conn, 2, Some("complete"));
-        let first = outbox.next_batch(1, 0.0).unwrap();
+        let first = outbox.next_batch(Limit::rows(1), 0.0).unwrap();
         outbox.acknowledge(&first).unwrap();
-        let second = outbox.next_batch(1, 0.0).unwrap();
+        let second = outbox.next_batch(Limit::rows(1), 0.0).unwrap();
         // `tarpit classify` re-tags everything meanwhile.
         conn.execute("UPDATE ship_state SET cursor_id = 0", [])
             .unwrap();
         outbox.acknowledge(&second).unwrap();
-        let again = lines(&outbox.next_batch(10, 0.0).unwrap());
+        let again = lines(&outbox.next_batch(Limit::rows(10), 0.0).unwrap());
         let ids: Vec<_> = again.iter().map(|r| r["conn_id"].clone()).collect();
         assert_eq!(ids, [1, 2]);
     }
@@ -421,15 +459,15 @@ mod tests {
             [],
         )
         .unwrap();
-        let rows = lines(&outbox.next_batch(100, 0.0).unwrap());
+        let rows = lines(&outbox.next_batch(Limit::rows(100), 0.0).unwrap());
         let order: Vec<_> = rows.iter().map(|r| r["conn_id"].clone()).collect();
         assert_eq!(order, [1, 7]);
         assert_eq!(rows[1]["version"], 0);
         // One at a time, the cursor moves on.
-        let one = outbox.next_batch(1, 0.0).unwrap();
+        let one = outbox.next_batch(Limit::rows(1), 0.0).unwrap();
         outbox.acknowledge(&one).unwrap();
         assert_eq!(outbox.backlog().unwrap().rows, 1);
-        let rest = lines(&outbox.next_batch(10, 0.0).unwrap());
+        let rest = lines(&outbox.next_batch(Limit::rows(10), 0.0).unwrap());
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0]["conn_id"], 7);
     }
@@ -459,12 +497,58 @@ mod tests {
         conn.execute("UPDATE events SET body_preview = x'00ff'", [])
             .unwrap();
         let mut outbox = Outbox::open(&path, stamp(), "clickhouse").unwrap();
-        let rows = lines(&outbox.next_batch(10, 0.0).unwrap());
+        let rows = lines(&outbox.next_batch(Limit::rows(10), 0.0).unwrap());
         assert_eq!(rows[0]["conn_id"], 0);
         assert_eq!(rows[0]["request_seq"], rows[0]["event_id"]);
         assert_eq!(rows[0]["sensor_id"], "s1");
         assert_eq!(rows[0]["timestamp"], 1_709_288_130);
         assert_eq!(rows[0]["body_preview_hex"], "00ff");
         assert_eq!(rows[0]["reported_to_abuseipdb"], 0);
+    }
+
+    /// A batch stops at its byte limit (the row crossing it is the last), and the next batch
+    /// goes on from there: every row once, however large.
+    #[test]
+    fn a_batch_stops_at_its_byte_limit_and_the_next_goes_on() {
+        let (_dir, conn, mut outbox) = setup();
+        for conn_id in 1..=6 {
+            insert(&conn, conn_id, Some("complete"));
+            // 20 KB of '"' per User-Agent: escaped twice in the shipped JSON.
+            conn.execute(
+                "UPDATE events SET user_agent = ?1 WHERE conn_id = ?2",
+                params!["\"".repeat(20_000), conn_id],
+            )
+            .unwrap();
+        }
+        let limit = Limit {
+            rows: 100,
+            bytes: 50_000,
+        };
+        let mut seen = Vec::new();
+        loop {
+            let batch = outbox.next_batch(limit, 0.0).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            let one_row_over = batch.body.len() - batch.body.len() / batch.rows;
+            assert!(
+                one_row_over < 50_000,
+                "{} bytes in {} rows",
+                batch.body.len(),
+                batch.rows
+            );
+            seen.extend(lines(&batch).iter().map(|r| r["conn_id"].as_i64().unwrap()));
+            outbox.acknowledge(&batch).unwrap();
+        }
+        assert_eq!(seen, [1, 2, 3, 4, 5, 6]);
+        // A single row above the limit still goes, alone.
+        insert(&conn, 7, Some("complete"));
+        conn.execute(
+            "UPDATE events SET user_agent = ?1 WHERE conn_id = 7",
+            ["x".repeat(80_000)],
+        )
+        .unwrap();
+        let big = outbox.next_batch(limit, 0.0).unwrap();
+        assert_eq!(big.rows, 1);
     }
 }
