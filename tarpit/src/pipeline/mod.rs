@@ -147,7 +147,20 @@ async fn run(
             let (figures, received) = tokio::sync::watch::channel(Default::default());
             learner.follow_fleet(received);
             let (stop, stopped) = tokio::sync::watch::channel(false);
-            let task = tokio::spawn(crate::ship::fleet::run(setup, figures, stopped));
+            let (setup, figures) = (Arc::new(setup), Arc::new(figures));
+            let restart = stopped.clone();
+            let task = tokio::spawn(crate::ship::supervise(
+                "the fleet exchange",
+                restart,
+                crate::ship::RESTART_AFTER,
+                move || {
+                    Ok(crate::ship::fleet::run(
+                        setup.clone(),
+                        figures.clone(),
+                        stopped.clone(),
+                    ))
+                },
+            ));
             Some((stop, task))
         }
         _ => None,

@@ -216,8 +216,8 @@ pub fn fleet_figures(
 /// Runs the exchange until `stop`: ships this sensor's figures, reads the fleet's, publishes
 /// them to the learner through `figures`.
 pub async fn run(
-    setup: FleetSetup,
-    figures: watch::Sender<Arc<FleetFigures>>,
+    setup: Arc<FleetSetup>,
+    figures: Arc<watch::Sender<Arc<FleetFigures>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut errors = LogThrottle::new(Duration::from_secs(60));

@@ -45,7 +45,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long a shipper that stopped on a panic waits before it starts again.
-const RESTART_AFTER: Duration = Duration::from_secs(5);
+pub const RESTART_AFTER: Duration = Duration::from_secs(5);
 
 /// Everything the shipper needs, gathered at start.
 #[derive(Debug)]
@@ -135,13 +135,18 @@ impl Shipper {
         let (stop, stopped) = watch::channel(false);
         let reopen = setup.reopen.clone();
         let mut first = Some(setup);
-        let task = tokio::spawn(supervise(stopped.clone(), RESTART_AFTER, move || {
-            let setup = match first.take() {
-                Some(setup) => Ok(setup),
-                None => reopen.open(),
-            };
-            setup.map(|setup| run(setup, stopped.clone()))
-        }));
+        let task = tokio::spawn(supervise(
+            "the ClickHouse shipper",
+            stopped.clone(),
+            RESTART_AFTER,
+            move || {
+                let setup = match first.take() {
+                    Some(setup) => Ok(setup),
+                    None => reopen.open(),
+                };
+                setup.map(|setup| run(setup, stopped.clone()))
+            },
+        ));
         Self { stop, task }
     }
 
@@ -158,10 +163,12 @@ impl Shipper {
     }
 }
 
-/// Runs the shipper built by `start` until it returns (asked to stop); a shipper that ends on a
-/// panic (a bug: no input should cause one) is logged and started again after
-/// `pause` ([`RESTART_AFTER`]), from the cursor in SQLite, so shipping never ends silently.
-async fn supervise<F>(
+/// Runs the task built by `start` (the shipper, the fleet exchange) until it returns (asked
+/// to stop); one that ends on a panic (a bug: no input should cause one) is logged and started
+/// again after `pause` ([`RESTART_AFTER`]), the shipper from its cursor in SQLite, so shipping
+/// never ends silently. `what` names it in the log.
+pub async fn supervise<F>(
+    what: &'static str,
     mut stop: watch::Receiver<bool>,
     pause: Duration,
     mut start: impl FnMut() -> anyhow::Result<F> + Send,
@@ -179,8 +186,8 @@ async fn supervise<F>(
         };
         metrics::counter!("tarpit_ship_restarts_total").increment(1);
         tracing::error!(
-            "the ClickHouse shipper {ended}; starting it again in {} s (the rows stay queued \
-             in SQLite)",
+            "{what} {ended}; starting it again in {} s (nothing recorded is lost: what it \
+             ships stays in SQLite)",
             pause.as_secs_f64()
         );
         if *stop.borrow() {
@@ -569,7 +576,7 @@ mod tests {
         let (_stop, stopped) = watch::channel(false);
         let starts = Arc::new(AtomicUsize::new(0));
         let counted = starts.clone();
-        supervise(stopped, Duration::from_millis(10), move || {
+        supervise("test", stopped, Duration::from_millis(10), move || {
             let run = counted.fetch_add(1, Ordering::SeqCst);
             Ok(async move {
                 if run == 0 {
@@ -583,7 +590,7 @@ mod tests {
         stop.send(true).unwrap();
         let starts = Arc::new(AtomicUsize::new(0));
         let counted = starts.clone();
-        supervise(stopped, Duration::from_millis(10), move || {
+        supervise("test", stopped, Duration::from_millis(10), move || {
             counted.fetch_add(1, Ordering::SeqCst);
             Ok(async { panic!("again") })
         })
