@@ -341,13 +341,9 @@ fn an_operator_persona_is_served_and_a_bad_one_names_file_entry_and_reason() {
     }
 }
 
-/// Connects from `source` (a loopback address: 127.0.0.0/8 is all local) and sends `request`.
+/// Sends `request` from `source` (a loopback address: another network).
 fn connect_from(source: &str, tarpit: &Tarpit, request: &str) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let source: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
-    socket.bind(&source.into()).unwrap();
-    socket.connect(&tarpit.addr.into()).unwrap();
-    let mut stream: TcpStream = socket.into();
+    let mut stream = common::connect_from(source, tarpit.addr);
     stream.write_all(request.as_bytes()).unwrap();
     stream
 }

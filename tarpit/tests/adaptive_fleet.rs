@@ -36,13 +36,9 @@ fn start_sensor(dir: &Path, id: &str, ship: &str) -> Tarpit {
     )
 }
 
-/// Connects from `source` (127.0.0.0/8 is all local) and sends a GET for `path`.
+/// Sends a GET for `path` from `source` (a loopback address: another network).
 fn connect_from(source: &str, tarpit: &Tarpit, path: &str) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let source: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
-    socket.bind(&source.into()).unwrap();
-    socket.connect(&tarpit.addr.into()).unwrap();
-    let mut stream: TcpStream = socket.into();
+    let mut stream = common::connect_from(source, tarpit.addr);
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: t\r\nUser-Agent: {SCANNER}\r\nAccept: */*\r\n\r\n");
     stream.write_all(request.as_bytes()).unwrap();

@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use common::fronts::{self, free_port};
@@ -27,12 +27,7 @@ const HELD: &[&str] = &[
 
 /// Connects to the front end from `source` (another loopback address: another client).
 fn connect_from(source: &str, front: u16) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let from: SocketAddr = format!("{source}:0").parse().unwrap();
-    socket.bind(&from.into()).unwrap();
-    let to: SocketAddr = format!("127.0.0.1:{front}").parse().unwrap();
-    socket.connect(&to.into()).unwrap();
-    let stream: TcpStream = socket.into();
+    let stream = common::connect_from(source, format!("127.0.0.1:{front}").parse().unwrap());
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();

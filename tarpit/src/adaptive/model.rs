@@ -50,6 +50,20 @@ pub struct ModelConfig {
     pub min_give_up: f64,
 }
 
+impl Default for ModelConfig {
+    /// What the default configuration gives (`[adaptive]` defaults, a 1.5 s drip interval).
+    fn default() -> Self {
+        Self {
+            quantile: 0.1,
+            min_samples: 3,
+            min_prefixes: 3,
+            floor: 6.0,
+            max_families: 10_000,
+            min_give_up: 3.0,
+        }
+    }
+}
+
 /// How an adaptive response ended, as the model sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Outcome {
@@ -392,12 +406,9 @@ mod tests {
 
     fn config() -> ModelConfig {
         ModelConfig {
-            quantile: 0.1,
-            min_samples: 3,
-            min_prefixes: 3,
             floor: 4.0,
             max_families: 100,
-            min_give_up: 3.0,
+            ..ModelConfig::default()
         }
     }
 

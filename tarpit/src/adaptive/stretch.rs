@@ -136,14 +136,7 @@ mod tests {
     /// its figure later; the next give-up brings it back.
     #[test]
     fn continuations_move_a_shared_figure_later_within_its_evidence() {
-        let mut model = GiveUpModel::new(ModelConfig {
-            quantile: 0.1,
-            min_samples: 3,
-            min_prefixes: 3,
-            floor: 4.0,
-            max_families: 100,
-            min_give_up: 1.0,
-        });
+        let mut model = GiveUpModel::new(ModelConfig::default());
         let ua_figure = |model: &GiveUpModel| {
             let snapshot = model.snapshot(Arc::from(Vec::new()));
             let keys = FamilyKeys::of("192.0.2.1".parse().unwrap(), Some("scan/1"), "h", None);

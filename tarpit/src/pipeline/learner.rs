@@ -194,14 +194,7 @@ mod tests {
     fn give_ups_become_a_published_figure_and_rows_to_store() {
         let snapshot: SharedSnapshot =
             Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::default()));
-        let model = GiveUpModel::new(ModelConfig {
-            quantile: 0.1,
-            min_samples: 3,
-            min_prefixes: 3,
-            floor: 4.0,
-            max_families: 100,
-            min_give_up: 3.0,
-        });
+        let model = GiveUpModel::new(ModelConfig::default());
         let mut learner = Learner::new(model, Arc::from(Vec::new()), snapshot.clone());
         for conn_id in 1..=3 {
             let record = request(conn_id, &snapshot.load());
@@ -247,14 +240,7 @@ mod tests {
     fn a_next_request_at_once_after_a_planned_end_moves_the_figure_later() {
         let snapshot: SharedSnapshot =
             Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::default()));
-        let model = GiveUpModel::new(ModelConfig {
-            quantile: 0.1,
-            min_samples: 3,
-            min_prefixes: 3,
-            floor: 4.0,
-            max_families: 100,
-            min_give_up: 3.0,
-        });
+        let model = GiveUpModel::new(ModelConfig::default());
         let mut learner = Learner::new(model, Arc::from(Vec::new()), snapshot.clone());
         let end = |conn_id, reason, seconds| ResponseEnd {
             conn_id,

@@ -315,6 +315,20 @@ pub fn split_head(response: &[u8]) -> (String, Vec<u8>) {
 }
 
 /// Polls `check` every 20 ms until it gives a value or `timeout` passes.
+/// Connects to `to` from `source`, another loopback address (127.0.0.0/8 is all local): a
+/// client of another network, as far as the tarpit can tell. Reads time out after 10 s.
+pub fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&from.into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
 pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
