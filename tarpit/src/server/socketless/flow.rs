@@ -16,6 +16,14 @@ pub const NO_FIN: u32 = u32::MAX;
 /// Ticks a flow lingers after our FIN, for the client's FIN to be acknowledged.
 const LINGER_TICKS: u8 = 4;
 
+/// Resends of a full outstanding segment back off exponentially, up to `2^MAX_BACKOFF` ticks
+/// apart (about 96 s at the default 1.5 s tick), as a kernel socket's retransmission timer.
+const MAX_BACKOFF: u8 = 6;
+
+/// Bytes a flow may send again beyond its stream's length before its peer counts as gone: a
+/// client that keeps a flow alive without taking what it is sent gets no more than this.
+const RESEND_ALLOWANCE: u32 = 16 * 1024;
+
 /// Where the bytes of a held response come from.
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {
@@ -95,7 +103,7 @@ pub enum Step {
     },
     /// Closing: both FINs are acknowledged but the client's; acknowledge it and forget.
     AckFinAndForget,
-    /// Closing: nothing to send now.
+    /// Nothing to send this tick (closing, or backing off a resend).
     Wait,
     /// Closing is over: forget the flow.
     Forget,
@@ -144,6 +152,12 @@ pub struct Flow {
     pub bits: u8,
     /// Ticks spent closing.
     pub closing_ticks: u8,
+    /// Resends in a row without the client's progress (the backoff's exponent).
+    pub resends: u8,
+    /// Ticks left before the next resend may go.
+    pub resend_wait: u8,
+    /// Bytes sent again so far (each byte counted once per time it went again).
+    pub resent: u32,
 }
 
 impl Flow {
@@ -174,9 +188,16 @@ impl Flow {
         let fin_sent = self.has(Self::CLOSING);
         let acked = status.ack.wrapping_sub(self.seq_zero);
         let highest = self.sent + u32::from(fin_sent);
+        // Never an ACK of more than was sent (the hook passes any).
         if acked > self.acked && acked <= highest {
+            let (advance, outstanding) = (acked - self.acked, highest - self.acked);
             self.acked = acked;
-            self.progress_ms = now_ms;
+            // Real progress: at least half a segment, or all that was outstanding. A client that
+            // acknowledges a byte at a time to keep a flow alive does not reset its silence.
+            if advance >= (u32::from(self.mss) / 2).min(outstanding) {
+                self.progress_ms = now_ms;
+                (self.resends, self.resend_wait) = (0, 0);
+            }
         }
         let client_fin = status.fin_ms != 0 || self.fin_ms != NO_FIN;
         if fin_sent {
@@ -203,25 +224,36 @@ impl Flow {
             self.progress_ms = now_ms; // nothing outstanding: silence counts from the next send
         }
         let waiting = now_ms.wrapping_sub(self.progress_ms);
-        if self.acked < self.sent && waiting >= timeouts.peer_ms {
+        let outstanding = self.sent - self.acked;
+        let over_budget = self.resent > source.length().saturating_add(RESEND_ALLOWANCE);
+        if outstanding > 0 && (waiting >= timeouts.peer_ms || over_budget) {
             return Step::Gone {
                 reason: "peer_gone",
                 at_ms: None,
             };
         }
-        // The next tick's bytes, sent together with anything not yet acknowledged (a lost
-        // segment goes again from the client's last ACK).
-        let to = source.tick_end(self.sent);
-        if to - self.acked > u32::from(self.mss) {
-            // Far behind (a closed window, many losses): resend what fits, add nothing new.
-            let to = self.acked + u32::from(self.mss);
+        // The next tick's bytes, never more than one segment past the client's ACK, sent
+        // together with anything not yet acknowledged (a lost segment goes again from the
+        // client's last ACK). A tick larger than a segment goes over several ticks.
+        let mss = u32::from(self.mss).max(1);
+        let to = source.tick_end(self.sent).min(self.acked + mss);
+        if to <= self.sent {
+            // A full segment outstanding and nothing new fits: send it again, backing off.
+            if self.resend_wait > 0 {
+                self.resend_wait -= 1;
+                return Step::Wait;
+            }
+            self.resends = (self.resends + 1).min(MAX_BACKOFF);
+            self.resend_wait = (1u8 << self.resends) - 1;
+            self.resent = self.resent.saturating_add(outstanding);
             return Step::Send {
                 from: self.acked,
-                to,
+                to: self.sent,
                 fin: false,
                 ended: None,
             };
         }
+        self.resent = self.resent.saturating_add(outstanding);
         self.sent = to;
         let complete = to >= source.length();
         if complete {
@@ -233,6 +265,13 @@ impl Flow {
             fin: complete,
             ended: complete.then_some("complete"),
         }
+    }
+
+    /// At shutdown the unacknowledged bytes go again, then `tail_len` bytes of closing chunk
+    /// with our FIN: whether they fit one segment (else the tail and FIN go in a second one,
+    /// so no segment is ever larger than the MSS).
+    pub fn shutdown_fits(&self, tail_len: usize) -> bool {
+        (self.sent - self.acked.min(self.sent)) as usize + tail_len <= usize::from(self.mss)
     }
 
     /// Ends the response here: what was not acknowledged goes again with our FIN.
@@ -304,6 +343,9 @@ mod tests {
             page: 0,
             bits: Flow::CHUNKED,
             closing_ticks: 0,
+            resends: 0,
+            resend_wait: 0,
+            resent: 0,
         }
     }
 
@@ -320,11 +362,12 @@ mod tests {
     }
 
     /// A held flow's user-space state: what the memory goal of `bench hold --hold socketless`
-    /// is built on (the hook's map entry is the rest).
+    /// is built on (the hook's map entry is the rest). 96 since the resend backoff and budget
+    /// (issue 24); 88 before.
     #[test]
-    fn a_flow_is_at_most_88_bytes() {
+    fn a_flow_is_at_most_96_bytes() {
         assert!(
-            std::mem::size_of::<Flow>() <= 88,
+            std::mem::size_of::<Flow>() <= 96,
             "{}",
             std::mem::size_of::<Flow>()
         );
@@ -518,5 +561,147 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// Issue 24, item 1: a client that acknowledges one byte every 58 s. On a kernel socket
+    /// it would get resends with backoff and be dropped; here too: the byte-at-a-time ACKs are
+    /// no progress, resends of a full segment back off, and the flow ends `peer_gone` one
+    /// `peer_timeout` after the last real progress, having been sent little more than its
+    /// stream.
+    #[test]
+    fn a_slow_acking_client_gets_backed_off_resends_and_is_peer_gone() {
+        static BODY: [u8; 20_000] = [b'x'; 20_000];
+        let source = Source::Page {
+            bytes: &BODY,
+            per_tick: 600,
+        };
+        let mut f = flow(0);
+        f.bits = Flow::PAGE;
+        (f.sent, f.acked, f.mss) = (0, 0, 1000);
+        let (mut sent_bytes, mut segments, mut ack) = (0u64, 0u32, 0u32);
+        let mut ended = None;
+        for tick in 1..=2400u32 {
+            let now = tick * 1500;
+            if now % 58_000 < 1500 {
+                ack += 1; // one more byte, every 58 s
+            }
+            match f.step(&status(ack), &source, now, TIMEOUTS) {
+                Step::Send { from, to, .. } => {
+                    sent_bytes += u64::from(to - from);
+                    segments += 1;
+                    assert!(to <= f.sent, "never past what was sent");
+                    assert!(to - from <= u32::from(f.mss));
+                }
+                Step::Wait => {}
+                Step::Gone { reason, .. } => {
+                    ended = Some((reason, now));
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let (reason, at) = ended.expect("the flow ends");
+        assert_eq!(reason, "peer_gone");
+        assert!(at <= 62_000, "ended at {at} ms");
+        assert!(segments < 20, "{segments} segments");
+        assert!(sent_bytes < 8_000, "{sent_bytes} bytes");
+    }
+
+    /// A client that never acknowledges: resends of the outstanding segment come 1, 2, 4, ...
+    /// ticks apart, not every tick.
+    #[test]
+    fn resends_of_a_full_segment_back_off_exponentially() {
+        static BODY: [u8; 20_000] = [b'x'; 20_000];
+        let source = Source::Page {
+            bytes: &BODY,
+            per_tick: 1000,
+        };
+        let mut f = flow(0);
+        f.bits = Flow::PAGE;
+        (f.sent, f.acked, f.mss) = (0, 0, 1000);
+        let quiet = Timeouts {
+            lifetime_ms: u32::MAX / 4,
+            peer_ms: u32::MAX / 4,
+        };
+        let sends: Vec<u32> = (1..=40u32)
+            .filter(|tick| {
+                matches!(
+                    f.step(&status(0), &source, tick * 1500, quiet),
+                    Step::Send { .. }
+                )
+            })
+            .collect();
+        // The first send, then resends after waits of 1, 3, 7, 15 ticks, ...
+        assert_eq!(sends, [1, 2, 4, 8, 16, 32]);
+    }
+
+    /// The resend budget: once a flow has sent its stream's length and 16 KiB again, a client
+    /// still behind is gone, whatever its ACKs.
+    #[test]
+    fn a_flow_past_its_resend_budget_is_peer_gone() {
+        let drip = DripResponse::new(b".", 1200, "nginx");
+        let source = Source::Drip(&drip, Framing::Raw);
+        let mut f = flow(0);
+        f.bits = 0;
+        (f.sent, f.acked) = (10, 5);
+        f.resent = source.length() + RESEND_ALLOWANCE;
+        assert!(matches!(
+            f.step(&status(5), &source, 1, TIMEOUTS),
+            Step::Send { .. }
+        ));
+        assert_eq!(
+            f.step(&status(5), &source, 2, TIMEOUTS),
+            Step::Gone {
+                reason: "peer_gone",
+                at_ms: None
+            }
+        );
+    }
+
+    /// Issue 24, item 2: a tick larger than a segment (2,000 bytes, MSS 536) goes over several
+    /// ticks, each segment within what was sent, and the client's ACK of it is taken: the flow
+    /// goes on to its end instead of sending one segment again until its lifetime ends.
+    #[test]
+    fn a_tick_larger_than_a_segment_never_stalls_the_flow() {
+        static BODY: [u8; 6_000] = [b'y'; 6_000];
+        let source = Source::Page {
+            bytes: &BODY,
+            per_tick: 2_000,
+        };
+        let mut f = flow(0);
+        f.bits = Flow::PAGE;
+        (f.sent, f.acked, f.mss) = (0, 0, 536);
+        let mut ack = 0;
+        for tick in 1..=40u32 {
+            match f.step(&status(ack), &source, tick * 1500, TIMEOUTS) {
+                Step::Send {
+                    from, to, ended, ..
+                } => {
+                    assert!(to <= f.sent && to - from <= 536, "{from}..{to}");
+                    ack = to; // the client takes everything it is sent
+                    if ended == Some("complete") {
+                        assert_eq!(to, 6_000);
+                        return;
+                    }
+                }
+                other => panic!("tick {tick}: {other:?}"),
+            }
+        }
+        panic!(
+            "the page never completed: sent {}, acked {}",
+            f.sent, f.acked
+        );
+    }
+
+    /// Issue 24, item 2: at shutdown, a full segment pending and the closing chunk do not fit
+    /// one segment; the holder sends them as two.
+    #[test]
+    fn a_full_segment_and_the_closing_chunk_do_not_fit_one_segment() {
+        let mut f = flow(0);
+        (f.sent, f.acked, f.mss) = (1406, 6, 1400);
+        assert!(f.shutdown_fits(0));
+        assert!(!f.shutdown_fits(5));
+        f.acked = 11;
+        assert!(f.shutdown_fits(5));
     }
 }

@@ -261,6 +261,9 @@ impl Holder {
             local,
             bits,
             closing_ticks: 0,
+            resends: 0,
+            resend_wait: 0,
+            resent: 0,
         };
         let mut state = self.state.borrow_mut();
         let slot = state.flows.insert(flow) as u32;
@@ -521,14 +524,35 @@ impl Holder {
                 };
                 let source = self.source(&flow);
                 let ack = flow.rcv_nxt;
-                state.out.queue(
-                    (&kit.raw, self.local_ip(&flow)),
-                    &flow,
-                    (from, flow.sent),
-                    ack,
-                    (true, &status),
-                    (Some(&source), tail),
-                );
+                let local = (&kit.raw, self.local_ip(&flow));
+                if flow.shutdown_fits(tail.len()) {
+                    state.out.queue(
+                        local,
+                        &flow,
+                        (from, flow.sent),
+                        ack,
+                        (true, &status),
+                        (Some(&source), tail),
+                    );
+                } else {
+                    // A full segment pending: it first, then the closing chunk and FIN.
+                    state.out.queue(
+                        local,
+                        &flow,
+                        (from, flow.sent),
+                        ack,
+                        (false, &status),
+                        (Some(&source), &[]),
+                    );
+                    state.out.queue(
+                        local,
+                        &flow,
+                        (flow.sent, flow.sent),
+                        ack,
+                        (true, &status),
+                        (None, tail),
+                    );
+                }
                 flow.bits |= Flow::CLOSING;
                 self.record(&flow, "shutdown", now);
             }

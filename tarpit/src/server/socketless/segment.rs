@@ -322,9 +322,11 @@ impl Out {
         (fin, status): (bool, &HeldStatus),
         (source, tail): (Option<&Source<'_>>, &[u8]),
     ) {
-        let len = (to.saturating_sub(from) as usize).min(usize::from(flow.mss));
+        let mss = usize::from(flow.mss);
+        let len = (to.saturating_sub(from) as usize).min(mss);
         let mut n = source.map_or(0, |source| source.copy(from, &mut self.payload[..len]));
-        let extra = tail.len().min(self.payload.len() - n);
+        // Never past the MSS (the caller splits what does not fit: `Flow::shutdown_fits`).
+        let extra = tail.len().min(mss.min(self.payload.len()) - n);
         self.payload[n..n + extra].copy_from_slice(&tail[..extra]);
         n += extra;
         let local = SocketAddr::new(local_ip, flow.key.local_port);
