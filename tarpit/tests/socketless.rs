@@ -444,3 +444,40 @@ fn an_adaptive_page_with_no_planned_end_is_held_without_a_socket() {
     );
     assert_eq!(rows[1].1, "adaptive");
 }
+
+/// Issue 24, item 3: held flows count against their client's per-client cap as sockets do, so
+/// one client cannot take every socketless slot; the places come back when the flows end.
+#[test]
+fn held_flows_count_against_their_clients_cap() {
+    if !prerequisites_met(&["ip", "ss", "iptables"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let tarpit = start(
+        &lab,
+        &["--response-delay", "0.2", "--max-connections-per-ip", "2"],
+    );
+    let to: SocketAddr = format!("{SENSOR_V4}:8080").parse().unwrap();
+    let first = held_client(&lab, to, "/one");
+    let second = held_client(&lab, to, "/two");
+    wait_all_socketless(&lab);
+    // Two flows held without a socket: a third connection of the same client is refused.
+    let _third = lab.as_client(move || {
+        let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+        let _ = write!(stream, "GET /three HTTP/1.1\r\nHost: sensor\r\n\r\n");
+        stream
+    });
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM connections WHERE end_reason = 'refused_per_ip'",
+        1,
+    );
+    // The held flows end (the client resets them): the client's places come back.
+    drop((first, second));
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE end_reason IN ('client_reset', 'client_closed')",
+        2,
+    );
+    let fourth = held_client(&lab, to, "/four");
+    drop(fourth);
+    tarpit.wait_count("SELECT COUNT(*) FROM events WHERE http_path = '/four'", 1);
+}

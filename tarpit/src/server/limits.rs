@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 /// Counters per sketch row.
 const SLOTS: usize = 1 << 16;
+// A held flow keeps its slots as 16-bit numbers (`HeldPlace`).
+const _: () = assert!(SLOTS <= 1 << 16);
 
 /// Why a connection was refused; the text is the recorded `end_reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +140,13 @@ impl ConnectionLimits {
         }
     }
 
+    /// Gives back the per-client place of a held flow that ended.
+    pub fn release_held(&self, place: HeldPlace) {
+        if let Some(sketch) = &self.sketch {
+            release(sketch, place.map(usize::from));
+        }
+    }
+
     /// Connections held right now.
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
@@ -166,7 +175,24 @@ impl ConnectionLimits {
     }
 }
 
+/// A client's place under the per-client cap, kept by a socketless-held flow after its
+/// socket (and its place under the total cap, which counts descriptors) is gone: the two
+/// sketch slots, which fit in 16 bits each.
+pub type HeldPlace = [u16; 2];
+
 impl ConnectionPermit {
+    /// The per-client place this connection holds, if any, to be kept by a held flow.
+    pub fn client_place(&self) -> Option<HeldPlace> {
+        self.slots.map(|slots| slots.map(|slot| slot as u16))
+    }
+
+    /// Hands the per-client place over (to a held flow, which gives it back with
+    /// [`ConnectionLimits::release_held`]): dropping the permit then releases only the total
+    /// place.
+    pub fn hand_over_client_place(&mut self) {
+        self.slots = None;
+    }
+
     /// Counts this connection against `client` (prefix-aggregated) under the per-client cap,
     /// giving back the place of any client it was counted against before (a proxy's
     /// keep-alive connection may carry several clients in turn). On refusal the connection
@@ -242,6 +268,28 @@ pub fn effective_max_connections(configured: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection handed to the socketless hold gives back its place under the total cap
+    /// (it no longer holds a descriptor) but keeps its client's until the held flow ends.
+    #[test]
+    fn a_held_flow_keeps_its_clients_place() {
+        let limits = Arc::new(ConnectionLimits::new(2, 2, ClientPrefixes::default()));
+        let mut places = Vec::new();
+        for _ in 0..2 {
+            let mut permit = limits.try_admit(ip("192.0.2.7")).unwrap();
+            places.push(permit.client_place().unwrap());
+            permit.hand_over_client_place();
+        }
+        assert_eq!(limits.active(), 0, "no descriptors held");
+        assert_eq!(
+            limits.try_admit(ip("192.0.2.7")).unwrap_err(),
+            Refusal::PerIp,
+            "two held flows are two of the client's places"
+        );
+        let _other = limits.try_admit(ip("192.0.2.8")).unwrap();
+        limits.release_held(places.pop().unwrap());
+        let _again = limits.try_admit(ip("192.0.2.7")).unwrap();
+    }
 
     fn ip(s: &str) -> Option<IpAddr> {
         Some(s.parse().unwrap())

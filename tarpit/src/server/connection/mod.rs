@@ -171,9 +171,14 @@ impl Held for Connection {
             started: state.started,
             fin_ms: state.fin_ms,
             stream,
+            client_place: self.permit.client_place(),
         };
         match holder.admit(&frozen, response) {
-            Ok(()) => true,
+            Ok(()) => {
+                // The flow keeps the client's place; the socket's descriptor place goes.
+                self.permit.hand_over_client_place();
+                true
+            }
             Err(error) => {
                 repair::thaw(self.fd());
                 state.socketless = false;

@@ -158,6 +158,9 @@ pub struct Flow {
     pub resend_wait: u8,
     /// Bytes sent again so far (each byte counted once per time it went again).
     pub resent: u32,
+    /// The client's place under the per-client cap, given back when the flow ends (with
+    /// [`Flow::COUNTED`]).
+    pub place: crate::server::limits::HeldPlace,
 }
 
 impl Flow {
@@ -171,6 +174,8 @@ impl Flow {
     pub const CLOSING: u8 = 8;
     /// The connection negotiated TCP timestamps: segments carry the option.
     pub const TIMESTAMPS: u8 = 16;
+    /// The flow holds its client's place under the per-client cap (`place`).
+    pub const COUNTED: u8 = 32;
 
     /// Whether a bit is set.
     pub fn has(&self, bit: u8) -> bool {
@@ -346,6 +351,7 @@ mod tests {
             resends: 0,
             resend_wait: 0,
             resent: 0,
+            place: [0; 2],
         }
     }
 

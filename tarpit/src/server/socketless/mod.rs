@@ -99,6 +99,8 @@ pub struct HeldResponse {
     pub fin_ms: u32,
     /// Where the response stands.
     pub stream: HeldStream,
+    /// The client's place under the per-client cap, which the flow keeps until it ends.
+    pub client_place: Option<crate::server::limits::HeldPlace>,
 }
 
 /// Why a flow could not be held (its connection stays on its socket).
@@ -231,6 +233,9 @@ impl Holder {
         if frozen.ts_offset.is_some() {
             bits |= Flow::TIMESTAMPS;
         }
+        if response.client_place.is_some() {
+            bits |= Flow::COUNTED;
+        }
         let position = position as u32;
         let key = crate::ebpf::held::held_key(response.local, response.peer);
         let local = self.local_index(response.local.ip())?;
@@ -264,6 +269,7 @@ impl Holder {
             resends: 0,
             resend_wait: 0,
             resent: 0,
+            place: response.client_place.unwrap_or_default(),
         };
         let mut state = self.state.borrow_mut();
         let slot = state.flows.insert(flow) as u32;
@@ -385,6 +391,7 @@ impl Holder {
                 let at = at_ms.map_or(now, |ms| self.instant_of(ms, now));
                 self.record(flow, reason, at);
                 kit.map.remove(&flow.key);
+                self.release_place(flow);
                 state.flows.remove(slot);
                 None
             }
@@ -400,15 +407,24 @@ impl Holder {
                     (None, &[]),
                 );
                 kit.map.remove(&flow.key);
+                self.release_place(flow);
                 state.flows.remove(slot);
                 None
             }
             Step::Wait => Some(next),
             Step::Forget => {
                 kit.map.remove(&flow.key);
+                self.release_place(flow);
                 state.flows.remove(slot);
                 None
             }
+        }
+    }
+
+    /// Gives back the client's place under the per-client cap of a flow that is forgotten.
+    fn release_place(&self, flow: &Flow) {
+        if flow.has(Flow::COUNTED) {
+            self.shared.limits.release_held(flow.place);
         }
     }
 
@@ -557,6 +573,7 @@ impl Holder {
                 self.record(&flow, "shutdown", now);
             }
             kit.map.remove(&flow.key);
+            self.release_place(&flow);
         }
         state.out.flush(&kit.raw);
     }
