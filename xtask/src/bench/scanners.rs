@@ -251,28 +251,53 @@ fn last_conn_id(server: &Server) -> anyhow::Result<i64> {
         .with_context(|| format!("reading the last connection id: {text}"))
 }
 
-/// Every tool the bench needs, or how to install it.
-fn check_prerequisites() -> anyhow::Result<()> {
-    let missing: Vec<&str> = [
-        ("gobuster", "apt-get install gobuster"),
-        ("ffuf", "apt-get install ffuf"),
-        ("nmap", "apt-get install nmap"),
-        ("curl", "apt-get install curl"),
-        ("nginx", "apt-get install nginx-light"),
-        ("dirsearch", "apt-get install dirsearch"),
-        ("wapiti", "apt-get install wapiti"),
-        ("feroxbuster", "cargo install feroxbuster"),
-    ]
-    .iter()
-    .filter(|(tool, _)| {
-        !Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-    .map(|(_, package)| *package)
-    .collect();
-    let mut missing = missing;
+/// How to install each program the bench may run.
+const INSTALL: &[(&str, &str)] = &[
+    ("gobuster", "apt-get install gobuster"),
+    ("ffuf", "apt-get install ffuf"),
+    ("nmap", "apt-get install nmap"),
+    ("curl", "apt-get install curl"),
+    ("nginx", "apt-get install nginx-light"),
+    ("dirsearch", "apt-get install dirsearch"),
+    ("wapiti", "apt-get install wapiti"),
+    ("feroxbuster", "cargo install feroxbuster"),
+];
+
+/// The program a command line runs (after any `env VAR=...`).
+fn program(command: &str) -> &str {
+    command
+        .split_whitespace()
+        .find(|word| *word != "env" && !word.contains('='))
+        .unwrap_or("")
+}
+
+/// Every program the selected scanners (and the tools run before them) need, or how to
+/// install the missing ones.
+fn check_prerequisites(only: Option<&str>) -> anyhow::Result<()> {
+    let mut needed = vec!["nginx"];
+    for (scanner, command) in SCANNERS {
+        if only.is_none_or(|o| scanner.starts_with(o)) {
+            needed.push(program(command));
+        }
+    }
+    needed.extend(PREVIOUS.iter().map(|(_, command)| program(command)));
+    needed.sort_unstable();
+    needed.dedup();
+    let mut missing: Vec<&str> = needed
+        .into_iter()
+        .filter(|tool| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|tool| {
+            INSTALL
+                .iter()
+                .find(|(name, _)| *name == tool)
+                .map_or(tool, |(_, how)| how)
+        })
+        .collect();
     if !Path::new(WORDLIST).exists() {
         missing.push("apt-get install dirb");
     }
@@ -293,7 +318,7 @@ pub fn scanners(
     window: Duration,
     only: Option<&str>,
 ) -> anyhow::Result<Vec<(&'static str, Vec<Run>)>> {
-    check_prerequisites()?;
+    check_prerequisites(only)?;
     let logs = tempfile::tempdir()?;
     let mut results = Vec::new();
     for (scanner, template) in SCANNERS {
@@ -398,5 +423,26 @@ fn ratio(a: f64, b: f64) -> String {
         format!("{:.2}x", a / b)
     } else {
         "-".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_program_the_bench_runs_says_how_to_install_it() {
+        assert_eq!(
+            program("env PATH=/usr/bin:/bin dirsearch -u x"),
+            "dirsearch"
+        );
+        assert_eq!(program("gobuster dir -q"), "gobuster");
+        for command in SCANNERS.iter().chain(&PREVIOUS).map(|(_, c)| c) {
+            let name = program(command);
+            assert!(
+                INSTALL.iter().any(|(tool, _)| *tool == name),
+                "{name} has no install line"
+            );
+        }
     }
 }
