@@ -67,7 +67,10 @@ fn a_slow_link_gets_every_row_through_smaller_batches() {
     // 40 requests whose User-Agent is 16,000 '"', about 100 KB each once shipped (JSON inside
     // JSON escapes it twice), 4 MB in all: four seconds through the link, against a 1 s timeout.
     let dir = tempfile::tempdir().unwrap();
-    let base = "[server]\nworkers = 2\n[tarpit]\nresponse_delay = 0.02\nmax_response_bytes = 3\n";
+    // The CRS off: this test is about the link, not about how long the CRS takes on these rows
+    // (tests/crs_stop.rs).
+    let base = "[server]\nworkers = 2\n[tarpit]\nresponse_delay = 0.02\nmax_response_bytes = 3\n\
+                [classify]\ncrs = \"off\"\n";
     std::fs::write(dir.path().join("tarpit.toml"), base).unwrap();
     let env = [("TARPIT_CLICKHOUSE_PASSWORD", PASSWORD)];
     let mut tarpit = Tarpit::launch(dir.path(), &env, &["--config", "tarpit.toml"], 0);

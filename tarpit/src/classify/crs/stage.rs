@@ -79,7 +79,7 @@ pub fn evaluate_all(conn: &mut Connection, crs: &mut Crs) -> rusqlite::Result<Ba
     rewind(conn)?;
     let mut total = BatchOutcome::default();
     loop {
-        let outcome = tag_batch(conn, crs, u64::MAX)?;
+        let outcome = tag_batch(conn, crs, u64::MAX, &|| true)?;
         if outcome.rows == 0 {
             return Ok(total);
         }
@@ -115,6 +115,7 @@ pub fn tag_batch(
     conn: &mut Connection,
     crs: &mut Crs,
     backlog_max: u64,
+    keep_going: &dyn Fn() -> bool,
 ) -> rusqlite::Result<BatchOutcome> {
     let mut cursor: i64 = conn
         .query_row(
@@ -149,24 +150,29 @@ pub fn tag_batch(
         );
         cursor = to;
     }
-    let batch = read_batch(conn, cursor, BATCH)?;
+    let mut batch = read_batch(conn, cursor, BATCH)?;
+    // Evaluated in order; once `keep_going` says no (a stopping tarpit), the batch ends after
+    // the rows evaluated so far (at least one), and the cursor stops there.
+    let mut verdicts = Vec::new();
+    let mut evaluated = 0;
+    for r in &batch {
+        if evaluated > 0 && !keep_going() {
+            break;
+        }
+        evaluated += 1;
+        // A row that was no request (garbage, TLS, nothing sent) has nothing for the CRS.
+        if r.method.is_some() {
+            let verdict = crs.evaluate(&r.view(), r.client_ip.as_deref().unwrap_or("0.0.0.0"));
+            verdicts.push((r.id, r.conn_id, r.request_seq, verdict));
+        }
+    }
+    batch.truncate(evaluated);
     let Some(last) = batch.last().map(|r| r.id) else {
         return Ok(BatchOutcome {
             skipped: skipped as usize,
             ..BatchOutcome::default()
         });
     };
-    let verdicts: Vec<_> = batch
-        .iter()
-        // A row that was no request (garbage, TLS, nothing sent) has nothing for the CRS.
-        .filter(|r| r.method.is_some())
-        .map(|r| {
-            (
-                r,
-                crs.evaluate(&r.view(), r.client_ip.as_deref().unwrap_or("0.0.0.0")),
-            )
-        })
-        .collect();
     let mut outcome = BatchOutcome {
         rows: batch.len(),
         tagged: 0,
@@ -179,12 +185,12 @@ pub fn tag_batch(
             "INSERT OR IGNORE INTO request_tags (event_id, conn_id, request_seq, tag)
              VALUES (?1, ?2, ?3, ?4)",
         )?;
-        for (request, verdict) in &verdicts {
-            score.execute(params![request.id, verdict.score])?;
+        for (id, conn_id, request_seq, verdict) in &verdicts {
+            score.execute(params![id, verdict.score])?;
             let tags = verdict.tags(crs.catalog());
             outcome.tagged += usize::from(!tags.is_empty());
             for t in tags {
-                tag.execute(params![request.id, request.conn_id, request.request_seq, t])?;
+                tag.execute(params![id, conn_id, request_seq, t])?;
             }
         }
     }
@@ -245,7 +251,11 @@ fn run(conn: &mut Connection, mut crs: Crs, backlog_max: u64, stop: &AtomicBool)
                 break;
             }
         }
-        match tag_batch(conn, &mut crs, backlog_max) {
+        // A stop ends a batch at the row being evaluated: a backlog of slow rows never holds
+        // up a shutdown beyond one row past the grace.
+        match tag_batch(conn, &mut crs, backlog_max, &|| {
+            !stop.load(Ordering::Relaxed)
+        }) {
             Ok(outcome) => {
                 metrics::counter!("tarpit_crs_evaluated_rows_total").increment(outcome.rows as u64);
                 metrics::counter!("tarpit_crs_skipped_rows_total")
