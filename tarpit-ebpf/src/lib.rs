@@ -139,6 +139,38 @@ pub struct HeldStatus {
     pub fin_ms: u32,
     /// When the client's first RST arrived, or 0.
     pub rst_ms: u32,
+    /// The client's next sequence number, as the tarpit acknowledges it (set by the server at
+    /// hand-over): a FIN or RST counts only within [`RECEIVE_WINDOW`] from here.
+    pub rcv_nxt: u32,
+    /// The highest acknowledgement the client can send, the end of the stream and our FIN
+    /// (set by the server at hand-over; 0: no bound): an ACK beyond it is not believed.
+    pub ack_limit: u32,
+    /// The window field of the client's latest believed ACK (unscaled), `u16::MAX` before any.
+    pub window: u16,
+    /// Explicit padding (zero).
+    pub _pad: u16,
+}
+
+/// The window a held flow's FIN or RST must fall in, from [`HeldStatus::rcv_nxt`]: the
+/// largest unscaled receive window (a flow's receive side never moves, the client has nothing
+/// more to send us that we take).
+pub const RECEIVE_WINDOW: u32 = 65_535;
+
+impl HeldStatus {
+    /// Whether an ACK of `ack` is to be believed: newer than the one held, and not beyond what
+    /// can have been sent ([`HeldStatus::ack_limit`]). Sequence space wraps: differences.
+    #[inline(always)]
+    pub fn believes_ack(&self, ack: u32) -> bool {
+        let newer = ack.wrapping_sub(self.ack) as i32 > 0;
+        let sent = self.ack_limit == 0 || self.ack_limit.wrapping_sub(ack) as i32 >= 0;
+        newer && sent
+    }
+
+    /// Whether a FIN or RST with sequence number `seq` is in the window (not a blind guess).
+    #[inline(always)]
+    pub fn in_window(&self, seq: u32) -> bool {
+        seq.wrapping_sub(self.rcv_nxt) < RECEIVE_WINDOW
+    }
 }
 
 /// An IPv4 address in the IPv4-mapped IPv6 form the map uses.
@@ -167,5 +199,5 @@ mod user {
 // The layouts the kernel map was sized for (notes/ebpf-port-attribution.md).
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 36);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 32);
-const _: () = assert!(core::mem::size_of::<HeldStatus>() == 16);
+const _: () = assert!(core::mem::size_of::<HeldStatus>() == 28);
 const _: () = assert!(core::mem::size_of::<HeldKey>() == 24);

@@ -171,8 +171,12 @@ mod program {
         unsafe {
             if flags & TCP_ACK != 0 {
                 let ack = be32(&h[8..12]);
-                if (ack.wrapping_sub((*status).ack) as i32) > 0 {
+                // Not beyond what was sent: one forged ACK must not freeze the flow.
+                if (*status).believes_ack(ack) {
                     (*status).ack = ack;
+                    (*status).window = be16(&h[14..16]);
+                } else if ack == (*status).ack {
+                    (*status).window = be16(&h[14..16]); // a window update
                 }
             }
             // The timestamp option where every common stack puts it: NOP NOP TS, or TS first.
@@ -185,10 +189,13 @@ mod program {
                     (*status).tsval = be32(&o[2..6]);
                 }
             }
-            if flags & TCP_FIN != 0 && (*status).fin_ms == 0 {
+            // A FIN or RST counts only in the window: a blind guess of the 4-tuple cannot end
+            // or close a held flow.
+            let in_window = (*status).in_window(be32(&h[4..8]));
+            if flags & TCP_FIN != 0 && in_window && (*status).fin_ms == 0 {
                 (*status).fin_ms = now_ms;
             }
-            if flags & TCP_RST != 0 && (*status).rst_ms == 0 {
+            if flags & TCP_RST != 0 && in_window && (*status).rst_ms == 0 {
                 (*status).rst_ms = now_ms;
             }
         }

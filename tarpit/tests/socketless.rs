@@ -481,3 +481,46 @@ fn held_flows_count_against_their_clients_cap() {
     drop(fourth);
     tarpit.wait_count("SELECT COUNT(*) FROM events WHERE http_path = '/four'", 1);
 }
+
+/// Issue 24, item 4: a RST or FIN with a guessed sequence number for a held flow's 4-tuple (a
+/// blind reset, here from the client's own address) does not end it: the drip goes on.
+#[test]
+fn a_blind_reset_does_not_end_a_held_flow() {
+    if !prerequisites_met(&["ip", "ss", "iptables", "hping3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let tarpit = start(&lab, &["--response-delay", "0.2"]);
+    let to: SocketAddr = format!("{SENSOR_V4}:8080").parse().unwrap();
+    let from: SocketAddr = format!("{CLIENT_V4}:40123").parse().unwrap();
+    let stream = held_client_from(&lab, to, Some(from), "/blind");
+    wait_all_socketless(&lab);
+    // Forged segments of the flow's 4-tuple, their sequence numbers far from the window.
+    for flags in ["-R", "-F", "-R -A -L 7"] {
+        let out = lab.in_client(&format!(
+            "hping3 -q -c 2 -i u10000 {flags} -s 40123 -k -p 8080 -M 12345 {SENSOR_V4} 2>&1 || true"
+        ));
+        assert!(
+            out.contains("2 packets transmitted"),
+            "hping3 {flags}: {out}"
+        );
+    }
+    // Still dripping: more bytes come, and nothing has ended.
+    let received = lab.as_client(move || {
+        let mut stream = stream;
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        let until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < until {
+            got += stream.read(&mut buf).unwrap();
+        }
+        got
+    });
+    assert!(received > 0, "the drip stopped");
+    assert_eq!(
+        tarpit.count("SELECT COUNT(*) FROM events WHERE end_reason IS NOT NULL"),
+        0,
+        "{:?}",
+        tarpit.rows::<(Option<String>,)>("SELECT end_reason FROM events")
+    );
+}

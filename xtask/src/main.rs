@@ -445,6 +445,8 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     // CPU load beside the suite for the flake audit (`cargo xtask test --stress-cpus 2`).
     "stress-ng",
+    // Forged segments for held flows (`tests/socketless.rs`: a blind reset).
+    "hping3",
     // The fleet's central store (`tests/clickhouse.rs`, `cargo xtask bench ship`); the client
     // applies deploy/clickhouse/requests.sql by hand.
     "clickhouse-server",

@@ -240,10 +240,14 @@ impl Flow {
         // The next tick's bytes, never more than one segment past the client's ACK, sent
         // together with anything not yet acknowledged (a lost segment goes again from the
         // client's last ACK). A tick larger than a segment goes over several ticks.
+        // The client's window is respected, unscaled (conservative: the scale is not known
+        // here): a zero window gets nothing new, only backed-off probes.
         let mss = u32::from(self.mss).max(1);
-        let to = source.tick_end(self.sent).min(self.acked + mss);
+        let room = mss.min(u32::from(status.window));
+        let to = source.tick_end(self.sent).min(self.acked + room);
         if to <= self.sent {
-            // A full segment outstanding and nothing new fits: send it again, backing off.
+            // A full segment (or window) outstanding and nothing new fits: send it again (with
+            // nothing outstanding, an empty probe of a closed window), backing off.
             if self.resend_wait > 0 {
                 self.resend_wait -= 1;
                 return Step::Wait;
@@ -363,6 +367,7 @@ mod tests {
     fn status(ack: u32) -> HeldStatus {
         HeldStatus {
             ack,
+            window: u16::MAX,
             ..Default::default()
         }
     }
@@ -709,5 +714,73 @@ mod tests {
         assert!(!f.shutdown_fits(5));
         f.acked = 11;
         assert!(f.shutdown_fits(5));
+    }
+
+    /// Issue 24, item 1: the client's advertised window bounds what is sent past its ACK; a
+    /// closed window gets only backed-off empty probes.
+    #[test]
+    fn the_clients_window_is_respected() {
+        static BODY: [u8; 5_000] = [b'z'; 5_000];
+        let source = Source::Page {
+            bytes: &BODY,
+            per_tick: 1_000,
+        };
+        let mut f = flow(0);
+        f.bits = Flow::PAGE;
+        (f.sent, f.acked, f.mss) = (0, 0, 1400);
+        let narrow = HeldStatus {
+            ack: 0,
+            window: 300,
+            ..Default::default()
+        };
+        assert!(matches!(
+            f.step(&narrow, &source, 1, TIMEOUTS),
+            Step::Send {
+                from: 0,
+                to: 300,
+                ..
+            }
+        ));
+        let closed = HeldStatus {
+            ack: 300,
+            window: 0,
+            ..Default::default()
+        };
+        let sends: Vec<u32> = (2..=12)
+            .filter(|&t| match f.step(&closed, &source, t, TIMEOUTS) {
+                Step::Send { from, to, .. } => {
+                    assert_eq!((from, to), (300, 300), "an empty probe");
+                    true
+                }
+                Step::Wait => false,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(f.sent, 300, "nothing new into a closed window");
+        assert_eq!(sends, [2, 4, 8], "probes back off");
+    }
+
+    /// Issue 24, item 4: what the hook believes. An ACK beyond the stream's end and our FIN,
+    /// or an old one, is not taken; a FIN or RST outside the receive window is a blind guess.
+    #[test]
+    fn the_hook_believes_only_acks_of_what_was_sent_and_in_window_resets() {
+        let status = HeldStatus {
+            ack: 1_000,
+            rcv_nxt: u32::MAX - 10,
+            ack_limit: 5_000,
+            ..Default::default()
+        };
+        assert!(status.believes_ack(1_001));
+        assert!(status.believes_ack(5_000));
+        assert!(
+            !status.believes_ack(5_001),
+            "beyond what can have been sent"
+        );
+        assert!(!status.believes_ack(1_000_000_000));
+        assert!(!status.believes_ack(999), "old");
+        assert!(status.in_window(u32::MAX - 10));
+        assert!(status.in_window(20), "across the wrap");
+        assert!(!status.in_window(u32::MAX - 11));
+        assert!(!status.in_window(1 << 20));
     }
 }

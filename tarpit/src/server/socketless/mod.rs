@@ -239,11 +239,6 @@ impl Holder {
         let position = position as u32;
         let key = crate::ebpf::held::held_key(response.local, response.peer);
         let local = self.local_index(response.local.ip())?;
-        let status = HeldStatus {
-            ack: frozen.snd_nxt,
-            ..Default::default()
-        };
-        self.kit().map.add(&key, &status).map_err(AdmitError::Map)?;
         let now_instant = Instant::now();
         let now = self.ms(now_instant);
         let flow = Flow {
@@ -271,6 +266,17 @@ impl Holder {
             resent: 0,
             place: response.client_place.unwrap_or_default(),
         };
+        // What the hook believes of the client: ACKs up to the end of the stream and our FIN,
+        // a FIN or RST in the receive window.
+        let length = self.source(&flow).length();
+        let status = HeldStatus {
+            ack: frozen.snd_nxt,
+            rcv_nxt: frozen.rcv_nxt,
+            ack_limit: flow.seq_zero.wrapping_add(length).wrapping_add(1),
+            window: u16::MAX,
+            ..Default::default()
+        };
+        self.kit().map.add(&key, &status).map_err(AdmitError::Map)?;
         let mut state = self.state.borrow_mut();
         let slot = state.flows.insert(flow) as u32;
         state.due.push(Reverse((self.ms64(now_instant), slot)));
