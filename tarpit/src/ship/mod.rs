@@ -17,6 +17,7 @@
 //! `tarpit_ship_pending_rows` and `tarpit_ship_oldest_pending_seconds` (and a `tarpit stats`
 //! line) show the backlog.
 
+pub mod batch_size;
 pub mod clickhouse;
 pub mod fleet;
 pub mod outbox;
@@ -30,8 +31,9 @@ use tokio::sync::watch;
 
 use crate::config::{ClickHouseConfig, Config};
 use crate::log_throttle::LogThrottle;
+use batch_size::BatchSize;
 use clickhouse::{ClickHouse, PASSWORD_VAR};
-use outbox::{Backlog, Batch, Limit, Outbox, unix_now};
+use outbox::{Backlog, Batch, Outbox, unix_now};
 use row::Stamp;
 
 /// The `ship_state` name of the ClickHouse target.
@@ -366,52 +368,6 @@ impl Retry {
     }
 }
 
-/// How far batches are cut below `[ship.clickhouse] batch_rows` and `batch_bytes`: halved
-/// after each insert that timed out (a link or server too slow for a full batch within the
-/// timeout), grown back one halving per [`BatchSize::GROW_AFTER`] successes in a row. Without
-/// it, a batch too large for a slow link would be retried whole, and time out, forever.
-#[derive(Debug, Default)]
-struct BatchSize {
-    halvings: u32,
-    successes: u32,
-}
-
-impl BatchSize {
-    /// Halvings at most: batches down to one row and 1/1024 of the bytes.
-    const MOST: u32 = 10;
-    /// Successes in a row before batches double again.
-    const GROW_AFTER: u32 = 4;
-
-    /// The batch limit now.
-    fn limit(&self, config: &ClickHouseConfig) -> Limit {
-        Limit {
-            rows: (config.batch_rows >> self.halvings).max(1),
-            bytes: (config.batch_bytes >> self.halvings).max(1),
-        }
-    }
-
-    /// An insert timed out: the next batches are half as large.
-    fn timed_out(&mut self) {
-        self.successes = 0;
-        if self.halvings < Self::MOST {
-            self.halvings += 1;
-            tracing::warn!(
-                halvings = self.halvings,
-                "a ClickHouse insert timed out: shipping smaller batches"
-            );
-        }
-    }
-
-    /// An insert went through: after [`Self::GROW_AFTER`] in a row, batches double.
-    fn succeeded(&mut self) {
-        self.successes += 1;
-        if self.successes >= Self::GROW_AFTER {
-            self.successes = 0;
-            self.halvings = self.halvings.saturating_sub(1);
-        }
-    }
-}
-
 /// Why a pass failed, and whether it was a timeout.
 struct Failure {
     error: String,
@@ -519,52 +475,6 @@ mod tests {
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         retry.succeeded();
         assert_eq!(retry.failed(0, "down again"), FIRST_BACKOFF);
-    }
-
-    #[test]
-    fn batches_halve_after_each_timeout_and_grow_back_on_success() {
-        let config = ClickHouseConfig {
-            batch_rows: 5000,
-            batch_bytes: 8 << 20,
-            ..ClickHouseConfig::default()
-        };
-        let mut size = BatchSize::default();
-        assert_eq!(
-            size.limit(&config),
-            Limit {
-                rows: 5000,
-                bytes: 8 << 20
-            }
-        );
-        size.timed_out();
-        size.timed_out();
-        assert_eq!(
-            size.limit(&config),
-            Limit {
-                rows: 1250,
-                bytes: 2 << 20
-            }
-        );
-        for _ in 0..50 {
-            size.timed_out();
-        }
-        assert_eq!(size.limit(&config).rows, 4, "bounded halvings");
-        for _ in 0..BatchSize::GROW_AFTER - 1 {
-            size.succeeded();
-        }
-        assert_eq!(size.limit(&config).rows, 4);
-        size.succeeded();
-        assert_eq!(size.limit(&config).rows, 9);
-        for _ in 0..200 {
-            size.succeeded();
-        }
-        assert_eq!(
-            size.limit(&config),
-            Limit {
-                rows: 5000,
-                bytes: 8 << 20
-            }
-        );
     }
 
     /// A shipper that panics is started again (after the pause) and its next run is the one
