@@ -329,6 +329,30 @@ pub fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
     stream
 }
 
+impl Tarpit {
+    /// Clients from `sources` (one per network) each send `request` for `path` and give up
+    /// after `after`; returns once the tarpit recorded every give-up.
+    pub fn give_up_from(&self, sources: &[&str], path: &str, request: &str, after: Duration) {
+        let streams: Vec<TcpStream> = sources
+            .iter()
+            .map(|source| {
+                let mut stream = connect_from(source, self.addr);
+                stream.write_all(request.as_bytes()).unwrap();
+                stream
+            })
+            .collect();
+        std::thread::sleep(after);
+        drop(streams);
+        self.wait_count(
+            &format!(
+                "SELECT COUNT(*) FROM events WHERE http_path = '{path}'
+                 AND end_reason IN ('client_closed', 'client_reset')"
+            ),
+            sources.len() as i64,
+        );
+    }
+}
+
 pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
