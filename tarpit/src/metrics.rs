@@ -132,9 +132,21 @@ fn describe() {
             "tarpit_ship_failures_total",
             "Shipping attempts that failed (ClickHouse down, refused, or SQLite busy).",
         ),
+        (
+            "tarpit_ship_restarts_total",
+            "Times the shipper or the fleet exchange stopped on a panic and was started again.",
+        ),
+        (
+            "tarpit_fleet_failures_total",
+            "Exchanges of give-up figures with the fleet that failed.",
+        ),
     ] {
         describe_counter!(name, help);
     }
+    describe_gauge!(
+        "tarpit_fleet_families",
+        "Families the fleet gives a give-up figure for (the adaptive mode's fleet exchange)."
+    );
     describe_counter!(
         "tarpit_bytes_dripped_total",
         Unit::Bytes,
