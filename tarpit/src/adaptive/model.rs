@@ -150,6 +150,9 @@ impl Family {
         };
         let now = unix_now();
         let figure = self.samples.figure(&evidence, now)?;
+        if !self.stretch.moved() {
+            return Some(figure);
+        }
         let longest = Evidence {
             quantile: 1.0,
             ..evidence

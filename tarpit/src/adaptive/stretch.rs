@@ -74,6 +74,11 @@ impl Stretch {
         self.continued.clear();
     }
 
+    /// Whether the figure has moved at all (else it is the evidence's as it stands).
+    pub fn moved(&self) -> bool {
+        self.steps > 0
+    }
+
     /// `figure` moved by the steps, never past `longest` (the longest give-up on record).
     pub fn apply(&self, figure: f64, longest: f64) -> f64 {
         (figure + f64::from(self.steps) * STEP_S).min(longest.max(figure))

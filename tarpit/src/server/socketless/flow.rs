@@ -230,8 +230,9 @@ impl Flow {
         }
         let waiting = now_ms.wrapping_sub(self.progress_ms);
         let outstanding = self.sent - self.acked;
-        let over_budget = self.resent > source.length().saturating_add(RESEND_ALLOWANCE);
-        if outstanding > 0 && (waiting >= timeouts.peer_ms || over_budget) {
+        // The budget is checked only with bytes outstanding: no work on an ordinary tick.
+        let over_budget = || self.resent > source.length().saturating_add(RESEND_ALLOWANCE);
+        if outstanding > 0 && (waiting >= timeouts.peer_ms || over_budget()) {
             return Step::Gone {
                 reason: "peer_gone",
                 at_ms: None,
