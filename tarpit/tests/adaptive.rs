@@ -33,14 +33,29 @@ fn curl(args: &str) -> (Option<i32>, String) {
 }
 
 fn scrape(port: u16, wanted: &str) -> String {
-    wait_for(Duration::from_secs(10), || {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        body.contains(wanted).then_some(body)
+    let mut last = String::from("nothing read");
+    wait_for(Duration::from_secs(30), || {
+        let read = || -> std::io::Result<String> {
+            let mut s = TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        };
+        match read() {
+            Ok(body) if body.contains(wanted) => Some(body),
+            Ok(body) => {
+                last = body;
+                None
+            }
+            Err(e) => {
+                last = e.to_string();
+                None
+            }
+        }
     })
-    .unwrap_or_else(|| panic!("no {wanted} in the metrics"))
+    .unwrap_or_else(|| panic!("no {wanted} in the metrics; last read: {last}"))
 }
 
 #[test]

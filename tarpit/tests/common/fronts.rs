@@ -21,13 +21,24 @@ impl Drop for Front {
     }
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, for a server the test starts next.
+///
+/// Picked at random below the kernel's ephemeral range: a port the kernel hands out (`bind` to
+/// port 0) is free again once checked, and any outgoing connection (curl's, a load generator's)
+/// could take it as its source port before the server binds it, failing that bind. Below the
+/// range only another test's pick can collide, one chance in ~20,000.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, RandomState};
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let ephemeral_low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+    let (low, span) = (10_000, ephemeral_low.saturating_sub(10_000).max(1000));
+    for _ in 0..1000 {
+        let port = low + (RandomState::new().hash_one(0u8) % u64::from(span)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {low} and {}", low + span)
 }
 
 /// HAProxy on 127.0.0.1:`front`, passing to `tarpit` with a PROXY v2 preamble.

@@ -44,10 +44,26 @@ struct Server {
     stderr: PathBuf,
 }
 
+/// A loopback port nothing listens on, for a server started next: picked at random below the
+/// kernel's ephemeral range, because a port the kernel hands out is free again once checked and
+/// the load generator's tens of thousands of outgoing connections could take it as their source
+/// port before the server binds it.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::hash::{BuildHasher, RandomState};
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")?;
+    let ephemeral_low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|low| low.parse().ok())
+        .context("reading ip_local_port_range")?;
+    let (low, span) = (10_000, ephemeral_low.saturating_sub(10_000).max(1000));
+    for _ in 0..1000 {
+        let port = low + (RandomState::new().hash_one(0u8) % u64::from(span)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port between {low} and {}", low + span)
 }
 
 impl Server {
