@@ -199,6 +199,9 @@ pub struct Overrides {
     /// [server] Read a PROXY protocol preamble from trusted proxies (true/false).
     #[arg(long)]
     pub proxy_protocol: Option<bool>,
+    /// [server] seccomp: the system-call allow-list, on, log or off.
+    #[arg(long, value_enum)]
+    pub seccomp: Option<crate::seccomp::SeccompMode>,
     /// [tarpit] Seconds between drip chunks.
     #[arg(long)]
     pub response_delay: Option<f64>,
@@ -328,6 +331,7 @@ impl Overrides {
         set(&mut s.per_ip_ipv6_prefix, &self.per_ip_ipv6_prefix);
         set(&mut s.trusted_proxies, &self.trusted_proxies);
         set(&mut s.proxy_protocol, &self.proxy_protocol);
+        set(&mut s.seccomp, &self.seccomp);
         set(&mut t.response_delay, &self.response_delay);
         set(&mut t.response_chunk, &self.response_chunk);
         set(&mut t.max_response_bytes, &self.max_response_bytes);

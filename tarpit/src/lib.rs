@@ -32,6 +32,7 @@ pub mod privileges;
 pub mod queue;
 pub mod report;
 pub mod retag;
+pub mod seccomp;
 pub mod secret;
 pub mod server;
 pub mod ship;

@@ -18,7 +18,8 @@ fn the_systemd_unit_passes_systemd_analyze_verify_and_is_hardened() {
         "ReadWritePaths=/var/lib/tarpit",
         "PrivateTmp=yes",
         "\nRestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX\n",
-        "SystemCallFilter=@system-service bpf io_uring_setup io_uring_enter io_uring_register",
+        "SystemCallFilter=@system-service bpf io_uring_setup io_uring_enter io_uring_register \
+         seccomp",
         "AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
         "LimitNOFILE=1048576",
     ] {
@@ -59,6 +60,59 @@ fn the_systemd_unit_passes_systemd_analyze_verify_and_is_hardened() {
         !report.contains("tarpit.service:"),
         "systemd-analyze complained about the unit: {report}"
     );
+    // The unit's filter lets through what the tarpit calls before its own, narrower one is
+    // in: installing that filter (seccomp, prctl), the eBPF hook, the workers' rings.
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("SystemCallFilter="))
+        .unwrap();
+    let allowed = expand_syscall_filter(line);
+    for call in [
+        "seccomp",
+        "prctl",
+        "bpf",
+        "io_uring_setup",
+        "io_uring_enter",
+        "clone3",
+        "clone",
+    ] {
+        assert!(
+            allowed.contains(call),
+            "the unit's SystemCallFilter refuses {call}"
+        );
+    }
+}
+
+/// Every system call a `SystemCallFilter=` value allows, its `@groups` expanded (recursively)
+/// by `systemd-analyze syscall-filter`.
+fn expand_syscall_filter(value: &str) -> std::collections::BTreeSet<String> {
+    let mut calls = std::collections::BTreeSet::new();
+    let mut pending: Vec<String> = value.split_whitespace().map(str::to_owned).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(item) = pending.pop() {
+        if !item.starts_with('@') {
+            calls.insert(item);
+            continue;
+        }
+        if !seen.insert(item.clone()) {
+            continue;
+        }
+        let out = Command::new("systemd-analyze")
+            .args(["syscall-filter", &item])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "systemd-analyze syscall-filter {item}"
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        for entry in text.lines().skip(1).map(str::trim) {
+            if !entry.is_empty() && !entry.starts_with('#') {
+                pending.push(entry.to_owned());
+            }
+        }
+    }
+    calls
 }
 
 #[test]

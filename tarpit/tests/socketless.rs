@@ -48,6 +48,13 @@ fn start(lab: &Lab, extra: &[&str]) -> Tarpit {
         "only CAP_NET_ADMIN is kept: {}",
         tarpit.stderr()
     );
+    // Every socketless test below runs under the allow-list with TCP repair and map commands.
+    let stderr = tarpit.stderr();
+    assert!(
+        stderr.contains("system-call allow-list on")
+            && stderr.contains("ebpf_maps: true, tcp_repair: true"),
+        "{stderr}"
+    );
     tarpit
 }
 

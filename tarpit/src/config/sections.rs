@@ -329,6 +329,9 @@ pub struct ServerConfig {
     /// Read a PROXY protocol (v1 or v2) preamble from trusted proxies (HAProxy
     /// `send-proxy-v2`).
     pub proxy_protocol: bool,
+    /// The system-call allow-list installed once start-up is done: `on` refuses anything
+    /// else with EPERM, `log` only has the kernel log it, `off` installs none.
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 impl Default for ServerConfig {
@@ -346,6 +349,7 @@ impl Default for ServerConfig {
                 "::1/128".parse().expect("valid CIDR"),
             ],
             proxy_protocol: false,
+            seccomp: crate::seccomp::SeccompMode::On,
         }
     }
 }

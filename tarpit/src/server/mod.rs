@@ -89,6 +89,15 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     // Everything privileged is done: the hook is attached, the ports are bound and the raw
     // sockets open (socketless hold keeps CAP_NET_ADMIN, for TCP repair on every hand-over).
     drop_capabilities(attribution.as_ref(), socketless.is_some())?;
+    confine(
+        config.server.seccomp,
+        crate::seccomp::Needs {
+            ebpf_maps: attribution.is_some(),
+            tcp_repair: socketless.is_some(),
+            interface_list: config.classify.crs != EbpfMode::Off
+                && config.classify.crs_engine == crate::classify::crs::CrsEngine::Libmodsecurity,
+        },
+    )?;
     let max_connections = limits::effective_max_connections(config.server.max_connections);
 
     let stats = Arc::new(PipelineStats::default());
@@ -369,6 +378,25 @@ fn drop_capabilities(
             "capabilities dropped except those still needed (socketless hold: CAP_NET_ADMIN; \
              an old kernel's eBPF map lookups: CAP_BPF)"
         ),
+    }
+    Ok(())
+}
+
+/// Installs the system-call allow-list; still the only thread, so every later one inherits it.
+fn confine(mode: crate::seccomp::SeccompMode, needs: crate::seccomp::Needs) -> anyhow::Result<()> {
+    use crate::seccomp::SeccompMode;
+    crate::seccomp::install(mode, needs).context(
+        "[server] seccomp: installing the system-call allow-list (\"off\" runs without it)",
+    )?;
+    match mode {
+        SeccompMode::On => tracing::info!(?needs, "system-call allow-list on (seccomp)"),
+        SeccompMode::Log => tracing::warn!(
+            ?needs,
+            "system-call allow-list in log mode: calls it would refuse are only logged"
+        ),
+        SeccompMode::Off => {
+            tracing::warn!("no system-call allow-list ([server] seccomp = \"off\")")
+        }
     }
     Ok(())
 }
