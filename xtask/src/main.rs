@@ -10,6 +10,7 @@
 mod bench;
 mod classify_eval;
 mod fuzz;
+mod seccomp_audit;
 mod suite;
 
 use std::path::{Path, PathBuf};

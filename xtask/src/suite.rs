@@ -2,7 +2,8 @@
 //!
 //! Why every phase runs even after one fails: a flaky or broken test in one binary must not
 //! hide the failures of the binaries after it (issue 21). So the eBPF build, fmt, clippy, the
-//! fuzz smoke run and `cargo test --no-fail-fast` all run; each failed phase and each failed
+//! fuzz smoke run, `cargo test --no-fail-fast` and the seccomp audit of the servers the tests ran
+//! (`seccomp_audit.rs`) all run; each failed phase and each failed
 //! test (named with its binary) is listed in one summary at the end, and the run exits
 //! non-zero if anything failed.
 //!
@@ -48,7 +49,11 @@ pub fn test(root: &Path, fuzz_seconds: u64, stress_cpus: u32) -> anyhow::Result<
         phases.run("fuzz", || fuzz::fuzz(root, fuzz_seconds, 1));
     }
     let mut report = TestReport::default();
+    let tests_start = crate::seccomp_audit::uptime();
     phases.run("tests", || run_tests(root, &mut report));
+    phases.run("seccomp audit", || {
+        crate::seccomp_audit::check(tests_start?)
+    });
     phases.record_totals(&report);
 
     for line in summary(&phases.failed, &report) {
