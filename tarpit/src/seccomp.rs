@@ -252,36 +252,23 @@ const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
 
 /// Installs the allow-list on every thread of the process (`TSYNC`). `Off` installs nothing.
 pub fn install(mode: SeccompMode, needs: Needs) -> Result<(), SeccompError> {
-    let Some(Programs {
-        clone3_fallback: fallback,
-        allow_list,
-    }) = compile(mode, needs, std::process::id())?
-    else {
-        return Ok(());
-    };
-    // The clone3 filter first (the allow-list refuses `seccomp` itself once it is in), not
-    // logged: every new thread tries clone3 first.
-    apply(&fallback, libc::SECCOMP_FILTER_FLAG_TSYNC)?;
-    apply(
-        &allow_list,
-        libc::SECCOMP_FILTER_FLAG_TSYNC | libc::SECCOMP_FILTER_FLAG_LOG,
-    )?;
-    Ok(())
+    install_with(mode, needs, libc::SECCOMP_FILTER_FLAG_TSYNC)
 }
 
 /// Installs the allow-list on the calling thread only: the tests' way to try it without
 /// confining the test harness.
 pub fn install_on_this_thread(mode: SeccompMode, needs: Needs) -> Result<(), SeccompError> {
-    let Some(Programs {
-        clone3_fallback: fallback,
-        allow_list,
-    }) = compile(mode, needs, std::process::id())?
-    else {
+    install_with(mode, needs, 0)
+}
+
+fn install_with(mode: SeccompMode, needs: Needs, flags: libc::c_ulong) -> Result<(), SeccompError> {
+    let Some(programs) = compile(mode, needs, std::process::id())? else {
         return Ok(());
     };
-    apply(&fallback, 0)?;
-    apply(&allow_list, libc::SECCOMP_FILTER_FLAG_LOG)?;
-    Ok(())
+    // The clone3 filter first (the allow-list refuses `seccomp` itself once it is in), not
+    // logged: every new thread tries clone3 first.
+    apply(&programs.clone3_fallback, flags)?;
+    apply(&programs.allow_list, flags | libc::SECCOMP_FILTER_FLAG_LOG)
 }
 
 /// `seccomp(SECCOMP_SET_MODE_FILTER)` with `flags`, after `PR_SET_NO_NEW_PRIVS` (which a
