@@ -68,11 +68,16 @@ impl EventSender {
 }
 
 impl EventReceiver {
-    /// The next event, or `None` once every sender is gone and the channel is empty.
-    pub async fn recv(&mut self) -> Option<Event> {
-        let event = self.rx.recv().await?;
-        self.bytes.release(event.queued_bytes());
-        Some(event)
+    /// Waits for at least one event, then moves every queued event (at most `limit`) into
+    /// `buffer`; returns how many, 0 once every sender is gone and the channel is empty.
+    /// Taking what has queued up in one go is what lets the pipeline wake once per burst
+    /// rather than once per event.
+    pub async fn recv_many(&mut self, buffer: &mut Vec<Event>, limit: usize) -> usize {
+        let before = buffer.len();
+        let taken = self.rx.recv_many(buffer, limit).await;
+        self.bytes
+            .release(buffer[before..].iter().map(Event::queued_bytes).sum());
+        taken
     }
 
     /// The next event if one is queued.
@@ -128,5 +133,32 @@ mod tests {
         assert_eq!(stats.dropped_events.load(Ordering::Relaxed), 7);
         let rest: Vec<u64> = std::iter::from_fn(|| rx.try_recv().map(|e| e.conn_id())).collect();
         assert_eq!(rest, vec![1, 2, 10]);
+    }
+
+    /// A burst taken at once gives back the bytes of every event in it, and leaves what is
+    /// past its limit queued, in order.
+    #[tokio::test]
+    async fn a_burst_taken_at_once_gives_its_bytes_back() {
+        let stats = Arc::new(PipelineStats::default());
+        let one = closed(0).queued_bytes();
+        let (tx, mut rx) = event_channel(1000, one * 4, stats.clone());
+        for id in 0..4 {
+            tx.send(closed(id));
+        }
+        let mut burst = Vec::new();
+        assert_eq!(rx.recv_many(&mut burst, 3).await, 3);
+        let ids: Vec<u64> = burst.iter().map(Event::conn_id).collect();
+        assert_eq!(ids, vec![0, 1, 2]);
+        // Three events' bytes are free again: three more fit, the fourth does not.
+        for id in 4..8 {
+            tx.send(closed(id));
+        }
+        assert_eq!(stats.dropped_events.load(Ordering::Relaxed), 1);
+        burst.clear();
+        assert_eq!(rx.recv_many(&mut burst, 100).await, 4);
+        let ids: Vec<u64> = burst.iter().map(Event::conn_id).collect();
+        assert_eq!(ids, vec![3, 4, 5, 6]);
+        drop(tx);
+        assert_eq!(rx.recv_many(&mut burst, 100).await, 0, "closed and empty");
     }
 }

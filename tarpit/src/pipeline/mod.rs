@@ -95,6 +95,17 @@ const SHIP_GRACE: Duration = Duration::from_secs(5);
 /// How often the give-up model publishes its figures and stores its changes.
 const LEARNER_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Most events taken from the workers' channel in one go.
+const BURST_MAX: usize = 1024;
+
+/// How long the pipeline lets events gather once it has caught up. A worker's send wakes the
+/// pipeline's thread only when the pipeline is waiting on the channel, and that wake-up (an
+/// `eventfd` write on the worker, a context switch here) cost more than handling the event: at
+/// 40,000 events a second, waking for each cost the workers a system call per event. Waiting
+/// this long makes it one wake-up per burst, for a few milliseconds more before a row is
+/// written, which nothing downstream notices (a drip tick is 1.5 s).
+const LINGER: Duration = Duration::from_millis(2);
+
 /// The pipeline's work on a request before it is recorded: the fingerprint strings from what
 /// the worker captured, then the tags.
 fn fingerprint_and_classify(record: &mut RequestRecord, rules: Option<&LiveRules>) {
@@ -175,10 +186,14 @@ async fn run(
                     None
                 }
             });
+    let mut burst = Vec::with_capacity(BURST_MAX);
     loop {
         tokio::select! {
-            event = rx.recv() => match event {
-                Some(mut event) => {
+            taken = rx.recv_many(&mut burst, BURST_MAX) => {
+                if taken == 0 {
+                    break;
+                }
+                for mut event in burst.drain(..) {
                     if let (Event::ResponseEnd(end), Some(learner)) =
                         (&event, enrichment.learner.as_mut())
                     {
@@ -201,8 +216,11 @@ async fn run(
                     }
                     deliver(event, &sinks, &stats)
                 }
-                None => break,
-            },
+                if taken < BURST_MAX {
+                    // Caught up: let the next events gather instead of being woken for each.
+                    tokio::time::sleep(LINGER).await;
+                }
+            }
             Some(outcome) = outcomes.recv() => {
                 if let Some(metrics) = metrics.as_mut() {
                     metrics.observe(&outcome);

@@ -2,7 +2,12 @@
 //! and keeps one row per connection. Every insert and change of a request row gets a new
 //! `changed_seq`, which is what shipping (`crate::ship`) follows. One transaction per batch
 //! keeps the write rate far above the accept rate; nothing on the hot path waits for it.
+//!
+//! A row whose end is in the same batch as its start is inserted complete: a scanner that
+//! connects, reads the first byte and resets makes two inserts instead of two inserts and two
+//! updates (each update a B-tree search and the whole row written again).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{Connection, params};
@@ -21,6 +26,67 @@ pub struct SqliteSink {
     conn: Connection,
     /// This sensor's id, written into every row.
     sensor_id: String,
+    /// The batch's response ends by request, and connection ends by connection (kept between
+    /// batches for their allocation).
+    ends: BatchEnds,
+}
+
+/// Where in a batch each request's response end and each connection's end are, so that a row
+/// started in the batch can be inserted with its end.
+#[derive(Debug, Default)]
+struct BatchEnds {
+    responses: HashMap<(u64, u32), usize>,
+    connections: HashMap<u64, usize>,
+    /// By position in the batch: an end already written with the row it ends.
+    written: Vec<bool>,
+}
+
+impl BatchEnds {
+    fn index(&mut self, events: &[Arc<Event>]) {
+        self.responses.clear();
+        self.connections.clear();
+        self.written.clear();
+        self.written.resize(events.len(), false);
+        for (at, event) in events.iter().enumerate() {
+            match event.as_ref() {
+                Event::ResponseEnd(e) => {
+                    self.responses.insert((e.conn_id, e.request_seq), at);
+                }
+                Event::ConnectionClosed(e) => {
+                    self.connections.insert(e.conn_id, at);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The end of the response to request `seq` of `conn_id`, when it comes later in `events`.
+    fn response<'a>(
+        &self,
+        events: &'a [Arc<Event>],
+        at: usize,
+        key: (u64, u32),
+    ) -> Option<(usize, &'a ResponseEnd)> {
+        let end = *self.responses.get(&key)?;
+        match events[end].as_ref() {
+            Event::ResponseEnd(e) if end > at => Some((end, e)),
+            _ => None,
+        }
+    }
+
+    /// The end of connection `conn_id`, when it comes later in `events`.
+    fn connection<'a>(
+        &self,
+        events: &'a [Arc<Event>],
+        at: usize,
+        conn_id: u64,
+    ) -> Option<(usize, &'a ConnectionClosed)> {
+        let end = *self.connections.get(&conn_id)?;
+        match events[end].as_ref() {
+            Event::ConnectionClosed(e) if end > at => Some((end, e)),
+            _ => None,
+        }
+    }
 }
 
 impl SqliteSink {
@@ -30,6 +96,7 @@ impl SqliteSink {
         Self {
             conn,
             sensor_id: sensor_id.to_owned(),
+            ends: BatchEnds::default(),
         }
     }
 }
@@ -48,12 +115,30 @@ impl Sink for SqliteSink {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let sensor = self.sensor_id.as_str();
         let mut seq = ChangeSeq(crate::db::next_change_seq(&tx)?);
-        for event in events {
+        let ends = &mut self.ends;
+        ends.index(events);
+        for (at, event) in events.iter().enumerate() {
             match event.as_ref() {
-                Event::ConnectionOpened(e) => insert_connection(&tx, e, sensor)?,
-                Event::Request(e) => insert_request(&tx, e, sensor, seq.take())?,
-                Event::ResponseEnd(e) => complete_request(&tx, e, seq.take())?,
-                Event::ConnectionClosed(e) => complete_connection(&tx, e)?,
+                Event::ConnectionOpened(e) => {
+                    let end = ends.connection(events, at, e.conn_id);
+                    // A row that was there already (ignored) gets its end as an update.
+                    if insert_connection(&tx, e, end.map(|(_, e)| e), sensor)?
+                        && let Some((end_at, _)) = end
+                    {
+                        ends.written[end_at] = true;
+                    }
+                }
+                Event::Request(e) => {
+                    let end = ends.response(events, at, (e.conn_id, e.request_seq));
+                    if insert_request(&tx, e, end.map(|(_, e)| e), sensor, seq.take())?
+                        && let Some((end_at, _)) = end
+                    {
+                        ends.written[end_at] = true;
+                    }
+                }
+                Event::ResponseEnd(e) if !ends.written[at] => complete_request(&tx, e, seq.take())?,
+                Event::ConnectionClosed(e) if !ends.written[at] => complete_connection(&tx, e)?,
+                Event::ResponseEnd(_) | Event::ConnectionClosed(_) => {}
                 Event::AbuseReport(e) => record_report(&tx, e, sensor, seq.take())?,
                 Event::GiveUpFamilies(batch) => store_families(&tx, batch)?,
             }
@@ -75,35 +160,48 @@ impl ChangeSeq {
     }
 }
 
+/// Inserts the connection's row, with its end when that is known already; false when the row
+/// was there (nothing written).
 fn insert_connection(
     conn: &Connection,
     e: &ConnectionOpened,
+    end: Option<&ConnectionClosed>,
     sensor: &str,
-) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO connections
-           (conn_id, opened_at, peer_ip, peer_port, local_ip, local_port, worker, sensor_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        e.conn_id as i64,
-        format_timestamp(e.timestamp),
-        e.peer_ip.to_string(),
-        e.peer_port,
-        e.local_ip.to_string(),
-        e.local_port,
-        e.worker as i64,
-        sensor,
-    ])?;
-    Ok(())
+) -> rusqlite::Result<bool> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO connections
+               (conn_id, opened_at, peer_ip, peer_port, local_ip, local_port, worker, sensor_id,
+                closed_at, end_reason, requests, bytes_sent, duration_s)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?
+        .execute(params![
+            e.conn_id as i64,
+            format_timestamp(e.timestamp),
+            e.peer_ip.to_string(),
+            e.peer_port,
+            e.local_ip.to_string(),
+            e.local_port,
+            e.worker as i64,
+            sensor,
+            end.map(|c| format_timestamp(c.closed_at)),
+            end.map(|c| c.end_reason),
+            end.map(|c| c.requests),
+            end.map(|c| c.bytes_sent as i64),
+            end.map(|c| c.duration_s),
+        ])?;
+    Ok(inserted == 1)
 }
 
+/// Inserts the request's row (and its tags), with its response's end when that is known
+/// already; false when the row was there (nothing written).
 fn insert_request(
     conn: &Connection,
     e: &RequestRecord,
+    end: Option<&ResponseEnd>,
     sensor: &str,
     seq: i64,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<bool> {
     let absent = Fingerprint::default();
     let fp = e.fingerprint.as_deref().unwrap_or(&absent);
     let inserted = conn
@@ -118,11 +216,11 @@ fn insert_request(
             asn_organization, syn_ttl, syn_initial_ttl, syn_df, syn_window, syn_mss, syn_wscale,
             syn_options, syn_fp, tls_version, tls_sni, tls_alpn, ja4, header_order,
             header_order_hash, response_mode, giveup_limit_s, giveup_basis, planned_end_s,
-            sensor_id, changed_seq)
+            sensor_id, changed_seq, bytes_sent, duration_s, end_reason, closed_at, client_fin_s)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
                  ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34,
                  ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49, ?50,
-                 ?51, ?52, ?53, ?54, ?55, ?56)",
+                 ?51, ?52, ?53, ?54, ?55, ?56, ?57, ?58, ?59, ?60, ?61)",
         )?
         .execute(params![
             format_timestamp(e.timestamp),
@@ -181,9 +279,14 @@ fn insert_request(
             e.planned_end_s,
             sensor,
             seq,
+            end.map(|r| r.bytes_sent as i64),
+            end.map(|r| r.duration_s),
+            end.map(|r| r.end_reason),
+            end.map(|r| format_timestamp(r.closed_at)),
+            end.and_then(|r| r.client_fin_s),
         ])?;
     if e.tags.is_empty() {
-        return Ok(());
+        return Ok(inserted == 1);
     }
     // The row just inserted, without a lookup; a row that was there already is looked up.
     let event_id: i64 = if inserted == 1 {
@@ -207,7 +310,7 @@ fn insert_request(
             tag.as_ref()
         ])?;
     }
-    Ok(())
+    Ok(inserted == 1)
 }
 
 fn complete_request(conn: &Connection, e: &ResponseEnd, seq: i64) -> rusqlite::Result<()> {
@@ -326,6 +429,125 @@ fn complete_connection(conn: &Connection, e: &ConnectionClosed) -> rusqlite::Res
 mod tests {
     use super::*;
     use crate::adaptive::model::{FamilyRow, family_from_row};
+    use std::time::{Duration, SystemTime};
+
+    /// A connection's four events (opened, request with a tag, response end, closed).
+    fn connection_events(conn_id: u64) -> Vec<Arc<Event>> {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + conn_id);
+        let ip = "192.0.2.7".parse().unwrap();
+        let mut request = RequestRecord::sample(ip);
+        request.conn_id = conn_id;
+        request.timestamp = at;
+        request.tags = vec!["tool:curl".into()];
+        vec![
+            Arc::new(Event::ConnectionOpened(ConnectionOpened {
+                conn_id,
+                timestamp: at,
+                peer_ip: ip,
+                peer_port: 40000,
+                local_ip: ip,
+                local_port: 8080,
+                worker: 1,
+            })),
+            Arc::new(Event::Request(Box::new(request))),
+            Arc::new(Event::ResponseEnd(ResponseEnd {
+                conn_id,
+                request_seq: 1,
+                closed_at: at + Duration::from_millis(3),
+                bytes_sent: 150,
+                duration_s: 0.003,
+                end_reason: "client_reset",
+                client_fin_s: Some(0.002),
+            })),
+            Arc::new(Event::ConnectionClosed(ConnectionClosed {
+                conn_id,
+                closed_at: at + Duration::from_millis(4),
+                requests: 1,
+                bytes_sent: 150,
+                duration_s: 0.004,
+                end_reason: "client_reset",
+            })),
+        ]
+    }
+
+    /// Every column of both tables and the tags, for comparing two files: all but the change
+    /// number and the row ids (an insert that finds its row there already still uses an id).
+    fn dump(conn: &Connection) -> Vec<String> {
+        let mut rows = Vec::new();
+        for sql in [
+            "SELECT * FROM connections ORDER BY conn_id",
+            "SELECT * FROM events ORDER BY id",
+            "SELECT * FROM request_tags ORDER BY event_id, tag",
+        ] {
+            let mut statement = conn.prepare(sql).unwrap();
+            let names: Vec<String> = statement.column_names().map(str::to_owned).collect();
+            let mut found = statement.query([]).unwrap();
+            while let Some(row) = found.next().unwrap() {
+                let mut text = String::new();
+                for (i, name) in names.iter().enumerate() {
+                    if !["changed_seq", "id", "event_id"].contains(&name.as_str()) {
+                        let value: rusqlite::types::Value = row.get(i).unwrap();
+                        text.push_str(&format!("{name}={value:?} "));
+                    }
+                }
+                rows.push(text);
+            }
+        }
+        rows
+    }
+
+    /// A row whose end is in its own batch is inserted complete, and is then the same row,
+    /// column for column, as one written event by event; a start that finds its row there
+    /// already still gets its end.
+    #[test]
+    fn rows_ended_in_their_own_batch_are_the_rows_written_event_by_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str| {
+            SqliteSink::new(crate::db::open(&dir.path().join(name)).unwrap(), "sensor-a")
+        };
+        let (mut one_batch, mut one_by_one) = (open("batch.db"), open("single.db"));
+        for sink in [&one_batch, &one_by_one] {
+            sink.conn
+                .execute_batch(
+                    "CREATE TEMP TABLE updates (tab TEXT);
+                     CREATE TEMP TRIGGER e AFTER UPDATE ON main.events
+                         BEGIN INSERT INTO updates VALUES ('events'); END;
+                     CREATE TEMP TRIGGER c AFTER UPDATE ON main.connections
+                         BEGIN INSERT INTO updates VALUES ('connections'); END;",
+                )
+                .unwrap();
+        }
+        let updates = |sink: &SqliteSink| -> i64 {
+            sink.conn
+                .query_row("SELECT COUNT(*) FROM temp.updates", [], |r| r.get(0))
+                .unwrap()
+        };
+        let events: Vec<Arc<Event>> = (1..=3).flat_map(connection_events).collect();
+        one_batch.write_batch(&events).unwrap();
+        for event in &events {
+            one_by_one.write_batch(std::slice::from_ref(event)).unwrap();
+        }
+        assert_eq!(updates(&one_batch), 0, "every row inserted complete");
+        assert_eq!(updates(&one_by_one), 6, "each end an update");
+        let written = dump(&one_batch.conn);
+        assert_eq!(written.len(), 9, "3 connections, 3 requests, 3 tags");
+        assert!(
+            written[0].contains("end_reason=Text(\"client_reset\")"),
+            "{}",
+            written[0]
+        );
+        assert!(
+            written[3].contains("bytes_sent=Integer(150)"),
+            "{}",
+            written[3]
+        );
+        assert_eq!(written, dump(&one_by_one.conn));
+        // The same batch again: every start is ignored, every end written as an update.
+        let mut again = open("again.db");
+        again.write_batch(&events[..2]).unwrap();
+        again.write_batch(&events).unwrap();
+        assert_eq!(dump(&again.conn), dump(&one_by_one.conn));
+    }
 
     /// Storing changes keeps the table at the model's bound, the least recently seen going
     /// first, and never fails the batch it is part of.

@@ -23,10 +23,16 @@ use crate::classify::stored::read_batch;
 /// The stage's name in `classify_state`.
 pub const STAGE: &str = "crs";
 
-/// Rows per transaction: a commit every few hundred milliseconds when behind.
-const BATCH: i64 = 256;
+/// Most rows per transaction.
+const BATCH: i64 = 512;
 
-/// How long the stage sleeps when it has caught up.
+/// How long the running stage evaluates before it commits what it has: a commit every few
+/// hundred milliseconds when behind, however slow the rows.
+const BATCH_TIME: Duration = Duration::from_millis(200);
+
+/// How long the stage sleeps when it has caught up. Every commit of the stage makes the SQLite
+/// sink's connection drop its page cache and read its pages again, so the stage takes what
+/// gathered meanwhile in a few large batches rather than many small ones.
 const IDLE: Duration = Duration::from_millis(200);
 
 /// How long a stopping tarpit lets the stage catch up before it leaves the rest for the next
@@ -42,6 +48,10 @@ pub struct BatchOutcome {
     pub tagged: usize,
     /// Rows passed over to keep the backlog bounded.
     pub skipped: usize,
+    /// Rows still waiting past the new cursor (by id, as of the batch's start).
+    pub waiting: u64,
+    /// The batch took every row there was: nothing more to do until new rows come.
+    pub caught_up: bool,
 }
 
 /// Marks whether a tarpit with the CRS on writes this database (shipping waits for the stage
@@ -97,16 +107,6 @@ pub fn rewind(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Rows not evaluated yet.
-pub fn backlog(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row(
-        "SELECT COUNT(*) FROM events
-         WHERE id > IFNULL((SELECT cursor_id FROM classify_state WHERE stage = ?1), 0)",
-        [STAGE],
-        |r| r.get(0),
-    )
-}
-
 /// Evaluates the next batch past the cursor and stores the tags, scores and the new cursor in
 /// one transaction. When more than `backlog_max` rows wait, the oldest of them are passed over
 /// (counted in `skipped_rows`, left for `tarpit classify`), so under a sustained flood the tags
@@ -151,6 +151,7 @@ pub fn tag_batch(
         cursor = to;
     }
     let mut batch = read_batch(conn, cursor, BATCH)?;
+    let all_there_was = (batch.len() as i64) < BATCH;
     // Evaluated in order; once `keep_going` says no (a stopping tarpit), the batch ends after
     // the rows evaluated so far (at least one), and the cursor stops there.
     let mut verdicts = Vec::new();
@@ -166,10 +167,12 @@ pub fn tag_batch(
             verdicts.push((r.id, r.conn_id, r.request_seq, verdict));
         }
     }
+    let caught_up = all_there_was && evaluated == batch.len();
     batch.truncate(evaluated);
     let Some(last) = batch.last().map(|r| r.id) else {
         return Ok(BatchOutcome {
             skipped: skipped as usize,
+            caught_up: true,
             ..BatchOutcome::default()
         });
     };
@@ -177,6 +180,8 @@ pub fn tag_batch(
         rows: batch.len(),
         tagged: 0,
         skipped: skipped as usize,
+        waiting: u64::try_from(newest - last).unwrap_or(0),
+        caught_up,
     };
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
@@ -253,20 +258,20 @@ fn run(conn: &mut Connection, mut crs: Crs, backlog_max: u64, stop: &AtomicBool)
         }
         // A stop ends a batch at the row being evaluated: a backlog of slow rows never holds
         // up a shutdown beyond one row past the grace.
+        let started = Instant::now();
         match tag_batch(conn, &mut crs, backlog_max, &|| {
-            !stop.load(Ordering::Relaxed)
+            !stop.load(Ordering::Relaxed) && started.elapsed() < BATCH_TIME
         }) {
             Ok(outcome) => {
                 metrics::counter!("tarpit_crs_evaluated_rows_total").increment(outcome.rows as u64);
                 metrics::counter!("tarpit_crs_skipped_rows_total")
                     .increment(outcome.skipped as u64);
-                if let Ok(rows) = backlog(conn) {
-                    metrics::gauge!("tarpit_classify_backlog_rows").set(rows as f64);
-                }
-                if outcome.rows == 0 {
-                    if stopping_since.is_some() {
+                metrics::gauge!("tarpit_classify_backlog_rows").set(outcome.waiting as f64);
+                if stopping_since.is_some() {
+                    if outcome.rows == 0 {
                         break;
                     }
+                } else if outcome.caught_up {
                     std::thread::sleep(IDLE);
                 }
             }

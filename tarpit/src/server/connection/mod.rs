@@ -122,8 +122,12 @@ impl Held for Connection {
     }
 
     fn close(self: Box<Self>, end_reason: &'static str) {
-        // Wakes any read still pending in the ring, so the socket really closes.
-        let _ = self.stream.shutdown(Shutdown::Both);
+        // Wakes any read still pending in the ring, so the socket really closes. A reset has
+        // ended every read already, and `shutdown` would only fail (ENOTCONN): skipped, one
+        // system call less for each scanner that closes with RST.
+        if end_reason != "client_reset" {
+            let _ = self.stream.shutdown(Shutdown::Both);
+        }
         self.shared
             .events
             .send(Event::ConnectionClosed(ConnectionClosed {
