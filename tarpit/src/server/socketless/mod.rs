@@ -21,6 +21,7 @@
 //! `kill -9` the kernel drops both, a restarted tarpit starts clean, and a held client's next
 //! packet meets a reset (or it times out on its own).
 
+mod due;
 pub mod flow;
 pub mod repair;
 pub mod segment;
@@ -42,6 +43,7 @@ use super::Shared;
 use crate::ebpf::held::HeldFlows;
 use crate::event::{ConnectionClosed, Event, ResponseEnd};
 use crate::http::response::{CHUNKED_END, Framing};
+use due::Due;
 use flow::{Flow, NO_FIN, Source, Step, Timeouts};
 use repair::Frozen;
 use segment::{Batch, Out, RawSockets};
@@ -116,9 +118,9 @@ pub enum AdmitError {
 
 struct State {
     flows: Slab<Flow>,
-    /// (due, flow key) in holder ms, 64 bits (this order must never wrap); each flow has
-    /// exactly one entry.
-    due: BinaryHeap<Reverse<(u64, u32)>>,
+    /// When each flow is due, in holder ms, 64 bits (this order must never wrap); each flow
+    /// has exactly one entry.
+    due: BinaryHeap<Reverse<Due>>,
     out: Out,
 }
 
@@ -279,7 +281,9 @@ impl Holder {
         self.kit().map.add(&key, &status).map_err(AdmitError::Map)?;
         let mut state = self.state.borrow_mut();
         let slot = state.flows.insert(flow) as u32;
-        state.due.push(Reverse((self.ms64(now_instant), slot)));
+        state
+            .due
+            .push(Reverse(Due::new(self.ms64(now_instant), slot)));
         drop(state);
         self.wake.notify_one();
         Ok(())
@@ -290,7 +294,12 @@ impl Holder {
         let cancel = self.shared.cancel.clone();
         let mut cancelled = std::pin::pin!(cancel.cancelled());
         loop {
-            let next = self.state.borrow().due.peek().map(|Reverse((due, _))| *due);
+            let next = self
+                .state
+                .borrow()
+                .due
+                .peek()
+                .map(|Reverse(due)| due.due_ms());
             let sleep_until = match next {
                 Some(due) => self.epoch + Duration::from_millis(due),
                 None => Instant::now() + Duration::from_secs(3600),
@@ -317,7 +326,8 @@ impl Holder {
         let now = Instant::now();
         let now_ms = self.ms64(now);
         let mut state = self.state.borrow_mut();
-        while let Some(Reverse((due, slot))) = state.due.peek().copied() {
+        while let Some(Reverse(entry)) = state.due.peek().copied() {
+            let (due, slot) = (entry.due_ms(), entry.slot());
             if due > now_ms + u64::from(COALESCE_MS) {
                 break;
             }
@@ -326,7 +336,7 @@ impl Holder {
             let is_late = now_ms.saturating_sub(due) > u64::from(LATE_MS);
             self.ticks.set((served + 1, late + u64::from(is_late)));
             if let Some(next) = self.tick_flow(&mut state, slot as usize, now, (due, now_ms)) {
-                state.due.push(Reverse((next, slot)));
+                state.due.push(Reverse(Due::new(next, slot)));
             }
         }
         state.out.flush(&self.kit().raw);
