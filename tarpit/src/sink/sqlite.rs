@@ -92,7 +92,10 @@ impl BatchEnds {
 impl SqliteSink {
     /// Wraps a connection already opened and migrated by [`crate::db::open`]; every row will
     /// carry `sensor_id`.
-    pub fn new(conn: Connection, sensor_id: &str) -> Self {
+    pub fn new(mut conn: Connection, sensor_id: &str) -> Self {
+        if let Err(error) = conn.busy_handler(Some(wait_a_millisecond)) {
+            tracing::warn!("cannot set the SQLite sink's busy handler: {error}");
+        }
         Self {
             conn,
             sensor_id: sensor_id.to_owned(),
@@ -147,6 +150,15 @@ impl Sink for SqliteSink {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Waits for another writer's lock (the CRS stage, `tarpit classify`) a millisecond at a time,
+/// for at most 5 s. SQLite's own busy timeout sleeps 1, 2, 5, ... then 100 ms between tries:
+/// behind a CRS stage committing back to back it slept for tens of milliseconds while a flood
+/// of events overflowed its queue. Returns whether to try again.
+fn wait_a_millisecond(tries: i32) -> bool {
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    tries < 5_000
 }
 
 /// The `changed_seq` of the batch's next row change (see [`crate::db::next_change_seq`]).
