@@ -301,14 +301,36 @@ fn count_rows(db: &Path) -> Option<u64> {
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
+/// Events the server lost, from its last words ("stopped; ... dropped=N sink_dropped=M"): those
+/// the workers' channel refused plus those a sink's queue refused.
 fn dropped_events(stderr: &str) -> Option<u64> {
-    let at = stderr.rfind("dropped=")?;
-    stderr[at + 8..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
+    let line = stderr.lines().rev().find(|l| l.contains("sink_dropped="))?;
+    let count = |name: &str| -> Option<u64> {
+        let at = line
+            .match_indices(name)
+            .find(|(at, _)| *at == 0 || line.as_bytes()[at - 1] == b' ')?
+            .0;
+        line[at + name.len()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some(count("dropped=")? + count("sink_dropped=")?)
 }
+
+/// Echoes the server's lines worth seeing beside the table: the socketless holder's late ticks,
+/// and where events were lost.
+fn echo_notable(name: &str, stderr: &str) {
+    for line in stderr.lines().filter(|l| {
+        l.contains("socketless holder stopping")
+            || l.contains("events were lost")
+            || l.contains("stopped; every queued event written")
+    }) {
+        eprintln!("xtask: {name}: {}", line.trim());
+    }
+}
+
 
 /// Runs the `role` clients (`per_process` connections or loops each) against `server` and
 /// measures the server over the `duration`-second window; returns the clients' merged report.
@@ -360,12 +382,7 @@ pub fn hold(
     )?;
     let (stderr, dir) = server.stop()?;
     // The socketless holder says how many of its ticks were late (server-side cadence).
-    for line in stderr
-        .lines()
-        .filter(|l| l.contains("socketless holder stopping"))
-    {
-        eprintln!("xtask: {name}: {}", line.trim());
-    }
+    echo_notable(name, &stderr);
     let held = report.held.max(1);
     let rss_delta = window.rss.saturating_sub(rss_before) as f64;
     let bpf_delta = window.bpf_maps.saturating_sub(bpf_before) as f64;
@@ -408,6 +425,7 @@ pub fn churn(
         std::thread::sleep(Duration::from_millis(100));
     }
     let (stderr, dir) = server.stop()?;
+    echo_notable(name, &stderr);
     Ok(Figures {
         name: name.into(),
         cpu_percent: Some(window.cpu_percent),
@@ -522,4 +540,18 @@ pub fn hold_or_churn(root: &Path, kind: crate::BenchKind, args: LoadArgs) -> any
     };
     print_table(&title, &mut columns);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_events_count_the_channel_and_the_sinks() {
+        let stderr = "2026-12-06T16:35:29Z  WARN tarpit::pipeline: events were lost dropped_events=3\n\
+                      2026-12-06T16:35:30Z  INFO tarpit::server: stopped; every queued event \
+                      written dropped=2 sink_dropped=34694\n";
+        assert_eq!(dropped_events(stderr), Some(34_696));
+        assert_eq!(dropped_events("no summary"), None);
+    }
 }
