@@ -331,7 +331,6 @@ fn echo_notable(name: &str, stderr: &str) {
     }
 }
 
-
 /// Runs the `role` clients (`per_process` connections or loops each) against `server` and
 /// measures the server over the `duration`-second window; returns the clients' merged report.
 fn load(
