@@ -50,13 +50,6 @@ struct Shared {
     cancel: CancellationToken,
 }
 
-/// A writer's queue holds this many times `storage.event_queue` events, within the same
-/// `storage.event_queue_bytes`. The ends of 100,000 socketless flows whose clients leave within
-/// one tick come as 200,000 small events in about a second and a half, faster than SQLite
-/// updates their rows; bounded by the channel's count, the SQLite writer's queue dropped a third
-/// of them. Bytes, not the count, are the memory bound: such events are a few hundred bytes.
-const SINK_QUEUE_FACTOR: usize = 4;
-
 /// Runs the tarpit until SIGINT or SIGTERM.
 pub fn run(config: &Config) -> anyhow::Result<()> {
     let signals = ShutdownSignals::install()?;
@@ -125,10 +118,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             ))
         }
     };
-    let queue = (
-        storage.event_queue.saturating_mul(SINK_QUEUE_FACTOR),
-        storage.event_queue_bytes,
-    );
+    let queue = crate::sink::writer_queue(storage);
     let sinks = vec![
         SinkThread::spawn(json_log, queue, stats.clone())?,
         SinkThread::spawn(SqliteSink::new(database, &sensor_id), queue, stats.clone())?,

@@ -32,6 +32,21 @@ const LINGER_BELOW: usize = 512;
 /// `LINGER_BELOW` is written at once, so a busy sink never waits.
 const LINGER: Duration = Duration::from_millis(5);
 
+/// A writer's queue holds this many times `storage.event_queue` events, within the same
+/// `storage.event_queue_bytes`. The ends of 100,000 socketless flows whose clients leave within
+/// one tick come as 200,000 small events in about a second and a half, faster than SQLite
+/// updates their rows; bounded by the channel's count, the SQLite writer's queue dropped up to
+/// a third of them. Bytes, not the count, are the memory bound: such events are small.
+const QUEUE_FACTOR: usize = 4;
+
+/// The bounds of each writer's queue, (events, bytes), for `storage`.
+pub fn writer_queue(storage: &crate::config::StorageConfig) -> (usize, usize) {
+    (
+        storage.event_queue.saturating_mul(QUEUE_FACTOR),
+        storage.event_queue_bytes,
+    )
+}
+
 /// An error a sink reports for a batch it could not write.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -276,6 +291,29 @@ mod tests {
             "{batches} batches in {elapsed:?}: more than one per {LINGER:?}"
         );
         assert_eq!(*seen.lock().unwrap(), (0..300).collect::<Vec<_>>());
+    }
+
+    /// At the default bounds, a writer's queue takes the ends of 100,000 held flows (a
+    /// response end and a connection end each) by count and by bytes, so a socketless hold's
+    /// clients leaving at once never lose their rows' ends.
+    #[test]
+    fn a_writer_queue_takes_the_ends_of_100000_flows_at_the_default_bounds() {
+        let (count, bytes) = writer_queue(&crate::config::StorageConfig::default());
+        let response_end = Event::ResponseEnd(crate::event::ResponseEnd {
+            conn_id: 1,
+            request_seq: 1,
+            closed_at: SystemTime::now(),
+            bytes_sent: 1200,
+            duration_s: 900.0,
+            end_reason: "client_reset",
+            client_fin_s: None,
+        });
+        let per_flow = response_end.queued_bytes() + event(1).queued_bytes();
+        assert!(count >= 200_000, "{count} events");
+        assert!(
+            per_flow * 100_000 <= bytes,
+            "{per_flow} B a flow, {bytes} B"
+        );
     }
 
     /// A sink that waits until it is let go: what it has not written stays queued.
