@@ -23,6 +23,7 @@
 
 mod due;
 pub mod flow;
+mod record;
 pub mod repair;
 pub mod segment;
 
@@ -32,7 +33,7 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use slab::Slab;
 use tarpit_ebpf::HeldStatus;
@@ -41,7 +42,6 @@ use tokio::time::Instant;
 
 use super::Shared;
 use crate::ebpf::held::HeldFlows;
-use crate::event::{ConnectionClosed, Event, ResponseEnd};
 use crate::http::response::{CHUNKED_END, Framing};
 use due::Due;
 use flow::{Flow, NO_FIN, Source, Step, Timeouts};
@@ -490,49 +490,6 @@ impl Holder {
         let age = repair::monotonic_ms().wrapping_sub(monotonic_ms);
         now.checked_sub(Duration::from_millis(u64::from(age.min(86_400_000))))
             .unwrap_or(now)
-    }
-
-    /// Records the response's end and the connection's close, as a socket hold would.
-    fn record(&self, flow: &Flow, reason: &'static str, at: Instant) {
-        let settings = &self.shared.settings;
-        let payload = if flow.has(Flow::PAGE) {
-            u64::from(flow.sent.min(self.source(flow).length()))
-        } else {
-            let framing = if flow.has(Flow::CHUNKED) {
-                Framing::Chunked
-            } else {
-                Framing::Raw
-            };
-            let tick = settings.drip.tick_at(u64::from(flow.sent), framing);
-            settings.drip.payload_through(tick)
-        };
-        let closed_at = SystemTime::now() - Instant::now().saturating_duration_since(at);
-        let at_ms = self.ms(at);
-        let seconds = |from_ms: u32| f64::from(at_ms.wrapping_sub(from_ms)) / 1000.0;
-        self.shared.events.send(Event::ResponseEnd(ResponseEnd {
-            conn_id: flow.conn_id,
-            request_seq: flow.request_seq,
-            closed_at,
-            bytes_sent: payload,
-            duration_s: seconds(flow.started_ms),
-            end_reason: reason,
-            client_fin_s: (flow.fin_ms != NO_FIN).then(|| f64::from(flow.fin_ms) / 1000.0),
-        }));
-        let connection_reason = if reason == "complete" {
-            "response_complete"
-        } else {
-            reason
-        };
-        self.shared
-            .events
-            .send(Event::ConnectionClosed(ConnectionClosed {
-                conn_id: flow.conn_id,
-                closed_at,
-                requests: flow.request_seq,
-                bytes_sent: u64::from(flow.prior_bytes) + payload,
-                duration_s: seconds(flow.accepted_ms),
-                end_reason: connection_reason,
-            }));
     }
 
     /// Shutdown: every held response ends with its terminating chunk (drip, chunked) and our

@@ -7,10 +7,11 @@
 //! connects, reads the first byte and resets makes two inserts instead of two inserts and two
 //! updates (each update a B-tree search and the whole row written again).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{Connection, params};
+
+mod ends;
 
 use super::{Sink, SinkError};
 use crate::adaptive::model::FamilyBatch;
@@ -19,6 +20,7 @@ use crate::event::{
     format_timestamp, headers_to_json,
 };
 use crate::fingerprint::Fingerprint;
+use ends::BatchEnds;
 
 /// Writes events into the `events` and `connections` tables (see [`crate::db`]).
 #[derive(Debug)]
@@ -29,64 +31,6 @@ pub struct SqliteSink {
     /// The batch's response ends by request, and connection ends by connection (kept between
     /// batches for their allocation).
     ends: BatchEnds,
-}
-
-/// Where in a batch each request's response end and each connection's end are, so that a row
-/// started in the batch can be inserted with its end.
-#[derive(Debug, Default)]
-struct BatchEnds {
-    responses: HashMap<(u64, u32), usize>,
-    connections: HashMap<u64, usize>,
-    /// By position in the batch: an end already written with the row it ends.
-    written: Vec<bool>,
-}
-
-impl BatchEnds {
-    fn index(&mut self, events: &[Arc<Event>]) {
-        self.responses.clear();
-        self.connections.clear();
-        self.written.clear();
-        self.written.resize(events.len(), false);
-        for (at, event) in events.iter().enumerate() {
-            match event.as_ref() {
-                Event::ResponseEnd(e) => {
-                    self.responses.insert((e.conn_id, e.request_seq), at);
-                }
-                Event::ConnectionClosed(e) => {
-                    self.connections.insert(e.conn_id, at);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// The end of the response to request `seq` of `conn_id`, when it comes later in `events`.
-    fn response<'a>(
-        &self,
-        events: &'a [Arc<Event>],
-        at: usize,
-        key: (u64, u32),
-    ) -> Option<(usize, &'a ResponseEnd)> {
-        let end = *self.responses.get(&key)?;
-        match events[end].as_ref() {
-            Event::ResponseEnd(e) if end > at => Some((end, e)),
-            _ => None,
-        }
-    }
-
-    /// The end of connection `conn_id`, when it comes later in `events`.
-    fn connection<'a>(
-        &self,
-        events: &'a [Arc<Event>],
-        at: usize,
-        conn_id: u64,
-    ) -> Option<(usize, &'a ConnectionClosed)> {
-        let end = *self.connections.get(&conn_id)?;
-        match events[end].as_ref() {
-            Event::ConnectionClosed(e) if end > at => Some((end, e)),
-            _ => None,
-        }
-    }
 }
 
 impl SqliteSink {
@@ -153,9 +97,9 @@ impl Sink for SqliteSink {
 }
 
 /// Waits for another writer's lock (the CRS stage, `tarpit classify`) a millisecond at a time,
-/// for at most 5 s. SQLite's own busy timeout sleeps 1, 2, 5, ... then 100 ms between tries:
-/// behind a CRS stage committing back to back it slept for tens of milliseconds while a flood
-/// of events overflowed its queue. Returns whether to try again.
+/// for at most 5 s. SQLite's own busy timeout sleeps 1, 2, 5, ... then 100 ms between tries,
+/// long for a writer whose queue can fill at tens of thousands of events a second behind
+/// another writer's transaction of a few milliseconds. Returns whether to try again.
 fn wait_a_millisecond(tries: i32) -> bool {
     std::thread::sleep(std::time::Duration::from_millis(1));
     tries < 5_000
