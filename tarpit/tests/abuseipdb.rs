@@ -58,7 +58,7 @@ fn reports_once_per_interval_with_exact_fields_and_remembers_across_restarts() {
     let mut tarpit = Tarpit::start_with_config(&config(&api, ""), &env, &[]);
     request_from(&tarpit, "81.2.69.142", "/wp-login.php", "zgrab/0.x");
     request_from(&tarpit, "81.2.69.142", "/again", "zgrab/0.x");
-    let got = api.wait_for(1, Duration::from_secs(10));
+    let got = api.wait_for(1, Duration::from_secs(30));
     let report = &got[0];
     assert_eq!(report.request_line, "POST /api/v2/report HTTP/1.1");
     assert_eq!(report.header("key"), Some(KEY));
@@ -119,7 +119,7 @@ fn reports_once_per_interval_with_exact_fields_and_remembers_across_restarts() {
     let restarted = Tarpit::launch(&dir, &env, &["--config", "tarpit.toml"], 1);
     request_from(&restarted, "81.2.69.142", "/after-restart", "zgrab/0.x");
     request_from(&restarted, "89.160.20.112", "/other-client", "zgrab/0.x");
-    let got = api.wait_for(2, Duration::from_secs(10));
+    let got = api.wait_for(2, Duration::from_secs(30));
     assert_eq!(got[1].field("ip"), Some("89.160.20.112"));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
@@ -150,8 +150,8 @@ fn daily_limit_stops_reporting_for_the_day() {
     for client in ["81.2.69.142", "89.160.20.112", "175.16.199.10"] {
         request_from(&tarpit, client, "/x", "scanner");
     }
-    api.wait_for(2, Duration::from_secs(10));
-    common::wait_for(Duration::from_secs(5), || {
+    api.wait_for(2, Duration::from_secs(30));
+    common::wait_for(Duration::from_secs(30), || {
         tarpit
             .stderr()
             .contains("AbuseIPDB daily limit reached")
@@ -171,7 +171,7 @@ fn rate_limit_429_with_retry_after_is_honoured() {
     let env = [("ABUSEIPDB_API_KEY", KEY)];
     let tarpit = Tarpit::start_with_config(&config(&api, ""), &env, &[]);
     request_from(&tarpit, "81.2.69.142", "/x", "scanner");
-    let got = api.wait_for(2, Duration::from_secs(10));
+    let got = api.wait_for(2, Duration::from_secs(30));
     let gap = got[1].at - got[0].at;
     assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
     assert_eq!(got[1].field("ip"), Some("81.2.69.142"));
@@ -185,7 +185,7 @@ fn server_error_then_success_is_retried() {
     let env = [("ABUSEIPDB_API_KEY", KEY)];
     let tarpit = Tarpit::start_with_config(&config(&api, ""), &env, &[]);
     request_from(&tarpit, "81.2.69.142", "/x", "scanner");
-    let got = api.wait_for(2, Duration::from_secs(10));
+    let got = api.wait_for(2, Duration::from_secs(30));
     assert!(got[1].at - got[0].at >= Duration::from_millis(950)); // backoff
     tarpit.wait_count("SELECT COUNT(*) FROM abuseipdb_reports", 1);
     assert_eq!(
@@ -207,7 +207,7 @@ fn a_hanging_api_never_stalls_the_tarpit_and_gives_up_with_a_record() {
     let extra = "timeout_seconds = 1\nmax_retries = 0";
     let tarpit = Tarpit::start_with_config(&config(&api, extra), &env, &[]);
     request_from(&tarpit, "81.2.69.142", "/x", "scanner");
-    api.wait_for(1, Duration::from_secs(5));
+    api.wait_for(1, Duration::from_secs(30));
     // While the API hangs, the tarpit keeps serving.
     let started = std::time::Instant::now();
     for i in 0..5 {
@@ -249,7 +249,7 @@ fn private_and_whitelisted_clients_are_never_reported() {
     read_response(&mut plain);
     // A sentinel that must be reported proves the reporter ran through the others first.
     request_from(&tarpit, "81.2.69.142", "/sentinel", "scanner");
-    let got = api.wait_for(1, Duration::from_secs(10));
+    let got = api.wait_for(1, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
     let ips: Vec<_> = api
         .received()
@@ -274,7 +274,7 @@ fn whitelisted_asn_is_never_reported() {
     let tarpit = Tarpit::start_with_config(&config(&api, &extra), &env, &[]);
     request_from(&tarpit, "1.0.0.1", "/google-asn", "scanner"); // AS15169 in the test data
     request_from(&tarpit, "1.128.0.1", "/telstra", "scanner"); // AS1221: reported
-    api.wait_for(1, Duration::from_secs(10));
+    api.wait_for(1, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
     let ips: Vec<_> = api
         .received()
@@ -324,7 +324,7 @@ fn without_a_key_nothing_is_reported_and_dot_env_supplies_one() {
     .unwrap();
     let tarpit = Tarpit::launch(dir.path(), &[], &["--config", "tarpit.toml"], 0);
     request_from(&tarpit, "81.2.69.142", "/x", "scanner");
-    let got = api.wait_for(1, Duration::from_secs(10));
+    let got = api.wait_for(1, Duration::from_secs(30));
     assert_eq!(got[0].header("key"), Some(KEY));
 }
 

@@ -116,7 +116,7 @@ fn curl_urllib_and_sqlmap_get_their_tags_in_every_record() {
     );
 
     // The JSON log's request lines carry the same tags.
-    let line = wait_for(Duration::from_secs(5), || {
+    let line = wait_for(Duration::from_secs(30), || {
         tarpit
             .json_lines()
             .into_iter()

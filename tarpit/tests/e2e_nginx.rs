@@ -72,7 +72,7 @@ fn nginx_header_and_ebpf_disagree_after_a_redirect_in_front_of_nginx() {
         let path = path.to_owned();
         // nginx may need a moment to bind; retry the connect briefly.
         lab.as_client(move || {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
             loop {
                 match std::panic::catch_unwind(|| drop(request(to, None, &path))) {
                     Ok(()) => break,

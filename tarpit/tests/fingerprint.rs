@@ -179,7 +179,7 @@ fn header_order_keeps_names_as_sent_with_repeats() {
     let sha = String::from_utf8_lossy(&sha.stdout);
     assert_eq!(text(&row[13]), &sha[..16]);
     // The JSON log carries the same fields.
-    let line = common::wait_for(Duration::from_secs(5), || {
+    let line = common::wait_for(Duration::from_secs(30), || {
         tarpit
             .json_lines()
             .into_iter()

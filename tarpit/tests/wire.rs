@@ -346,7 +346,7 @@ fn sighup_reopens_the_json_log_and_nothing_is_lost_across_a_rotation() {
         2,
     );
     let read = |path: &std::path::Path| -> Vec<serde_json::Value> {
-        common::wait_for(std::time::Duration::from_secs(5), || {
+        common::wait_for(std::time::Duration::from_secs(30), || {
             let text = std::fs::read_to_string(path).ok()?;
             let lines: Vec<serde_json::Value> = text
                 .lines()

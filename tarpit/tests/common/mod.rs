@@ -109,7 +109,9 @@ impl Tarpit {
             .stderr(stderr)
             .spawn()
             .expect("tarpit binary starts");
-        let addr = wait_for(Duration::from_secs(15), || {
+        // Generous: it returns as soon as the line is there. Two tarpits starting together on
+        // a loaded 2-core CI machine once took over 15 s to load their rules.
+        let addr = wait_for(Duration::from_secs(60), || {
             let text = std::fs::read_to_string(&stderr_path).ok()?;
             let rest = &text[text.find("listening on ")? + "listening on ".len()..];
             rest.split_whitespace().next()?.parse().ok()

@@ -85,7 +85,8 @@ impl Server {
             .spawn()
             .with_context(|| format!("starting {command}"))?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: it returns as soon as the server accepts, and a loaded machine is slow.
+        let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             if Instant::now() > deadline {
                 bail!(
