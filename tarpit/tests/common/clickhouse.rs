@@ -52,6 +52,29 @@ impl ClickHouse {
 
     /// Starts `engine` with the repository's `deploy/clickhouse/requests.sql` applied.
     pub fn start_engine(engine: Engine) -> Self {
+        // A port found free can be taken by another program before the server binds it: then
+        // the server fails with "Address already in use", and is started again on others.
+        for _ in 0..4 {
+            let mut server = Self::configure(engine);
+            match server.try_resume() {
+                Ok(()) => {
+                    for statement in statements(&ddl()) {
+                        server.query(&statement);
+                    }
+                    return server;
+                }
+                Err(log) if log.contains("Address already in use") => {
+                    server.stop();
+                    continue;
+                }
+                Err(log) => panic!("ClickHouse did not answer: {log}"),
+            }
+        }
+        panic!("ClickHouse found no free ports in four tries")
+    }
+
+    /// A server's directory and configuration on two free ports, not started.
+    fn configure(engine: Engine) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let http_port = free_port();
         let tcp_port = free_port();
@@ -73,17 +96,12 @@ impl ClickHouse {
             fill("xtask/clickhouse/users.xml"),
         )
         .unwrap();
-        let mut server = Self {
+        Self {
             child: None,
             dir,
             engine,
             http_port,
-        };
-        server.resume();
-        for statement in statements(&ddl()) {
-            server.query(&statement);
         }
-        server
     }
 
     /// The URL for `[ship.clickhouse] url`.
@@ -93,6 +111,13 @@ impl ClickHouse {
 
     /// Starts the server process (again) on the same ports and data; waits until it answers.
     pub fn resume(&mut self) {
+        if let Err(log) = self.try_resume() {
+            panic!("ClickHouse did not answer: {log}");
+        }
+    }
+
+    /// [`ClickHouse::resume`], or its error log when it does not answer within 30 s.
+    fn try_resume(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "already running");
         let mut command = match self.engine {
             Engine::Debian => {
@@ -125,15 +150,20 @@ impl ClickHouse {
             .spawn()
             .expect("clickhouse-server starts");
         self.child = Some(child);
-        wait_for(Duration::from_secs(30), || {
-            self.try_query("SELECT 1").ok().filter(|r| r.trim() == "1")
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "ClickHouse did not answer: {}",
-                std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-            )
+        let log = || std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default();
+        let answered = wait_for(Duration::from_secs(30), || {
+            if log().contains("Address already in use") {
+                return Some(false);
+            }
+            self.try_query("SELECT 1")
+                .ok()
+                .filter(|r| r.trim() == "1")
+                .map(|_| true)
         });
+        match answered {
+            Some(true) => Ok(()),
+            _ => Err(log()),
+        }
     }
 
     /// Stops the server (SIGKILL: an outage, not a maintenance window).

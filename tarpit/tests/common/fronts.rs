@@ -29,12 +29,17 @@ impl Drop for Front {
 /// range only another test's pick can collide, one chance in ~20,000.
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, RandomState};
+    // Never the same port twice in one test process: two servers started at once (two ports of
+    // one ClickHouse, or two tests) would otherwise be told the same free port.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
     let ephemeral_low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
     let (low, span) = (10_000, ephemeral_low.saturating_sub(10_000).max(1000));
     for _ in 0..1000 {
         let port = low + (RandomState::new().hash_one(0u8) % u64::from(span)) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
