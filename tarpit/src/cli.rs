@@ -39,6 +39,9 @@ pub enum Command {
     Ports(QueryArgs),
     /// What was caught: totals, time held, top sources, ASNs, countries, ports, paths, ...
     Stats(QueryArgs),
+    /// Who is behind the addresses: the actors canary tokens joined, with their addresses,
+    /// ASNs, countries, tools, tags and the evidence of every merge.
+    Actors(ActorsArgs),
     /// Write a self-contained HTML report (charts and a world map; no network needed to view).
     Report(ReportArgs),
     /// Export the recorded requests as CSV, JSON lines or Parquet, optionally anonymised.
@@ -127,6 +130,26 @@ pub struct QueryArgs {
     #[command(flatten)]
     pub source: Source,
     /// Print JSON instead of text tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `tarpit actors`.
+#[derive(Debug, Clone, Args)]
+pub struct ActorsArgs {
+    /// Database to read (default: `storage.database` of the configuration).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Only actors with at least this many addresses.
+    #[arg(long, default_value_t = 2)]
+    pub min_addresses: u32,
+    /// At most this many actors, those with the most addresses first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// One actor (or the actor it was merged into), with every address and merge.
+    #[arg(long, value_name = "ID")]
+    pub actor: Option<i64>,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }

@@ -104,6 +104,11 @@ impl Event {
                         + r.header_order.as_ref().map_or(0, String::capacity)
                         + r.client_hello.as_ref().map_or(0, Vec::capacity)
                         + r.tags.capacity() * std::mem::size_of::<Arc<str>>()
+                        + r.canary.as_ref().map_or(0, |c| {
+                            std::mem::size_of::<CanaryRecord>()
+                                + c.issued.capacity() * std::mem::size_of::<IssuedToken>()
+                                + c.sightings.capacity() * std::mem::size_of::<Sighting>()
+                        })
                 }
                 Event::AbuseReport(r) => {
                     std::mem::size_of::<AbuseReport>()
@@ -238,6 +243,53 @@ pub struct RequestRecord {
     /// Classification tags (`attack:sqli`, `tool:curl`, ...), filled by the pipeline; the
     /// `request_tags` table's rows.
     pub tags: Vec<Arc<str>>,
+    /// The canary token slots of the persona page served (canary tokens on): the tokens this
+    /// response issues to the client, which the pipeline records.
+    #[serde(skip)]
+    pub canary_slots: &'static [crate::canary::Slot],
+    /// Canary tokens issued by this response and found in this request, by the pipeline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Box<CanaryRecord>>,
+}
+
+/// What the pipeline found of canary tokens in one request.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CanaryRecord {
+    /// The tokens the response issued (the client is the request's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub issued: Vec<IssuedToken>,
+    /// Issued tokens the request carried.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sightings: Vec<Sighting>,
+}
+
+/// One token a response issued.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct IssuedToken {
+    /// What it imitates (`password`, `aws_key_id`, ...).
+    pub kind: &'static str,
+    /// Which token of the kind in the page.
+    pub ordinal: u8,
+}
+
+/// One issued token found in a request: whom it was issued to, by which sensor, when.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sighting {
+    /// What it imitates.
+    pub kind: &'static str,
+    /// Which token of the kind in its page.
+    pub ordinal: u8,
+    /// Where in the request (`path`, `query`, `cookie`, `authorization`, `header`, `body`).
+    pub location: &'static str,
+    /// The client it was issued to.
+    pub issued_to: IpAddr,
+    /// The sensor that issued it.
+    pub issued_by: Arc<str>,
+    /// When it was first issued.
+    #[serde(serialize_with = "rfc3339")]
+    pub first_issued: SystemTime,
+    /// The request path that first issued it.
+    pub issued_path: Arc<str>,
 }
 
 /// The end of one response: completes the row that the `request` event created.
@@ -395,6 +447,8 @@ impl RequestRecord {
             syn: None,
             client_hello: None,
             tags: Vec::new(),
+            canary_slots: &[],
+            canary: None,
         }
     }
 }

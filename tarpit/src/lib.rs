@@ -8,9 +8,11 @@
 #![warn(missing_docs)]
 
 pub mod abuseipdb;
+pub mod actors;
 pub mod adaptive;
 pub mod address_text;
 pub mod attribution;
+pub mod canary;
 pub mod classify;
 pub mod cli;
 pub mod config;

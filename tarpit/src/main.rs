@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         | Some(
             Command::Ports(_)
             | Command::Stats(_)
+            | Command::Actors(_)
             | Command::Report(_)
             | Command::Export(_)
             | Command::Migrate(_)
@@ -70,6 +71,7 @@ fn main() -> ExitCode {
         };
     }
     let analysis = match &cli.command {
+        Some(Command::Actors(args)) => Some(actors(args, &config)),
         Some(Command::Report(args)) => Some(report(args, &config)),
         Some(Command::Export(args)) => Some(export(args, &config)),
         Some(Command::Migrate(args)) => Some(migrate(args, &config)),
@@ -104,6 +106,20 @@ fn main() -> ExitCode {
             (None, _) => println!(
                 "# abuseipdb: reporting off (ABUSEIPDB_API_KEY not set in the environment or .env)"
             ),
+        }
+        match tarpit::canary::minter_from_env("check-config") {
+            Ok(Some(_)) => println!(
+                "# canary: tokens on ({} set, value not shown)",
+                tarpit::canary::KEY_VARIABLE
+            ),
+            Ok(None) => println!(
+                "# canary: tokens off ({} not set in the environment or .env)",
+                tarpit::canary::KEY_VARIABLE
+            ),
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
         }
         let ship = &config.ship.clickhouse;
         if ship.enabled() {
@@ -149,6 +165,25 @@ fn existing_db<'a>(
         );
     }
     Ok(db)
+}
+
+/// `tarpit actors`: the actors canary tokens joined, as text or JSON.
+fn actors(args: &tarpit::cli::ActorsArgs, config: &tarpit::config::Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let db = existing_db(args.db.as_ref(), config)?;
+    let query = tarpit::actors::Query {
+        min_addresses: args.min_addresses,
+        limit: args.limit,
+        actor: args.actor,
+    };
+    let actors =
+        tarpit::actors::build(db, query).with_context(|| format!("reading {}", db.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&actors)?);
+    } else {
+        print!("{}", tarpit::actors::to_text(&actors));
+    }
+    Ok(())
 }
 
 /// `tarpit migrate`: brings a database to this build's schema and says what it did.

@@ -140,6 +140,14 @@ fn describe() {
             "tarpit_fleet_failures_total",
             "Exchanges of give-up figures with the fleet that failed.",
         ),
+        (
+            "tarpit_canary_tokens_issued_total",
+            "Canary tokens served in bait (a client served the same bait again counts again).",
+        ),
+        (
+            "tarpit_canary_sightings_total",
+            "Issued canary tokens found in requests, by where in the request.",
+        ),
     ] {
         describe_counter!(name, help);
     }
@@ -254,6 +262,15 @@ impl MetricsSink {
                 }
                 if crate::attribution::recorded_ebpf_miss(r.ebpf_lookup, r.target_port_source) {
                     counter!("tarpit_ebpf_map_misses_total").increment(1);
+                }
+                if let Some(canary) = r.canary.as_deref() {
+                    counter!("tarpit_canary_tokens_issued_total")
+                        .increment(canary.issued.len() as u64);
+                    // Locations are a fixed set of six names.
+                    for sighting in &canary.sightings {
+                        counter!("tarpit_canary_sightings_total", "location" => sighting.location)
+                            .increment(1);
+                    }
                 }
                 // Label values come only from the rule set's tags, so the series are bounded.
                 for tag in &r.tags {

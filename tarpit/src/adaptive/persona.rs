@@ -15,6 +15,7 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
+use crate::canary::{Issuer, Slot};
 use crate::http::head::HttpVersion;
 
 /// The built-in persona's files, compiled in.
@@ -38,6 +39,10 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../assets/persona/wp-login.html"),
     ),
     ("env.txt", include_str!("../../assets/persona/env.txt")),
+    (
+        "wp-config.txt",
+        include_str!("../../assets/persona/wp-config.txt"),
+    ),
     (
         "git-config.txt",
         include_str!("../../assets/persona/git-config.txt"),
@@ -78,6 +83,9 @@ struct PageSpec {
     status: u16,
     content_type: String,
     file: String,
+    /// A cookie set with the client's session token (canary tokens on).
+    #[serde(default)]
+    session_cookie: Option<String>,
 }
 
 /// One answer: its status, content type and (padded) body.
@@ -95,6 +103,10 @@ pub struct Page {
     /// The head's fixed end (`Content-Type` ... the blank line), for `Connection: close` and
     /// `keep-alive`: what a HEAD answer drips, a byte per tick.
     tails: [&'static [u8]; 2],
+    /// The canary token slots: `{{canary:KIND}}` in the file, and the session cookie's.
+    pub slots: &'static [Slot],
+    /// The name of the cookie that carries the session token.
+    session_cookie: Option<&'static str>,
 }
 
 impl Page {
@@ -202,12 +214,25 @@ impl Persona {
         let page = |entry: &str,
                     content_type: &str,
                     status: u16,
-                    file: &str|
+                    file: &str,
+                    session_cookie: Option<&str>|
          -> Result<Page, PersonaError> {
             if let Some(dir) = dir {
                 confine(dir, file).map_err(|reason| error(entry.to_owned(), reason))?;
             }
-            let mut body = read(file)?;
+            let (mut body, mut slots) = crate::canary::template::parse(&read(file)?)
+                .map_err(|reason| error(entry.to_owned(), reason))?;
+            if let Some(name) = session_cookie {
+                let token_char =
+                    |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+                if name.is_empty() || !name.chars().all(token_char) {
+                    return Err(error(
+                        entry.to_owned(),
+                        format!("session_cookie {name:?} is not a cookie name"),
+                    ));
+                }
+                slots.push(Slot::SESSION_COOKIE);
+            }
             if body.len() < min_body {
                 body.resize(min_body, b' ');
             }
@@ -225,6 +250,8 @@ impl Persona {
                 tails: [tail("close"), tail("keep-alive")],
                 body: Box::leak(body.into_boxed_slice()),
                 per_tick,
+                slots: Box::leak(slots.into_boxed_slice()),
+                session_cookie: session_cookie.map(|name| &*Box::leak(name.into())),
             })
         };
         let mut persona = Persona {
@@ -233,6 +260,7 @@ impl Persona {
                 "text/html",
                 404,
                 &manifest.not_found,
+                None,
             )?],
             exact: HashMap::new(),
             prefixes: Vec::new(),
@@ -245,6 +273,7 @@ impl Persona {
                 "text/html; charset=UTF-8",
                 200,
                 file,
+                None,
             )?);
         }
         for (i, spec) in manifest.page.iter().enumerate() {
@@ -273,9 +302,13 @@ impl Persona {
                     }
                 }
             }
-            persona
-                .pages
-                .push(page(&entry, &spec.content_type, spec.status, &spec.file)?);
+            persona.pages.push(page(
+                &entry,
+                &spec.content_type,
+                spec.status,
+                &spec.file,
+                spec.session_cookie.as_deref(),
+            )?);
         }
         Ok(persona)
     }
@@ -301,16 +334,24 @@ impl Persona {
     /// What a response starts with, written at once: the head and the body's first slice, or
     /// for HEAD (`head_only`) the head's first lines and the first byte of its fixed end (the
     /// rest is dripped). Returns the bytes and how many of them the dripper counts as sent.
-    /// Allocates once per response, like the drip's `head_with_first_tick`.
+    /// Allocates once per response, like the drip's `head_with_first_tick`. With an `issuer`
+    /// (canary tokens on), the client's tokens are in the slice and its session cookie is set.
     pub fn head_with_first_slice(
         &self,
         index: u16,
         (version, keep_alive, head_only): (HttpVersion, bool, bool),
         server: &str,
         now: SystemTime,
+        issuer: Option<Issuer<'_>>,
     ) -> (Vec<u8>, u64) {
         let page = self.page(index);
         let mut bytes = self.head_start(index, version, server, now);
+        if let (Some(issuer), Some(name)) = (issuer, page.session_cookie) {
+            let token = issuer.token(&Slot::SESSION_COOKIE);
+            bytes.extend_from_slice(format!("Set-Cookie: {name}=").as_bytes());
+            bytes.extend_from_slice(token.as_bytes());
+            bytes.extend_from_slice(b"; path=/; HttpOnly\r\n");
+        }
         let tail = page.tail(keep_alive);
         if head_only {
             bytes.extend_from_slice(&tail[..1]);
@@ -318,7 +359,11 @@ impl Persona {
         }
         bytes.extend_from_slice(tail);
         let first = page.per_tick.min(page.body.len());
+        let at = bytes.len();
         bytes.extend_from_slice(&page.body[..first]);
+        if let Some(issuer) = issuer {
+            issuer.write(page.slots, 0, &mut bytes[at..]);
+        }
         (bytes, first as u64)
     }
 
@@ -419,6 +464,7 @@ mod tests {
                 (HttpVersion::Http11, true, head_only),
                 "nginx",
                 when,
+                None,
             )
         };
         let (bytes, sent) = at(false);

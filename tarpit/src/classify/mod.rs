@@ -197,10 +197,19 @@ impl Classifier {
 
     /// The tags `request` earns, sorted and without repeats.
     pub fn classify(&self, request: &RequestView<'_>) -> Vec<Arc<str>> {
-        let fields = normalize::Fields::of(request);
+        self.classify_fields(request, &normalize::Fields::of(request))
+    }
+
+    /// [`Classifier::classify`] of a request already decoded (`fields` of `request`), so the
+    /// pipeline decodes each request once for the rules and the canary token search.
+    pub fn classify_fields(
+        &self,
+        request: &RequestView<'_>,
+        fields: &normalize::Fields,
+    ) -> Vec<Arc<str>> {
         let mut hits = vec![0u8; self.rules.len()];
         for field_set in &self.sets {
-            let text = field_set.field.text(&fields);
+            let text = field_set.field.text(fields);
             for pattern in field_set.set.matches(text).iter() {
                 hits[field_set.rule_of_pattern[pattern]] += 1;
             }
@@ -213,7 +222,7 @@ impl Classifier {
             }
             if let Some(detector) = rule.detector {
                 let values =
-                    values.get_or_insert_with(|| normalize::parameter_values(&fields, request));
+                    values.get_or_insert_with(|| normalize::parameter_values(fields, request));
                 if !values.iter().any(|v| detector.detects(v)) {
                     continue;
                 }

@@ -5,6 +5,7 @@
 //! slow, and must never make a worker wait. The workers' only contact with it is
 //! [`EventSender::send`], which never blocks.
 
+pub mod canary;
 mod channel;
 pub mod learner;
 
@@ -84,6 +85,8 @@ pub struct Enrichment {
     pub shipper: Option<crate::ship::ShipperSetup>,
     /// The adaptive mode's exchange of give-up figures with the fleet (needs `learner`).
     pub fleet: Option<crate::ship::fleet::FleetSetup>,
+    /// Canary tokens: issued ones noted, every request searched (`TARPIT_CANARY_KEY` set).
+    pub canary: Option<canary::CanaryStage>,
 }
 
 /// How often the operator's rule file is checked for changes.
@@ -107,16 +110,30 @@ const BURST_MAX: usize = 1024;
 const LINGER: Duration = Duration::from_millis(2);
 
 /// The pipeline's work on a request before it is recorded: the fingerprint strings from what
-/// the worker captured, then the tags.
-fn fingerprint_and_classify(record: &mut RequestRecord, rules: Option<&LiveRules>) {
+/// the worker captured, then the tags, then the canary tokens (the request is decoded once,
+/// for both).
+fn fingerprint_and_classify(
+    record: &mut RequestRecord,
+    rules: Option<&LiveRules>,
+    canary: Option<&mut canary::CanaryStage>,
+) {
     record.fingerprint = Some(Box::new(Fingerprint::compute(
         record.syn.as_ref(),
         record.client_hello.as_deref(),
         record.header_order.take(),
     )));
     record.client_hello = None; // fingerprinted: no sink needs the bytes
+    if rules.is_none() && canary.is_none() {
+        return;
+    }
+    let fields = crate::classify::normalize::Fields::of(&request_view(record));
     if let Some(rules) = rules {
-        record.tags = rules.classifier().classify(&request_view(record));
+        record.tags = rules
+            .classifier()
+            .classify_fields(&request_view(record), &fields);
+    }
+    if let Some(canary) = canary {
+        canary.on_request(record, &fields);
     }
 }
 
@@ -200,7 +217,11 @@ async fn run(
                         learner.on_response_end(end);
                     }
                     if let Event::Request(record) = &mut event {
-                        fingerprint_and_classify(record, enrichment.rules.as_ref());
+                        fingerprint_and_classify(
+                            record,
+                            enrichment.rules.as_ref(),
+                            enrichment.canary.as_mut(),
+                        );
                         if let Some(learner) = enrichment.learner.as_mut() {
                             learner.on_request(record);
                         }

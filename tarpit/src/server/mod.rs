@@ -118,6 +118,8 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             ))
         }
     };
+    let canary = canary_setup(config, &sensor_id, &database)?;
+    settings.canary = canary.as_ref().map(|stage| stage.minter().clone());
     let queue = crate::sink::writer_queue(storage);
     let sinks = vec![
         SinkThread::spawn(json_log, queue, stats.clone())?,
@@ -140,6 +142,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         learner,
         shipper: crate::ship::ShipperSetup::from_config(config, &storage.database)?,
         fleet: crate::ship::fleet::FleetSetup::from_config(config, &storage.database)?,
+        canary,
     };
     let pipeline = Pipeline::start(rx, enrichment, sinks, stats.clone())?;
     let crs_stage = start_crs_stage(config, &storage.database)?;
@@ -208,6 +211,37 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         .load(std::sync::atomic::Ordering::Relaxed);
     tracing::info!(dropped, sink_dropped, "stopped; every queued event written");
     Ok(())
+}
+
+/// Canary tokens, when `TARPIT_CANARY_KEY` is set: the pipeline's stage with the tokens issued
+/// before (recomputed from `canary_tokens`). A key that is set but unusable stops the start.
+fn canary_setup(
+    config: &Config,
+    sensor_id: &str,
+    database: &rusqlite::Connection,
+) -> anyhow::Result<Option<crate::pipeline::canary::CanaryStage>> {
+    let Some(minter) = crate::canary::minter_from_env(sensor_id)? else {
+        tracing::info!(
+            "canary tokens off: {} is not set (environment or .env)",
+            crate::canary::KEY_VARIABLE
+        );
+        return Ok(None);
+    };
+    let stage = crate::pipeline::canary::CanaryStage::restore(
+        minter,
+        database,
+        crate::pipeline::canary::MAX_TOKENS,
+    )
+    .context("reading the issued canary tokens")?;
+    let served = match config.tarpit.mode {
+        TarpitMode::Adaptive => "in the persona's bait",
+        TarpitMode::Drip => "nowhere yet (the drip serves dots: use mode = \"adaptive\")",
+    };
+    tracing::info!(
+        recognised = stage.tokens(),
+        "canary tokens on: issued {served}, searched for in every request"
+    );
+    Ok(Some(stage))
 }
 
 /// The CRS stage, as `[classify] crs` says: `auto` goes on without it (saying why once) where

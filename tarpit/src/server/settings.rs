@@ -34,6 +34,8 @@ pub struct Settings {
     pub proxy_protocol: bool,
     /// The adaptive mode's persona and published figures; `None` in the drip mode.
     pub adaptive: Option<crate::adaptive::AdaptiveSettings>,
+    /// Canary tokens: the minter, when `TARPIT_CANARY_KEY` is set.
+    pub canary: Option<crate::canary::Minter>,
 }
 
 impl Settings {
@@ -59,6 +61,7 @@ impl Settings {
             trusted_proxies: config.server.trusted_proxies.clone(),
             proxy_protocol: config.server.proxy_protocol,
             adaptive: None,
+            canary: None,
         }
     }
 }

@@ -137,6 +137,9 @@ pub const NOT_SHIPPED_AS_IS: &[&str] = &[
     "request_seq",
     "sensor_id",
     "changed_seq",
+    // The sensor's own numbering of its actors; the fleet's actors are rebuilt from the
+    // shipped sightings instead (a local id means nothing on another sensor).
+    "actor_id",
 ];
 
 /// Every column a shipped row has, as the store's table must have them.

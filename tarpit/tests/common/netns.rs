@@ -106,6 +106,24 @@ impl Lab {
         sh(&format!("ip netns exec {} sh -c '{command}'", self.client))
     }
 
+    /// Gives the client the extra IPv4 addresses `addresses` (in `prefix`, a network outside
+    /// the lab's /24 that the sensor is given a route to), so a test can connect from many.
+    pub fn add_client_addresses(&self, prefix: &str, addresses: &[std::net::Ipv4Addr]) {
+        let id = &self.client["tpc".len()..];
+        let batch: String = addresses
+            .iter()
+            .map(|a| format!("addr add {a}/32 dev vc{id}\n"))
+            .collect();
+        let file = std::env::temp_dir().join(format!("tarpit-addrs-{}", self.client));
+        std::fs::write(&file, batch).unwrap();
+        sh(&format!("ip -n {} -b {}", self.client, file.display()));
+        let _ = std::fs::remove_file(&file);
+        sh(&format!(
+            "ip -n {} route add {prefix} dev vs{id}",
+            self.sensor
+        ));
+    }
+
     /// Runs `f` on a thread that has joined the client namespace.
     pub fn as_client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         in_namespace(&self.client, f)

@@ -94,6 +94,7 @@ impl Connection {
             expect_preamble,
             carried_preamble: false,
             syn,
+            proxied_client: None,
         })
     }
 }
@@ -213,6 +214,24 @@ impl Held for Connection {
     fn settings(&self) -> &Settings {
         &self.shared.settings
     }
+
+    fn canary_issuer(&self) -> Option<crate::canary::Issuer<'_>> {
+        Some(crate::canary::Issuer {
+            minter: self.shared.settings.canary.as_ref()?,
+            client_ip: self.client_ip(),
+        })
+    }
+}
+
+impl Connection {
+    /// The client the current response answers: the peer, or (behind a trusted proxy) the
+    /// client the request named.
+    fn client_ip(&self) -> std::net::IpAddr {
+        self.proxied_client
+            .as_deref()
+            .copied()
+            .unwrap_or_else(|| self.peer.ip().to_canonical())
+    }
 }
 
 /// The state of one connection, while a task serves it and while the dripper holds it.
@@ -251,6 +270,9 @@ pub(super) struct Connection {
     carried_preamble: bool,
     /// The client's SYN (`TCP_SAVED_SYN`, read once at accept), for the SYN fingerprint.
     syn: Option<crate::fingerprint::SynFields>,
+    /// The client of the current request when it is not the peer (a trusted proxy's), for
+    /// its canary tokens. Boxed: most connections are direct, and every held one carries it.
+    proxied_client: Option<Box<std::net::IpAddr>>,
 }
 
 /// What ends a wait early.
@@ -368,6 +390,9 @@ impl Connection {
                 let keep_alive = head.wants_keep_alive() && body_consumed;
                 let mut record = self.request_record(seq, &head, body);
                 let page = self.adaptive_plan(&head, &mut record);
+                let client = record.client_ip.to_canonical();
+                self.proxied_client =
+                    (client != self.peer.ip().to_canonical()).then(|| Box::new(client));
                 // A response that will leave its socket cannot carry another request: it
                 // is answered `Connection: close`.
                 let keep_alive = keep_alive && !self.runs_socketless(page);
@@ -462,8 +487,19 @@ impl Connection {
 
     /// Whether a response would leave its socket: socketless hold is on, and the response
     /// runs to its end (the drip, or a page with no planned early end).
+    /// A page with canary tokens stays on its socket: the holder does not know the client
+    /// behind a proxy, and bait is a small share of the pages.
     fn runs_socketless(&self, page: Option<PageStart>) -> bool {
-        self.shared.socketless.is_some() && page.is_none_or(|page| page.planned_end.is_none())
+        let settings = &self.shared.settings;
+        let has_tokens = |start: PageStart| {
+            settings.canary.is_some()
+                && settings
+                    .adaptive
+                    .as_ref()
+                    .is_some_and(|a| !a.persona.page(start.page).slots.is_empty())
+        };
+        self.shared.socketless.is_some()
+            && page.is_none_or(|page| page.planned_end.is_none() && !has_tokens(page))
     }
 
     /// Writes the response head with the first tick (the drip's, or the first slice of the
@@ -482,6 +518,7 @@ impl Connection {
                 (version, keep_alive, start.head_only),
                 settings.drip.server_header(),
                 now,
+                self.canary_issuer(),
             ),
             _ => settings.drip.head_with_first_tick(version, keep_alive, now),
         };

@@ -167,6 +167,9 @@ impl Connection {
         record.giveup_basis = decision.give_up.map(|(_, basis)| basis.name());
         record.planned_end_s = planned_end.map(|end| millis(end.as_secs_f64()));
         record.families = Some(decision.keys);
+        if self.shared.settings.canary.is_some() {
+            record.canary_slots = adaptive.persona.page(page).slots;
+        }
         Some(PageStart {
             page,
             planned_end,
@@ -262,6 +265,8 @@ impl Connection {
             syn,
             client_hello: None,
             tags: Vec::new(),
+            canary_slots: &[],
+            canary: None,
         }
     }
 }

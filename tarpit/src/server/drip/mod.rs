@@ -48,6 +48,10 @@ pub(super) trait Held: Sized + 'static {
     fn lifetime_end(&self) -> Instant;
     /// The drip's pre-built ticks and cadence.
     fn settings(&self) -> &Settings;
+    /// What writes the client's canary tokens into a page's slices (canary tokens on).
+    fn canary_issuer(&self) -> Option<crate::canary::Issuer<'_>> {
+        None
+    }
     /// Records the end of a response the dripper was writing (`Ok`: how it was completed).
     fn finish_response(&mut self, state: &DripState, outcome: Result<&'static str, &'static str>);
     /// Closes the connection and records how it ended.
@@ -490,6 +494,29 @@ fn tick(conn: &impl Held, state: &mut DripState, now: Instant) -> Tick {
     }
 }
 
+thread_local! {
+    /// A worker's buffer for a page slice with a client's tokens written in: reused, so a tick
+    /// allocates nothing.
+    static WITH_TOKENS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// [`send_now`] of a page slice (body bytes from `from`) with the client's tokens written over
+/// the slots it overlaps.
+fn send_with_tokens(
+    conn: &impl Held,
+    slice: &[u8],
+    from: usize,
+    slots: &[crate::canary::Slot],
+    issuer: crate::canary::Issuer<'_>,
+) -> std::io::Result<usize> {
+    WITH_TOKENS.with_borrow_mut(|buffer| {
+        buffer.clear();
+        buffer.extend_from_slice(slice);
+        issuer.write(slots, from, buffer);
+        send_now(conn, buffer)
+    })
+}
+
 /// Writes the next slice of a persona page, or all the rest once its planned end has come.
 /// `state.sent` is the position in the body (the head carried the first slice); for HEAD, in
 /// the head's fixed end.
@@ -513,7 +540,13 @@ fn tick_page(conn: &impl Held, state: &mut DripState, now: Instant) -> Tick {
     } else {
         (at + per_tick).min(bytes.len())
     };
-    match send_now(conn, &bytes[at..end]) {
+    let sent = match conn.canary_issuer() {
+        Some(issuer) if !state.head_only && !page.slots.is_empty() => {
+            send_with_tokens(conn, &bytes[at..end], at, page.slots, issuer)
+        }
+        _ => send_now(conn, &bytes[at..end]),
+    };
+    match sent {
         Ok(n) => {
             state.sent += n as u64;
             if state.sent as usize >= bytes.len() {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, params};
 
+pub mod actors;
 mod ends;
 
 use super::{Sink, SinkError};
@@ -20,6 +21,7 @@ use crate::event::{
     format_timestamp, headers_to_json,
 };
 use crate::fingerprint::Fingerprint;
+use actors::Actors;
 use ends::BatchEnds;
 
 /// Writes events into the `events` and `connections` tables (see [`crate::db`]).
@@ -31,6 +33,8 @@ pub struct SqliteSink {
     /// The batch's response ends by request, and connection ends by connection (kept between
     /// batches for their allocation).
     ends: BatchEnds,
+    /// Clients' actors and the merges canary tokens make.
+    actors: Actors,
 }
 
 impl SqliteSink {
@@ -44,6 +48,7 @@ impl SqliteSink {
             conn,
             sensor_id: sensor_id.to_owned(),
             ends: BatchEnds::default(),
+            actors: Actors::default(),
         }
     }
 }
@@ -54,6 +59,16 @@ impl Sink for SqliteSink {
     }
 
     fn write_batch(&mut self, events: &[Arc<Event>]) -> Result<(), SinkError> {
+        let written = self.write(events);
+        if written.is_err() {
+            self.actors.forget(); // rolled back: what it cached may not exist
+        }
+        written
+    }
+}
+
+impl SqliteSink {
+    fn write(&mut self, events: &[Arc<Event>]) -> Result<(), SinkError> {
         // Immediate: the change numbers below are read under the write lock, so they are above
         // every number any other writer (`tarpit classify`) committed. One read and one write
         // of the counter per batch: nothing per row beyond the column itself.
@@ -63,6 +78,7 @@ impl Sink for SqliteSink {
         let sensor = self.sensor_id.as_str();
         let mut seq = ChangeSeq(crate::db::next_change_seq(&tx)?);
         let ends = &mut self.ends;
+        let actors = &mut self.actors;
         ends.index(events);
         for (at, event) in events.iter().enumerate() {
             match event.as_ref() {
@@ -77,11 +93,15 @@ impl Sink for SqliteSink {
                 }
                 Event::Request(e) => {
                     let end = ends.response(events, at, (e.conn_id, e.request_seq));
-                    if insert_request(&tx, e, end.map(|(_, e)| e), sensor, seq.take())?
+                    let timestamp = format_timestamp(e.timestamp);
+                    let actor = actors.actor_of(&tx, e.client_ip, &timestamp)?;
+                    let row = (sensor, seq.take(), actor);
+                    if insert_request(&tx, e, end.map(|(_, e)| e), row)?
                         && let Some((end_at, _)) = end
                     {
                         ends.written[end_at] = true;
                     }
+                    actors.record_canary(&tx, e, sensor)?;
                 }
                 Event::ResponseEnd(e) if !ends.written[at] => complete_request(&tx, e, seq.take())?,
                 Event::ConnectionClosed(e) if !ends.written[at] => complete_connection(&tx, e)?,
@@ -90,6 +110,7 @@ impl Sink for SqliteSink {
                 Event::GiveUpFamilies(batch) => store_families(&tx, batch)?,
             }
         }
+        actors.flush(&tx)?;
         crate::db::store_change_seq(&tx, seq.0 - 1)?;
         tx.commit()?;
         Ok(())
@@ -155,8 +176,7 @@ fn insert_request(
     conn: &Connection,
     e: &RequestRecord,
     end: Option<&ResponseEnd>,
-    sensor: &str,
-    seq: i64,
+    (sensor, seq, actor): (&str, i64, i64),
 ) -> rusqlite::Result<bool> {
     let absent = Fingerprint::default();
     let fp = e.fingerprint.as_deref().unwrap_or(&absent);
@@ -172,11 +192,12 @@ fn insert_request(
             asn_organization, syn_ttl, syn_initial_ttl, syn_df, syn_window, syn_mss, syn_wscale,
             syn_options, syn_fp, tls_version, tls_sni, tls_alpn, ja4, header_order,
             header_order_hash, response_mode, giveup_limit_s, giveup_basis, planned_end_s,
-            sensor_id, changed_seq, bytes_sent, duration_s, end_reason, closed_at, client_fin_s)
+            sensor_id, changed_seq, bytes_sent, duration_s, end_reason, closed_at, client_fin_s,
+            actor_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
                  ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34,
                  ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49, ?50,
-                 ?51, ?52, ?53, ?54, ?55, ?56, ?57, ?58, ?59, ?60, ?61)",
+                 ?51, ?52, ?53, ?54, ?55, ?56, ?57, ?58, ?59, ?60, ?61, ?62)",
         )?
         .execute(params![
             format_timestamp(e.timestamp),
@@ -240,6 +261,7 @@ fn insert_request(
             end.map(|r| r.end_reason),
             end.map(|r| format_timestamp(r.closed_at)),
             end.and_then(|r| r.client_fin_s),
+            actor,
         ])?;
     if e.tags.is_empty() {
         return Ok(inserted == 1);
