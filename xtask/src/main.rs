@@ -145,6 +145,8 @@ enum BenchKind {
     Hold,
     Churn,
     Classify,
+    /// The canary token search per request (`tarpit/examples/canary_bench.rs`).
+    Canary,
     Scanners,
     Ship,
 }
@@ -171,6 +173,11 @@ fn main() -> anyhow::Result<()> {
             duration,
             ..
         } => classify_eval::run_eval(&root, &["--bench".into(), duration.to_string()], true),
+        Task::Bench {
+            kind: BenchKind::Canary,
+            duration,
+            ..
+        } => classify_eval::run_example(&root, "canary_bench", &[duration.to_string()], true),
         Task::Bench {
             kind: BenchKind::Scanners,
             duration,

@@ -521,7 +521,7 @@ pub fn hold_or_churn(root: &Path, kind: crate::BenchKind, args: LoadArgs) -> any
         let figures = match kind {
             BenchKind::Hold => hold(&cmd, name, conns, (duration, processes, ramp_rate))?,
             BenchKind::Churn => churn(&cmd, name, workers, duration, processes)?,
-            BenchKind::Classify | BenchKind::Scanners | BenchKind::Ship => {
+            BenchKind::Classify | BenchKind::Canary | BenchKind::Scanners | BenchKind::Ship => {
                 unreachable!("handled above")
             }
         };
@@ -534,7 +534,7 @@ pub fn hold_or_churn(root: &Path, kind: crate::BenchKind, args: LoadArgs) -> any
         ),
         BenchKind::Hold => format!("hold: {conns} connections, {duration} s measured"),
         BenchKind::Churn => format!("churn: {workers} loops, {duration} s measured"),
-        BenchKind::Classify | BenchKind::Scanners | BenchKind::Ship => {
+        BenchKind::Classify | BenchKind::Canary | BenchKind::Scanners | BenchKind::Ship => {
             unreachable!("handled above")
         }
     };
