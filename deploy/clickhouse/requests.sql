@@ -107,3 +107,40 @@ CREATE TABLE IF NOT EXISTS tarpit.giveup_figures (
     updated_at DateTime('UTC')
 ) ENGINE = ReplacingMergeTree(updated_at)
 ORDER BY (kind, name, sensor_id);
+
+
+-- Canary tokens (`crate::ship::canary`, `[ship.clickhouse] tokens_table`): who each sensor
+-- issued which token to (the client address, the kind and its slot in the page, when, for which
+-- path). Never the token itself: a sensor holding the fleet's TARPIT_CANARY_KEY recomputes it,
+-- and recognises it from then on. Re-running this file on an existing store adds the tables.
+CREATE TABLE IF NOT EXISTS tarpit.canary_tokens (
+    sensor_id String,
+    client_ip String,
+    kind String,
+    ordinal UInt8,
+    first_issued DateTime('UTC'),
+    first_path String,
+    shipped_at DateTime('UTC')
+) ENGINE = ReplacingMergeTree(shipped_at)
+ORDER BY (sensor_id, client_ip, kind, ordinal);
+
+
+-- Every sensor's canary token sightings (`[ship.clickhouse] sightings_table`): a token issued to
+-- `issued_to` by sensor `issued_by` was sent by `client_ip` to sensor `sensor_id`. `merged` is 1
+-- when the sensor joined the two addresses' actors. `tarpit actors --fleet` rebuilds the
+-- fleet's actors from these rows (see docs/fleet.md for the query).
+CREATE TABLE IF NOT EXISTS tarpit.token_sightings (
+    sensor_id String,
+    sighting_id UInt64,
+    timestamp DateTime('UTC'),
+    client_ip String,
+    kind String,
+    ordinal UInt8,
+    location String,
+    issued_to String,
+    issued_by String,
+    first_issued DateTime('UTC'),
+    merged UInt8,
+    shipped_at DateTime('UTC')
+) ENGINE = ReplacingMergeTree(shipped_at)
+ORDER BY (sensor_id, sighting_id);

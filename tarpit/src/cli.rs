@@ -149,6 +149,10 @@ pub struct ActorsArgs {
     /// One actor (or the actor it was merged into), with every address and merge.
     #[arg(long, value_name = "ID")]
     pub actor: Option<i64>,
+    /// The fleet's actors instead, rebuilt from every sensor's sightings in ClickHouse
+    /// (`[ship.clickhouse]`).
+    #[arg(long, conflicts_with_all = ["db", "actor"])]
+    pub fleet: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

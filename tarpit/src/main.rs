@@ -170,6 +170,30 @@ fn existing_db<'a>(
 /// `tarpit actors`: the actors canary tokens joined, as text or JSON.
 fn actors(args: &tarpit::cli::ActorsArgs, config: &tarpit::config::Config) -> anyhow::Result<()> {
     use anyhow::Context;
+    if args.fleet {
+        let ch = &config.ship.clickhouse;
+        if !ch.enabled() {
+            anyhow::bail!(
+                "--fleet reads the fleet's ClickHouse: set [ship.clickhouse] url in the configuration"
+            );
+        }
+        let password = tarpit::secret::Secret::from_env(tarpit::ship::clickhouse::PASSWORD_VAR);
+        let client = tarpit::ship::clickhouse::ClickHouse::new(ch, password)?;
+        let table = format!("{}.{}", ch.database, ch.sightings_table);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the runtime")?;
+        let actors = runtime
+            .block_on(tarpit::actors::fleet::from_store(&client, &table))
+            .with_context(|| format!("reading {table}"))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&actors)?);
+        } else {
+            print!("{}", tarpit::actors::fleet::to_text(&actors));
+        }
+        return Ok(());
+    }
     let db = existing_db(args.db.as_ref(), config)?;
     let query = tarpit::actors::Query {
         min_addresses: args.min_addresses,
@@ -326,10 +350,11 @@ fn export(args: &tarpit::cli::ExportArgs, config: &tarpit::config::Config) -> an
         format: args.format,
         since: cutoff(args.source.since.as_deref())?,
         anonymizer,
+        canary: tarpit::canary::minter_from_env("export")?,
         progress: true,
         csv_raw: args.csv_raw,
     };
-    let summary = tarpit::export::export(&options)?;
+    let summary = tarpit::export::export(options)?;
     eprintln!(
         "exported {} rows ({} columns{}) to {}",
         summary.rows,

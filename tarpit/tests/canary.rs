@@ -10,6 +10,8 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use base64::Engine as _;
+
 use common::Tarpit;
 use common::netns::{CLIENT_V4, Lab, SENSOR_V4, prerequisites_met};
 
@@ -125,7 +127,6 @@ fn an_actor_using_harvested_bait_from_20_addresses_is_one_actor_with_evidence() 
         };
         let _ = curl(&lab, &from, &args);
     }
-    let _ = secret;
     let addresses: Vec<String> = std::iter::once(CLIENT_V4.to_owned())
         .chain(others.iter().map(Ipv4Addr::to_string))
         .map(|a| format!("'{a}'"))
@@ -225,6 +226,62 @@ fn an_actor_using_harvested_bait_from_20_addresses_is_one_actor_with_evidence() 
     assert_eq!(listed, expected);
     assert_eq!(full[0]["merges"].as_array().unwrap().len(), 20);
     assert_eq!(full[0]["tools"][0]["value"], "tool:curl");
+    // An anonymised export replaces every token (whole words and inside Basic credentials)
+    // by a pseudonym, and is refused without the canary key.
+    let key_file = tarpit.dir.join("export.key");
+    std::fs::write(
+        &key_file,
+        std::array::from_fn::<u8, 32, _>(|i| (i * 37 + 11) as u8),
+    )
+    .unwrap();
+    let export = |with_key: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tarpit"));
+        command.current_dir(&tarpit.dir).args([
+            "export",
+            "--format",
+            "jsonl",
+            "--out",
+            "out.jsonl",
+            "--anonymize",
+            "--key-file",
+        ]);
+        command.arg(&key_file);
+        if with_key {
+            command.env("TARPIT_CANARY_KEY", KEY.split_once('=').unwrap().1);
+        }
+        command.output().unwrap()
+    };
+    let refused = export(false);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("TARPIT_CANARY_KEY"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let done = export(true);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let exported = std::fs::read_to_string(tarpit.dir.join("out.jsonl")).unwrap();
+    let engine = base64::engine::general_purpose::STANDARD;
+    for secret in [&password, &key_id, &secret, &hidden, &session, &git_token] {
+        assert!(
+            !exported.contains(secret.as_str()),
+            "{secret} in the export"
+        );
+    }
+    for basic in [format!("ops:{password}"), format!("deploy:ghp_{git_token}")] {
+        assert!(
+            !exported.contains(&engine.encode(basic)),
+            "Basic credentials in the export"
+        );
+    }
+    assert!(
+        exported.contains("old-site-"),
+        "the path is kept, its token replaced"
+    );
     let log = std::fs::read_to_string(tarpit.dir.join("logs/tarpit.log")).unwrap();
     let db = std::fs::read(tarpit.dir.join("data/tarpit_events.db")).unwrap();
     let key = KEY.split_once('=').unwrap().1;

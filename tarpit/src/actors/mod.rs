@@ -4,6 +4,8 @@
 //! it. Read-only SQL; an actor's rows are found through `actor_clients` and the
 //! `events(client_ip)` index, so listing the largest actors never scans the whole table.
 
+pub mod fleet;
+
 use std::path::Path;
 
 use rusqlite::{Connection, params};

@@ -22,6 +22,7 @@
 //! that evidence (fingerprints never merge).
 
 pub mod index;
+pub mod replace;
 pub mod search;
 pub mod template;
 pub mod token;

@@ -34,13 +34,18 @@ fn is_token_length(len: usize) -> bool {
 
 /// Calls `found` with every maximal run of letters and digits in `text` of a token's length.
 fn words(text: &[u8], mut found: impl FnMut(&[u8])) {
+    words_at(text, |_, word| found(word));
+}
+
+/// [`words`], with where each run starts.
+pub(super) fn words_at(text: &[u8], mut found: impl FnMut(usize, &[u8])) {
     let mut start = None;
     for (i, byte) in text.iter().enumerate() {
         match (byte.is_ascii_alphanumeric(), start) {
             (true, None) => start = Some(i),
             (false, Some(s)) => {
                 if is_token_length(i - s) {
-                    found(&text[s..i]);
+                    found(s, &text[s..i]);
                 }
                 start = None;
             }
@@ -50,7 +55,7 @@ fn words(text: &[u8], mut found: impl FnMut(&[u8])) {
     if let Some(s) = start
         && is_token_length(text.len() - s)
     {
-        found(&text[s..]);
+        found(s, &text[s..]);
     }
 }
 

@@ -206,6 +206,10 @@ pub struct ClickHouseConfig {
     pub timeout: f64,
     /// The table the adaptive mode's give-up figures go to (`crate::ship::fleet`).
     pub figures_table: String,
+    /// The table of the canary tokens each sensor issued (`crate::ship::canary`).
+    pub tokens_table: String,
+    /// The table of every sensor's canary token sightings (`crate::ship::canary`).
+    pub sightings_table: String,
 }
 
 impl Default for ClickHouseConfig {
@@ -221,6 +225,8 @@ impl Default for ClickHouseConfig {
             open_after: 60.0,
             timeout: 30.0,
             figures_table: "giveup_figures".to_owned(),
+            tokens_table: "canary_tokens".to_owned(),
+            sightings_table: "token_sightings".to_owned(),
         }
     }
 }

@@ -225,6 +225,8 @@ impl Config {
             ("ship.clickhouse.database", &ch.database),
             ("ship.clickhouse.table", &ch.table),
             ("ship.clickhouse.figures_table", &ch.figures_table),
+            ("ship.clickhouse.tokens_table", &ch.tokens_table),
+            ("ship.clickhouse.sightings_table", &ch.sightings_table),
         ] {
             let valid = !name.is_empty()
                 && name.len() <= 128

@@ -139,6 +139,8 @@ pub struct Anonymizer {
     pan: CryptoPan,
     /// The key, for the keyed hashes that replace content hashes.
     key: [u8; 32],
+    /// Issued canary tokens and their pseudonyms ([`Anonymizer::with_canary_tokens`]).
+    tokens: crate::canary::replace::Replacements,
 }
 
 impl Anonymizer {
@@ -153,7 +155,32 @@ impl Anonymizer {
         Self {
             pan: CryptoPan::new(key),
             key: *key,
+            tokens: Default::default(),
         }
+    }
+
+    /// Also replaces the canary tokens `issued` (by sensor, to a client, of a kind and slot;
+    /// each recomputed with the canary `minter`) wherever they appear in text, by pseudonyms of
+    /// the same shape: the token a pseudonymised client would have been issued under this
+    /// export's key. A reader of the export gets no live token, and nothing of the canary key.
+    pub fn with_canary_tokens(
+        mut self,
+        minter: &crate::canary::Minter,
+        issued: &[(String, crate::canary::Recipient)],
+    ) -> Self {
+        let export = crate::canary::Minter::new(&self.key, "tarpit export").expect("a 32-byte key");
+        let pairs = issued.iter().map(|(sensor, recipient)| {
+            let pseudonymous = crate::canary::Recipient {
+                client_ip: self.pan.anonymize(recipient.client_ip.to_canonical()),
+                ..*recipient
+            };
+            (
+                minter.token_of(sensor, recipient),
+                export.token_of("export", &pseudonymous),
+            )
+        });
+        self.tokens = crate::canary::replace::Replacements::new(pairs);
+        self
     }
 
     /// The pseudonym of a whole-field address, in canonical text; anything that is not an
@@ -172,7 +199,10 @@ impl Anonymizer {
     /// Replaces every address written in `text` by its pseudonym (see [`crate::address_text`] for
     /// what counts as an address). Text with no address is returned as it was.
     pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let scrubbed = scrub::scrub_bytes(text.as_bytes(), false, &|a| self.pseudonym(a));
+        let mut scrubbed = scrub::scrub_bytes(text.as_bytes(), false, &|a| self.pseudonym(a));
+        if let Some(replaced) = self.tokens.apply(&scrubbed) {
+            scrubbed = replaced;
+        }
         if scrubbed == text.as_bytes() {
             return Cow::Borrowed(text);
         }
@@ -182,7 +212,8 @@ impl Anonymizer {
     /// [`Self::scrub`] for bytes that may not be UTF-8 (request body previews); `truncated`
     /// says the bytes were cut, so a trailing partial address is masked.
     pub fn scrub_bytes(&self, bytes: &[u8], truncated: bool) -> Vec<u8> {
-        scrub::scrub_bytes(bytes, truncated, &|a| self.pseudonym(a))
+        let scrubbed = scrub::scrub_bytes(bytes, truncated, &|a| self.pseudonym(a));
+        self.tokens.apply(&scrubbed).unwrap_or(scrubbed)
     }
 
     /// A `raw_preview` value: unescaped to the bytes received, scrubbed (the cut end of a

@@ -64,6 +64,9 @@ pub enum ExportError {
         /// What failed.
         reason: String,
     },
+    /// Canary tokens cannot be replaced.
+    #[error("{0}")]
+    Canary(String),
     /// The anonymisation key is unusable.
     #[error(transparent)]
     Key(#[from] anonymize::KeyError),
@@ -109,6 +112,10 @@ pub struct ExportOptions {
     pub since: Option<String>,
     /// Replace addresses and drop the reporting columns.
     pub anonymizer: Option<Anonymizer>,
+    /// The canary key's minter (`TARPIT_CANARY_KEY`), so an anonymised export can replace the
+    /// tokens the database says were issued; an anonymised export of a database that issued
+    /// tokens is refused without it.
+    pub canary: Option<crate::canary::Minter>,
     /// Draw a progress bar on stderr (when it is a terminal).
     pub progress: bool,
     /// CSV only: write text cells exactly, even those a spreadsheet would run as a formula.
@@ -166,7 +173,7 @@ pub fn columns(conn: &Connection, anonymized: bool) -> rusqlite::Result<Vec<Colu
 }
 
 /// Exports the rows, streaming; returns how many were written.
-pub fn export(options: &ExportOptions) -> Result<ExportSummary, ExportError> {
+pub fn export(mut options: ExportOptions) -> Result<ExportSummary, ExportError> {
     if crate::db::is_database_file(&options.db, &options.out) {
         return Err(ExportError::Write {
             path: options.out.display().to_string(),
@@ -179,6 +186,23 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, ExportError> {
     };
     let conn = crate::db::open_read_only(&options.db)?;
     let columns = columns(&conn, options.anonymizer.is_some()).map_err(db_error)?;
+    let issued = issued_tokens(&conn).map_err(db_error)?;
+    if let Some(anonymizer) = options.anonymizer.take() {
+        let anonymizer = match (&options.canary, issued.is_empty()) {
+            (_, true) => anonymizer,
+            (Some(minter), false) => anonymizer.with_canary_tokens(minter, &issued),
+            (None, false) => {
+                return Err(ExportError::Canary(format!(
+                    "the database issued {} canary tokens, which an anonymised export must \
+                     replace: set {} (environment or .env) to the key they were issued with",
+                    issued.len(),
+                    crate::canary::KEY_VARIABLE
+                )));
+            }
+        };
+        options.anonymizer = Some(anonymizer);
+    }
+    let options = &options;
     let cutoff = options.since.clone().unwrap_or_default();
     let from = crate::db::events_from(options.since.is_some());
     let total: i64 = conn
@@ -289,6 +313,36 @@ fn write_rows(
     writer.finish().map_err(write_error)?;
     progress.finish_and_clear();
     Ok(written)
+}
+
+/// Every canary token the database says was issued (by sensor, to a client, of a kind and slot).
+fn issued_tokens(conn: &Connection) -> rusqlite::Result<Vec<(String, crate::canary::Recipient)>> {
+    let mut statement =
+        conn.prepare("SELECT sensor_id, client_ip, kind, ordinal FROM canary_tokens")?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+            row.get::<_, u8>(3)?,
+        ))
+    })?;
+    let mut issued = Vec::new();
+    for row in rows {
+        let (sensor, client, kind, ordinal) = row?;
+        if let (Ok(client_ip), Some(kind)) = (client.parse(), crate::canary::Kind::from_name(&kind))
+        {
+            issued.push((
+                sensor,
+                crate::canary::Recipient {
+                    client_ip,
+                    kind,
+                    ordinal,
+                },
+            ));
+        }
+    }
+    Ok(issued)
 }
 
 /// A value with its addresses replaced: address columns as addresses, every text and BLOB

@@ -92,6 +92,35 @@ impl CanaryStage {
         &self.minter
     }
 
+    /// Adds the tokens other sensors of the fleet issued (read from the store by
+    /// `ship::canary`), each recomputed with this sensor's key: a fleet shares one key.
+    pub fn add_fleet(&mut self, issues: Vec<crate::ship::canary::FleetIssue>) {
+        for issue in issues {
+            let (Ok(client_ip), Some(kind)) = (
+                issue.client_ip.parse::<IpAddr>(),
+                canary::Kind::from_name(&issue.kind),
+            ) else {
+                continue;
+            };
+            let recipient = Recipient {
+                client_ip,
+                kind,
+                ordinal: issue.ordinal,
+            };
+            let token = self.minter.token_of(&issue.sensor_id, &recipient);
+            self.index.insert(
+                token,
+                Issued {
+                    sensor: issue.sensor_id.as_str().into(),
+                    recipient,
+                    first_issued: std::time::SystemTime::UNIX_EPOCH
+                        + std::time::Duration::from_secs(issue.first_issued.max(0) as u64),
+                    path: issue.first_path.as_str().into(),
+                },
+            );
+        }
+    }
+
     /// Tokens the index holds.
     pub fn tokens(&self) -> usize {
         self.index.len()

@@ -87,6 +87,8 @@ pub struct Enrichment {
     pub fleet: Option<crate::ship::fleet::FleetSetup>,
     /// Canary tokens: issued ones noted, every request searched (`TARPIT_CANARY_KEY` set).
     pub canary: Option<canary::CanaryStage>,
+    /// The fleet's canary tokens through ClickHouse (needs `canary`).
+    pub canary_fleet: Option<crate::ship::canary::CanaryFleetSetup>,
 }
 
 /// How often the operator's rule file is checked for changes.
@@ -193,6 +195,29 @@ async fn run(
         }
         _ => None,
     };
+    let (canary_fleet, mut fleet_issues) =
+        match (enrichment.canary_fleet.take(), &enrichment.canary) {
+            (Some(setup), Some(_)) => {
+                let (issues, received) = mpsc::channel(4);
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let setup = Arc::new(setup);
+                let restart = stopped.clone();
+                let task = tokio::spawn(crate::ship::supervise(
+                    "the canary token exchange",
+                    restart,
+                    crate::ship::RESTART_AFTER,
+                    move || {
+                        Ok(crate::ship::canary::run(
+                            setup.clone(),
+                            issues.clone(),
+                            stopped.clone(),
+                        ))
+                    },
+                ));
+                (Some((stop, task)), Some(received))
+            }
+            _ => (None, None),
+        };
     let mut metrics =
         enrichment
             .metrics
@@ -242,6 +267,16 @@ async fn run(
                     tokio::time::sleep(LINGER).await;
                 }
             }
+            Some(issues) = async {
+                match fleet_issues.as_mut() {
+                    Some(received) => received.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(canary) = enrichment.canary.as_mut() {
+                    canary.add_fleet(issues);
+                }
+            }
             Some(outcome) = outcomes.recv() => {
                 if let Some(metrics) = metrics.as_mut() {
                     metrics.observe(&outcome);
@@ -262,7 +297,7 @@ async fn run(
     if let Some(reporter) = reporter {
         reporter.stop();
     }
-    if let Some((stop, task)) = fleet {
+    for (stop, task) in fleet.into_iter().chain(canary_fleet) {
         let _ = stop.send(true);
         task.abort();
     }

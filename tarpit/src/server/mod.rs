@@ -142,6 +142,11 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         learner,
         shipper: crate::ship::ShipperSetup::from_config(config, &storage.database)?,
         fleet: crate::ship::fleet::FleetSetup::from_config(config, &storage.database)?,
+        canary_fleet: crate::ship::canary::CanaryFleetSetup::from_config(
+            config,
+            &storage.database,
+            canary.is_some(),
+        )?,
         canary,
     };
     let pipeline = Pipeline::start(rx, enrichment, sinks, stats.clone())?;

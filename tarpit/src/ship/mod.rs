@@ -18,6 +18,7 @@
 //! line) show the backlog.
 
 pub mod batch_size;
+pub mod canary;
 pub mod clickhouse;
 pub mod fleet;
 pub mod outbox;
