@@ -176,22 +176,10 @@ async fn run(
         (Some(setup), Some(learner)) => {
             let (figures, received) = tokio::sync::watch::channel(Default::default());
             learner.follow_fleet(received);
-            let (stop, stopped) = tokio::sync::watch::channel(false);
             let (setup, figures) = (Arc::new(setup), Arc::new(figures));
-            let restart = stopped.clone();
-            let task = tokio::spawn(crate::ship::supervise(
-                "the fleet exchange",
-                restart,
-                crate::ship::RESTART_AFTER,
-                move || {
-                    Ok(crate::ship::fleet::run(
-                        setup.clone(),
-                        figures.clone(),
-                        stopped.clone(),
-                    ))
-                },
-            ));
-            Some((stop, task))
+            Some(supervised("the fleet exchange", move |stopped| {
+                crate::ship::fleet::run(setup.clone(), figures.clone(), stopped)
+            }))
         }
         _ => None,
     };
@@ -199,22 +187,11 @@ async fn run(
         match (enrichment.canary_fleet.take(), &enrichment.canary) {
             (Some(setup), Some(_)) => {
                 let (issues, received) = mpsc::channel(4);
-                let (stop, stopped) = tokio::sync::watch::channel(false);
                 let setup = Arc::new(setup);
-                let restart = stopped.clone();
-                let task = tokio::spawn(crate::ship::supervise(
-                    "the canary token exchange",
-                    restart,
-                    crate::ship::RESTART_AFTER,
-                    move || {
-                        Ok(crate::ship::canary::run(
-                            setup.clone(),
-                            issues.clone(),
-                            stopped.clone(),
-                        ))
-                    },
-                ));
-                (Some((stop, task)), Some(received))
+                let task = supervised("the canary token exchange", move |stopped| {
+                    crate::ship::canary::run(setup.clone(), issues.clone(), stopped)
+                });
+                (Some(task), Some(received))
             }
             _ => (None, None),
         };
@@ -318,6 +295,29 @@ async fn run(
         shipper.finish(SHIP_GRACE).await;
     }
     report_drops(&stats, reported);
+}
+
+/// Starts a task on the pipeline's runtime under [`crate::ship::supervise`] (started again
+/// after a panic), given what tells it to stop; returns what stops it, and its handle.
+fn supervised<F>(
+    what: &'static str,
+    task: impl Fn(tokio::sync::watch::Receiver<bool>) -> F + Send + 'static,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let restart = stopped.clone();
+    let handle = tokio::spawn(crate::ship::supervise(
+        what,
+        restart,
+        crate::ship::RESTART_AFTER,
+        move || Ok(task(stopped.clone())),
+    ));
+    (stop, handle)
 }
 
 /// Publishes the give-up model's figures and sends its changed families to the sinks.
