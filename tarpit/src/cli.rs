@@ -316,6 +316,9 @@ pub struct Overrides {
     /// [tarpit] mode: drip (the replaced tool's response) or adaptive.
     #[arg(long, value_enum)]
     pub mode: Option<crate::config::TarpitMode>,
+    /// [tarpit] drip_body: dots (default) or persona (the persona's page for the path).
+    #[arg(long, value_enum)]
+    pub drip_body: Option<crate::config::DripBody>,
     /// [tarpit] hold: socket (default) or socketless (needs the eBPF hook).
     #[arg(long, value_enum)]
     pub hold: Option<crate::config::HoldMode>,
@@ -399,6 +402,7 @@ impl Overrides {
         }
         set(&mut config.tarpit.mode, &self.mode);
         set(&mut config.tarpit.hold, &self.hold);
+        set(&mut config.tarpit.drip_body, &self.drip_body);
         set(&mut config.tarpit.socketless_max, &self.socketless_max);
         set(&mut config.adaptive.margin, &self.adaptive_margin);
         if let Some(persona) = &self.adaptive_persona {

@@ -414,3 +414,53 @@ fn invented_tokens_never_merge() {
         2
     );
 }
+
+/// `drip_body = "persona"`: the drip mode drips the persona's page for the path (bait with the
+/// client's tokens, a 404 elsewhere) instead of dots, never ending it early.
+#[test]
+fn the_drip_can_drip_the_persona_with_tokens() {
+    if !prerequisites_met(&["curl"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = KEY.split_once('=').unwrap().1;
+    let args = [
+        "--drip-body",
+        "persona",
+        "--response-delay",
+        "0.01",
+        "--max-response-bytes",
+        "10",
+    ];
+    let tarpit = Tarpit::launch(dir.path(), &[("TARPIT_CANARY_KEY", key)], &args, 0);
+    assert!(
+        tarpit
+            .stderr()
+            .contains("canary tokens on: issued in the persona's bait")
+    );
+    let get = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-i", "--max-time", "20"])
+            .arg(format!("http://{}{path}", tarpit.addr))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let env = get("/.env");
+    assert!(env.starts_with("HTTP/1.1 200 OK"), "{env}");
+    assert!(env.contains("Content-Length: "), "{env}");
+    let password = line_value(&env, "DB_PASSWORD=");
+    assert_eq!(password.len(), 20);
+    assert!(password.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let missing = get("/no-such-page");
+    assert!(missing.starts_with("HTTP/1.1 404 Not Found"), "{missing}");
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE end_reason IS NOT NULL",
+        2,
+    );
+    let rows: Vec<(String, i64, String)> =
+        tarpit.rows("SELECT response_mode, response_status, end_reason FROM events ORDER BY id");
+    assert_eq!(rows[0], ("drip".to_owned(), 200, "complete".to_owned()));
+    assert_eq!(rows[1].1, 404);
+    tarpit.wait_count("SELECT COUNT(*) FROM canary_tokens", 4);
+}

@@ -39,8 +39,6 @@ pub use snapshot::{Basis, Decision, FleetFigures, SharedSnapshot, Snapshot};
 /// What the workers need of the adaptive mode, built once at start.
 #[derive(Debug)]
 pub struct AdaptiveSettings {
-    /// The pages.
-    pub persona: Persona,
     /// The model's latest figures.
     pub snapshot: SharedSnapshot,
     /// How long before the give-up time a response is completed.
@@ -64,9 +62,33 @@ impl AdaptiveSettings {
     }
 }
 
-/// What the adaptive mode starts with: the workers' settings (persona, an empty snapshot
-/// slot), the model restored from the database, and the priors. Errors name the file, entry
-/// and reason.
+/// The persona (`[adaptive] persona`, else the built-in one), its bodies padded and dripped
+/// over as many ticks as the drip's, when the adaptive mode or `drip_body = "persona"` serves
+/// it; `None` when the drip drips dots.
+pub fn load_persona(
+    config: &crate::config::Config,
+) -> Result<Option<Persona>, persona::PersonaError> {
+    let serves = config.tarpit.mode == crate::config::TarpitMode::Adaptive
+        || config.tarpit.drip_body == crate::config::DripBody::Persona;
+    if !serves {
+        return Ok(None);
+    }
+    let drip = crate::http::response::DripResponse::new(
+        config.tarpit.response_chunk.as_bytes(),
+        config.tarpit.max_response_bytes,
+        &config.tarpit.server_header,
+    );
+    Persona::load(
+        config.adaptive.persona.as_deref(),
+        config.tarpit.max_response_bytes as usize,
+        drip.ticks(),
+    )
+    .map(Some)
+}
+
+/// What the adaptive mode starts with: the workers' settings (an empty snapshot slot, margin
+/// and jitter), the model restored from the database, and the priors. Errors name the file,
+/// entry and reason. The persona is loaded apart ([`load_persona`]): the drip can serve it too.
 pub fn start(
     config: &crate::config::Config,
     database: &rusqlite::Connection,
@@ -77,16 +99,6 @@ pub fn start(
 )> {
     use anyhow::Context;
     let a = &config.adaptive;
-    let drip = crate::http::response::DripResponse::new(
-        config.tarpit.response_chunk.as_bytes(),
-        config.tarpit.max_response_bytes,
-        &config.tarpit.server_header,
-    );
-    let persona = Persona::load(
-        a.persona.as_deref(),
-        config.tarpit.max_response_bytes as usize,
-        drip.ticks(),
-    )?;
     let priors: std::sync::Arc<[priors::Prior]> = priors::load(a.priors.as_deref())?.into();
     let mut model = GiveUpModel::new(ModelConfig {
         quantile: a.quantile,
@@ -106,7 +118,6 @@ pub fn start(
     let snapshot: SharedSnapshot =
         std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::default()));
     let settings = AdaptiveSettings {
-        persona,
         snapshot,
         margin: Duration::from_secs_f64(a.margin),
         jitter: a.jitter,
@@ -122,7 +133,6 @@ mod tests {
     #[test]
     fn the_planned_end_is_a_margin_before_the_give_up_but_not_before_half_of_it() {
         let settings = AdaptiveSettings {
-            persona: Persona::load(None, 10, 10).unwrap(),
             snapshot: Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::default())),
             margin: Duration::from_secs(1),
             jitter: 0.3,

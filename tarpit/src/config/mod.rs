@@ -14,9 +14,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use sections::{
-    AbuseIpDbConfig, AdaptiveConfig, ClassifyConfig, ClickHouseConfig, EbpfConfig, GeoIpConfig,
-    HoldMode, MetricsConfig, SensorConfig, ServerConfig, ShipConfig, StorageConfig, TarpitConfig,
-    TarpitMode, is_sensor_token,
+    AbuseIpDbConfig, AdaptiveConfig, ClassifyConfig, ClickHouseConfig, DripBody, EbpfConfig,
+    GeoIpConfig, HoldMode, MetricsConfig, SensorConfig, ServerConfig, ShipConfig, StorageConfig,
+    TarpitConfig, TarpitMode, is_sensor_token,
 };
 
 /// A configuration problem, located precisely enough that the operator can fix it in one edit.

@@ -372,6 +372,18 @@ pub enum TarpitMode {
     Adaptive,
 }
 
+/// What the drip mode drips (`[tarpit] drip_body`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DripBody {
+    /// The replaced tool's response: one `.` a tick.
+    #[default]
+    Dots,
+    /// The persona's page for the path (bait, with canary tokens when they are on), dripped
+    /// over as many ticks as the dots, never ended early.
+    Persona,
+}
+
 /// How a response that runs to its end is held (`[tarpit] hold`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -440,6 +452,10 @@ impl Default for AdaptiveConfig {
 pub struct TarpitConfig {
     /// `drip` (default, the replaced tool's response) or `adaptive`.
     pub mode: TarpitMode,
+    /// The drip mode's body: `dots` (default, the replaced tool's bytes) or `persona` (the
+    /// persona's page for the path, so bait and its canary tokens are served in the drip mode
+    /// too).
+    pub drip_body: DripBody,
     /// `socket` (default) or `socketless`: responses that run to their end (every drip
     /// response; adaptive pages with no planned early end) leave their socket once the head
     /// and first tick are acknowledged. Needs the eBPF hook, CAP_NET_ADMIN and CAP_NET_RAW.
@@ -477,6 +493,7 @@ impl Default for TarpitConfig {
     fn default() -> Self {
         Self {
             mode: TarpitMode::Drip,
+            drip_body: DripBody::Dots,
             hold: HoldMode::Socket,
             socketless_max: 131_072,
             response_delay: 1.5,

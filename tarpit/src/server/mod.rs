@@ -107,6 +107,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         stats.clone(),
     );
     let mut settings = Settings::from_config(config);
+    settings.persona = crate::adaptive::load_persona(config)?;
     let learner = match config.tarpit.mode {
         TarpitMode::Drip => None,
         TarpitMode::Adaptive => {
@@ -238,9 +239,13 @@ fn canary_setup(
         crate::pipeline::canary::MAX_TOKENS,
     )
     .context("reading the issued canary tokens")?;
-    let served = match config.tarpit.mode {
-        TarpitMode::Adaptive => "in the persona's bait",
-        TarpitMode::Drip => "nowhere yet (the drip serves dots: use mode = \"adaptive\")",
+    let served = match (config.tarpit.mode, config.tarpit.drip_body) {
+        (TarpitMode::Adaptive, _) | (_, crate::config::DripBody::Persona) => {
+            "in the persona's bait"
+        }
+        (TarpitMode::Drip, crate::config::DripBody::Dots) => {
+            "nowhere (the drip drips dots: set drip_body = \"persona\" or mode = \"adaptive\")"
+        }
     };
     tracing::info!(
         recognised = stage.tokens(),

@@ -32,8 +32,11 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     /// Whether trusted peers send a PROXY protocol preamble.
     pub proxy_protocol: bool,
-    /// The adaptive mode's persona and published figures; `None` in the drip mode.
+    /// The adaptive mode's published figures, margin and jitter; `None` in the drip mode.
     pub adaptive: Option<crate::adaptive::AdaptiveSettings>,
+    /// The persona's pages: the adaptive mode's answers, and the drip's body with
+    /// `drip_body = "persona"`; `None` when the drip drips dots.
+    pub persona: Option<crate::adaptive::Persona>,
     /// Canary tokens: the minter, when `TARPIT_CANARY_KEY` is set.
     pub canary: Option<crate::canary::Minter>,
 }
@@ -61,6 +64,7 @@ impl Settings {
             trusted_proxies: config.server.trusted_proxies.clone(),
             proxy_protocol: config.server.proxy_protocol,
             adaptive: None,
+            persona: None,
             canary: None,
         }
     }

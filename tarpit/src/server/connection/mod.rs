@@ -463,10 +463,14 @@ impl Connection {
                     state.socketless = !keep_alive && self.runs_socketless(page);
                     state.sent = sent;
                     state.next = Instant::now() + settings.response_delay;
-                    if let (Some(page), Some(adaptive)) = (page, &settings.adaptive) {
+                    if let Some(page) = page {
                         state.page = page.page;
                         state.head_only = page.head_only;
-                        state.next = Instant::now() + adaptive.gap(settings.response_delay);
+                        let gap = settings
+                            .adaptive
+                            .as_ref()
+                            .map_or(settings.response_delay, |a| a.gap(settings.response_delay));
+                        state.next = Instant::now() + gap;
                         if let Some(end) = page.planned_end {
                             state.end_ms =
                                 end.as_millis().min(u128::from(NO_PLANNED_END - 1)) as u32;
@@ -494,9 +498,9 @@ impl Connection {
         let has_tokens = |start: PageStart| {
             settings.canary.is_some()
                 && settings
-                    .adaptive
+                    .persona
                     .as_ref()
-                    .is_some_and(|a| !a.persona.page(start.page).slots.is_empty())
+                    .is_some_and(|p| !p.page(start.page).slots.is_empty())
         };
         self.shared.socketless.is_some()
             && page.is_none_or(|page| page.planned_end.is_none() && !has_tokens(page))
@@ -512,8 +516,8 @@ impl Connection {
     ) -> Result<u64, &'static str> {
         let settings = &self.shared.settings;
         let now = SystemTime::now();
-        let (head, first_payload) = match (page, &settings.adaptive) {
-            (Some(start), Some(adaptive)) => adaptive.persona.head_with_first_slice(
+        let (head, first_payload) = match (page, &settings.persona) {
+            (Some(start), Some(persona)) => persona.head_with_first_slice(
                 start.page,
                 (version, keep_alive, start.head_only),
                 settings.drip.server_header(),

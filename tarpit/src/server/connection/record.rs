@@ -137,43 +137,54 @@ impl Connection {
         record
     }
 
-    /// The adaptive mode's decision for a parsed request (`None` in the drip mode), recorded in
-    /// `record`. One snapshot load and a few hash lookups, once per request.
+    /// The persona page a parsed request is answered with (`None` when the drip drips dots),
+    /// and in the adaptive mode its decision, recorded in `record`. One snapshot load and a few
+    /// hash lookups, once per request.
     pub(super) fn adaptive_plan(
         &self,
         head: &ParsedHead,
         record: &mut RequestRecord,
     ) -> Option<PageStart> {
-        let adaptive = self.shared.settings.adaptive.as_ref()?;
-        let decision = adaptive.snapshot.load().decide(
-            record.client_ip,
-            record.user_agent.as_deref(),
-            &head.header_order,
-        );
+        let settings = &self.shared.settings;
+        let persona = settings.persona.as_ref()?;
         let has_input = head.query.as_deref().is_some_and(|q| !q.is_empty())
             || head
                 .header("content-length")
                 .and_then(|n| n.trim().parse::<u64>().ok())
                 .is_some_and(|n| n > 0)
             || head.header("transfer-encoding").is_some();
-        let page = adaptive.persona.page_for(&head.path, has_input);
+        let page = persona.page_for(&head.path, has_input);
+        record.response_status = Some(persona.page(page).status);
+        if settings.canary.is_some() {
+            record.canary_slots = persona.page(page).slots;
+        }
+        let head_only = head.method.eq_ignore_ascii_case("HEAD");
+        let Some(adaptive) = settings.adaptive.as_ref() else {
+            // The drip dripping the persona: the page, never ended early.
+            return Some(PageStart {
+                page,
+                planned_end: None,
+                head_only,
+            });
+        };
+        let decision = adaptive.snapshot.load().decide(
+            record.client_ip,
+            record.user_agent.as_deref(),
+            &head.header_order,
+        );
         let planned_end = decision
             .give_up
             .map(|(seconds, _)| adaptive.planned_end(seconds));
         record.response_mode = "adaptive";
-        record.response_status = Some(adaptive.persona.page(page).status);
         let millis = |seconds: f64| (seconds * 1000.0).round() / 1000.0;
         record.giveup_limit_s = decision.give_up.map(|(s, _)| millis(f64::from(s)));
         record.giveup_basis = decision.give_up.map(|(_, basis)| basis.name());
         record.planned_end_s = planned_end.map(|end| millis(end.as_secs_f64()));
         record.families = Some(decision.keys);
-        if self.shared.settings.canary.is_some() {
-            record.canary_slots = adaptive.persona.page(page).slots;
-        }
         Some(PageStart {
             page,
             planned_end,
-            head_only: head.method.eq_ignore_ascii_case("HEAD"),
+            head_only,
         })
     }
 

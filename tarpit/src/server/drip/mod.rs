@@ -110,7 +110,8 @@ pub(super) struct DripState {
     pub sent: u64,
     /// When the next tick is due.
     pub next: Instant,
-    /// The persona page being dripped (adaptive mode), or [`DRIP_TICKS`].
+    /// The persona page being dripped (adaptive mode, or `drip_body = "persona"`), or
+    /// [`DRIP_TICKS`].
     pub page: u16,
     /// Milliseconds after `started` at which an adaptive response is completed at once, or
     /// [`NO_PLANNED_END`].
@@ -522,10 +523,10 @@ fn send_with_tokens(
 /// the head's fixed end.
 fn tick_page(conn: &impl Held, state: &mut DripState, now: Instant) -> Tick {
     let settings = conn.settings();
-    let Some(adaptive) = &settings.adaptive else {
-        return Tick::Done(Err("write_error")); // a page is only dripped in adaptive mode
+    let Some(persona) = &settings.persona else {
+        return Tick::Done(Err("write_error")); // a page is dripped only when there is a persona
     };
-    let page = adaptive.persona.page(state.page);
+    let page = persona.page(state.page);
     let (bytes, per_tick) = match state.head_only {
         true => (page.tail(state.keep_alive), 1),
         false => (page.body, page.per_tick),

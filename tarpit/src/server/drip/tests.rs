@@ -40,11 +40,14 @@ impl Held for Fake {
 fn a_page_woken_just_before_its_planned_end_ends_as_planned_not_in_a_burst() {
     let dir = tempfile::tempdir().unwrap();
     let db = crate::db::open(&dir.path().join("t.db")).unwrap();
-    let config = crate::config::Config::default();
+    let mut config = crate::config::Config::default();
+    config.tarpit.mode = crate::config::TarpitMode::Adaptive;
     let mut settings = Settings::from_config(&config);
     let adaptive = crate::adaptive::start(&config, &db).unwrap().0;
-    let page = adaptive.persona.page_for("/a", false);
+    let persona = crate::adaptive::load_persona(&config).unwrap().unwrap();
+    let page = persona.page_for("/a", false);
     settings.adaptive = Some(adaptive);
+    settings.persona = Some(persona);
     let (ours, _theirs) = UnixStream::pair().unwrap();
     let fake = Fake {
         stream: ours,

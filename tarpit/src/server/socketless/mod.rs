@@ -455,11 +455,7 @@ impl Holder {
             };
             return Source::Drip(&settings.drip, framing);
         }
-        match settings
-            .adaptive
-            .as_ref()
-            .map(|a| a.persona.page(flow.page))
-        {
+        match settings.persona.as_ref().map(|p| p.page(flow.page)) {
             Some(page) if flow.has(Flow::HEAD_ONLY) => Source::Page {
                 bytes: page.tail(false),
                 per_tick: 1,
