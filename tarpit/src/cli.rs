@@ -153,6 +153,10 @@ pub struct ActorsArgs {
     /// (`[ship.clickhouse]`).
     #[arg(long, conflicts_with_all = ["db", "actor"])]
     pub fleet: bool,
+    /// Actors that may be the same operator as actor ID, by fingerprint similarity, with a
+    /// score (proposals: fingerprints never merge actors).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["actor", "fleet"])]
+    pub candidates: Option<i64>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

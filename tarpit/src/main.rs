@@ -195,6 +195,17 @@ fn actors(args: &tarpit::cli::ActorsArgs, config: &tarpit::config::Config) -> an
         return Ok(());
     }
     let db = existing_db(args.db.as_ref(), config)?;
+    if let Some(actor) = args.candidates {
+        let conn = tarpit::db::open_read_only(db)?;
+        let found = tarpit::actors::candidates::candidates(&conn, actor, (args.limit, 0.01))
+            .with_context(|| format!("actor {actor} in {}", db.display()))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&found)?);
+        } else {
+            print!("{}", tarpit::actors::candidates::to_text(actor, &found));
+        }
+        return Ok(());
+    }
     let query = tarpit::actors::Query {
         min_addresses: args.min_addresses,
         limit: args.limit,

@@ -372,6 +372,20 @@ fn a_thousand_clients_with_one_tool_sending_back_their_own_tokens_stay_a_thousan
         ),
         1000
     );
+    // Their identical fingerprints propose no candidate either: every value is everyone's.
+    let actor = tarpit.count("SELECT actor_id FROM actor_clients WHERE client_ip = '10.88.1.7'");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tarpit"))
+        .current_dir(&tarpit.dir)
+        .args(["actors", "--candidates", &actor.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("none: nothing rare is shared"), "{text}");
 }
 
 #[test]

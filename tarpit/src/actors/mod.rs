@@ -4,6 +4,7 @@
 //! it. Read-only SQL; an actor's rows are found through `actor_clients` and the
 //! `events(client_ip)` index, so listing the largest actors never scans the whole table.
 
+pub mod candidates;
 pub mod fleet;
 
 use std::path::Path;
