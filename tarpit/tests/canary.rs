@@ -226,6 +226,31 @@ fn an_actor_using_harvested_bait_from_20_addresses_is_one_actor_with_evidence() 
     assert_eq!(listed, expected);
     assert_eq!(full[0]["merges"].as_array().unwrap().len(), 20);
     assert_eq!(full[0]["tools"][0]["value"], "tool:curl");
+    // The report shows the actor: its addresses and the merges that made it.
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_tarpit"))
+        .current_dir(&tarpit.dir)
+        .args(["report", "--out", "report.html"])
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let html = std::fs::read_to_string(tarpit.dir.join("report.html")).unwrap();
+    let section = &html[html
+        .find("Actors: addresses joined by canary tokens")
+        .expect("the section")..];
+    assert!(section.contains("Addresses per actor"), "the chart");
+    assert!(section.contains(&format!("<code>{}", others[0])) || section.contains(CLIENT_V4));
+    assert!(
+        section.contains(" and 9 more</td>"),
+        "21 addresses, 12 shown"
+    );
+    assert!(
+        section.contains("<td class=\"n\">20</td></tr>"),
+        "20 merges"
+    );
     // An anonymised export replaces every token (whole words and inside Basic credentials)
     // by a pseudonym, and is refused without the canary key.
     let key_file = tarpit.dir.join("export.key");

@@ -1,6 +1,6 @@
 //! `tarpit report`: one self-contained HTML file with what the tarpit caught: totals, activity
-//! over time, top countries, ASNs, ports and paths, how long clients were held, and a world map
-//! of where they came from.
+//! over time, top countries, ASNs, ports and paths, how long clients were held, a world map of
+//! where they came from, and the largest actors canary tokens joined.
 //!
 //! Self-contained means viewable offline and safe to mail around: the charts are inline SVG
 //! drawn with `plotters`, the map's outline is embedded ([`world`]), there is no script, and a
@@ -47,6 +47,9 @@ const DURATION_BUCKETS: &[(f64, &str)] = &[
     (f64::INFINITY, "1 h +"),
 ];
 
+/// Most actors shown (the most addresses first).
+const MAX_ACTORS: usize = 10;
+
 /// Most map points drawn (the busiest locations first).
 const MAX_LOCATIONS: usize = 5000;
 
@@ -70,6 +73,8 @@ pub struct ReportData {
     pub durations: Vec<(&'static str, u64)>,
     /// Source locations with GeoIP coordinates.
     pub locations: Vec<Location>,
+    /// The actors with the most addresses (two at least), from `crate::actors`.
+    pub actors: Vec<crate::actors::Actor>,
 }
 
 impl ReportData {
@@ -115,10 +120,19 @@ impl ReportData {
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
+        let actors = crate::actors::build(
+            path,
+            crate::actors::Query {
+                min_addresses: 2,
+                limit: MAX_ACTORS,
+                actor: None,
+            },
+        )?;
         Ok(Self {
             stats,
             durations,
             locations,
+            actors,
         })
     }
 
@@ -286,7 +300,64 @@ pub fn to_html(data: &ReportData, now: SystemTime) -> Result<String, ReportError
         }
         html.push_str("</table>\n");
     }
+    html.push_str(&actors_section(&data.actors)?);
     html.push_str("</body></html>\n");
+    Ok(html)
+}
+
+/// The largest actors: a bar of addresses per actor (labelled with its sensors), and a table of
+/// its addresses, sensors, ASNs, tools and the merges that made it.
+fn actors_section(actors: &[crate::actors::Actor]) -> Result<String, ReportError> {
+    let mut html = String::from("<h2>Actors: addresses joined by canary tokens</h2>");
+    if actors.is_empty() {
+        html.push_str(
+            "<p class=\"muted\">No actor has more than one address: no canary token was sent \
+             back from an address other than the one it was issued to (or tokens are off; \
+             see README, \"Who is behind the addresses\").</p>\n",
+        );
+        return Ok(html);
+    }
+    let rows: Vec<(String, u64)> = actors
+        .iter()
+        .map(|a| {
+            let label = format!("actor {} ({})", a.actor_id, a.sensors.join(", "));
+            (label, a.address_count.max(0) as u64)
+        })
+        .collect();
+    let chart = charts::bars("Addresses per actor", &rows).map_err(chart_error("actors"))?;
+    let _ = write!(
+        html,
+        "<figure>{chart}</figure><table><tr><th>actor</th><th>addresses</th><th>sensors</th>\
+         <th>ASNs</th><th>tools</th><th>merges</th></tr>"
+    );
+    let counted = |items: &[crate::actors::Counted]| -> String {
+        let shown: Vec<String> = items
+            .iter()
+            .map(|c| format!("{} ({})", escape(&c.value), c.requests))
+            .collect();
+        shown.join(", ")
+    };
+    for a in actors {
+        let more = a.address_count - a.addresses.len() as i64;
+        let addresses: Vec<String> = a.addresses.iter().map(|x| escape(x)).collect();
+        let _ = write!(
+            html,
+            "<tr><td class=\"n\">{}</td><td><code>{}</code>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td class=\"n\">{}</td></tr>",
+            a.actor_id,
+            addresses.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            },
+            escape(&a.sensors.join(", ")),
+            counted(&a.asns),
+            counted(&a.tools),
+            a.merges.len()
+        );
+    }
+    html.push_str("</table>\n");
     Ok(html)
 }
 
