@@ -86,7 +86,8 @@ CREATE TABLE IF NOT EXISTS tarpit.requests (
     giveup_basis Nullable(String),
     planned_end_s Nullable(Float64),
     client_fin_s Nullable(Float64),
-    crs_score Nullable(Int64)
+    crs_score Nullable(Int64),
+    actor_id Nullable(Int64)
 ) ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(timestamp)
 ORDER BY (sensor_id, conn_id, request_seq);

@@ -125,8 +125,17 @@ fn a_token_served_by_one_sensor_joins_addresses_on_another() {
             .then_some(())
     })
     .expect("B's sighting in ClickHouse, once");
-    // A third address uses the AWS key id on A: joined there. Across the fleet, the three
-    // addresses are one actor, seen by both sensors.
+    // A third address, first on its own (its row shipped), then using the AWS key id on A:
+    // joined there, and its shipped row is shipped again with its new actor.
+    curl("127.0.0.4", &a, "/", "-o /dev/null");
+    let shipped = |sql: &str| -> i64 { server.query(sql).trim().parse().unwrap_or(-1) };
+    wait_for(Duration::from_secs(60), || {
+        (shipped(
+            "SELECT count() FROM tarpit.requests FINAL              WHERE sensor_id = 'sensor-a' AND client_ip = '127.0.0.4'",
+        ) == 1)
+            .then_some(())
+    })
+    .expect("127.0.0.4's first row shipped");
     curl(
         "127.0.0.4",
         &a,
@@ -136,6 +145,24 @@ fn a_token_served_by_one_sensor_joins_addresses_on_another() {
         ),
     );
     a.wait_count("SELECT COUNT(*) FROM actor_merges", 1);
+    let actor = a.count("SELECT actor_id FROM actor_clients WHERE client_ip = '127.0.0.2'");
+    assert_eq!(
+        a.count("SELECT COUNT(DISTINCT actor_id) FROM events WHERE client_ip = '127.0.0.4'"),
+        1
+    );
+    wait_for(Duration::from_secs(60), || {
+        let stale = shipped(&format!(
+            "SELECT count() FROM tarpit.requests FINAL WHERE sensor_id = 'sensor-a' \
+             AND client_ip IN ('127.0.0.2', '127.0.0.4') AND actor_id != {actor}"
+        ));
+        let all = shipped(
+            "SELECT count() FROM tarpit.requests FINAL WHERE sensor_id = 'sensor-a' \
+             AND client_ip IN ('127.0.0.2', '127.0.0.4')",
+        );
+        (stale == 0 && all == 3).then_some(())
+    })
+    .expect("A's rows of both addresses in the store with one actor");
+    // Across the fleet, the three addresses are one actor, seen by both sensors.
     let fleet = wait_for(Duration::from_secs(60), || {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tarpit"))
             .current_dir(dir_b.path())

@@ -146,11 +146,20 @@ impl ClickHouse {
                 problem: format!(
                     "lacks columns {}{}",
                     missing.join(", "),
-                    if missing.contains(&"crs_score") {
-                        " (a table created before the CRS score: apply \
-                         deploy/clickhouse/upgrade-crs-score.sql)"
-                    } else {
-                        ""
+                    match (
+                        missing.contains(&"crs_score"),
+                        missing.contains(&"actor_id")
+                    ) {
+                        (true, _) => {
+                            " (a table created before the CRS score: apply \
+                             deploy/clickhouse/upgrade-crs-score.sql, then \
+                             deploy/clickhouse/upgrade-actor-id.sql)"
+                        }
+                        (false, true) => {
+                            " (a table created before actors: apply \
+                             deploy/clickhouse/upgrade-actor-id.sql)"
+                        }
+                        (false, false) => "",
                     }
                 ),
             })

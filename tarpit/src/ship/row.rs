@@ -103,6 +103,9 @@ pub const COLUMNS: &[(&str, Kind)] = &[
     ("planned_end_s", Kind::Real),
     ("client_fin_s", Kind::Real),
     ("crs_score", Kind::Int),
+    // The sensor's actor of the row (`crate::sink::sqlite::actors`); re-shipped when a merge
+    // re-points it. The fleet's actors are rebuilt from the shipped sightings.
+    ("actor_id", Kind::Int),
 ];
 
 /// The columns built apart from [`COLUMNS`], with their ClickHouse types, in the order of the
@@ -137,9 +140,6 @@ pub const NOT_SHIPPED_AS_IS: &[&str] = &[
     "request_seq",
     "sensor_id",
     "changed_seq",
-    // The sensor's own numbering of its actors; the fleet's actors are rebuilt from the
-    // shipped sightings instead (a local id means nothing on another sensor).
-    "actor_id",
 ];
 
 /// Every column a shipped row has, as the store's table must have them.

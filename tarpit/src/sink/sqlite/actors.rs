@@ -91,11 +91,13 @@ impl Actors {
 
     /// Records the tokens `request` issued and the ones it carried; merges actors on each
     /// sighting of a token issued to another client.
-    pub fn record_canary(
+    /// Rows a merge re-points get the change number `seq` gives (and are watched, when shipped
+    /// already), so the fleet's store gets their new actor.
+    pub(super) fn record_canary(
         &mut self,
         tx: &Connection,
         request: &RequestRecord,
-        sensor: &str,
+        (sensor, seq): (&str, &mut super::ChangeSeq),
     ) -> rusqlite::Result<()> {
         let Some(canary) = request.canary.as_deref() else {
             return Ok(());
@@ -121,7 +123,7 @@ impl Actors {
             ])?;
         }
         for sighting in &canary.sightings {
-            self.sighting(tx, request, sighting, (sensor, &at))?;
+            self.sighting(tx, request, sighting, (sensor, &at, &mut *seq))?;
         }
         Ok(())
     }
@@ -132,7 +134,7 @@ impl Actors {
         tx: &Connection,
         request: &RequestRecord,
         sighting: &Sighting,
-        (sensor, at): (&str, &str),
+        (sensor, at, seq): (&str, &str, &mut super::ChangeSeq),
     ) -> rusqlite::Result<()> {
         let issued_at = format_timestamp(sighting.first_issued);
         let issued_to = sighting.issued_to.to_canonical().to_string();
@@ -197,7 +199,12 @@ impl Actors {
             client = request.client_ip.to_canonical(),
             location = sighting.location,
         );
-        self.merge(tx, (winner, loser), sighting_id, (&evidence, at))?;
+        self.merge(
+            tx,
+            (winner, loser),
+            sighting_id,
+            (&evidence, at, seq.take()),
+        )?;
         tx.prepare_cached(
             "UPDATE canary_tokens SET merges = merges + 1
              WHERE sensor_id = ?1 AND client_ip = ?2 AND kind = ?3 AND ordinal = ?4",
@@ -222,13 +229,21 @@ impl Actors {
         tx: &Connection,
         (winner, loser): (i64, i64),
         sighting_id: i64,
-        (evidence, at): (&str, &str),
+        (evidence, at, seq): (&str, &str, i64),
     ) -> rusqlite::Result<()> {
+        // Rows shipped already are watched, so the store gets their new actor.
         tx.prepare_cached(
-            "UPDATE events SET actor_id = ?1
+            "INSERT OR REPLACE INTO ship_watch (event_id, version)
+             SELECT id, -1 FROM events
+             WHERE client_ip IN (SELECT client_ip FROM actor_clients WHERE actor_id = ?1)
+               AND id <= (SELECT cursor_id FROM ship_state WHERE target = ?2)",
+        )?
+        .execute(params![loser, crate::ship::TARGET])?;
+        tx.prepare_cached(
+            "UPDATE events SET actor_id = ?1, changed_seq = ?3
              WHERE client_ip IN (SELECT client_ip FROM actor_clients WHERE actor_id = ?2)",
         )?
-        .execute([winner, loser])?;
+        .execute([winner, loser, seq])?;
         tx.prepare_cached("UPDATE actor_clients SET actor_id = ?1 WHERE actor_id = ?2")?
             .execute([winner, loser])?;
         tx.prepare_cached(

@@ -101,7 +101,7 @@ impl SqliteSink {
                     {
                         ends.written[end_at] = true;
                     }
-                    actors.record_canary(&tx, e, sensor)?;
+                    actors.record_canary(&tx, e, (sensor, &mut seq))?;
                 }
                 Event::ResponseEnd(e) if !ends.written[at] => complete_request(&tx, e, seq.take())?,
                 Event::ConnectionClosed(e) if !ends.written[at] => complete_connection(&tx, e)?,
