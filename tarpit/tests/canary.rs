@@ -116,7 +116,7 @@ fn an_actor_using_harvested_bait_from_20_addresses_is_one_actor_with_evidence() 
     for (n, from) in others.iter().enumerate() {
         let from = from.to_string();
         let args = match n % 6 {
-            0 => format!("-u ops:{password} {base}/admin/"),
+            0 => format!("-u ops:{password} {base}/staging/"),
             1 => format!("-d user=admin -d password={password} {base}/admin/login"),
             2 => format!("{base}/old-site-{hidden}/"),
             3 => format!("-H \"Cookie: lang=en; PHPSESSID={session}\" {base}/admin/"),

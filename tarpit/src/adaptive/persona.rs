@@ -30,6 +30,7 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../assets/persona/target.html"),
     ),
     ("403.html", include_str!("../../assets/persona/403.html")),
+    ("401.html", include_str!("../../assets/persona/401.html")),
     (
         "robots.txt",
         include_str!("../../assets/persona/robots.txt"),
@@ -86,6 +87,9 @@ struct PageSpec {
     /// A cookie set with the client's session token (canary tokens on).
     #[serde(default)]
     session_cookie: Option<String>,
+    /// A Basic authentication realm (status 401).
+    #[serde(default)]
+    realm: Option<String>,
 }
 
 /// One answer: its status, content type and (padded) body.
@@ -215,7 +219,7 @@ impl Persona {
                     content_type: &str,
                     status: u16,
                     file: &str,
-                    session_cookie: Option<&str>|
+                    (session_cookie, realm): (Option<&str>, Option<&str>)|
          -> Result<Page, PersonaError> {
             if let Some(dir) = dir {
                 confine(dir, file).map_err(|reason| error(entry.to_owned(), reason))?;
@@ -237,9 +241,25 @@ impl Persona {
                 body.resize(min_body, b' ');
             }
             let per_tick = body.len().div_ceil(ticks.max(1) as usize).max(1);
+            let challenge = match realm {
+                Some(realm)
+                    if status != 401
+                        || realm.contains(['"', '\\'])
+                        || realm.chars().any(char::is_control) =>
+                {
+                    return Err(error(
+                        entry.to_owned(),
+                        format!(
+                            "realm {realm:?} needs status 401, and no quote, backslash or control character"
+                        ),
+                    ));
+                }
+                Some(realm) => format!("WWW-Authenticate: Basic realm=\"{realm}\"\r\n"),
+                None => String::new(),
+            };
             let tail = |connection: &str| -> &'static [u8] {
                 let text = format!(
-                    "Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
+                    "{challenge}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
                     body.len()
                 );
                 Box::leak(text.into_bytes().into_boxed_slice())
@@ -260,7 +280,7 @@ impl Persona {
                 "text/html",
                 404,
                 &manifest.not_found,
-                None,
+                (None, None),
             )?],
             exact: HashMap::new(),
             prefixes: Vec::new(),
@@ -273,7 +293,7 @@ impl Persona {
                 "text/html; charset=UTF-8",
                 200,
                 file,
-                None,
+                (None, None),
             )?);
         }
         for (i, spec) in manifest.page.iter().enumerate() {
@@ -307,7 +327,7 @@ impl Persona {
                 &spec.content_type,
                 spec.status,
                 &spec.file,
-                spec.session_cookie.as_deref(),
+                (spec.session_cookie.as_deref(), spec.realm.as_deref()),
             )?);
         }
         Ok(persona)
@@ -434,6 +454,22 @@ mod tests {
             404
         );
         assert_eq!(persona.page(persona.page_for("/.env", true)).body, env.body);
+        // Where harvested credentials are tried: a Basic realm.
+        let staging = persona.page(persona.page_for("/staging/deploy", false));
+        assert_eq!(staging.status, 401);
+        let tail = String::from_utf8_lossy(staging.tail(false));
+        assert!(
+            tail.starts_with("WWW-Authenticate: Basic realm=\"Portal staging - ops only\"\r\n"),
+            "{tail}"
+        );
+        // The login page's canary slots: the CSRF field, the reset link, the session cookie.
+        let login = persona.page(persona.page_for("/admin/login", false));
+        let kinds: Vec<_> = login
+            .slots
+            .iter()
+            .map(|s| (s.kind.name(), s.ordinal))
+            .collect();
+        assert_eq!(kinds, [("link", 0), ("link", 1), ("session", u8::MAX)]);
     }
 
     #[test]
