@@ -206,8 +206,18 @@ impl Minter {
             mac.update(b"tarpit canary v1\0");
             mac.update(sensor.as_bytes());
             mac.update(b"\0");
-            mac.update(recipient.client_ip.to_canonical().to_string().as_bytes());
-            mac.update(b"\0");
+            // The address's family and octets: no allocation, as a worker computes tokens
+            // while it drips a page.
+            match recipient.client_ip.to_canonical() {
+                IpAddr::V4(v4) => {
+                    mac.update(&[4]);
+                    mac.update(&v4.octets());
+                }
+                IpAddr::V6(v6) => {
+                    mac.update(&[6]);
+                    mac.update(&v6.octets());
+                }
+            }
             mac.update(kind.name().as_bytes());
             mac.update(&[0, recipient.ordinal, block]);
             for byte in mac.finalize().into_bytes() {
