@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
-use common::Tarpit;
 use common::netns::{CLIENT_V4, Lab, SENSOR_V4, prerequisites_met};
+use common::{Tarpit, run_tool};
 
 const KEY: &str = "TARPIT_CANARY_KEY=an end-to-end test key, 32 bytes+";
 
@@ -189,20 +189,7 @@ fn an_actor_using_harvested_bait_from_20_addresses_is_one_actor_with_evidence() 
         .count();
     assert_eq!(sighted, 20);
     // `tarpit actors` lists the one actor: its 21 addresses and the 20 merges' evidence.
-    let actors = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tarpit"))
-            .current_dir(&tarpit.dir)
-            .arg("actors")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let actors = |args: &[&str]| run_tool(&tarpit.dir, &[&["actors"], args].concat(), &[]);
     let text = actors(&[]);
     assert!(text.contains(": 21 addresses, 26 requests"), "{text}");
     assert!(text.contains("merges (20):"), "{text}");
@@ -227,16 +214,7 @@ fn an_actor_using_harvested_bait_from_20_addresses_is_one_actor_with_evidence() 
     assert_eq!(full[0]["merges"].as_array().unwrap().len(), 20);
     assert_eq!(full[0]["tools"][0]["value"], "tool:curl");
     // The report shows the actor: its addresses and the merges that made it.
-    let report = std::process::Command::new(env!("CARGO_BIN_EXE_tarpit"))
-        .current_dir(&tarpit.dir)
-        .args(["report", "--out", "report.html"])
-        .output()
-        .unwrap();
-    assert!(
-        report.status.success(),
-        "{}",
-        String::from_utf8_lossy(&report.stderr)
-    );
+    run_tool(&tarpit.dir, &["report", "--out", "report.html"], &[]);
     let html = std::fs::read_to_string(tarpit.dir.join("report.html")).unwrap();
     let section = &html[html
         .find("Actors: addresses joined by canary tokens")
@@ -399,16 +377,10 @@ fn a_thousand_clients_with_one_tool_sending_back_their_own_tokens_stay_a_thousan
     );
     // Their identical fingerprints propose no candidate either: every value is everyone's.
     let actor = tarpit.count("SELECT actor_id FROM actor_clients WHERE client_ip = '10.88.1.7'");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tarpit"))
-        .current_dir(&tarpit.dir)
-        .args(["actors", "--candidates", &actor.to_string()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = run_tool(
+        &tarpit.dir,
+        &["actors", "--candidates", &actor.to_string()],
+        &[],
     );
     assert!(text.contains("none: nothing rare is shared"), "{text}");
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::clickhouse::{ClickHouse, PASSWORD, SERVER, ship_section};
 use common::netns::prerequisites_met;
-use common::{Tarpit, wait_for};
+use common::{Tarpit, run_tool, wait_for};
 
 const KEY: &str = "a fleet's shared canary key, 32 bytes";
 
@@ -164,18 +164,11 @@ fn a_token_served_by_one_sensor_joins_addresses_on_another() {
     .expect("A's rows of both addresses in the store with one actor");
     // Across the fleet, the three addresses are one actor, seen by both sensors.
     let fleet = wait_for(Duration::from_secs(60), || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tarpit"))
-            .current_dir(dir_b.path())
-            .env("TARPIT_CLICKHOUSE_PASSWORD", PASSWORD)
-            .args(["--config", "tarpit.toml", "actors", "--fleet"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let text = run_tool(
+            dir_b.path(),
+            &["--config", "tarpit.toml", "actors", "--fleet"],
+            &[("TARPIT_CLICKHOUSE_PASSWORD", PASSWORD)],
         );
-        let text = String::from_utf8(out.stdout).unwrap();
         text.contains("fleet actor 1: 3 addresses, sensors sensor-a, sensor-b")
             .then_some(text)
     })

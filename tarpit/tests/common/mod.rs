@@ -355,6 +355,23 @@ impl Tarpit {
     }
 }
 
+/// Runs the tarpit binary in `dir` with `args` and `env` (an offline command: `actors`,
+/// `report`, ...), asserting that it succeeds; its standard output.
+pub fn run_tool(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tarpit"))
+        .current_dir(dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the tarpit binary runs");
+    assert!(
+        out.status.success(),
+        "tarpit {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
