@@ -13,7 +13,7 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use common::netns::{CLIENT_V4, Lab, SENSOR_V4, prerequisites_met};
-use common::{Tarpit, run_tool};
+use common::{Tarpit, run_tool, wait_for};
 
 const KEY: &str = "TARPIT_CANARY_KEY=an end-to-end test key, 32 bytes+";
 
@@ -182,12 +182,16 @@ fn an_actor_using_harvested_bait_from_20_addresses_is_one_actor_with_evidence() 
         20
     );
     // The JSON log carries the sightings too; the key is nowhere in the record.
-    let sighted = tarpit
-        .json_lines()
-        .into_iter()
-        .filter(|line| line["canary"]["sightings"].is_array())
-        .count();
-    assert_eq!(sighted, 20);
+    // (The JSON log is written by its own thread: it may trail the database.)
+    let sighted = || {
+        tarpit
+            .json_lines()
+            .into_iter()
+            .filter(|line| line["canary"]["sightings"].is_array())
+            .count()
+    };
+    let lines = wait_for(Duration::from_secs(30), || (sighted() >= 20).then(sighted));
+    assert_eq!(lines, Some(20));
     // `tarpit actors` lists the one actor: its 21 addresses and the 20 merges' evidence.
     let actors = |args: &[&str]| run_tool(&tarpit.dir, &[&["actors"], args].concat(), &[]);
     let text = actors(&[]);
