@@ -178,7 +178,7 @@ pub struct ReportArgs {
 pub struct ExportArgs {
     /// The file format.
     #[arg(long, value_enum)]
-    pub format: crate::export::Format,
+    pub format: crate::analysis::export::Format,
     /// The file to write (replaced if it exists).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,

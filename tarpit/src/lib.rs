@@ -8,9 +8,9 @@
 #![warn(missing_docs)]
 
 pub mod abuseipdb;
-pub mod actors;
 pub mod adaptive;
 pub mod address_text;
+pub mod analysis;
 pub mod attribution;
 pub mod canary;
 pub mod classify;
@@ -19,25 +19,18 @@ pub mod config;
 pub mod db;
 pub mod ebpf;
 pub mod event;
-pub mod export;
 pub mod file_modes;
 pub mod fingerprint;
 pub mod geoip;
-pub mod giveup_stats;
 pub mod http;
 pub mod log_throttle;
 pub mod metrics;
 pub mod net_class;
 pub mod pipeline;
-pub mod ports_report;
 pub mod privileges;
 pub mod queue;
-pub mod report;
-pub mod retag;
 pub mod seccomp;
 pub mod secret;
 pub mod server;
 pub mod ship;
 pub mod sink;
-pub mod stats;
-pub mod tag_stats;

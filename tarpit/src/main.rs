@@ -185,38 +185,42 @@ fn actors(args: &tarpit::cli::ActorsArgs, config: &tarpit::config::Config) -> an
             .build()
             .context("building the runtime")?;
         let actors = runtime
-            .block_on(tarpit::actors::fleet::from_store(&client, &table))
+            .block_on(tarpit::analysis::actors::fleet::from_store(&client, &table))
             .with_context(|| format!("reading {table}"))?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&actors)?);
         } else {
-            print!("{}", tarpit::actors::fleet::to_text(&actors));
+            print!("{}", tarpit::analysis::actors::fleet::to_text(&actors));
         }
         return Ok(());
     }
     let db = existing_db(args.db.as_ref(), config)?;
     if let Some(actor) = args.candidates {
         let conn = tarpit::db::open_read_only(db)?;
-        let found = tarpit::actors::candidates::candidates(&conn, actor, (args.limit, 0.01))
-            .with_context(|| format!("actor {actor} in {}", db.display()))?;
+        let found =
+            tarpit::analysis::actors::candidates::candidates(&conn, actor, (args.limit, 0.01))
+                .with_context(|| format!("actor {actor} in {}", db.display()))?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&found)?);
         } else {
-            print!("{}", tarpit::actors::candidates::to_text(actor, &found));
+            print!(
+                "{}",
+                tarpit::analysis::actors::candidates::to_text(actor, &found)
+            );
         }
         return Ok(());
     }
-    let query = tarpit::actors::Query {
+    let query = tarpit::analysis::actors::Query {
         min_addresses: args.min_addresses,
         limit: args.limit,
         actor: args.actor,
     };
-    let actors =
-        tarpit::actors::build(db, query).with_context(|| format!("reading {}", db.display()))?;
+    let actors = tarpit::analysis::actors::build(db, query)
+        .with_context(|| format!("reading {}", db.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&actors)?);
     } else {
-        print!("{}", tarpit::actors::to_text(&actors));
+        print!("{}", tarpit::analysis::actors::to_text(&actors));
     }
     Ok(())
 }
@@ -275,7 +279,7 @@ fn classify(
     let db = existing_db(args.db.as_ref(), config)?;
     let rules = args.rules.as_ref().or(config.classify.rules.as_ref());
     let classifier = tarpit::classify::Classifier::load(rules.map(|p| p.as_path()))?;
-    let summary = tarpit::retag::retag(db, &classifier)
+    let summary = tarpit::analysis::retag::retag(db, &classifier)
         .with_context(|| format!("re-tagging {}", db.display()))?;
     println!(
         "{}: {} requests re-tagged with {} rules: {} tagged, {} tags",
@@ -325,7 +329,7 @@ fn classify(
 fn cutoff(since: Option<&str>) -> anyhow::Result<Option<String>> {
     use anyhow::Context;
     since
-        .map(|s| tarpit::ports_report::parse_since(s, std::time::SystemTime::now()))
+        .map(|s| tarpit::analysis::ports_report::parse_since(s, std::time::SystemTime::now()))
         .transpose()
         .map_err(anyhow::Error::msg)
         .context("--since")
@@ -339,8 +343,8 @@ fn report(args: &tarpit::cli::ReportArgs, config: &tarpit::config::Config) -> an
     if tarpit::db::is_database_file(db, &args.out) {
         anyhow::bail!("--out {} is the database being read", args.out.display());
     }
-    let html =
-        tarpit::report::render(db, since).with_context(|| format!("reading {}", db.display()))?;
+    let html = tarpit::analysis::report::render(db, since)
+        .with_context(|| format!("reading {}", db.display()))?;
     std::fs::write(&args.out, html).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("report written to {}", args.out.display());
     Ok(())
@@ -350,12 +354,12 @@ fn report(args: &tarpit::cli::ReportArgs, config: &tarpit::config::Config) -> an
 fn export(args: &tarpit::cli::ExportArgs, config: &tarpit::config::Config) -> anyhow::Result<()> {
     let db = existing_db(args.source.db.as_ref(), config)?;
     let anonymizer = match &args.key_file {
-        Some(key_file) if args.anonymize => {
-            Some(tarpit::export::Anonymizer::from_key_file(key_file)?)
-        }
+        Some(key_file) if args.anonymize => Some(
+            tarpit::analysis::export::Anonymizer::from_key_file(key_file)?,
+        ),
         _ => None,
     };
-    let options = tarpit::export::ExportOptions {
+    let options = tarpit::analysis::export::ExportOptions {
         db: db.clone(),
         out: args.out.clone(),
         format: args.format,
@@ -365,7 +369,7 @@ fn export(args: &tarpit::cli::ExportArgs, config: &tarpit::config::Config) -> an
         progress: true,
         csv_raw: args.csv_raw,
     };
-    let summary = tarpit::export::export(options)?;
+    let summary = tarpit::analysis::export::export(options)?;
     eprintln!(
         "exported {} rows ({} columns{}) to {}",
         summary.rows,
@@ -387,10 +391,10 @@ fn query(
     let since = cutoff(args.source.since.as_deref())?;
     let reading = || format!("reading {}", db.display());
     let (json, text) = if stats {
-        let report = tarpit::stats::build(db, since).with_context(reading)?;
+        let report = tarpit::analysis::stats::build(db, since).with_context(reading)?;
         (serde_json::to_string_pretty(&report)?, report.to_text())
     } else {
-        let report = tarpit::ports_report::build(db, since).with_context(reading)?;
+        let report = tarpit::analysis::ports_report::build(db, since).with_context(reading)?;
         (serde_json::to_string_pretty(&report)?, report.to_text())
     };
     if args.json {

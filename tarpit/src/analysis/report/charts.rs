@@ -340,7 +340,7 @@ mod tests {
                 requests: 1,
             },
         ];
-        let map = world_map(&crate::report::world::land_rings(), &locations).unwrap();
+        let map = world_map(&crate::analysis::report::world::land_rings(), &locations).unwrap();
         assert_eq!(map.matches("<circle").count(), 2);
         assert!(map.matches("<polygon").count() > 100);
         let crossing = vec![(179.0, 65.0), (-179.0, 66.0), (-178.0, 64.0), (179.0, 65.0)];

@@ -1,7 +1,8 @@
 //! `tarpit stats`: what the tarpit caught, from the SQLite database: totals, time held, and the
 //! top source addresses, ASNs, countries, target ports, paths, User-Agents, methods and end
-//! reasons, the classification's top tags ([`crate::tag_stats`]), plus hourly counts. Text tables or JSON; read-only.
+//! reasons, the classification's top tags ([`crate::analysis::tag_stats`]), plus hourly counts. Text tables or JSON; read-only.
 
+use super::text::cell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -34,7 +35,7 @@ pub struct Stats {
     /// Requests per hour (`YYYY-MM-DDTHH`, UTC).
     pub hourly: Vec<(String, u64)>,
     /// Give-up time by tool, from the adaptive mode's stored model (not limited by `since`).
-    pub giveup_by_tool: Vec<crate::giveup_stats::GiveUpRow>,
+    pub giveup_by_tool: Vec<crate::analysis::giveup_stats::GiveUpRow>,
     /// The shipping outbox now (not limited by `since`).
     pub shipping: Shipping,
 }
@@ -238,7 +239,7 @@ fn build_capped(
         top.push(TopTable { title, rows });
     }
     top.extend(
-        crate::tag_stats::top_tables(&conn, from, &cutoff)?
+        crate::analysis::tag_stats::top_tables(&conn, from, &cutoff)?
             .into_iter()
             .map(|(title, rows)| TopTable { title, rows }),
     );
@@ -252,7 +253,7 @@ fn build_capped(
         last,
         top,
         hourly: hours.into_iter().collect(),
-        giveup_by_tool: crate::giveup_stats::by_tool(&conn)?,
+        giveup_by_tool: crate::analysis::giveup_stats::by_tool(&conn)?,
         shipping: {
             let backlog = crate::ship::outbox::backlog(&conn, crate::ship::TARGET)?;
             Shipping {
@@ -287,35 +288,6 @@ fn top_by_sql(
         Ok((text, r.get::<_, i64>(1)? as u64))
     })?
     .collect()
-}
-
-/// Whether a character must not reach an operator's terminal: C0 and C1 controls (escape
-/// sequences), bidirectional overrides and isolates (text that reads in another order than it
-/// is), and zero-width characters (text that hides what it holds).
-pub fn is_unsafe_for_display(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061C}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{2069}'
-                | '\u{FEFF}'
-        )
-}
-
-/// Cuts a value for a table cell (User-Agents and paths can be long), on a char boundary.
-pub fn cell(text: &str, width: usize) -> String {
-    let clean: String = text
-        .chars()
-        .map(|c| if is_unsafe_for_display(c) { ' ' } else { c })
-        .collect();
-    if clean.chars().count() <= width {
-        return clean;
-    }
-    let mut cut: String = clean.chars().take(width.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
 }
 
 impl Stats {
@@ -360,7 +332,9 @@ impl Stats {
                 let _ = writeln!(out, "  {:>10}  {}", count, cell(value, 70));
             }
         }
-        out.push_str(&crate::giveup_stats::to_text(&self.giveup_by_tool));
+        out.push_str(&crate::analysis::giveup_stats::to_text(
+            &self.giveup_by_tool,
+        ));
         let _ = writeln!(out, "\nrequests per hour (UTC)");
         for (hour, count) in &self.hourly {
             let _ = writeln!(out, "  {hour}:00  {count:>10}");
@@ -527,20 +501,5 @@ mod tests {
             assert_eq!(key.chars().count(), MAX_KEY_CHARS + 1, "{key}");
             assert!(key.ends_with('…'));
         }
-    }
-
-    #[test]
-    fn bidi_zero_width_and_control_characters_never_reach_the_terminal() {
-        let hostile = "/admin\u{202E}gpj.exe\u{200B}\u{2066}x\u{FEFF}\u{1b}[31m\u{9b}";
-        let shown = cell(hostile, 100);
-        assert!(!shown.chars().any(is_unsafe_for_display), "{shown:?}");
-        assert_eq!(shown, "/admin gpj.exe  x  [31m ");
-    }
-
-    #[test]
-    fn long_cells_are_cut() {
-        assert_eq!(cell("abc", 5), "abc");
-        assert_eq!(cell("abcdefgh", 5), "abcd…");
-        assert_eq!(cell("a\nb", 5), "a b");
     }
 }

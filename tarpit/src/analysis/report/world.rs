@@ -8,7 +8,7 @@
 use serde::Deserialize;
 
 /// The embedded outline.
-const LAND_110M: &str = include_str!("../../assets/land-110m.json");
+const LAND_110M: &str = include_str!("../../../assets/land-110m.json");
 
 #[derive(Deserialize)]
 struct Topology {

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::SystemTime;
 
-use crate::stats::Stats;
+use crate::analysis::stats::Stats;
 
 /// Why a report could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -73,14 +73,14 @@ pub struct ReportData {
     pub durations: Vec<(&'static str, u64)>,
     /// Source locations with GeoIP coordinates.
     pub locations: Vec<Location>,
-    /// The actors with the most addresses (two at least), from `crate::actors`.
-    pub actors: Vec<crate::actors::Actor>,
+    /// The actors with the most addresses (two at least), from `crate::analysis::actors`.
+    pub actors: Vec<crate::analysis::actors::Actor>,
 }
 
 impl ReportData {
     /// Reads the report's figures from the database (read-only).
     pub fn load(path: &Path, since: Option<String>) -> Result<Self, ReportError> {
-        let stats = crate::stats::build(path, since.clone())?;
+        let stats = crate::analysis::stats::build(path, since.clone())?;
         let conn = crate::db::open_read_only(path)?;
         let cutoff = since.unwrap_or_default();
         let from = crate::db::events_from(!cutoff.is_empty());
@@ -120,9 +120,9 @@ impl ReportData {
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
-        let actors = crate::actors::build(
+        let actors = crate::analysis::actors::build(
             path,
-            crate::actors::Query {
+            crate::analysis::actors::Query {
                 min_addresses: 2,
                 limit: MAX_ACTORS,
                 actor: None,
@@ -213,10 +213,16 @@ pub fn to_html(data: &ReportData, now: SystemTime) -> Result<String, ReportError
         ("CVE", "CVEs tried"),
         ("targeted application", "Targeted applications"),
         ("tool", "Tools"),
-        (crate::tag_stats::TIME_PER_TOOL, "Seconds held per tool"),
+        (
+            crate::analysis::tag_stats::TIME_PER_TOOL,
+            "Seconds held per tool",
+        ),
         ("crawler", "Crawlers"),
         ("CRS rule", "OWASP CRS rules fired"),
-        (crate::tag_stats::CRS_SCORE, "CRS anomaly score (requests)"),
+        (
+            crate::analysis::tag_stats::CRS_SCORE,
+            "CRS anomaly score (requests)",
+        ),
     ])?;
 
     let mut html = String::with_capacity(256 * 1024);
@@ -307,7 +313,7 @@ pub fn to_html(data: &ReportData, now: SystemTime) -> Result<String, ReportError
 
 /// The largest actors: a bar of addresses per actor (labelled with its sensors), and a table of
 /// its addresses, sensors, ASNs, tools and the merges that made it.
-fn actors_section(actors: &[crate::actors::Actor]) -> Result<String, ReportError> {
+fn actors_section(actors: &[crate::analysis::actors::Actor]) -> Result<String, ReportError> {
     let mut html = String::from("<h2>Actors: addresses joined by canary tokens</h2>");
     if actors.is_empty() {
         html.push_str(
@@ -330,7 +336,7 @@ fn actors_section(actors: &[crate::actors::Actor]) -> Result<String, ReportError
         "<figure>{chart}</figure><table><tr><th>actor</th><th>addresses</th><th>sensors</th>\
          <th>ASNs</th><th>tools</th><th>merges</th></tr>"
     );
-    let counted = |items: &[crate::actors::Counted]| -> String {
+    let counted = |items: &[crate::analysis::actors::Counted]| -> String {
         let shown: Vec<String> = items
             .iter()
             .map(|c| format!("{} ({})", escape(&c.value), c.requests))

@@ -65,7 +65,7 @@ pub fn to_text(rows: &[GiveUpRow]) -> String {
         let _ = writeln!(
             out,
             "  {:<24} {:>9} {:>9} {:>9} {:>12} {:>9}",
-            crate::stats::cell(&row.tool, 24),
+            crate::analysis::text::cell(&row.tool, 24),
             seconds(row.learned_s),
             seconds(row.prior_s),
             row.give_ups,

@@ -197,7 +197,7 @@ impl PortsReport {
             let source: String = source
                 .chars()
                 .map(|c| {
-                    if crate::stats::is_unsafe_for_display(c) {
+                    if crate::analysis::text::is_unsafe_for_display(c) {
                         ' '
                     } else {
                         c
@@ -250,7 +250,7 @@ mod tests {
         assert!(
             !text
                 .chars()
-                .any(|c| c != '\n' && crate::stats::is_unsafe_for_display(c)),
+                .any(|c| c != '\n' && crate::analysis::text::is_unsafe_for_display(c)),
             "{text:?}"
         );
         assert!(text.contains("ebpf   [2J"), "{text}");
