@@ -391,7 +391,10 @@ fn query(
     let since = cutoff(args.source.since.as_deref())?;
     let reading = || format!("reading {}", db.display());
     let (json, text) = if stats {
-        let report = tarpit::analysis::stats::build(db, since).with_context(reading)?;
+        let mut report = tarpit::analysis::stats::build(db, since).with_context(reading)?;
+        if !config.ship.clickhouse.enabled() {
+            report.shipping = None; // no store configured: no backlog to speak of
+        }
         (serde_json::to_string_pretty(&report)?, report.to_text())
     } else {
         let report = tarpit::analysis::ports_report::build(db, since).with_context(reading)?;

@@ -36,8 +36,10 @@ pub struct Stats {
     pub hourly: Vec<(String, u64)>,
     /// Give-up time by tool, from the adaptive mode's stored model (not limited by `since`).
     pub giveup_by_tool: Vec<crate::analysis::giveup_stats::GiveUpRow>,
-    /// The shipping outbox now (not limited by `since`).
-    pub shipping: Shipping,
+    /// The shipping outbox now (not limited by `since`); `None` when shipping is not
+    /// configured, so a sensor without a store is not told of a backlog no one will ship.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shipping: Option<Shipping>,
 }
 
 /// What shipping to the central store has left to do, and has done.
@@ -254,14 +256,14 @@ fn build_capped(
         top,
         hourly: hours.into_iter().collect(),
         giveup_by_tool: crate::analysis::giveup_stats::by_tool(&conn)?,
-        shipping: {
+        shipping: Some({
             let backlog = crate::ship::outbox::backlog(&conn, crate::ship::TARGET)?;
             Shipping {
                 pending_rows: backlog.rows,
                 oldest_pending_s: backlog.oldest_age_s,
                 shipped: crate::ship::outbox::shipped(&conn)?,
             }
-        },
+        }),
     })
 }
 
@@ -309,19 +311,20 @@ impl Stats {
         if let (Some(first), Some(last)) = (&self.first, &self.last) {
             let _ = writeln!(out, "{:<22} {first} .. {last}", "period");
         }
-        let ship = &self.shipping;
-        let _ = writeln!(
-            out,
-            "{:<22} {} requests not shipped yet, oldest change {:.0} s ago",
-            "shipping outbox", ship.pending_rows, ship.oldest_pending_s
-        );
-        for (target, rows, last) in &ship.shipped {
+        if let Some(ship) = &self.shipping {
             let _ = writeln!(
                 out,
-                "{:<22} {rows} requests, last at {}",
-                format!("shipped to {target}"),
-                last.as_deref().unwrap_or("-")
+                "{:<22} {} requests not shipped yet, oldest change {:.0} s ago",
+                "shipping outbox", ship.pending_rows, ship.oldest_pending_s
             );
+            for (target, rows, last) in &ship.shipped {
+                let _ = writeln!(
+                    out,
+                    "{:<22} {rows} requests, last at {}",
+                    format!("shipped to {target}"),
+                    last.as_deref().unwrap_or("-")
+                );
+            }
         }
         for table in &self.top {
             let _ = writeln!(out, "\ntop {}", table.title);
