@@ -345,6 +345,12 @@ pub struct Overrides {
     /// TARPIT_CLICKHOUSE_PASSWORD).
     #[arg(long)]
     pub clickhouse_url: Option<String>,
+    /// [scanners] rdns: verify research scanners by reverse DNS (true or false).
+    #[arg(long, value_name = "BOOL")]
+    pub scanner_rdns: Option<bool>,
+    /// [scanners] file: the scanner catalogue replacing the built-in one.
+    #[arg(long, value_name = "FILE")]
+    pub scanners_file: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -408,6 +414,10 @@ impl Overrides {
         set(&mut config.tarpit.hold, &self.hold);
         set(&mut config.tarpit.drip_body, &self.drip_body);
         set(&mut config.tarpit.socketless_max, &self.socketless_max);
+        set(&mut config.scanners.rdns, &self.scanner_rdns);
+        if let Some(file) = &self.scanners_file {
+            config.scanners.file = Some(file.clone());
+        }
         set(&mut config.adaptive.margin, &self.adaptive_margin);
         if let Some(persona) = &self.adaptive_persona {
             config.adaptive.persona = Some(persona.clone());

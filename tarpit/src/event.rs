@@ -30,6 +30,10 @@ pub enum Event {
     ConnectionClosed(ConnectionClosed),
     /// An AbuseIPDB report was made (or dry-run, or failed) for a request's client.
     AbuseReport(AbuseReport),
+    /// A client address was proven to be a research scanner's after its requests were
+    /// recorded (reverse DNS, confirmed forward): the `scanner_hosts` row, and the
+    /// `scanner:<org>` tags of its rows recorded before.
+    ScannerHost(ScannerHost),
     /// Give-up model families that changed (adaptive mode), for the `giveup_families` table
     /// and the metrics; not a connection's record, so the JSON log leaves it out.
     #[serde(skip)]
@@ -62,6 +66,22 @@ pub struct AbuseReport {
     pub comment: String,
 }
 
+/// An address proven to be a research scanner's; the `scanner_hosts` table's columns.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScannerHost {
+    /// The address.
+    pub client_ip: IpAddr,
+    /// The organisation (`scanner:<org>`).
+    pub org: Arc<str>,
+    /// How it was proven (`rdns`).
+    pub via: &'static str,
+    /// The confirmed host name.
+    pub host_name: String,
+    /// When it was proven.
+    #[serde(serialize_with = "rfc3339")]
+    pub timestamp: SystemTime,
+}
+
 impl Event {
     /// The connection the event belongs to.
     pub fn conn_id(&self) -> u64 {
@@ -71,7 +91,7 @@ impl Event {
             Event::ResponseEnd(e) => e.conn_id,
             Event::ConnectionClosed(e) => e.conn_id,
             Event::AbuseReport(e) => e.conn_id,
-            Event::GiveUpFamilies(_) => 0,
+            Event::ScannerHost(_) | Event::GiveUpFamilies(_) => 0,
         }
     }
 

@@ -29,6 +29,7 @@ pub mod net_class;
 pub mod pipeline;
 pub mod privileges;
 pub mod queue;
+pub mod scanner;
 pub mod seccomp;
 pub mod secret;
 pub mod server;

@@ -287,6 +287,11 @@ impl MetricsSink {
             Event::AbuseReport(e) => {
                 counter!("tarpit_abuseipdb_reports_total", "outcome" => e.outcome).increment(1);
             }
+            Event::ScannerHost(e) => {
+                // Organisations come only from the scanner catalogue: bounded.
+                counter!("tarpit_scanner_hosts_verified_total", "org" => e.org.to_string())
+                    .increment(1);
+            }
             Event::GiveUpFamilies(batch) => {
                 // Tool names come only from the rule set's tags and the priors: bounded.
                 for row in batch

@@ -49,6 +49,8 @@ pub struct ReporterSetup {
     pub history: Vec<(IpAddr, SystemTime)>,
     /// API calls already made today (UTC).
     pub calls_today: u32,
+    /// Leave verified research scanners out (`[scanners]` on and `share = false`).
+    pub leave_out_scanners: bool,
 }
 
 /// A report waiting to be sent.
@@ -76,12 +78,21 @@ pub struct Reporter {
     queue_size: usize,
     /// Reports dropped because the queue was full (the oldest go first).
     dropped: u64,
+    /// Requests tagged `scanner:verified` are never offered.
+    leave_out_scanners: bool,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Reporter {
-    /// Starts the sending task on the current (pipeline) runtime.
-    pub fn start(setup: ReporterSetup, outcomes: mpsc::UnboundedSender<Event>) -> Self {
+    /// Starts the sending task on the current (pipeline) runtime. With `scanners` (when
+    /// verified scanners are left out), each report first waits for its address's reverse DNS
+    /// verdict if a lookup is in flight, so a scanner's first request, recorded before its
+    /// proof, is not reported either.
+    pub fn start(
+        setup: ReporterSetup,
+        outcomes: mpsc::UnboundedSender<Event>,
+        scanners: Option<Arc<crate::scanner::Verifier>>,
+    ) -> Self {
         let config = setup.config;
         let now = SystemTime::now();
         let state = Arc::new(Mutex::new(State {
@@ -120,6 +131,7 @@ impl Reporter {
                 .collect::<Vec<_>>()
                 .join(","),
             config: config.clone(),
+            scanners: scanners.filter(|_| setup.leave_out_scanners),
         };
         Self {
             state,
@@ -127,12 +139,17 @@ impl Reporter {
             policy: setup.policy,
             queue_size: config.queue_size,
             dropped: 0,
+            leave_out_scanners: setup.leave_out_scanners,
             task: tokio::spawn(sender.run()),
         }
     }
 
     /// Considers a request for a report: queued when the policy and the interval allow.
     pub fn offer(&mut self, record: &RequestRecord) {
+        if self.leave_out_scanners && crate::scanner::is_verified(&record.tags) {
+            tracing::trace!(ip = %record.client_ip, "not reported: a verified research scanner");
+            return;
+        }
         if let Some(reason) = self.policy.skip_reason(record) {
             tracing::trace!(ip = %record.client_ip, reason, "not reported");
             return;
@@ -187,6 +204,8 @@ struct Sender {
     outcomes: mpsc::UnboundedSender<Event>,
     categories: String,
     config: AbuseIpDbConfig,
+    /// Verified research scanners are left out: their verdicts.
+    scanners: Option<Arc<crate::scanner::Verifier>>,
 }
 
 /// How long to wait before retry `attempt` (1, 2, ...) after a 5xx or a timeout.
@@ -217,6 +236,13 @@ impl Sender {
                 && let Ok(wait) = until.duration_since(SystemTime::now())
             {
                 tokio::time::sleep(wait).await;
+            }
+            if let Some(scanners) = &self.scanners
+                && let Some(crate::scanner::Verdict::Scanner { .. }) =
+                    scanners.settled(job.ip).await
+            {
+                tracing::debug!(ip = %job.ip, "not reported: a verified research scanner");
+                continue; // the address stays claimed: nothing to report for the interval
             }
             let now = SystemTime::now();
             if !self.with_state(|s| s.ledger.budget_left(now)) {
@@ -351,5 +377,77 @@ mod tests {
     fn the_key_never_prints() {
         let key = ApiKey(crate::secret::Secret::for_test("supersecretkey"));
         assert!(!format!("{key:?}").contains("supersecretkey"));
+    }
+
+    /// Every address's PTR is `scan.shadowserver.org`, which resolves to 81.2.69.142 only,
+    /// after a pause: the first report waits for the verdict.
+    struct SlowShadowserver;
+
+    impl crate::scanner::verify::Resolver for SlowShadowserver {
+        fn reverse(&self, _ip: IpAddr) -> std::io::Result<Option<String>> {
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(Some("scan.shadowserver.org".into()))
+        }
+        fn forward(&self, _name: &str) -> std::io::Result<Vec<IpAddr>> {
+            Ok(vec!["81.2.69.142".parse().unwrap()])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_scanner_proven_while_its_report_waits_is_not_reported() {
+        use crate::scanner::{Catalog, Verifier, verify::Limits};
+        let limits = Limits {
+            concurrency: 4,
+            cache_size: 16,
+            timeout: Duration::from_secs(10),
+            ttl: Duration::from_secs(60),
+        };
+        let (verifier, _proven) = Verifier::new(
+            Arc::new(Catalog::builtin()),
+            Arc::new(SlowShadowserver),
+            limits,
+        );
+        let setup = |leave_out_scanners| ReporterSetup {
+            config: AbuseIpDbConfig {
+                dry_run: true,
+                ..Default::default()
+            },
+            key: ApiKey(crate::secret::Secret::for_test("k")),
+            policy: Policy {
+                whitelist_cidrs: vec![],
+                whitelist_asns: vec![],
+                whitelist_user_agents: vec![],
+                comment_prefix: String::new(),
+                sensor_addresses: vec![],
+            },
+            history: vec![],
+            calls_today: 0,
+            leave_out_scanners,
+        };
+        for (leave_out, expected) in [
+            (true, vec!["89.160.20.112"]),
+            (false, vec!["81.2.69.142", "89.160.20.112"]),
+        ] {
+            let (outcomes, mut received) = mpsc::unbounded_channel();
+            let mut reporter = Reporter::start(setup(leave_out), outcomes, Some(verifier.clone()));
+            // The scanner's first request: recorded before its lookup ends, so not tagged.
+            let scanner: IpAddr = "81.2.69.142".parse().unwrap();
+            let mut first = RequestRecord::sample(scanner);
+            first.tags.clear();
+            verifier.verdict_or_lookup(scanner);
+            reporter.offer(&first);
+            reporter.offer(&RequestRecord::sample("89.160.20.112".parse().unwrap()));
+            let mut reported = Vec::new();
+            while reported.len() < expected.len() {
+                let Some(Event::AbuseReport(report)) = received.recv().await else {
+                    panic!("no outcome");
+                };
+                assert_eq!(report.outcome, "dry_run");
+                reported.push(report.ip.to_string());
+            }
+            reported.sort();
+            assert_eq!(reported, expected, "leave out: {leave_out}");
+            reporter.stop();
+        }
     }
 }

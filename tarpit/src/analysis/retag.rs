@@ -2,7 +2,9 @@
 //! old data should too, including rows adopted from the replaced tool's database.
 //!
 //! Rows are read in id order in batches; each batch's tags are replaced in one short
-//! transaction, so a running tarpit writing the same file waits at most one batch.
+//! transaction, so a running tarpit writing the same file waits at most one batch. Tags the
+//! rules do not give are kept: `scanner:` (reverse DNS answers and the scanner catalogue of
+//! the day) and `canary:` (token sightings), which no re-read of the row could reproduce.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,7 +49,8 @@ pub fn retag(path: &Path, classifier: &Classifier) -> Result<RetagSummary, crate
             .collect();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute(
-            "DELETE FROM request_tags WHERE event_id BETWEEN ?1 AND ?2",
+            "DELETE FROM request_tags WHERE event_id BETWEEN ?1 AND ?2
+                 AND tag NOT LIKE 'scanner:%' AND tag NOT LIKE 'canary:%'",
             params![first, last],
         )?;
         // New tags are a change: the rows get a new number and every shipping target starts
@@ -106,7 +109,8 @@ mod tests {
         )
         .unwrap();
         conn.execute(
-            "INSERT INTO request_tags (event_id, tag) VALUES (2, 'attack:stale')",
+            "INSERT INTO request_tags (event_id, tag) VALUES (2, 'attack:stale'),
+                 (2, 'scanner:shodan'), (2, 'scanner:verified'), (2, 'canary:hit')",
             [],
         )
         .unwrap();
@@ -139,7 +143,11 @@ mod tests {
         assert!(tags.contains(&(1, "attack:sqli".into())), "{tags:?}");
         assert!(tags.contains(&(1, "tool:sqlmap".into())), "{tags:?}");
         assert!(!tags.iter().any(|(_, t)| t == "attack:stale"), "{tags:?}");
-        assert_eq!(summary.tags, tags.len() as u64);
+        // What the rules never give survives the re-tag.
+        for kept in ["scanner:shodan", "scanner:verified", "canary:hit"] {
+            assert!(tags.contains(&(2, kept.into())), "{tags:?}");
+        }
+        assert_eq!(summary.tags, tags.len() as u64 - 3);
         assert_eq!(
             crate::classify::stored::headers_of(Some("{\"A\":1}")),
             [("A".into(), "1".into())]

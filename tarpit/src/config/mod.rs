@@ -6,6 +6,7 @@
 //! ([`ConfigError`]). Defaults reproduce the tool this project replaces (1.5 s, ".", 1200 bytes).
 
 mod sections;
+mod sharing;
 mod validate;
 
 use std::path::Path;
@@ -18,6 +19,7 @@ pub use sections::{
     GeoIpConfig, HoldMode, MetricsConfig, SensorConfig, ServerConfig, ShipConfig, StorageConfig,
     TarpitConfig, TarpitMode, is_sensor_token,
 };
+pub use sharing::ScannersConfig;
 
 /// A configuration problem, located precisely enough that the operator can fix it in one edit.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,8 @@ pub struct Config {
     pub sensor: SensorConfig,
     /// Shipping the record to a central store.
     pub ship: ShipConfig,
+    /// Research scanners: how they are recognised, and whether sharing includes them.
+    pub scanners: ScannersConfig,
 }
 
 impl Config {

@@ -239,4 +239,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX actor_merges_actor ON actor_merges (actor_id);
     "#,
+    // 10: addresses proven to be research scanners' by forward-confirmed reverse DNS (the
+    // `scanner:<org>` tags; published ranges need no row, they are in the catalogue).
+    r#"
+    CREATE TABLE scanner_hosts (
+        client_ip TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        via TEXT NOT NULL,
+        host_name TEXT NOT NULL,
+        first_verified TEXT NOT NULL,
+        last_verified TEXT NOT NULL,
+        sensor_id TEXT
+    ) WITHOUT ROWID;
+    "#,
 ];

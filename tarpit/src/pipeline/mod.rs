@@ -8,6 +8,7 @@
 pub mod canary;
 mod channel;
 pub mod learner;
+pub mod scanner;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -89,6 +90,8 @@ pub struct Enrichment {
     pub canary: Option<canary::CanaryStage>,
     /// The fleet's canary tokens through ClickHouse (needs `canary`).
     pub canary_fleet: Option<crate::ship::canary::CanaryFleetSetup>,
+    /// Research scanners: the `scanner:<org>` tags (`[scanners] enabled`).
+    pub scanners: Option<scanner::ScannerStage>,
 }
 
 /// How often the operator's rule file is checked for changes.
@@ -167,10 +170,11 @@ async fn run(
     learner_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported = (0, 0);
     let (outcome_tx, mut outcomes) = mpsc::unbounded_channel();
+    let verifier = enrichment.scanners.as_ref().and_then(|s| s.verifier());
     let mut reporter = enrichment
         .reporter
         .take()
-        .map(|setup| Reporter::start(setup, outcome_tx));
+        .map(|setup| Reporter::start(setup, outcome_tx, verifier));
     let shipper = enrichment.shipper.take().map(crate::ship::Shipper::start);
     let fleet = match (enrichment.fleet.take(), enrichment.learner.as_mut()) {
         (Some(setup), Some(learner)) => {
@@ -224,6 +228,9 @@ async fn run(
                             enrichment.rules.as_ref(),
                             enrichment.canary.as_mut(),
                         );
+                        if let Some(scanners) = enrichment.scanners.as_mut() {
+                            scanners.on_request(record);
+                        }
                         if let Some(learner) = enrichment.learner.as_mut() {
                             learner.on_request(record);
                         }
@@ -253,6 +260,17 @@ async fn run(
                 if let Some(canary) = enrichment.canary.as_mut() {
                     canary.add_fleet(issues);
                 }
+            }
+            proven = async {
+                match enrichment.scanners.as_mut() {
+                    Some(scanners) => scanners.next_proven().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(metrics) = metrics.as_mut() {
+                    metrics.observe(&proven);
+                }
+                deliver(proven, &sinks, &stats)
             }
             Some(outcome) = outcomes.recv() => {
                 if let Some(metrics) = metrics.as_mut() {

@@ -149,6 +149,8 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             canary.is_some(),
         )?,
         canary,
+        scanners: crate::pipeline::scanner::ScannerStage::from_config(&config.scanners)
+            .context("loading the scanner catalogue")?,
     };
     let pipeline = Pipeline::start(rx, enrichment, sinks, stats.clone())?;
     let crs_stage = start_crs_stage(config, &storage.database)?;
@@ -339,6 +341,7 @@ fn reporter_setup(
         },
         history,
         calls_today,
+        leave_out_scanners: config.scanners.enabled && !config.scanners.share,
     }))
 }
 

@@ -58,10 +58,11 @@ impl Tarpit {
     }
 
     /// Starts the binary in `dir` with extra environment variables (`ABUSEIPDB_API_KEY` is
-    /// cleared first, so no test depends on the caller's environment).
+    /// cleared first, so no test depends on the caller's environment). Reverse DNS of
+    /// clients is off unless `args` ask for it: test traffic stays on this machine.
     pub fn launch(dir: &Path, env: &[(&str, &str)], args: &[&str], run: u32) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tarpit"));
-        command.args(["--port", "0"]).args(args);
+        command.args(["--port", "0"]).args(no_rdns(args)).args(args);
         command.env_remove("ABUSEIPDB_API_KEY");
         command.envs(env.iter().copied());
         Self::spawn(command, dir, run)
@@ -91,6 +92,7 @@ impl Tarpit {
         command
             .args(&wrapper[1..])
             .arg(env!("CARGO_BIN_EXE_tarpit"))
+            .args(no_rdns(args))
             .args(args)
             .env_remove("ABUSEIPDB_API_KEY");
         let mut tarpit = Self::spawn(command, tempdir.path(), 0);
@@ -382,5 +384,15 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `--scanner-rdns false` unless `args` set it: a tarpit under test never asks the machine's
+/// DNS servers about the (public, made-up) client addresses the tests send.
+fn no_rdns(args: &[&str]) -> &'static [&'static str] {
+    if args.contains(&"--scanner-rdns") {
+        &[]
+    } else {
+        &["--scanner-rdns", "false"]
     }
 }

@@ -13,6 +13,7 @@ use rusqlite::{Connection, params};
 
 pub mod actors;
 mod ends;
+mod scanners;
 
 use super::{Sink, SinkError};
 use crate::adaptive::model::FamilyBatch;
@@ -107,6 +108,9 @@ impl SqliteSink {
                 Event::ConnectionClosed(e) if !ends.written[at] => complete_connection(&tx, e)?,
                 Event::ResponseEnd(_) | Event::ConnectionClosed(_) => {}
                 Event::AbuseReport(e) => record_report(&tx, e, sensor, seq.take())?,
+                Event::ScannerHost(e) => {
+                    scanners::record_scanner_host(&tx, e, sensor, seq.take())?;
+                }
                 Event::GiveUpFamilies(batch) => store_families(&tx, batch)?,
             }
         }
