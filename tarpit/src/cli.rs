@@ -198,6 +198,10 @@ pub struct ExportArgs {
     /// formula (JSON lines and Parquet are always exact).
     #[arg(long)]
     pub csv_raw: bool,
+    /// STIX and MISP: include verified research scanners (`scanner:verified`), which are left
+    /// out by default.
+    #[arg(long)]
+    pub include_scanners: bool,
 }
 
 /// One optional flag per configuration key; a given flag replaces the file's value.

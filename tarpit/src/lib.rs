@@ -33,5 +33,6 @@ pub mod scanner;
 pub mod seccomp;
 pub mod secret;
 pub mod server;
+pub mod share;
 pub mod ship;
 pub mod sink;

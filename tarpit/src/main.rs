@@ -368,8 +368,22 @@ fn export(args: &tarpit::cli::ExportArgs, config: &tarpit::config::Config) -> an
         canary: tarpit::canary::minter_from_env("export")?,
         progress: true,
         csv_raw: args.csv_raw,
+        include_scanners: args.include_scanners,
     };
     let summary = tarpit::analysis::export::export(options)?;
+    if matches!(
+        args.format,
+        tarpit::analysis::export::Format::Stix | tarpit::analysis::export::Format::Misp
+    ) {
+        eprintln!(
+            "exported {} clients{} to {} ({} requests of verified research scanners left out)",
+            summary.rows,
+            if args.anonymize { ", anonymised" } else { "" },
+            args.out.display(),
+            summary.scanner_requests_left_out
+        );
+        return Ok(());
+    }
     eprintln!(
         "exported {} rows ({} columns{}) to {}",
         summary.rows,

@@ -480,6 +480,10 @@ fn ci_setup() -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     ensure_python_module("chdb", "chdb-core==26.9.0")?;
+    // The sharing tests' real counterparts (tests/sharing.rs): OASIS's STIX validator
+    // (BSD-3-Clause) and MISP's own Python library (BSD-2-Clause), pinned.
+    ensure_python_module("stix2validator", "stix2-validator==3.3.2")?;
+    ensure_python_module("pymisp", "pymisp==2.5.34.4")?;
     run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     Ok(())

@@ -1,5 +1,6 @@
 //! `tarpit export`: the `events` table as a dataset file (CSV, JSON lines or Parquet), for
-//! publication or for tools that do not read SQLite.
+//! publication or for tools that do not read SQLite; or, for sharing with the community, a
+//! summary per client as a STIX 2.1 bundle or a MISP event (`crate::share`).
 //!
 //! Rows are streamed: one SQLite statement, one row at a time into the chosen writer (Parquet
 //! buffers one bounded row group), so exporting ten million rows needs no more memory than
@@ -40,6 +41,10 @@ pub enum Format {
     Jsonl,
     /// Apache Parquet (typed columns, BLOBs as binary, Snappy-compressed).
     Parquet,
+    /// A STIX 2.1 bundle: one summary per client (see `crate::share`).
+    Stix,
+    /// A MISP event: one summary per client (see `crate::share`).
+    Misp,
 }
 
 /// What went wrong while exporting.
@@ -120,15 +125,19 @@ pub struct ExportOptions {
     pub progress: bool,
     /// CSV only: write text cells exactly, even those a spreadsheet would run as a formula.
     pub csv_raw: bool,
+    /// STIX and MISP only: include verified research scanners.
+    pub include_scanners: bool,
 }
 
 /// What an export wrote.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ExportSummary {
-    /// Rows written.
+    /// Rows written (clients, for STIX and MISP).
     pub rows: u64,
-    /// Columns per row.
+    /// Columns per row (0 for STIX and MISP).
     pub columns: usize,
+    /// STIX and MISP: requests of verified research scanners left out.
+    pub scanner_requests_left_out: u64,
 }
 
 /// The exported column that is not in `events`: the request's classification tags, sorted and
@@ -185,6 +194,9 @@ pub fn export(mut options: ExportOptions) -> Result<ExportSummary, ExportError> 
         source,
     };
     let conn = crate::db::open_read_only(&options.db)?;
+    if matches!(options.format, Format::Stix | Format::Misp) {
+        return export_summary(&conn, &options);
+    }
     let columns = columns(&conn, options.anonymizer.is_some()).map_err(db_error)?;
     let issued = issued_tokens(&conn).map_err(db_error)?;
     if let Some(anonymizer) = options.anonymizer.take() {
@@ -226,6 +238,7 @@ pub fn export(mut options: ExportOptions) -> Result<ExportSummary, ExportError> 
             Ok(ExportSummary {
                 rows: written,
                 columns: columns.len(),
+                scanner_requests_left_out: 0,
             })
         }
         Err(error) => {
@@ -233,6 +246,47 @@ pub fn export(mut options: ExportOptions) -> Result<ExportSummary, ExportError> 
             Err(error)
         }
     }
+}
+
+/// STIX or MISP: the per-client summary, written whole (it is one JSON document). Requests
+/// that carried a canary token are never in it, so no canary key is needed.
+fn export_summary(
+    conn: &Connection,
+    options: &ExportOptions,
+) -> Result<ExportSummary, ExportError> {
+    let summary = crate::share::summarize(
+        conn,
+        &crate::share::SummaryOptions {
+            since: options.since.clone(),
+            include_scanners: options.include_scanners,
+            anonymizer: options.anonymizer.as_ref(),
+        },
+    )
+    .map_err(|source| ExportError::Database {
+        path: options.db.display().to_string(),
+        source,
+    })?;
+    let document = match options.format {
+        Format::Stix => crate::share::stix::bundle(&summary),
+        _ => crate::share::misp::event(&summary),
+    };
+    let write_error = |reason: String| ExportError::Write {
+        path: options.out.display().to_string(),
+        reason,
+    };
+    let partial = partial_path(&options.out);
+    let text = serde_json::to_vec_pretty(&document).map_err(|e| write_error(e.to_string()))?;
+    std::fs::write(&partial, text)
+        .and_then(|()| std::fs::rename(&partial, &options.out))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
+            write_error(e.to_string())
+        })?;
+    Ok(ExportSummary {
+        rows: summary.clients.len() as u64,
+        columns: 0,
+        scanner_requests_left_out: summary.scanner_requests_left_out,
+    })
 }
 
 /// `FILE.partial` beside `FILE`.
@@ -387,6 +441,7 @@ fn open_writer(
         Format::Csv => Box::new(csv_file::CsvWriter::create(out, columns, csv_raw)?),
         Format::Jsonl => Box::new(jsonl_file::JsonlWriter::create(out, columns)?),
         Format::Parquet => Box::new(parquet_file::ParquetWriter::create(out, columns)?),
+        Format::Stix | Format::Misp => return Err("not a row format".into()),
     })
 }
 
