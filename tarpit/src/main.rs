@@ -409,6 +409,10 @@ fn query(
         if !config.ship.clickhouse.enabled() {
             report.shipping = None; // no store configured: no backlog to speak of
         }
+        let sharing = config.share.configured();
+        report
+            .sharing
+            .retain(|p| sharing.contains(&p.output.as_str()));
         (serde_json::to_string_pretty(&report)?, report.to_text())
     } else {
         let report = tarpit::analysis::ports_report::build(db, since).with_context(reading)?;

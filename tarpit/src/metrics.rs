@@ -148,6 +148,18 @@ fn describe() {
             "tarpit_canary_sightings_total",
             "Issued canary tokens found in requests, by where in the request.",
         ),
+        (
+            "tarpit_scanner_hosts_verified_total",
+            "Client addresses proven research scanners' by forward-confirmed reverse DNS, by organisation.",
+        ),
+        (
+            "tarpit_share_sent_total",
+            "Requests sent by a live sharing output (DShield, TAXII, HPFeeds), by output.",
+        ),
+        (
+            "tarpit_share_failures_total",
+            "Passes of a live sharing output that failed (they are tried again), by output.",
+        ),
     ] {
         describe_counter!(name, help);
     }
@@ -182,6 +194,10 @@ fn describe() {
         "tarpit_giveup_seconds",
         Unit::Seconds,
         "The adaptive mode's learned give-up time, per tool."
+    );
+    describe_gauge!(
+        "tarpit_share_backlog",
+        "Requests recorded after a live sharing output's cursor, by output."
     );
     describe_gauge!(
         "tarpit_ship_pending_rows",

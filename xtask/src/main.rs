@@ -484,6 +484,11 @@ fn ci_setup() -> anyhow::Result<()> {
     // (BSD-3-Clause) and MISP's own Python library (BSD-2-Clause), pinned.
     ensure_python_module("stix2validator", "stix2-validator==3.3.2")?;
     ensure_python_module("pymisp", "pymisp==2.5.34.4")?;
+    // The live sharing outputs' servers (tests/share_live.rs), run as separate processes:
+    // OASIS's TAXII 2.1 reference server (BSD-3-Clause) and the HPFeeds broker (GPL-3.0, a
+    // peer the tests talk to over TCP, like nginx; nothing of it is linked or shipped).
+    ensure_python_module("medallion", "medallion==3.0.0")?;
+    ensure_python_module("hpfeeds.broker.server, aiorun", "hpfeeds[broker]==3.1.0")?;
     run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     Ok(())

@@ -40,6 +40,10 @@ pub struct Stats {
     /// configured, so a sensor without a store is not told of a backlog no one will ship.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shipping: Option<Shipping>,
+    /// The live sharing outputs' progress (`[share.*]`); the caller keeps only the configured
+    /// ones, for the same reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sharing: Vec<crate::share::push::Progress>,
 }
 
 /// What shipping to the central store has left to do, and has done.
@@ -264,6 +268,7 @@ fn build_capped(
                 shipped: crate::ship::outbox::shipped(&conn)?,
             }
         }),
+        sharing: crate::share::push::progress(&conn)?,
     })
 }
 
@@ -325,6 +330,20 @@ impl Stats {
                     last.as_deref().unwrap_or("-")
                 );
             }
+        }
+        for output in &self.sharing {
+            let _ = writeln!(
+                out,
+                "{:<22} {} requests waiting, {} sent, last at {}{}",
+                format!("sharing to {}", output.output),
+                output.waiting,
+                output.sent,
+                output.last_success.as_deref().unwrap_or("-"),
+                output
+                    .last_error
+                    .as_deref()
+                    .map_or(String::new(), |e| format!("; last error {}", cell(e, 120)))
+            );
         }
         for table in &self.top {
             let _ = writeln!(out, "\ntop {}", table.title);

@@ -19,7 +19,7 @@ pub use sections::{
     GeoIpConfig, HoldMode, MetricsConfig, SensorConfig, ServerConfig, ShipConfig, StorageConfig,
     TarpitConfig, TarpitMode, is_sensor_token,
 };
-pub use sharing::ScannersConfig;
+pub use sharing::{DshieldConfig, HpfeedsConfig, ScannersConfig, ShareConfig, TaxiiConfig};
 
 /// A configuration problem, located precisely enough that the operator can fix it in one edit.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +71,8 @@ pub struct Config {
     pub ship: ShipConfig,
     /// Research scanners: how they are recognised, and whether sharing includes them.
     pub scanners: ScannersConfig,
+    /// Live outputs to the community (DShield, TAXII, HPFeeds).
+    pub share: ShareConfig,
 }
 
 impl Config {

@@ -344,6 +344,7 @@ impl Config {
         }
         // The scanner catalogue too: a bad entry stops the start with file, entry and reason.
         self.scanners.validate(source_name)?;
+        self.share.validate(source_name)?;
         // The rule file is loaded here, so a bad rule stops the start with file, rule and
         // reason (later edits are re-read by the pipeline, which keeps the old rules on error).
         if let Some(rules) = &self.classify.rules

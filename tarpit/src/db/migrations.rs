@@ -252,4 +252,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
         sensor_id TEXT
     ) WITHOUT ROWID;
     "#,
+    // 11: the live sharing outputs' cursors (DShield, TAXII, HPFeeds): the last `events.id`
+    // each has dealt with, apart from shipping's `ship_state` (a re-tag rewinds shipping; a
+    // submission to the community must never be repeated).
+    r#"
+    CREATE TABLE share_state (
+        output TEXT PRIMARY KEY,
+        cursor_id INTEGER NOT NULL,
+        sent INTEGER NOT NULL DEFAULT 0,
+        last_success TEXT,
+        last_error TEXT
+    ) WITHOUT ROWID;
+    "#,
 ];

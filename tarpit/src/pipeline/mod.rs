@@ -92,6 +92,8 @@ pub struct Enrichment {
     pub canary_fleet: Option<crate::ship::canary::CanaryFleetSetup>,
     /// Research scanners: the `scanner:<org>` tags (`[scanners] enabled`).
     pub scanners: Option<scanner::ScannerStage>,
+    /// The live sharing outputs (`[share.*]`), reading SQLite after their cursors.
+    pub sharing: Vec<crate::share::push::PushSetup>,
 }
 
 /// How often the operator's rule file is checked for changes.
@@ -199,6 +201,12 @@ async fn run(
             }
             _ => (None, None),
         };
+    let (sharing_stop, sharing_stopped) = tokio::sync::watch::channel(false);
+    let sharing: Vec<_> = enrichment
+        .sharing
+        .drain(..)
+        .map(|setup| tokio::spawn(crate::share::push::run(setup, sharing_stopped.clone())))
+        .collect();
     let mut metrics =
         enrichment
             .metrics
@@ -294,6 +302,11 @@ async fn run(
     }
     for (stop, task) in fleet.into_iter().chain(canary_fleet) {
         let _ = stop.send(true);
+        task.abort();
+    }
+    // Whatever the outputs had not sent waits in SQLite behind their cursors.
+    let _ = sharing_stop.send(true);
+    for task in sharing {
         task.abort();
     }
     while let Ok(outcome) = outcomes.try_recv() {

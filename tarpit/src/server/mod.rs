@@ -151,6 +151,8 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         canary,
         scanners: crate::pipeline::scanner::ScannerStage::from_config(&config.scanners)
             .context("loading the scanner catalogue")?,
+        sharing: crate::share::push::setups_from_config(config, &storage.database, &sensor_id)
+            .context("sharing")?,
     };
     let pipeline = Pipeline::start(rx, enrichment, sinks, stats.clone())?;
     let crs_stage = start_crs_stage(config, &storage.database)?;

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use rusqlite::Connection;
 
+use super::rows::SharedRequest;
 use crate::analysis::export::Anonymizer;
 
 /// Requests shown per client (distinct method and path): enough to say what it was after.
@@ -76,6 +77,99 @@ pub struct SummaryOptions<'a> {
     pub anonymizer: Option<&'a Anonymizer>,
 }
 
+/// Builds the per-client summary from requests one at a time (the export reads them all;
+/// the TAXII push, a batch).
+pub struct Aggregator<'a> {
+    options: &'a SummaryOptions<'a>,
+    clients: BTreeMap<String, ClientSummary>,
+    left_out: u64,
+}
+
+impl<'a> Aggregator<'a> {
+    /// An empty summary.
+    pub fn new(options: &'a SummaryOptions<'a>) -> Self {
+        Self {
+            options,
+            clients: BTreeMap::new(),
+            left_out: 0,
+        }
+    }
+
+    /// Counts one request in; verified scanners are left out unless asked (counted).
+    pub fn add(&mut self, request: &SharedRequest) {
+        if !self.options.include_scanners && request.from_verified_scanner() {
+            self.left_out += 1;
+            return;
+        }
+        let options = self.options;
+        let ip = match options.anonymizer {
+            Some(anonymizer) => anonymizer.address_field(&request.client_ip),
+            None => request.client_ip.clone(),
+        };
+        let at = request.timestamp;
+        let summary = self
+            .clients
+            .entry(ip.clone())
+            .or_insert_with(|| ClientSummary {
+                ip,
+                first_seen: at,
+                last_seen: at,
+                requests: 0,
+                tags: BTreeSet::new(),
+                ports: BTreeSet::new(),
+                samples: Vec::new(),
+            });
+        summary.requests += 1;
+        summary.first_seen = summary.first_seen.min(at);
+        summary.last_seen = summary.last_seen.max(at);
+        summary.ports.insert(request.target_port);
+        summary.tags.extend(
+            request
+                .tags
+                .iter()
+                .filter(|t| SHARED_TAG_PREFIXES.iter().any(|p| t.starts_with(p)))
+                .cloned(),
+        );
+        // A request that carried one of our canary tokens is never a sample: the token would
+        // leave with it.
+        if let (Some(method), Some(path), false) =
+            (&request.method, &request.path, request.carried_token())
+            && summary.samples.len() < SAMPLES_PER_CLIENT
+            && !summary
+                .samples
+                .iter()
+                .any(|s| &s.method == method && &s.path == path)
+        {
+            let scrub = |text: &str| match options.anonymizer {
+                Some(anonymizer) => anonymizer.scrub(text).into_owned(),
+                None => request.masked(text, &[]),
+            };
+            summary.samples.push(Sample {
+                timestamp: crate::event::format_timestamp(at),
+                method: method.clone(),
+                path: scrub(path),
+                user_agent: request.user_agent.as_deref().map(scrub),
+                target_port: request.target_port,
+                client_port: request.client_port,
+            });
+        }
+    }
+
+    /// The summary, for `sensor` (its id; "anonymous" when anonymising).
+    pub fn finish(self, sensor: Option<String>) -> Summary {
+        Summary {
+            sensor: match (self.options.anonymizer, sensor) {
+                (Some(_), _) => "anonymous".to_owned(),
+                (None, Some(sensor)) => sensor,
+                (None, None) => "tarpit".to_owned(),
+            },
+            generated: SystemTime::now(),
+            clients: self.clients.into_values().collect(),
+            scanner_requests_left_out: self.left_out,
+        }
+    }
+}
+
 /// Reads the database into one summary per client. The sensor's own addresses (every
 /// `local_ip` it recorded) are never a client; verified scanners are left out unless asked.
 pub fn summarize(conn: &Connection, options: &SummaryOptions<'_>) -> rusqlite::Result<Summary> {
@@ -83,103 +177,32 @@ pub fn summarize(conn: &Connection, options: &SummaryOptions<'_>) -> rusqlite::R
         .prepare("SELECT DISTINCT local_ip FROM events WHERE local_ip IS NOT NULL")?
         .query_map([], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<_>>()?;
-    let sensor: Option<String> = conn
-        .query_row(
-            "SELECT sensor_id FROM events WHERE sensor_id IS NOT NULL ORDER BY id DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })?;
     let from = crate::db::events_from(options.since.is_some());
     let mut statement = conn.prepare(&format!(
-        "SELECT timestamp, client_ip, http_method, http_path, user_agent, target_port,
-                (SELECT group_concat(tag, ',') FROM request_tags t WHERE t.event_id = events.id),
-                client_port
-         FROM {from} WHERE timestamp >= ?1 AND client_ip IS NOT NULL ORDER BY timestamp, id"
+        "SELECT {} FROM {from} WHERE timestamp >= ?1 ORDER BY timestamp, id",
+        super::rows::COLUMNS
     ))?;
     let mut rows = statement.query([options.since.clone().unwrap_or_default()])?;
-    let mut clients: BTreeMap<String, ClientSummary> = BTreeMap::new();
-    let mut left_out = 0;
+    let mut aggregator = Aggregator::new(options);
     while let Some(row) = rows.next()? {
-        let timestamp: String = row.get(0)?;
-        let client: String = row.get(1)?;
-        let tags: Option<String> = row.get(6)?;
-        let tags: Vec<&str> = tags
-            .as_deref()
-            .map_or(Vec::new(), |t| t.split(',').collect());
-        if own.contains(&client) {
-            continue;
-        }
-        if !options.include_scanners && crate::scanner::is_verified(&tags) {
-            left_out += 1;
-            continue;
-        }
-        // The tarpit's own rows end in Z; the replaced tool's are ISO 8601 without a zone.
-        let Ok(at) = humantime::parse_rfc3339(&timestamp)
-            .or_else(|_| humantime::parse_rfc3339_weak(&timestamp))
-        else {
-            continue;
-        };
-        let ip = match options.anonymizer {
-            Some(anonymizer) => anonymizer.address_field(&client),
-            None => client,
-        };
-        let summary = clients.entry(ip.clone()).or_insert_with(|| ClientSummary {
-            ip,
-            first_seen: at,
-            last_seen: at,
-            requests: 0,
-            tags: BTreeSet::new(),
-            ports: BTreeSet::new(),
-            samples: Vec::new(),
-        });
-        summary.requests += 1;
-        summary.first_seen = summary.first_seen.min(at);
-        summary.last_seen = summary.last_seen.max(at);
-        let port: Option<u16> = row.get(5)?;
-        summary.ports.extend(port);
-        summary.tags.extend(
-            tags.iter()
-                .filter(|t| SHARED_TAG_PREFIXES.iter().any(|p| t.starts_with(p)))
-                .map(|t| t.to_string()),
-        );
-        // A request that carried one of our canary tokens is never a sample: the token would
-        // leave with it.
-        let carried_token = tags.iter().any(|t| t.starts_with("canary:"));
-        let (method, path): (Option<String>, Option<String>) = (row.get(2)?, row.get(3)?);
-        if let (Some(method), Some(path), false) = (method, path, carried_token)
-            && summary.samples.len() < SAMPLES_PER_CLIENT
-            && !summary
-                .samples
-                .iter()
-                .any(|s| s.method == method && s.path == path)
+        if let Some(request) = super::rows::from_row(row)?
+            && !own.contains(&request.client_ip)
         {
-            let user_agent: Option<String> = row.get(4)?;
-            let scrub = |text: String| match options.anonymizer {
-                Some(anonymizer) => anonymizer.scrub(&text).into_owned(),
-                None => text,
-            };
-            summary.samples.push(Sample {
-                timestamp: crate::event::format_timestamp(at),
-                method,
-                path: scrub(path),
-                user_agent: user_agent.map(scrub),
-                target_port: port.unwrap_or(0),
-                client_port: row.get::<_, Option<u16>>(7)?.unwrap_or(0),
-            });
+            aggregator.add(&request);
         }
     }
-    Ok(Summary {
-        sensor: match (options.anonymizer, sensor) {
-            (Some(_), _) => "anonymous".to_owned(),
-            (None, Some(sensor)) => sensor,
-            (None, None) => "tarpit".to_owned(),
-        },
-        generated: SystemTime::now(),
-        clients: clients.into_values().collect(),
-        scanner_requests_left_out: left_out,
+    Ok(aggregator.finish(sensor_id(conn)?))
+}
+
+/// The sensor id of the latest row, if any.
+pub fn sensor_id(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT sensor_id FROM events WHERE sensor_id IS NOT NULL ORDER BY id DESC LIMIT 1",
+        [],
+        |r| r.get(0),
+    )
+    .or_else(|e| match e {
+        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+        e => Err(e),
     })
 }

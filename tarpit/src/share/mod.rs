@@ -13,10 +13,13 @@
 //! - left out by default: verified research scanners (`scanner:verified`, see
 //!   `crate::scanner`), counted.
 //!
-//! Formats: [`stix`] (STIX 2.1 bundle) and [`misp`] (MISP event).
+//! Files: [`stix`] (STIX 2.1 bundle) and [`misp`] (MISP event), written by `tarpit export`.
+//! Live outputs: [`push`] (DShield, TAXII 2.1, HPFeeds), reading SQLite after a cursor.
 
 pub mod clients;
 pub mod misp;
+pub mod push;
+pub mod rows;
 pub mod stix;
 
 pub use clients::{Summary, SummaryOptions, summarize};

@@ -1,5 +1,6 @@
-//! A stand-in for AbuseIPDB's report endpoint on loopback: it records every request (headers
-//! and form fields) and answers from a script, so tests can assert exactly what was sent.
+//! A stand-in for AbuseIPDB's report endpoint (and the ISC's submission API) on loopback: it
+//! records every request (headers, form fields, body) and answers from a script, so tests can
+//! assert exactly what was sent.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,6 +17,8 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     /// The decoded form fields.
     pub form: Vec<(String, String)>,
+    /// The body as received (JSON APIs).
+    pub body: String,
     /// When it arrived.
     pub at: Instant,
 }
@@ -140,11 +143,17 @@ fn serve(
             .map_or(0, |(_, v)| v.parse().unwrap());
         let mut body = vec![0u8; length];
         reader.read_exact(&mut body).unwrap();
-        let form = form_urlencoded(&String::from_utf8_lossy(&body));
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let form = if text.starts_with('{') {
+            Vec::new()
+        } else {
+            form_urlencoded(&text)
+        };
         received.lock().unwrap().push(Received {
             request_line: request_line.trim_end().to_owned(),
             headers,
             form,
+            body: text,
             at: Instant::now(),
         });
         let reply = script.lock().unwrap().pop_front().unwrap_or(Reply::ok(42));
