@@ -186,8 +186,12 @@ const ALWAYS: &[libc::c_long] = &[
 ];
 
 /// `setsockopt` (level, option) pairs every mode may set: a listener's `SO_REUSEADDR` (the
-/// metrics endpoint) and the HTTP client's keep-alive, `TCP_NODELAY` and user timeout.
+/// metrics endpoint), the HTTP client's keep-alive, `TCP_NODELAY` and user timeout, and the
+/// ICMP error reporting the C library's resolver turns on for each DNS socket (reverse DNS of
+/// research scanners: without it, glibc closes the socket and the lookup fails).
 const SOCKET_OPTIONS: &[(libc::c_int, libc::c_int)] = &[
+    (libc::SOL_IP, libc::IP_RECVERR),
+    (libc::SOL_IPV6, libc::IPV6_RECVERR),
     (libc::SOL_SOCKET, libc::SO_REUSEADDR),
     (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
     (libc::IPPROTO_TCP, libc::TCP_NODELAY),

@@ -1,32 +1,21 @@
 //! Research scanners marked end to end: published ranges and User-Agent claims on loopback
 //! (clients named by the trusted proxy header), what AbuseIPDB reporting leaves out by default
 //! and with `[scanners] share = true`, the operator's catalogue; and, as root in network
-//! namespaces, reverse DNS with forward confirmation through the C library's resolver
-//! (`/etc/netns/NAME/hosts`, which `ip netns exec` mounts over `/etc/hosts`), proving an
-//! address after its first request and tagging that request's row afterwards.
+//! namespaces, reverse DNS with forward confirmation through the C library's resolver (asking
+//! a DNS server the test runs in the sensor's namespace, named in `/etc/netns/NAME/resolv.conf`,
+//! which `ip netns exec` mounts over `/etc/resolv.conf`), under the seccomp filter: an address
+//! proven after its first request, that request's row tagged afterwards, a spoofed PTR refused.
 
 mod common;
 
-use std::io::Write;
 use std::time::Duration;
 
+use common::Tarpit;
 use common::fake_api::FakeApi;
 use common::netns::{CLIENT_V4, Lab, SENSOR_V4, prerequisites_met};
-use common::{Tarpit, read_response};
 
 const KEY: &str = "test-key-0123456789abcdef";
 const CENSYS_UA: &str = "Mozilla/5.0 (compatible; CensysInspect/1.1; +https://about.censys.io/)";
-
-/// A request whose client, as the trusted (loopback) proxy reports it, is `client`.
-fn request_from(tarpit: &Tarpit, client: &str, path: &str, user_agent: &str) {
-    let mut stream = tarpit.connect();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nX-Real-IP: {client}\r\nUser-Agent: {user_agent}\r\n\r\n"
-    )
-    .unwrap();
-    read_response(&mut stream);
-}
 
 /// The tags of the row with `path`, sorted, joined by spaces.
 fn tags_of(tarpit: &Tarpit, path: &str) -> String {
@@ -61,12 +50,12 @@ fn verified_scanners_are_tagged_and_left_out_of_reports_and_a_user_agent_only_cl
     let env = [("ABUSEIPDB_API_KEY", KEY)];
     let tarpit = Tarpit::start_with_config(&config(&api, ""), &env, &[]);
     // Censys's published range, with and without its User-Agent.
-    request_from(&tarpit, "162.142.125.9", "/range-and-ua", CENSYS_UA);
-    request_from(&tarpit, "2602:80d:1003::42", "/range-v6", "zgrab/0.x");
+    tarpit.request_as("162.142.125.9", "/range-and-ua", CENSYS_UA);
+    tarpit.request_as("2602:80d:1003::42", "/range-v6", "zgrab/0.x");
     // Censys's User-Agent from an address that is not Censys's: a claim, reported.
-    request_from(&tarpit, "81.2.69.142", "/claim", CENSYS_UA);
+    tarpit.request_as("81.2.69.142", "/claim", CENSYS_UA);
     // A sentinel reported after the others proves the reporter went through them.
-    request_from(&tarpit, "89.160.20.112", "/sentinel", "curl/8.5.0");
+    tarpit.request_as("89.160.20.112", "/sentinel", "curl/8.5.0");
     api.wait_for(2, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(reported(&api), ["81.2.69.142", "89.160.20.112"]);
@@ -110,9 +99,9 @@ fn the_share_switch_reports_scanners_and_the_operator_catalogue_replaces_the_bui
         catalogue.display()
     );
     let tarpit = Tarpit::start_with_config(&config(&api, &extra), &env, &[]);
-    request_from(&tarpit, "89.160.20.112", "/ours", "curl/8.5.0");
+    tarpit.request_as("89.160.20.112", "/ours", "curl/8.5.0");
     // Not in this catalogue any more: no tags, however Censys it looks.
-    request_from(&tarpit, "162.142.125.9", "/censys", CENSYS_UA);
+    tarpit.request_as("162.142.125.9", "/censys", CENSYS_UA);
     api.wait_for(2, Duration::from_secs(30));
     assert_eq!(reported(&api), ["162.142.125.9", "89.160.20.112"]);
     tarpit.wait_count("SELECT COUNT(*) FROM events WHERE http_path = '/censys'", 1);
@@ -153,19 +142,22 @@ fn a_bad_catalogue_stops_the_start_naming_file_entry_and_key() {
     assert!(text.contains("scanner[0].ranges[0]"), "{text}");
 }
 
-/// `/etc/netns/NAME/hosts` for the sensor's namespace, removed on drop.
-struct HostsFile(std::path::PathBuf);
+/// `/etc/netns/NAME/` for the sensor's namespace (`ip netns exec` mounts its files over
+/// `/etc`), removed on drop.
+struct NetnsEtc(std::path::PathBuf);
 
-impl HostsFile {
-    fn write(netns: &str, text: &str) -> Self {
+impl NetnsEtc {
+    fn write(netns: &str, files: &[(&str, &str)]) -> Self {
         let dir = std::path::PathBuf::from(format!("/etc/netns/{netns}"));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("hosts"), text).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
         Self(dir)
     }
 }
 
-impl Drop for HostsFile {
+impl Drop for NetnsEtc {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
@@ -173,19 +165,51 @@ impl Drop for HostsFile {
 
 #[test]
 fn reverse_dns_confirmed_forward_proves_a_scanner_and_tags_its_earlier_rows() {
+    use common::dns::{Record, reverse_name};
     if !prerequisites_met(&["ip", "curl"]) {
         return;
     }
     let lab = Lab::new();
-    let other = "10.88.1.1";
-    lab.add_client_addresses("10.88.0.0/16", &[other.parse().unwrap()]);
-    // The client's address names a Shadowserver host that resolves back to it; the other
-    // address has a name outside every scanner domain.
-    let _hosts = HostsFile::write(
+    let (spoofer, nameless) = ("10.88.1.1", "10.88.1.2");
+    lab.add_client_addresses(
+        "10.88.0.0/16",
+        &[spoofer.parse().unwrap(), nameless.parse().unwrap()],
+    );
+    // The sensor's resolver asks a DNS server in its own namespace: the client's address
+    // names a Shadowserver host that resolves back to it; the spoofer's PTR (its owner's to
+    // write) claims another Shadowserver host, whose address is not the spoofer's; the third
+    // address has no name at all.
+    let ip = |text: &str| text.parse::<std::net::Ipv4Addr>().unwrap();
+    let _dns = common::dns::start_in_netns(
         &lab.sensor,
-        &format!(
-            "127.0.0.1 localhost\n{CLIENT_V4} scan-2.shadowserver.org\n{other} host-1.example.net\n"
-        ),
+        vec![
+            (
+                reverse_name(ip(CLIENT_V4)),
+                Record::Ptr("scan-2.shadowserver.org".into()),
+            ),
+            (
+                "scan-2.shadowserver.org".into(),
+                Record::Address(CLIENT_V4.parse().unwrap()),
+            ),
+            (
+                reverse_name(ip(spoofer)),
+                Record::Ptr("scan-9.shadowserver.org".into()),
+            ),
+            (
+                "scan-9.shadowserver.org".into(),
+                Record::Address("10.77.0.99".parse().unwrap()),
+            ),
+        ],
+    );
+    let _etc = NetnsEtc::write(
+        &lab.sensor,
+        &[
+            (
+                "resolv.conf",
+                "nameserver 127.0.0.1\noptions timeout:2 attempts:1\n",
+            ),
+            ("hosts", "127.0.0.1 localhost\n"),
+        ],
     );
     let args = [
         "--host",
@@ -224,14 +248,27 @@ fn reverse_dns_confirmed_forward_proves_a_scanner_and_tags_its_earlier_rows() {
         "scanner:shadowserver scanner:verified"
     );
     curl(CLIENT_V4, "/second");
-    curl(other, "/other");
-    tarpit.wait_count("SELECT COUNT(*) FROM events WHERE http_path = '/other'", 1);
+    curl(spoofer, "/spoofer-1");
+    curl(nameless, "/nameless");
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE http_path = '/nameless'",
+        1,
+    );
     assert_eq!(
         tags_of(&tarpit, "/second"),
         "scanner:shadowserver scanner:verified"
     );
-    assert_eq!(tags_of(&tarpit, "/other"), "");
-    // The other address was looked up too (its name is elsewhere): no row.
+    // Both were looked up (their answers come back within the resolver's timeout): a later
+    // request of each is recorded after its verdict, and neither is a scanner.
+    std::thread::sleep(Duration::from_secs(3));
+    curl(spoofer, "/spoofer-2");
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE http_path = '/spoofer-2'",
+        1,
+    );
+    for path in ["/spoofer-1", "/spoofer-2", "/nameless"] {
+        assert_eq!(tags_of(&tarpit, path), "", "{path}");
+    }
     assert_eq!(tarpit.count("SELECT COUNT(*) FROM scanner_hosts"), 1);
     let lines = tarpit.wait_json_lines(|lines| lines.iter().any(|l| l["event"] == "scanner_host"));
     let proof = lines.iter().find(|l| l["event"] == "scanner_host").unwrap();

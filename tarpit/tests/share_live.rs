@@ -16,37 +16,10 @@ use hmac::{KeyInit, Mac};
 
 use common::fake_api::{FakeApi, Reply};
 use common::fronts::free_port;
-use common::{Tarpit, read_response, wait_for};
+use common::{Tarpit, python_has, read_response, wait_for};
 
 const DSHIELD_KEY: &str = "c2VjcmV0LWlzYy1rZXk=";
 const SQLI: &str = "/index.php?id=1%27%20or%20%271%27=%271";
-
-fn request_from(tarpit: &Tarpit, client: &str, target: &str, user_agent: &str) {
-    let mut stream = tarpit.connect();
-    write!(
-        stream,
-        "GET {target} HTTP/1.1\r\nX-Real-IP: {client}\r\nUser-Agent: {user_agent}\r\n\r\n"
-    )
-    .unwrap();
-    read_response(&mut stream);
-}
-
-/// Whether python3 can run the servers; with `TARPIT_E2E` set, their absence fails the test.
-fn python_has(modules: &str) -> bool {
-    let present = Command::new("python3")
-        .args(["-c", &format!("import {modules}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !present {
-        let message = format!("python3 lacks {modules} (cargo xtask ci-setup installs them)");
-        assert!(
-            std::env::var_os("TARPIT_E2E").is_none(),
-            "TARPIT_E2E is set and {message}"
-        );
-        eprintln!("SKIPPED: {message} (TARPIT_E2E=1 makes this a failure)");
-    }
-    present
-}
 
 /// A child process killed on drop.
 struct Server(Child);
@@ -113,9 +86,9 @@ fn dshield_gets_authenticated_batches_of_at_most_100_once_each_across_a_failure_
     let api = FakeApi::start(vec![Reply::Status(500, vec![], "{}".into())]);
     let env = [("TARPIT_DSHIELD_KEY", DSHIELD_KEY)];
     let mut tarpit = Tarpit::start_with_config(&dshield_config(&api, ""), &env, &[]);
-    request_from(&tarpit, "81.2.69.142", SQLI, "sqlmap/1.7.2");
-    request_from(&tarpit, "162.142.125.9", "/", "CensysInspect/1.1"); // verified: left out
-    request_from(&tarpit, "10.1.2.3", "/private", "curl/8.5.0"); // not public: left out
+    tarpit.request_as("81.2.69.142", SQLI, "sqlmap/1.7.2");
+    tarpit.request_as("162.142.125.9", "/", "CensysInspect/1.1"); // verified: left out
+    tarpit.request_as("10.1.2.3", "/private", "curl/8.5.0"); // not public: left out
     let mut plain = tarpit.connect(); // the sensor's own loopback: left out
     plain.write_all(b"GET /self HTTP/1.1\r\n\r\n").unwrap();
     read_response(&mut plain);
@@ -154,7 +127,7 @@ fn dshield_gets_authenticated_batches_of_at_most_100_once_each_across_a_failure_
     assert_eq!((sent, error), (1, None));
     // 150 more: a batch of 100, then the other 50 an interval later.
     for n in 0..150 {
-        request_from(&tarpit, "81.2.69.142", &format!("/n{n}"), "curl/8.5.0");
+        tarpit.request_as("81.2.69.142", &format!("/n{n}"), "curl/8.5.0");
     }
     wait_for(Duration::from_secs(60), || {
         (logs(&api).len() >= 152).then_some(())
@@ -176,7 +149,7 @@ fn dshield_gets_authenticated_batches_of_at_most_100_once_each_across_a_failure_
     // A restart resumes at the cursor: nothing twice.
     tarpit.terminate(Duration::from_secs(30));
     let tarpit = Tarpit::launch(&tarpit.dir.clone(), &env, &["--config", "tarpit.toml"], 1);
-    request_from(&tarpit, "89.160.20.112", "/after-restart", "curl/8.5.0");
+    tarpit.request_as("89.160.20.112", "/after-restart", "curl/8.5.0");
     wait_for(Duration::from_secs(60), || {
         (logs(&api).len() >= 153).then_some(())
     })
@@ -192,7 +165,7 @@ fn dshield_dry_run_sends_nothing_and_moves_on() {
     let api = FakeApi::start(vec![]);
     let env = [("TARPIT_DSHIELD_KEY", DSHIELD_KEY)];
     let tarpit = Tarpit::start_with_config(&dshield_config(&api, "dry_run = true"), &env, &[]);
-    request_from(&tarpit, "81.2.69.142", "/dry", "curl/8.5.0");
+    tarpit.request_as("81.2.69.142", "/dry", "curl/8.5.0");
     tarpit.wait_count(
         "SELECT COALESCE(SUM(sent), 0) FROM share_state WHERE output = 'dshield'",
         1,
@@ -295,8 +268,8 @@ fn taxii_adds_valid_stix_objects_to_a_medallion_collection() {
     );
     let env = [("TARPIT_TAXII_PASSWORD", "taxii-pass")];
     let tarpit = Tarpit::start_with_config(&config, &env, &[]);
-    request_from(&tarpit, "81.2.69.142", SQLI, "sqlmap/1.7.2");
-    request_from(&tarpit, "162.142.125.9", "/", "CensysInspect/1.1");
+    tarpit.request_as("81.2.69.142", SQLI, "sqlmap/1.7.2");
+    tarpit.request_as("162.142.125.9", "/", "CensysInspect/1.1");
     let url = format!("http://127.0.0.1:{port}/tarpit/collections/{COLLECTION}/objects/");
     let objects = wait_for(Duration::from_secs(60), || {
         let out = Command::new("curl")
@@ -439,7 +412,7 @@ fn hpfeeds_publishes_one_message_per_request_and_a_wrong_secret_is_refused() {
         &[("TARPIT_HPFEEDS_SECRET", "wrong")],
         &[],
     );
-    request_from(&wrong, "89.160.20.112", "/wrong-secret", "curl/8.5.0");
+    wrong.request_as("89.160.20.112", "/wrong-secret", "curl/8.5.0");
     wait_for(Duration::from_secs(60), || {
         wrong
             .rows::<(Option<String>,)>(
@@ -455,9 +428,9 @@ fn hpfeeds_publishes_one_message_per_request_and_a_wrong_secret_is_refused() {
         &[("TARPIT_HPFEEDS_SECRET", "tarpit-secret")],
         &[],
     );
-    request_from(&tarpit, "81.2.69.142", SQLI, "sqlmap/1.7.2");
-    request_from(&tarpit, "81.2.69.142", "/admin/", "sqlmap/1.7.2");
-    request_from(&tarpit, "162.142.125.9", "/", "CensysInspect/1.1");
+    tarpit.request_as("81.2.69.142", SQLI, "sqlmap/1.7.2");
+    tarpit.request_as("81.2.69.142", "/admin/", "sqlmap/1.7.2");
+    tarpit.request_as("162.142.125.9", "/", "CensysInspect/1.1");
     wait_for(Duration::from_secs(60), || {
         let got = lines(&received).iter().filter(|l| l.is_object()).count();
         (got >= 2).then_some(())
@@ -499,15 +472,10 @@ fn a_hanging_destination_never_stops_recording() {
     let api = FakeApi::start(vec![Reply::Hang]);
     let env = [("TARPIT_DSHIELD_KEY", DSHIELD_KEY)];
     let tarpit = Tarpit::start_with_config(&dshield_config(&api, ""), &env, &[]);
-    request_from(&tarpit, "81.2.69.142", "/first", "curl/8.5.0");
+    tarpit.request_as("81.2.69.142", "/first", "curl/8.5.0");
     api.wait_for(1, Duration::from_secs(60)); // the submission hangs from here on
     for n in 0..20 {
-        request_from(
-            &tarpit,
-            "89.160.20.112",
-            &format!("/during-{n}"),
-            "curl/8.5.0",
-        );
+        tarpit.request_as("89.160.20.112", &format!("/during-{n}"), "curl/8.5.0");
     }
     tarpit.wait_count(
         "SELECT COUNT(*) FROM events WHERE http_path LIKE '/during-%' AND end_reason IS NOT NULL",

@@ -6,68 +6,31 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Tarpit, read_response};
+use common::{Tarpit, python_has};
 
 const SQLI: &str = "/index.php?id=1%27%20or%20%271%27=%271";
 const IVANTI: &str = "/api/v1/totp/user-backup-code/../../license/keys-status/x";
-
-/// Whether python3 has the validators; with `TARPIT_E2E` set, their absence fails the test.
-fn validators_present() -> bool {
-    let present = Command::new("python3")
-        .args(["-c", "import stix2validator, pymisp"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !present {
-        let message =
-            "python3 lacks stix2-validator or pymisp (cargo xtask ci-setup installs them)";
-        assert!(
-            std::env::var_os("TARPIT_E2E").is_none(),
-            "TARPIT_E2E is set and {message}"
-        );
-        eprintln!("SKIPPED: {message} (TARPIT_E2E=1 makes this a failure)");
-    }
-    present
-}
-
-fn request_from(tarpit: &Tarpit, client: &str, target: &str, user_agent: &str) {
-    let mut stream = tarpit.connect();
-    write!(
-        stream,
-        "GET {target} HTTP/1.1\r\nX-Real-IP: {client}\r\nUser-Agent: {user_agent}\r\n\r\n"
-    )
-    .unwrap();
-    read_response(&mut stream);
-}
 
 /// A tarpit that recorded four clients: an SQL injection, an Ivanti CVE probe (IPv6), a
 /// plain crawl, and a verified Censys scanner.
 fn recorded() -> Tarpit {
     let tarpit = Tarpit::start(&["--response-delay", "0.01", "--max-response-bytes", "2"]);
-    request_from(
-        &tarpit,
+    tarpit.request_as(
         "81.2.69.142",
         SQLI,
         "sqlmap/1.7.2#stable (https://sqlmap.org)",
     );
-    request_from(
-        &tarpit,
+    tarpit.request_as(
         "81.2.69.142",
         "/admin/",
         "sqlmap/1.7.2#stable (https://sqlmap.org)",
     );
-    request_from(
-        &tarpit,
-        "2a02:c7f:1234::9",
-        IVANTI,
-        "python-requests/2.31.0",
-    );
-    request_from(&tarpit, "89.160.20.112", "/robots.txt", "curl/8.5.0");
-    request_from(
-        &tarpit,
+    tarpit.request_as("2a02:c7f:1234::9", IVANTI, "python-requests/2.31.0");
+    tarpit.request_as("89.160.20.112", "/robots.txt", "curl/8.5.0");
+    tarpit.request_as(
         "162.142.125.9",
         "/",
         "Mozilla/5.0 (compatible; CensysInspect/1.1)",
@@ -164,7 +127,7 @@ fn values(bundle: &serde_json::Value, kind: &str) -> Vec<String> {
 
 #[test]
 fn a_stix_bundle_passes_the_oasis_validator_and_shares_only_what_it_should() {
-    if !validators_present() {
+    if !python_has("stix2validator, pymisp") {
         return;
     }
     let tarpit = recorded();
@@ -247,7 +210,7 @@ fn a_stix_bundle_passes_the_oasis_validator_and_shares_only_what_it_should() {
 
 #[test]
 fn a_misp_event_loads_in_pymisp_with_its_objects_true_to_their_template() {
-    if !validators_present() {
+    if !python_has("stix2validator, pymisp") {
         return;
     }
     let tarpit = recorded();

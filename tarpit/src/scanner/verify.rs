@@ -164,6 +164,10 @@ impl Verifier {
     /// there is none, or it is stale, and a slot is free. `None`: not known (yet).
     pub fn verdict_or_lookup(self: &Arc<Self>, ip: IpAddr) -> Option<Verdict> {
         let ip = ip.to_canonical();
+        if ip.is_loopback() || ip.is_unspecified() {
+            // No scanner comes from this host: no lookup (nor DNS traffic) for local clients.
+            return Some(Verdict::NotScanner);
+        }
         let now = Instant::now();
         {
             let mut cache = self.cache.lock().expect("verifier cache");

@@ -167,6 +167,10 @@ fn what_the_server_does_goes_through() {
         assert_eq!(set_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE), None);
         assert_eq!(ioctl(fd, libc::FIONBIO), None);
         unsafe { libc::close(fd) };
+        // The resolver's DNS socket (reverse DNS of research scanners).
+        let udp = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        assert_eq!(set_int(udp, libc::SOL_IP, libc::IP_RECVERR), None);
+        unsafe { libc::close(udp) };
         // Threads (clone3 refused, clone with CLONE_THREAD allowed), files, own signals.
         let answer = std::thread::spawn(|| 6 * 7).join().unwrap();
         assert_eq!(answer, 42);

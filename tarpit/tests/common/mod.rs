@@ -5,6 +5,7 @@
 
 pub mod clickhouse;
 pub mod dataset;
+pub mod dns;
 pub mod fake_api;
 pub mod fronts;
 pub mod netns;
@@ -131,6 +132,18 @@ impl Tarpit {
             addr,
             run,
         }
+    }
+
+    /// One GET of `target` whose client, as the trusted (loopback) proxy reports it in
+    /// `X-Real-IP`, is `client`; the whole response.
+    pub fn request_as(&self, client: &str, target: &str, user_agent: &str) -> Vec<u8> {
+        let mut stream = self.connect();
+        write!(
+            stream,
+            "GET {target} HTTP/1.1\r\nX-Real-IP: {client}\r\nUser-Agent: {user_agent}\r\n\r\n"
+        )
+        .unwrap();
+        read_response(&mut stream)
     }
 
     /// The process id (of the wrapper's exec'd tarpit).
@@ -395,4 +408,22 @@ fn no_rdns(args: &[&str]) -> &'static [&'static str] {
     } else {
         &["--scanner-rdns", "false"]
     }
+}
+
+/// Whether python3 can import `modules` (`"a, b"`); with `TARPIT_E2E` set, their absence
+/// fails the test instead of skipping it.
+pub fn python_has(modules: &str) -> bool {
+    let present = Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        let message = format!("python3 lacks {modules} (cargo xtask ci-setup installs them)");
+        assert!(
+            std::env::var_os("TARPIT_E2E").is_none(),
+            "TARPIT_E2E is set and {message}"
+        );
+        eprintln!("SKIPPED: {message} (TARPIT_E2E=1 makes this a failure)");
+    }
+    present
 }

@@ -151,6 +151,13 @@ async fn one_address_sending_thousands_of_requests_costs_one_lookup() {
     }
     assert_eq!(resolver.reverse_calls.load(Ordering::Relaxed), 1);
     assert_eq!(v.stats.started.load(Ordering::Relaxed), 1);
+    // Local clients are never looked up.
+    assert_eq!(
+        v.verdict_or_lookup(ip("127.0.0.9")),
+        Some(Verdict::NotScanner)
+    );
+    assert_eq!(v.verdict_or_lookup(ip("::1")), Some(Verdict::NotScanner));
+    assert_eq!(resolver.reverse_calls.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
