@@ -97,6 +97,7 @@ fn answer(query: &[u8], records: &[(String, Record)]) -> Option<Vec<u8>> {
         .map(|(_, r)| r)
         .collect();
     let mut answers = Vec::new();
+    let mut count = 0u16;
     for record in &known {
         let (kind, data) = match (record, qtype) {
             (Record::Ptr(target), 12) => (12u16, encode_name(target)),
@@ -109,16 +110,8 @@ fn answer(query: &[u8], records: &[(String, Record)]) -> Option<Vec<u8>> {
         answers.extend_from_slice(&[0, 1, 0, 0, 0, 60]); // class IN, TTL 60
         answers.extend_from_slice(&(data.len() as u16).to_be_bytes());
         answers.extend_from_slice(&data);
+        count += 1;
     }
-    let count = known
-        .iter()
-        .filter(|r| match (r, qtype) {
-            (Record::Ptr(_), 12) => true,
-            (Record::Address(IpAddr::V4(_)), 1) => true,
-            (Record::Address(IpAddr::V6(_)), 28) => true,
-            _ => false,
-        })
-        .count() as u16;
     let rcode = if known.is_empty() { 3 } else { 0 }; // NXDOMAIN for an unknown name
     let mut response = Vec::with_capacity(question_end + answers.len());
     response.extend_from_slice(&query[0..2]); // id
