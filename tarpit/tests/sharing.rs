@@ -83,7 +83,10 @@ fn python(script: &str, file: &Path) -> String {
 const STIX_CHECK: &str = r#"
 import sys
 from stix2validator import validate_file, ValidationOptions, print_results
-results = validate_file(sys.argv[1], ValidationOptions(strict=True, version="2.1"))
+# Strict: every warning fails, but one. The tests' clients come through the proxy header,
+# which names no client port, and STIX makes both ports of network traffic a SHOULD (301):
+# an unknown port is left out rather than made up.
+results = validate_file(sys.argv[1], ValidationOptions(strict=True, version="2.1", disabled="301"))
 print_results(results)
 sys.exit(0 if results.is_valid else 1)
 "#;
@@ -171,6 +174,12 @@ fn a_stix_bundle_passes_the_oasis_validator_and_shares_only_what_it_should() {
     assert!(
         paths.contains(&"/admin/") && paths.contains(&"/index.php"),
         "{paths:?}"
+    );
+    // The proxy header names no client port: left out, never made up.
+    assert!(
+        objects(&bundle, "network-traffic")
+            .iter()
+            .all(|t| t.get("src_port").is_none())
     );
     // Never: the verified scanner, a query string, the sensor's own address.
     let text = std::fs::read_to_string(&file).unwrap();

@@ -30,8 +30,8 @@ pub struct Sample {
     pub user_agent: Option<String>,
     /// The port the client dialled.
     pub target_port: u16,
-    /// The client's own port.
-    pub client_port: u16,
+    /// The client's own port (unknown behind a proxy that sends only `X-Real-IP`).
+    pub client_port: Option<u16>,
 }
 
 /// One client, as shared.

@@ -15,8 +15,8 @@ pub struct SharedRequest {
     pub timestamp: SystemTime,
     /// The client.
     pub client_ip: String,
-    /// The client's port.
-    pub client_port: u16,
+    /// The client's port (unknown behind a proxy that sends only `X-Real-IP`).
+    pub client_port: Option<u16>,
     /// The port it dialled.
     pub target_port: u16,
     /// The address it arrived on (never shared: it is the sensor's).
@@ -102,7 +102,7 @@ pub fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<SharedReques
         id: row.get(0)?,
         timestamp,
         client_ip,
-        client_port: row.get::<_, Option<u16>>(3)?.unwrap_or(0),
+        client_port: row.get(3)?,
         target_port: row.get::<_, Option<u16>>(4)?.unwrap_or(0),
         local_ip: row.get(5)?,
         method: row.get(6)?,

@@ -92,14 +92,17 @@ fn client_objects(client: &ClientSummary, identity: &str, sensor: &str, now: &st
         if let Some(user_agent) = &sample.user_agent {
             extension["request_header"] = json!({ "User-Agent": [user_agent] });
         }
-        let contributing = json!({
+        let mut contributing = json!({
             "start": sample.timestamp,
             "src_ref": address_id,
-            "src_port": sample.client_port,
             "dst_port": sample.target_port,
             "protocols": [if v6 { "ipv6" } else { "ipv4" }, "tcp", "http"],
             "extensions": { "http-request-ext": extension },
         });
+        // Unknown behind a proxy that names only the client's address: left out, not 0.
+        if let Some(port) = sample.client_port {
+            contributing["src_port"] = json!(port);
+        }
         let id = sco_id("network-traffic", &contributing);
         let mut traffic = contributing;
         traffic["type"] = json!("network-traffic");
