@@ -376,11 +376,11 @@ fn export(args: &tarpit::cli::ExportArgs, config: &tarpit::config::Config) -> an
         tarpit::analysis::export::Format::Stix | tarpit::analysis::export::Format::Misp
     ) {
         eprintln!(
-            "exported {} clients{} to {} ({} requests of verified research scanners left out)",
+            "exported {} clients{} to {} (verified research scanners left out: {})",
             summary.rows,
             if args.anonymize { ", anonymised" } else { "" },
             args.out.display(),
-            summary.scanner_requests_left_out
+            tarpit::share::clients::requests_text(summary.scanner_requests_left_out)
         );
         return Ok(());
     }

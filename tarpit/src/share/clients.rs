@@ -17,6 +17,11 @@ pub const SHARED_TAG_PREFIXES: &[&str] = &[
     "attack:", "cve:", "tool:", "target:", "crawler:", "scanner:",
 ];
 
+/// "1 HTTP request", "2 HTTP requests".
+pub fn requests_text(count: u64) -> String {
+    format!("{count} HTTP request{}", if count == 1 { "" } else { "s" })
+}
+
 /// One request, as shared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {

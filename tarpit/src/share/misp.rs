@@ -95,7 +95,10 @@ fn address_attribute(client: &ClientSummary, sensor: &str, now: &str) -> Value {
         "timestamp": now,
         "first_seen": format_timestamp(client.first_seen),
         "last_seen": format_timestamp(client.last_seen),
-        "comment": format!("{} requests to a tarpit", client.requests),
+        "comment": format!(
+            "{} to a tarpit",
+            crate::share::clients::requests_text(client.requests)
+        ),
         "Tag": tags,
         "Sighting": [{
             "uuid": id(&["sighting", sensor, &client.ip, now]),

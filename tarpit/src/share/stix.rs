@@ -176,8 +176,8 @@ fn client_objects(client: &ClientSummary, identity: &str, sensor: &str, now: &st
 fn describe(client: &ClientSummary) -> String {
     let ports: Vec<String> = client.ports.iter().map(u16::to_string).collect();
     let mut text = format!(
-        "{} HTTP requests to a tarpit on port(s) {}",
-        client.requests,
+        "{} to a tarpit on port {}",
+        crate::share::clients::requests_text(client.requests),
         ports.join(", ")
     );
     if let Some(sample) = client.samples.first() {
