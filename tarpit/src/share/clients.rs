@@ -65,6 +65,9 @@ pub struct Summary {
     pub sensor: String,
     /// When the summary was made.
     pub generated: SystemTime,
+    /// When the sensor first recorded (`sensors.first_seen`; the epoch when unknown): the
+    /// creation time of its STIX identity, the same in every export and push.
+    pub sensor_since: SystemTime,
     /// Clients, by address.
     pub clients: Vec<ClientSummary>,
     /// Requests left out because their client is a verified research scanner.
@@ -160,9 +163,10 @@ impl<'a> Aggregator<'a> {
         }
     }
 
-    /// The summary, for `sensor` (its id; "anonymous" when anonymising).
-    pub fn finish(self, sensor: Option<String>) -> Summary {
+    /// The summary, for `sensor` (its id and first record; "anonymous" when anonymising).
+    pub fn finish(self, sensor: Option<String>, sensor_since: Option<SystemTime>) -> Summary {
         Summary {
+            sensor_since: sensor_since.unwrap_or(std::time::UNIX_EPOCH),
             sensor: match (self.options.anonymizer, sensor) {
                 (Some(_), _) => "anonymous".to_owned(),
                 (None, Some(sensor)) => sensor,
@@ -196,7 +200,27 @@ pub fn summarize(conn: &Connection, options: &SummaryOptions<'_>) -> rusqlite::R
             aggregator.add(&request);
         }
     }
-    Ok(aggregator.finish(sensor_id(conn)?))
+    let sensor = sensor_id(conn)?;
+    let since = match &sensor {
+        Some(id) => sensor_since(conn, id)?,
+        None => None,
+    };
+    Ok(aggregator.finish(sensor, since))
+}
+
+/// When sensor `id` first recorded (`sensors.first_seen`), if known.
+pub fn sensor_since(conn: &Connection, id: &str) -> rusqlite::Result<Option<SystemTime>> {
+    let first: Option<String> = conn
+        .query_row(
+            "SELECT first_seen FROM sensors WHERE sensor_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    Ok(first.and_then(|t| humantime::parse_rfc3339(&t).ok()))
 }
 
 /// The sensor id of the latest row, if any.

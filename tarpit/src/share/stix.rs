@@ -44,20 +44,23 @@ fn object_id(kind: &str, parts: &[&str]) -> String {
 
 /// The bundle for `summary`.
 pub fn bundle(summary: &Summary) -> Value {
-    let now = format_timestamp(summary.generated);
+    // Every timestamp comes from the data, so the same data gives the same objects: the
+    // identity was created when the sensor first recorded; a client's objects at the end of
+    // the period they describe.
+    let since = format_timestamp(summary.sensor_since);
     let identity_id = object_id("identity", &[&summary.sensor]);
     let mut objects = vec![json!({
         "type": "identity",
         "spec_version": "2.1",
         "id": identity_id,
-        "created": now,
-        "modified": now,
+        "created": since,
+        "modified": since,
         "name": format!("tarpit sensor {}", summary.sensor),
         "description": "An HTTP tarpit: it accepts every connection, answers slowly, and records each request.",
         "identity_class": "system",
     })];
     for client in &summary.clients {
-        objects.extend(client_objects(client, &identity_id, &summary.sensor, &now));
+        objects.extend(client_objects(client, &identity_id, &summary.sensor));
     }
     json!({
         "type": "bundle",
@@ -67,7 +70,7 @@ pub fn bundle(summary: &Summary) -> Value {
 }
 
 /// One client's observables, observed-data, indicator and sighting.
-fn client_objects(client: &ClientSummary, identity: &str, sensor: &str, now: &str) -> Vec<Value> {
+fn client_objects(client: &ClientSummary, identity: &str, sensor: &str) -> Vec<Value> {
     let v6 = client.ip.contains(':');
     let (address_type, pattern_type) = if v6 {
         ("ipv6-addr", "ipv6-addr")
@@ -113,7 +116,8 @@ fn client_objects(client: &ClientSummary, identity: &str, sensor: &str, now: &st
     }
     let period = [sensor, client.ip.as_str(), first.as_str(), last.as_str()];
     let observed_id = object_id("observed-data", &period);
-    let indicator_id = object_id("indicator", &[sensor, client.ip.as_str()]);
+    let indicator_id = object_id("indicator", &period);
+    let now = &last;
     let count = client.requests.clamp(1, 999_999_999);
     objects.push(json!({
         "type": "observed-data",

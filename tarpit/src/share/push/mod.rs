@@ -78,6 +78,8 @@ pub struct ShareContext {
     pub sensor_addresses: Vec<IpNet>,
     /// Include verified research scanners (`[scanners] share`).
     pub include_scanners: bool,
+    /// When the sensor first recorded (`sensors.first_seen`): its STIX identity's creation.
+    pub sensor_since: Option<SystemTime>,
 }
 
 /// One configured live output.
@@ -111,10 +113,14 @@ pub fn setups_from_config(
     sensor: &str,
 ) -> anyhow::Result<Vec<PushSetup>> {
     let share = &config.share;
+    let sensor_since = Connection::open(database)
+        .and_then(|conn| super::clients::sensor_since(&conn, sensor))
+        .with_context(|| format!("reading {}", database.display()))?;
     let context = ShareContext {
         sensor: sensor.to_owned(),
         sensor_addresses: config.abuseipdb.sensor_addresses.clone(),
         include_scanners: config.scanners.share,
+        sensor_since,
     };
     let settle = if config.scanners.enabled && config.scanners.rdns {
         Duration::from_secs_f64(config.scanners.rdns_timeout) + Duration::from_secs(2)

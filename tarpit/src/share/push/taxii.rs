@@ -92,7 +92,7 @@ pub fn envelope(requests: &[SharedRequest], context: &ShareContext) -> Value {
     for request in requests {
         aggregator.add(request);
     }
-    let summary = aggregator.finish(Some(context.sensor.clone()));
+    let summary = aggregator.finish(Some(context.sensor.clone()), context.sensor_since);
     let bundle = crate::share::stix::bundle(&summary);
     json!({ "objects": bundle["objects"] })
 }
