@@ -146,6 +146,18 @@ pub struct Recipient {
     pub ordinal: u8,
 }
 
+impl Recipient {
+    /// A recipient as stored (`canary_tokens` and the fleet's table: the address and the
+    /// kind's name as text); `None` for a row this build cannot read (an unknown kind).
+    pub fn parse(client_ip: &str, kind: &str, ordinal: u8) -> Option<Self> {
+        Some(Self {
+            client_ip: client_ip.parse().ok()?,
+            kind: Kind::from_name(kind)?,
+            ordinal,
+        })
+    }
+}
+
 /// Makes the tokens of one sensor from the key (`TARPIT_CANARY_KEY`).
 #[derive(Clone)]
 pub struct Minter {
@@ -253,6 +265,17 @@ mod tests {
             kind,
             ordinal,
         }
+    }
+
+    #[test]
+    fn a_stored_recipient_parses_back_and_an_unknown_row_does_not() {
+        let parsed = Recipient::parse("203.0.113.7", Kind::Password.name(), 1);
+        assert_eq!(parsed, Some(recipient("203.0.113.7", Kind::Password, 1)));
+        assert_eq!(Recipient::parse("not an address", "password", 0), None);
+        assert_eq!(
+            Recipient::parse("203.0.113.7", "a kind from a newer build", 0),
+            None
+        );
     }
 
     #[test]

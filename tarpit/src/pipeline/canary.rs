@@ -8,7 +8,6 @@
 //! bounded, a client re-fetching bait adds nothing, and a word that was never issued matches
 //! nothing.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use rusqlite::Connection;
@@ -61,15 +60,8 @@ impl CanaryStage {
         let mut restored: Vec<(Token, Issued)> = Vec::new();
         for row in rows {
             let (sensor, client, kind, ordinal, first, path) = row?;
-            let (Ok(client_ip), Some(kind)) =
-                (client.parse::<IpAddr>(), canary::Kind::from_name(&kind))
-            else {
+            let Some(recipient) = Recipient::parse(&client, &kind, ordinal) else {
                 continue;
-            };
-            let recipient = Recipient {
-                client_ip,
-                kind,
-                ordinal,
             };
             let issued = Issued {
                 sensor: sensor.as_str().into(),
@@ -96,16 +88,9 @@ impl CanaryStage {
     /// `ship::canary`), each recomputed with this sensor's key: a fleet shares one key.
     pub fn add_fleet(&mut self, issues: Vec<crate::ship::canary::FleetIssue>) {
         for issue in issues {
-            let (Ok(client_ip), Some(kind)) = (
-                issue.client_ip.parse::<IpAddr>(),
-                canary::Kind::from_name(&issue.kind),
-            ) else {
+            let Some(recipient) = Recipient::parse(&issue.client_ip, &issue.kind, issue.ordinal)
+            else {
                 continue;
-            };
-            let recipient = Recipient {
-                client_ip,
-                kind,
-                ordinal: issue.ordinal,
             };
             let token = self.minter.token_of(&issue.sensor_id, &recipient);
             self.index.insert(
@@ -184,6 +169,7 @@ mod tests {
     use crate::event::Event;
     use crate::pipeline::request_view;
     use crate::sink::Sink;
+    use std::net::IpAddr;
 
     const KEY: &[u8] = b"a test key of some length";
 

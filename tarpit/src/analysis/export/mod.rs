@@ -384,16 +384,8 @@ fn issued_tokens(conn: &Connection) -> rusqlite::Result<Vec<(String, crate::cana
     let mut issued = Vec::new();
     for row in rows {
         let (sensor, client, kind, ordinal) = row?;
-        if let (Ok(client_ip), Some(kind)) = (client.parse(), crate::canary::Kind::from_name(&kind))
-        {
-            issued.push((
-                sensor,
-                crate::canary::Recipient {
-                    client_ip,
-                    kind,
-                    ordinal,
-                },
-            ));
+        if let Some(recipient) = crate::canary::Recipient::parse(&client, &kind, ordinal) {
+            issued.push((sensor, recipient));
         }
     }
     Ok(issued)
