@@ -135,6 +135,13 @@ fn main() -> ExitCode {
         } else {
             println!("# ship.clickhouse: off (no url)");
         }
+        match tarpit::share::push::describe(&config) {
+            Ok(lines) => lines.iter().for_each(|line| println!("# {line}")),
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
         if key.is_some() && config.abuseipdb.whitelist_is_empty() {
             println!(
                 "# WARNING: abuseipdb reporting is enabled with an empty whitelist: search engines \

@@ -202,6 +202,32 @@ fn a_configured_output_without_its_secret_stops_the_start_naming_the_variable() 
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(text.contains("TARPIT_HPFEEDS_SECRET"), "{text}");
+    // check-config says the same, and with the secret names it without showing it.
+    let check = |env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_tarpit"))
+            .current_dir(dir.path())
+            .args(["--config", "tarpit.toml", "check-config"])
+            .env_remove("TARPIT_HPFEEDS_SECRET")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let refused = check(&[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("TARPIT_HPFEEDS_SECRET"));
+    let accepted = check(&[("TARPIT_HPFEEDS_SECRET", "do-not-print-me")]);
+    let text = String::from_utf8_lossy(&accepted.stdout);
+    assert!(accepted.status.success(), "{text}");
+    assert!(
+        text.contains("# share.hpfeeds: publishing on tarpit.events"),
+        "{text}"
+    );
+    assert!(text.contains("# share.dshield: off"), "{text}");
+    assert!(
+        text.contains("# scanners: catalogue built in, reverse DNS on"),
+        "{text}"
+    );
+    assert!(!text.contains("do-not-print-me"));
 }
 
 const COLLECTION: &str = "91a7b528-80eb-42ed-a74d-c6fbd5a26116";

@@ -175,6 +175,77 @@ pub fn setups_from_config(
     Ok(setups)
 }
 
+/// What `tarpit check-config` says of the sharing outputs: one line each (secrets named,
+/// never shown); `Err` names the variable a configured output lacks (the start would fail).
+pub fn describe(config: &Config) -> Result<Vec<String>, String> {
+    let share = &config.share;
+    let scanners = &config.scanners;
+    let mut lines = vec![if scanners.enabled {
+        format!(
+            "scanners: catalogue {}, reverse DNS {}; verified research scanners {}",
+            scanners
+                .file
+                .as_ref()
+                .map_or("built in".to_owned(), |f| f.display().to_string()),
+            if scanners.rdns { "on" } else { "off" },
+            if scanners.share {
+                "shared"
+            } else {
+                "left out of sharing and AbuseIPDB"
+            }
+        )
+    } else {
+        "scanners: off (no scanner: tags; nothing is left out of sharing)".to_owned()
+    }];
+    let secret = |variable: &str| crate::secret::Secret::from_env(variable).is_some();
+    for (name, on, variable, what) in [
+        (
+            "share.dshield",
+            share.dshield.user_id != 0,
+            dshield::KEY_VARIABLE,
+            format!(
+                "submitting to {} as user {}{}",
+                share.dshield.url,
+                share.dshield.user_id,
+                if share.dshield.dry_run {
+                    " (dry run)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        (
+            "share.taxii",
+            !share.taxii.url.is_empty(),
+            taxii::PASSWORD_VARIABLE,
+            format!(
+                "adding to collection {} at {} as {}",
+                share.taxii.collection, share.taxii.url, share.taxii.user
+            ),
+        ),
+        (
+            "share.hpfeeds",
+            !share.hpfeeds.host.is_empty(),
+            hpfeeds::SECRET_VARIABLE,
+            format!(
+                "publishing on {} at {}:{} as {}",
+                share.hpfeeds.channel, share.hpfeeds.host, share.hpfeeds.port, share.hpfeeds.ident
+            ),
+        ),
+    ] {
+        match (on, secret(variable)) {
+            (false, _) => lines.push(format!("{name}: off")),
+            (true, true) => lines.push(format!("{name}: {what} ({variable} set, value not shown)")),
+            (true, false) => {
+                return Err(format!(
+                    "[{name}] is set but {variable} is not (environment or .env)"
+                ));
+            }
+        }
+    }
+    Ok(lines)
+}
+
 /// A live output's progress, as `tarpit stats` reports it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Progress {
