@@ -39,6 +39,10 @@ const MAX_MESSAGE: usize = 1 << 20;
 /// How long the client listens for a refusal after a batch.
 const REFUSAL_WAIT: Duration = Duration::from_millis(300);
 
+/// How long it listens for a refusal of its credentials before the first batch (once per
+/// connection: a wrong secret is the refusal that matters, and it comes at once).
+const AUTH_WAIT: Duration = Duration::from_secs(1);
+
 /// The publisher.
 pub struct Hpfeeds {
     address: (String, u16),
@@ -93,21 +97,9 @@ impl Hpfeeds {
             .write_all(&batch)
             .await
             .map_err(|e| format!("HPFeeds: writing: {e}"))?;
-        // A refusal (bad secret, a channel the ident may not publish on) comes back as an
-        // error message and a close.
-        let mut header = [0u8; 5];
-        match tokio::time::timeout(REFUSAL_WAIT, stream.read_exact(&mut header)).await {
-            Err(_) => Ok(()), // nothing said: accepted
-            Ok(Err(e)) => Err(format!("HPFeeds: the broker closed the connection: {e}")),
-            Ok(Ok(_)) => {
-                let (op, payload) = read_rest(stream, header).await?;
-                let text = String::from_utf8_lossy(&payload);
-                match op {
-                    OP_ERROR => Err(format!("HPFeeds: the broker refused: {text}")),
-                    op => Err(format!("HPFeeds: unexpected message {op} from the broker")),
-                }
-            }
-        }
+        // A refusal (a channel the ident may not publish on) comes back as an error message
+        // and a close.
+        refusal(stream, REFUSAL_WAIT).await
     }
 
     /// Connects and authenticates.
@@ -142,7 +134,25 @@ impl Hpfeeds {
             .write_all(&frame(OP_AUTH, &auth))
             .await
             .map_err(|e| format!("HPFeeds: authenticating: {e}"))?;
+        refusal(&mut stream, AUTH_WAIT).await?;
         Ok(stream)
+    }
+}
+
+/// Listens `wait` for the broker's refusal: silence is acceptance.
+async fn refusal(stream: &mut TcpStream, wait: Duration) -> Result<(), String> {
+    let mut header = [0u8; 5];
+    match tokio::time::timeout(wait, stream.read_exact(&mut header)).await {
+        Err(_) => Ok(()),
+        Ok(Err(e)) => Err(format!("HPFeeds: the broker closed the connection: {e}")),
+        Ok(Ok(_)) => {
+            let (op, payload) = read_rest(stream, header).await?;
+            let text = String::from_utf8_lossy(&payload);
+            match op {
+                OP_ERROR => Err(format!("HPFeeds: the broker refused: {text}")),
+                op => Err(format!("HPFeeds: unexpected message {op} from the broker")),
+            }
+        }
     }
 }
 
