@@ -31,6 +31,24 @@ pub const MASK: &str = "[masked]";
 /// The longest IPv6 text worth parsing (eight groups of four, or six and a dotted quad).
 const V6_MAX_TEXT: usize = 45;
 
+/// What the sensor's own addresses become in text it sends out (AbuseIPDB comments, shared
+/// paths and User-Agents).
+pub const SENSOR: &str = "[sensor]";
+
+/// `text` with every address `own` says is the sensor's written [`SENSOR`] (in any spelling
+/// [`scrub_bytes`] recognises; canonical form passed); other addresses are left as they are.
+pub fn mask_own(text: &str, own: &dyn Fn(IpAddr) -> bool) -> String {
+    let masked = scrub_bytes(text.as_bytes(), false, &|address| {
+        let address = address.to_canonical();
+        if own(address) {
+            SENSOR.to_owned()
+        } else {
+            address.to_string()
+        }
+    });
+    String::from_utf8_lossy(&masked).into_owned()
+}
+
 /// Replaces every address in `bytes` with `pseudonym(address)`; with `truncated`, masks a
 /// trailing run that could be the start of an address. Bytes that are not part of an address
 /// are kept as they are (UTF-8 or not): replacements are ASCII and replace ASCII runs only.

@@ -84,19 +84,11 @@ impl Policy {
         let client = record.client_ip.to_canonical();
         let peer = record.peer_ip.to_canonical();
         let own = |address: IpAddr| {
-            let address = address.to_canonical();
             address == record.local_ip.to_canonical()
                 || (peer != client && address == peer)
                 || self.sensor_addresses.iter().any(|n| n.contains(&address))
         };
-        let masked = crate::address_text::scrub_bytes(text.as_bytes(), false, &|address| {
-            if own(address) {
-                "[sensor]".to_owned()
-            } else {
-                address.to_string()
-            }
-        });
-        clean_comment(&String::from_utf8_lossy(&masked))
+        clean_comment(&crate::address_text::mask_own(&text, &own))
     }
 }
 

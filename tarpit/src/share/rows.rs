@@ -67,15 +67,9 @@ impl SharedRequest {
             .as_deref()
             .and_then(|ip| ip.parse::<IpAddr>().ok())
             .map(|ip| ip.to_canonical());
-        let masked = crate::address_text::scrub_bytes(text.as_bytes(), false, &|address| {
-            let address = address.to_canonical();
-            if Some(address) == local || sensor_addresses.iter().any(|n| n.contains(&address)) {
-                "[sensor]".to_owned()
-            } else {
-                address.to_string()
-            }
-        });
-        String::from_utf8_lossy(&masked).into_owned()
+        crate::address_text::mask_own(text, &|address| {
+            Some(address) == local || sensor_addresses.iter().any(|n| n.contains(&address))
+        })
     }
 }
 
