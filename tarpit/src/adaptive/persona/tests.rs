@@ -2,6 +2,20 @@
 
 use super::*;
 
+/// A persona manifest with one page, for `/bait`, answered `status` from `file`.
+fn manifest(status: u16, file: &str) -> String {
+    format!(
+        "not_found = \"nf.html\"\n[[page]]\npaths = [\"/bait\"]\nstatus = {status}\n\
+         content_type = \"text/plain\"\nfile = \"{file}\"\n"
+    )
+}
+
+/// Writes `manifest` into `dir` and returns the error loading it gives.
+fn load_error(dir: &std::path::Path, manifest: &str) -> String {
+    std::fs::write(dir.join("persona.toml"), manifest).unwrap();
+    Persona::load(Some(dir), 4, 4).unwrap_err().to_string()
+}
+
 #[test]
 fn random_paths_get_404_and_bait_gets_its_page() {
     let persona = Persona::load(None, 1200, 1200).unwrap();
@@ -108,42 +122,21 @@ fn an_operator_persona_replaces_the_built_in_one_and_errors_name_the_entry() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("nf.html"), "gone").unwrap();
     std::fs::write(dir.path().join("bait.txt"), "secret=1").unwrap();
-    std::fs::write(
-        dir.path().join("persona.toml"),
-        "not_found = \"nf.html\"\n[[page]]\npaths = [\"/bait\"]\nstatus = 200\n\
-         content_type = \"text/plain\"\nfile = \"bait.txt\"\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("persona.toml"), manifest(200, "bait.txt")).unwrap();
     let persona = Persona::load(Some(dir.path()), 4, 4).unwrap();
     assert_eq!(
         persona.page(persona.page_for("/bait", false)).body,
         b"secret=1"
     );
     assert_eq!(persona.page(persona.page_for("/.env", false)).body, b"gone");
-    std::fs::write(
-        dir.path().join("persona.toml"),
-        "not_found = \"nf.html\"\n[[page]]\npaths = [\"/bait\"]\nstatus = 302\n\
-         content_type = \"text/plain\"\nfile = \"bait.txt\"\n",
-    )
-    .unwrap();
-    let error = Persona::load(Some(dir.path()), 4, 4)
-        .unwrap_err()
-        .to_string();
+    let error = load_error(dir.path(), &manifest(302, "bait.txt"));
     assert!(
         error.contains("persona.toml: page[0] (bait.txt)"),
         "{error}"
     );
     assert!(error.contains("302"), "{error}");
     std::fs::remove_file(dir.path().join("bait.txt")).unwrap();
-    std::fs::write(
-        dir.path().join("persona.toml"),
-        "not_found = \"nf.html\"\n[[page]]\npaths = [\"/bait\"]\nstatus = 200\n\
-         content_type = \"text/plain\"\nfile = \"bait.txt\"\n",
-    )
-    .unwrap();
-    let error = Persona::load(Some(dir.path()), 4, 4)
-        .unwrap_err()
-        .to_string();
+    let error = load_error(dir.path(), &manifest(200, "bait.txt"));
     assert!(
         error.contains("persona.toml: page[0] (bait.txt): cannot read"),
         "{error}"
@@ -161,12 +154,6 @@ fn persona_files_outside_the_directory_are_refused_naming_the_entry() {
     std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("link")).unwrap();
     std::os::unix::fs::symlink(outside.path(), dir.path().join("linkdir")).unwrap();
     let secret = outside.path().join("secret").display().to_string();
-    let manifest = |file: &str| {
-        format!(
-            "not_found = \"nf.html\"\n[[page]]\npaths = [\"/bait\"]\nstatus = 200\n\
-             content_type = \"text/plain\"\nfile = \"{file}\"\n"
-        )
-    };
     let outside_name = format!(
         "../{}/secret",
         outside.path().file_name().unwrap().to_str().unwrap()
@@ -178,17 +165,14 @@ fn persona_files_outside_the_directory_are_refused_naming_the_entry() {
         ("linkdir/secret", "not a regular file inside"),
         ("sub", "not a regular file"),
     ] {
-        std::fs::write(dir.path().join("persona.toml"), manifest(file)).unwrap();
-        let error = Persona::load(Some(dir.path()), 4, 4)
-            .unwrap_err()
-            .to_string();
+        let error = load_error(dir.path(), &manifest(200, file));
         assert!(
             error.contains(&format!("persona.toml: page[0] ({file})")),
             "{error}"
         );
         assert!(error.contains(why), "{file}: {error}");
     }
-    std::fs::write(dir.path().join("persona.toml"), manifest("sub/ok.txt")).unwrap();
+    std::fs::write(dir.path().join("persona.toml"), manifest(200, "sub/ok.txt")).unwrap();
     let persona = Persona::load(Some(dir.path()), 4, 4).unwrap();
     assert_eq!(persona.page(persona.page_for("/bait", false)).body, b"fine");
     std::fs::write(dir.path().join("persona.toml"), "not_found = \"link\"\n").unwrap();
