@@ -22,6 +22,26 @@ pub const SKB_OFFSETS_GLOBAL: &str = "SKB_OFFSETS";
 /// are looked up in the held-flow map, so the rest of the host's traffic costs one comparison.
 pub const HELD_PORT_GLOBAL: &str = "HELD_PORT";
 
+/// Name of the `sk_lookup` program (`[server] ports`): steers new TCP connections for the
+/// chosen ports and local addresses to the tarpit's listener, with no NAT.
+pub const STEER_PROGRAM_NAME: &str = "tarpit_sk_lookup";
+/// Name of the array of 64-bit words, one bit per port, that the program steers (bit
+/// `port % 64` of word `port / 64`): the configured ports minus the exclusions and minus every
+/// port another local service listens on, kept current by the server.
+pub const STEER_PORTS_MAP_NAME: &str = "STEER_PORTS";
+/// Words in [`STEER_PORTS_MAP_NAME`]: 65,536 ports.
+pub const STEER_PORT_WORDS: u32 = 1024;
+/// Name of the longest-prefix-match trie of local addresses answered for (`[server] prefixes`;
+/// IPv4 as IPv4-mapped /96 + length); unused when [`STEER_ANY_ADDRESS_GLOBAL`] is set.
+pub const STEER_PREFIXES_MAP_NAME: &str = "STEER_PREFIXES";
+/// Name of the socket map holding the listener connections are steered to (index 0). It is
+/// one socket of the workers' SO_REUSEPORT group, so the kernel's reuseport selection still
+/// spreads connections over every worker.
+pub const STEER_LISTENER_MAP_NAME: &str = "STEER_LISTENER";
+/// Name of the global (a `u32`) that, when 1, makes every local address match: no
+/// `[server] prefixes` configured.
+pub const STEER_ANY_ADDRESS_GLOBAL: &str = "STEER_ANY_ADDRESS";
+
 /// A connection as the server's accepted socket sees it: its own local address and port, and
 /// the peer's (after any source-port rewrite by conntrack). IPv4 addresses are stored
 /// IPv4-mapped (`::ffff:a.b.c.d`); ports in host byte order.

@@ -9,7 +9,12 @@
 //! "socketless"`): for those, listed in the `HELD` map, the program notes what the client said
 //! (its acknowledgement, timestamp, FIN, RST) and drops the packet, before the kernel, which has
 //! no socket for it any more, would answer with a reset. Conntrack has seen the packet by then
-//! (this hook runs after it), so NAT state stays current. Built for `bpfel-unknown-none` by `cargo xtask build-ebpf`; on other targets this
+//! (this hook runs after it), so NAT state stays current.
+//!
+//! A second program, `tarpit_sk_lookup` (`[server] ports`), is a BPF `sk_lookup` program
+//! attached to the network namespace: it hands new connections for any chosen port and local
+//! address to the tarpit's listener, so no NAT and no conntrack entry is needed (the design of
+//! Cloudflare's tubular; kernel documentation `Documentation/bpf/prog_sk_lookup.rst`). Built for `bpfel-unknown-none` by `cargo xtask build-ebpf`; on other targets this
 //! file is an empty program so that the workspace builds everywhere.
 
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
@@ -20,8 +25,10 @@ fn main() {}
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel};
-    use aya_ebpf::macros::map;
-    use aya_ebpf::maps::{HashMap, LruHashMap};
+    use aya_ebpf::macros::{map, sk_lookup};
+    use aya_ebpf::maps::lpm_trie::Key;
+    use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, SockMap};
+    use aya_ebpf::programs::SkLookupContext;
     use tarpit_ebpf::{
         ConnKey, ConntrackOffsets, HeldKey, HeldStatus, OrigDst, SkbOffsets, fold, v4_mapped,
     };
@@ -262,6 +269,77 @@ mod program {
             ktime_ns: unsafe { bpf_ktime_get_ns() },
         };
         ORIG_DST.insert(&key, &value, 0).map_err(|e| e as i32)
+    }
+
+    /// One bit per port to steer; see `tarpit_ebpf::STEER_PORTS_MAP_NAME`.
+    #[map(name = "STEER_PORTS")]
+    static STEER_PORTS: Array<u64> = Array::with_max_entries(1024, 0);
+
+    /// Local addresses answered for; see `tarpit_ebpf::STEER_PREFIXES_MAP_NAME`.
+    #[map(name = "STEER_PREFIXES")]
+    static STEER_PREFIXES: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(1, 0);
+
+    /// The listener connections go to (index 0).
+    #[map(name = "STEER_LISTENER")]
+    static STEER_LISTENER: SockMap = SockMap::with_max_entries(1, 0);
+
+    /// 1: every local address is answered for (no prefixes configured). Set by the loader.
+    #[unsafe(no_mangle)]
+    static STEER_ANY_ADDRESS: u32 = 0;
+
+    const SK_PASS: u32 = 1;
+    // The word indexes the program reads the local address at (UAPI, never reordered).
+    const _: () = assert!(
+        core::mem::offset_of!(aya_ebpf::bindings::bpf_sk_lookup, local_ip4) == 10 * 4
+            && core::mem::offset_of!(aya_ebpf::bindings::bpf_sk_lookup, local_ip6) == 11 * 4
+    );
+
+    /// The `sk_lookup` program (`[server] ports`): runs when a SYN for a local address finds
+    /// no established socket, before the kernel looks for a listener. A TCP connection to a
+    /// steered port on an address answered for is given the tarpit's listener; anything else
+    /// passes on to the normal lookup untouched. It never drops: a failed assignment (the
+    /// listener gone) is the kernel's normal path.
+    #[sk_lookup]
+    pub fn tarpit_sk_lookup(ctx: SkLookupContext) -> u32 {
+        // SAFETY: the context is the kernel's `bpf_sk_lookup`, readable field by field.
+        let lookup = unsafe { &*ctx.lookup };
+        if lookup.protocol != u32::from(IPPROTO_TCP) || lookup.local_port > 65_535 {
+            return SK_PASS;
+        }
+        let port = lookup.local_port;
+        let Some(word) = STEER_PORTS.get(port / 64) else {
+            return SK_PASS;
+        };
+        if *word & (1u64 << (port % 64)) == 0 {
+            return SK_PASS; // not ours, excluded, or another service listens on it
+        }
+        // SAFETY: a plain global the loader sets before the program is loaded.
+        if unsafe { core::ptr::read_volatile(&STEER_ANY_ADDRESS) } == 0 {
+            // The verifier takes context reads only at a constant offset from the context
+            // pointer itself, so each 32-bit word is read on its own (`struct bpf_sk_lookup`:
+            // local_ip4 at byte 40, local_ip6 at 44..60).
+            let word = |index: usize| -> [u8; 4] {
+                // SAFETY: a field of the kernel's context, inside the structure.
+                unsafe { core::ptr::read_volatile((ctx.lookup as *const u32).add(index)) }
+                    .to_ne_bytes()
+            };
+            // All five words first, unconditionally: were they read in the branches below,
+            // the compiler would merge the two reads into one at a computed offset.
+            let (ip4, a, b, c, d) = (word(10), word(11), word(12), word(13), word(14));
+            let address = match lookup.family {
+                f if f == u32::from(AF_INET) => v4_mapped(ip4),
+                f if f == u32::from(AF_INET6) => [
+                    a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0],
+                    d[1], d[2], d[3],
+                ],
+                _ => return SK_PASS,
+            };
+            if STEER_PREFIXES.get(Key::new(128, address)).is_none() {
+                return SK_PASS;
+            }
+        }
+        let _ = STEER_LISTENER.redirect_sk_lookup(&ctx, 0, 0);
+        SK_PASS
     }
 
     #[panic_handler]

@@ -8,13 +8,18 @@
 //!   accepted socket.
 //! - **X-Tarpit-Target-Port** (`target_port_header`): from trusted proxies only.
 //! - the **local port** of the accepted socket.
+//! - **sk_lookup** (`[server] ports`): no NAT happened; the BPF `sk_lookup` program handed the
+//!   connection to the listener, so the accepted socket's local port (and address) is exactly
+//!   what the client dialled. Stored as the local port with `target_port_source = 'sk_lookup'`.
 //!
 //! Direct connections: eBPF, then SO_ORIGINAL_DST, then the local port; except that a miss in
 //! the eBPF map (`untranslated`) never overrides SO_ORIGINAL_DST showing a translation: under
 //! a SYN flood the LRU map evicts entries before their connections are accepted, and conntrack
 //! still knows. Such a request is recorded with `ebpf_lookup = 'untranslated'` and
 //! `target_port_source = 'original_dst'` ([`TargetPorts::ebpf_missed_translation`]), and
-//! counted in the metric `tarpit_ebpf_map_misses_total`. Behind a trusted
+//! counted in the metric `tarpit_ebpf_map_misses_total`. With sk_lookup steering on, a direct
+//! connection on a steered port is `sk_lookup` unless the hook saw a translation (REDIRECT rules
+//! left in place beside it). Behind a trusted
 //! proxy the socket-level sources describe the proxy's hop, not the client's, so the proxy's
 //! word ranks above them: eBPF looked up with the client's 4-tuple (when the proxy passed it),
 //! then the header, then SO_ORIGINAL_DST, then the local port.
@@ -62,6 +67,9 @@ pub struct TargetPorts {
     pub local: u16,
     /// Whether a trusted proxy vouched for the request (header or client 4-tuple).
     pub proxied: bool,
+    /// Whether the sk_lookup program may have steered this connection: steering is on and the
+    /// local port is one it steers.
+    pub sk_lookup: bool,
 }
 
 impl TargetPorts {
@@ -71,6 +79,12 @@ impl TargetPorts {
             && let Some(port) = self.original_dst
         {
             return (port, "original_dst");
+        }
+        if let EbpfLookup::Translated(port) = self.ebpf {
+            return (port, "ebpf");
+        }
+        if self.sk_lookup && !self.proxied {
+            return (self.local, "sk_lookup");
         }
         if let Some(port) = self.ebpf.port() {
             return (port, "ebpf");
@@ -114,7 +128,38 @@ mod tests {
             header,
             local: 8080,
             proxied: header.is_some(),
+            sk_lookup: false,
         }
+    }
+
+    #[test]
+    fn a_steered_connection_is_its_local_port() {
+        let steered = |ebpf, header: Option<u16>| TargetPorts {
+            ebpf,
+            original_dst: None,
+            header,
+            local: 2222,
+            proxied: header.is_some(),
+            sk_lookup: true,
+        };
+        assert_eq!(
+            steered(EbpfLookup::Untranslated(2222), None).resolve(),
+            (2222, "sk_lookup")
+        );
+        assert_eq!(
+            steered(EbpfLookup::Unavailable, None).resolve(),
+            (2222, "sk_lookup")
+        );
+        // REDIRECT rules beside it: the hook's translation is the truth.
+        assert_eq!(
+            steered(EbpfLookup::Translated(80), None).resolve(),
+            (80, "ebpf")
+        );
+        // Behind a proxy the socket describes the proxy's hop.
+        assert_eq!(
+            steered(EbpfLookup::Unavailable, Some(443)).resolve(),
+            (443, "header")
+        );
     }
 
     #[test]

@@ -36,3 +36,4 @@ pub mod server;
 pub mod share;
 pub mod ship;
 pub mod sink;
+pub mod steer;

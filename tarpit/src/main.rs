@@ -95,6 +95,7 @@ fn main() -> ExitCode {
         for line in tarpit::geoip::describe(&config.geoip.city_db, &config.geoip.asn_db) {
             println!("# {line}");
         }
+        println!("# {}", describe_ports(&config.server));
         let key = tarpit::abuseipdb::ApiKey::from_env();
         match (&key, config.abuseipdb.dry_run) {
             (Some(_), false) => {
@@ -431,4 +432,31 @@ fn query(
         print!("{text}");
     }
     Ok(())
+}
+
+/// What `check-config` says about the ports answered on (`[server] port` and `ports`).
+fn describe_ports(server: &tarpit::config::ServerConfig) -> String {
+    use tarpit::ebpf::EbpfMode;
+    let Some(ports) = &server.ports else {
+        return format!("ports: {} only", server.port);
+    };
+    let addresses = if server.prefixes.is_empty() {
+        "every local address".to_owned()
+    } else {
+        let list: Vec<String> = server.prefixes.iter().map(|p| p.to_string()).collect();
+        list.join(", ")
+    };
+    let excluded = server
+        .exclude_ports
+        .as_ref()
+        .map_or(String::new(), |e| format!(" except {e}"));
+    let mode = match server.sk_lookup {
+        EbpfMode::On => "sk_lookup, required",
+        EbpfMode::Auto => "sk_lookup, else port alone",
+        EbpfMode::Off => return format!("ports: {} only (sk_lookup = \"off\")", server.port),
+    };
+    format!(
+        "ports: {ports}{excluded} on {addresses} ({mode}); ports other services listen on are \
+         left to them"
+    )
 }

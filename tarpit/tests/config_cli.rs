@@ -44,6 +44,38 @@ fn check_config_prints_the_effective_configuration() {
 }
 
 #[test]
+fn check_config_accepts_every_port_keys_and_names_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tarpit.toml"),
+        "[server]\nports = \"1-21,23-65535\"\nprefixes = [\"192.0.2.0/24\", \"2001:db8::1\"]\n\
+         exclude_ports = \"9100\"\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = tarpit(&["--config", "tarpit.toml", "check-config"], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    let printed: toml::Table = toml::from_str(&stdout).unwrap();
+    assert_eq!(printed["server"]["ports"].as_str(), Some("1-21,23-65535"));
+    assert!(
+        stdout.contains(
+            "# ports: 1-21,23-65535 except 9100 on 192.0.2.0/24, 2001:db8::1/128 (sk_lookup, required)"
+        ),
+        "{stdout}"
+    );
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[server]\nports = \"1-21,x\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = tarpit(&["--config", "bad.toml", "check-config"], dir.path());
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("bad.toml: key `server.ports`") && stderr.contains("\"x\" is not a port"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn unknown_key_names_file_and_key_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bad.toml"), "[server]\nprot = 80\n").unwrap();

@@ -211,6 +211,30 @@ mod tests {
     }
 
     #[test]
+    fn every_port_keys_are_read_and_checked() {
+        let config = Config::parse(
+            "[server]\nports = \"1-21,23-65535\"\nprefixes = [\"192.0.2.0/24\", \"2001:db8::7\"]\n\
+             exclude_ports = \"9100\"\nsk_lookup = \"auto\"\n",
+            "c",
+        )
+        .unwrap();
+        config.validate("c").unwrap();
+        let ports = config.server.ports.as_ref().unwrap();
+        assert_eq!((ports.len(), ports.contains(22)), (65_534, false));
+        assert_eq!(config.server.prefixes[1].to_string(), "2001:db8::7/128");
+        assert_eq!(config.server.sk_lookup, crate::ebpf::EbpfMode::Auto);
+        assert_eq!(Config::parse(&config.to_toml(), "again").unwrap(), config);
+        let err = Config::parse("[server]\nports = \"1-70000\"\n", "c").unwrap_err();
+        assert_eq!(err.key, "server.ports");
+        assert!(err.reason.contains("\"1-70000\" is not a port"), "{err}");
+        let err = Config::parse("[server]\nprefixes = [\"10.0.0.0/33\"]\n", "c").unwrap_err();
+        assert_eq!(err.key, "server.prefixes");
+        let lonely = Config::parse("[server]\nprefixes = [\"10.0.0.0/8\"]\n", "c").unwrap();
+        let err = lonely.validate("c.toml").unwrap_err();
+        assert_eq!(err.key, "server.prefixes");
+    }
+
+    #[test]
     fn syntax_error_names_the_file() {
         let err = Config::parse("[server\n", "my.toml").unwrap_err();
         assert_eq!(err.key, "(file)");

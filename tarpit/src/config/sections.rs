@@ -338,6 +338,35 @@ pub struct ServerConfig {
     /// The system-call allow-list installed once start-up is done: `on` refuses anything
     /// else with EPERM, `log` only has the kernel log it, `off` installs none.
     pub seccomp: crate::seccomp::SeccompMode,
+    /// Every port without NAT: ports (`"1-65535"`, `"1-21,23-65535"`) whose new connections a
+    /// BPF sk_lookup program hands to the tarpit's listener; unset: only `port`.
+    pub ports: Option<crate::steer::ports::PortSet>,
+    /// With `ports`: the local addresses or prefixes answered for (a routed /24, an IPv6
+    /// /64); empty: every local address.
+    #[serde(deserialize_with = "prefix_list")]
+    pub prefixes: Vec<IpNet>,
+    /// With `ports`: ports never steered, even with no listener of their own.
+    pub exclude_ports: Option<crate::steer::ports::PortSet>,
+    /// With `ports`: `on` refuses to start when sk_lookup cannot be attached, `auto` falls
+    /// back to `port` alone (saying why), `off` ignores `ports`.
+    pub sk_lookup: EbpfMode,
+}
+
+/// A list of prefixes where a bare address stands for itself (/32, /128).
+fn prefix_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    let items = Vec::<String>::deserialize(deserializer)?;
+    items
+        .iter()
+        .map(|item| {
+            item.parse::<IpNet>()
+                .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "\"{item}\" is not an address or a prefix (\"192.0.2.0/24\", \"2001:db8::/64\")"
+                    ))
+                })
+        })
+        .collect()
 }
 
 impl Default for ServerConfig {
@@ -356,6 +385,10 @@ impl Default for ServerConfig {
             ],
             proxy_protocol: false,
             seccomp: crate::seccomp::SeccompMode::On,
+            ports: None,
+            prefixes: Vec::new(),
+            exclude_ports: None,
+            sk_lookup: EbpfMode::On,
         }
     }
 }

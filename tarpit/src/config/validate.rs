@@ -94,6 +94,20 @@ impl Config {
                 ),
             );
         }
+        if self.server.ports.is_none() {
+            if !self.server.prefixes.is_empty() {
+                return err(
+                    "server.prefixes",
+                    "needs server.ports (the ports to answer on)".into(),
+                );
+            }
+            if self.server.exclude_ports.is_some() {
+                return err(
+                    "server.exclude_ports",
+                    "needs server.ports (the ports to steer)".into(),
+                );
+            }
+        }
         let a = &self.abuseipdb;
         if a.report_interval_minutes < 15 {
             return err(

@@ -180,9 +180,12 @@ fn dup(fd: RawFd) -> std::io::Result<OwnedFd> {
 fn map_fd(map: &aya::maps::Map) -> Option<RawFd> {
     use aya::maps::Map;
     match map {
-        Map::Array(data) | Map::HashMap(data) | Map::LruHashMap(data) => {
-            Some(data.fd().as_fd().as_raw_fd())
-        }
+        // The sk_lookup program's maps too: every function of the object is relocated.
+        Map::Array(data)
+        | Map::HashMap(data)
+        | Map::LruHashMap(data)
+        | Map::LpmTrie(data)
+        | Map::SockMap(data) => Some(data.fd().as_fd().as_raw_fd()),
         _ => None,
     }
 }

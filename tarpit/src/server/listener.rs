@@ -12,17 +12,26 @@ use nix::sys::socket::{
 /// Binds `count` listeners to `addr`. When `addr` has port 0 the first listener picks a port and
 /// the others bind that same port, so a test can ask for "any free port". `peer_timeout` is set
 /// on the listeners ([`set_peer_timeout`]): accepted sockets inherit it, so accept costs no
-/// extra syscalls for it.
+/// extra syscalls for it. `dual_stack` (sk_lookup steering, which may hand these listeners
+/// IPv4 and IPv6 connections alike): the sockets are IPv6 without `IPV6_V6ONLY`, an IPv4
+/// address bound in its IPv4-mapped form, so plain connections to `addr` still arrive.
 pub fn bind_all(
     addr: SocketAddr,
     count: usize,
     peer_timeout: std::time::Duration,
+    dual_stack: bool,
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let first = bind_one(addr, peer_timeout)?;
+    let addr = match addr {
+        SocketAddr::V4(v4) if dual_stack => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        other => other,
+    };
+    let first = bind_one(addr, peer_timeout, dual_stack)?;
     let bound = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..count {
-        listeners.push(bind_one(bound, peer_timeout)?);
+        listeners.push(bind_one(bound, peer_timeout, dual_stack)?);
     }
     Ok(listeners)
 }
@@ -30,12 +39,16 @@ pub fn bind_all(
 fn bind_one(
     addr: SocketAddr,
     peer_timeout: std::time::Duration,
+    dual_stack: bool,
 ) -> std::io::Result<std::net::TcpListener> {
     let family = match addr.ip() {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
     };
     let fd: OwnedFd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    if dual_stack && family == AddressFamily::Inet6 {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
+    }
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     setsockopt(&fd, sockopt::ReusePort, &true)?;
     set_peer_timeout(&fd, peer_timeout)?;
@@ -160,8 +173,13 @@ mod tests {
 
     #[test]
     fn accepted_sockets_inherit_the_peer_timeout_from_the_listener() {
-        let listeners =
-            bind_all("127.0.0.1:0".parse().unwrap(), 1, Duration::from_secs(7)).unwrap();
+        let listeners = bind_all(
+            "127.0.0.1:0".parse().unwrap(),
+            1,
+            Duration::from_secs(7),
+            false,
+        )
+        .unwrap();
         let _client = std::net::TcpStream::connect(listeners[0].local_addr().unwrap()).unwrap();
         let (accepted, _) = listeners[0].accept().unwrap();
         assert_eq!(
@@ -177,8 +195,13 @@ mod tests {
 
     #[test]
     fn accepted_sockets_give_their_syn_once() {
-        let listeners =
-            bind_all("127.0.0.1:0".parse().unwrap(), 1, Duration::from_secs(7)).unwrap();
+        let listeners = bind_all(
+            "127.0.0.1:0".parse().unwrap(),
+            1,
+            Duration::from_secs(7),
+            false,
+        )
+        .unwrap();
         let _client = std::net::TcpStream::connect(listeners[0].local_addr().unwrap()).unwrap();
         let (accepted, _) = listeners[0].accept().unwrap();
         let syn = saved_syn(&accepted).expect("the listener saved the SYN");
@@ -189,8 +212,13 @@ mod tests {
 
     #[test]
     fn several_listeners_share_one_ephemeral_port() {
-        let listeners =
-            bind_all("127.0.0.1:0".parse().unwrap(), 3, Duration::from_secs(60)).unwrap();
+        let listeners = bind_all(
+            "127.0.0.1:0".parse().unwrap(),
+            3,
+            Duration::from_secs(60),
+            false,
+        )
+        .unwrap();
         let port = listeners[0].local_addr().unwrap().port();
         assert_ne!(port, 0);
         for l in &listeners {
@@ -201,8 +229,30 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_listeners_keep_their_ipv4_address() {
+        let any_port = "127.0.0.1:0".parse().unwrap();
+        let listeners = bind_all(any_port, 1, Duration::from_secs(60), true).unwrap();
+        let bound = listeners[0].local_addr().unwrap();
+        assert_eq!(bound.ip(), "::ffff:127.0.0.1".parse::<IpAddr>().unwrap());
+        assert!(!nix::sys::socket::getsockopt(&listeners[0], sockopt::Ipv6V6Only).unwrap());
+        // A plain IPv4 client still reaches it; the accepted socket names the IPv4 address.
+        let _client = std::net::TcpStream::connect(("127.0.0.1", bound.port())).unwrap();
+        let (accepted, _) = listeners[0].accept().unwrap();
+        assert_eq!(
+            local_addr(&accepted).unwrap().ip().to_canonical(),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
     fn ipv6_loopback_binds() {
-        let listeners = bind_all("[::1]:0".parse().unwrap(), 1, Duration::from_secs(60)).unwrap();
+        let listeners = bind_all(
+            "[::1]:0".parse().unwrap(),
+            1,
+            Duration::from_secs(60),
+            false,
+        )
+        .unwrap();
         assert!(listeners[0].local_addr().unwrap().is_ipv6());
     }
 }

@@ -8,6 +8,7 @@ pub mod limits;
 pub mod listener;
 pub mod settings;
 pub mod socketless;
+mod steering;
 mod worker;
 
 use std::net::SocketAddr;
@@ -46,6 +47,9 @@ struct Shared {
     socketless: Option<socketless::SocketlessKit>,
     /// Rate limit for "a response stays on its socket" warnings.
     socketless_warning: crate::log_throttle::SharedLogThrottle,
+    /// With sk_lookup steering on: the ports it may steer (`ports` minus `exclude_ports`); a
+    /// direct connection reaching the tarpit on one of them came through the program.
+    steered_ports: Option<crate::steer::ports::PortSet>,
     next_conn_id: AtomicU64,
     cancel: CancellationToken,
 }
@@ -74,7 +78,8 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let reopen_json_log = json_log.reopen_flag();
 
     // Attach the hook before accepting, so no connection is missed.
-    let attribution = start_port_attribution(config)?;
+    let steer_request = steering::requested(config);
+    let attribution = start_port_attribution(config, steer_request.is_some())?;
 
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -82,9 +87,16 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     };
     let addr = SocketAddr::new(config.server.host, config.server.port);
     let peer_timeout = Duration::from_secs_f64(config.tarpit.peer_timeout);
-    let listeners = listener::bind_all(addr, workers, peer_timeout)
+    // Steered connections of both families need a dual-stack (IPv6) listener.
+    let listeners = listener::bind_all(addr, workers, peer_timeout, steer_request.is_some())
         .with_context(|| format!("binding {addr}"))?;
     let bound = listeners[0].local_addr()?;
+    let bound = SocketAddr::new(bound.ip().to_canonical(), bound.port());
+    let steered = match &steer_request {
+        Some(request) => steering::start(config, request, &listeners)?
+            .map(|(steering, watch)| (steering, watch, request.candidate_ports())),
+        None => None,
+    };
     let socketless = socketless_kit(config, attribution.as_ref(), workers)?;
     // Everything privileged is done: the hook is attached, the ports are bound and the raw
     // sockets open (socketless hold keeps CAP_NET_ADMIN, for TCP repair on every hand-over).
@@ -92,7 +104,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     confine(
         config.server.seccomp,
         crate::seccomp::Needs {
-            ebpf_maps: attribution.is_some(),
+            ebpf_maps: attribution.is_some() || steered.is_some(),
             tcp_repair: socketless.is_some(),
             interface_list: config.classify.crs != EbpfMode::Off
                 && config.classify.crs_engine == crate::classify::crs::CrsEngine::Libmodsecurity,
@@ -157,6 +169,10 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let pipeline = Pipeline::start(rx, enrichment, sinks, stats.clone())?;
     let crs_stage = start_crs_stage(config, &storage.database)?;
 
+    let (steering, steer_watch, steered_ports) = match steered {
+        Some((steering, watch, ports)) => (Some(steering), Some(watch), Some(ports)),
+        None => (None, None, None),
+    };
     let shared = Arc::new(Shared {
         settings,
         events,
@@ -180,8 +196,14 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         socketless_warning: crate::log_throttle::SharedLogThrottle::new(
             std::time::Duration::from_secs(60),
         ),
+        steered_ports,
         cancel: CancellationToken::new(),
     });
+    if let Some(watch) = steer_watch {
+        watch
+            .spawn(shared.cancel.clone())
+            .context("starting the sk_lookup listener watch")?;
+    }
     if shared.socketless.is_some() {
         memory_trimmer(shared.cancel.clone())?;
     }
@@ -209,6 +231,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     }
     drop(shared); // the last EventSender: the pipeline drains and stops
     drop(attribution); // detaches the hook
+    drop(steering); // detaches sk_lookup: other ports refuse again
     pipeline.finish();
     if let Some(stage) = crs_stage {
         stage.stop();
@@ -450,10 +473,16 @@ fn confine(mode: crate::seccomp::SeccompMode, needs: crate::seccomp::Needs) -> a
     Ok(())
 }
 
-fn start_port_attribution(config: &Config) -> anyhow::Result<Option<Attribution>> {
+/// `every_port`: sk_lookup may steer any port to the tarpit, so the hook looks for held flows
+/// on every port, not only `[server] port`.
+fn start_port_attribution(
+    config: &Config,
+    every_port: bool,
+) -> anyhow::Result<Option<Attribution>> {
     let mode = config.ebpf.mode;
     let socketless = config.tarpit.hold == crate::config::HoldMode::Socketless;
-    let held = socketless.then_some((config.tarpit.socketless_max, config.server.port));
+    let held_port = if every_port { 0 } else { config.server.port };
+    let held = socketless.then_some((config.tarpit.socketless_max, held_port));
     let (attribution, ebpf_state) = match Attribution::start(mode, config.ebpf.map_entries, held) {
         Ok(attribution) => {
             let priorities = attribution.priorities();

@@ -83,6 +83,11 @@ impl Connection {
             header: target_header,
             local: self.local.port(),
             proxied: target_header.is_some() || client_tuple.is_some(),
+            sk_lookup: self
+                .shared
+                .steered_ports
+                .as_ref()
+                .is_some_and(|ports| ports.contains(self.local.port())),
         }
     }
 
