@@ -19,8 +19,8 @@
 //! - `ioctl`: `FIONBIO`, `FIOCLEX`/`FIONCLEX`, `FIONREAD`, `TCGETS` (is it a terminal),
 //!   `SIOCOUTQ` under socketless hold only, and the interface list libmodsecurity reads at
 //!   start (`SIOCGIFCONF`, `SIOCGIFFLAGS`, `SIOCGIFHWADDR`) when the CRS runs on it;
-//! - `bpf`: map element commands only, and only when the eBPF hook is in use (no program or map
-//!   is created after start);
+//! - `bpf`: map element commands only, and only when the eBPF hook or sk_lookup steering is in
+//!   use (no program or map is created after start);
 //! - `clone`: threads only (`CLONE_THREAD`, no namespace flags); `clone3`, whose flags live in
 //!   memory a filter cannot read, answers `ENOSYS`, and the C library falls back to `clone`;
 //! - `kill`/`tgkill`: this process only; `prlimit64`: reading only; `prctl`: thread names only;
@@ -60,7 +60,8 @@ pub enum SeccompMode {
 /// What the running server needs beyond the common set, decided by its configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Needs {
-    /// The eBPF hook is attached: map lookups, updates and deletes by `bpf()`.
+    /// The eBPF hook or the sk_lookup program is attached: map lookups, updates and deletes by
+    /// `bpf()`.
     pub ebpf_maps: bool,
     /// Socketless hold: `TCP_REPAIR`, `TCP_REPAIR_QUEUE` and `SIOCOUTQ` on every hand-over.
     pub tcp_repair: bool,

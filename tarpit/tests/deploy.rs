@@ -45,6 +45,15 @@ fn the_systemd_unit_passes_systemd_analyze_verify_and_is_hardened() {
         unit.replace("/usr/local/bin/tarpit", env!("CARGO_BIN_EXE_tarpit")),
     )
     .unwrap();
+    // With the every-port drop-in beside it, as installed (tarpit.service.d/).
+    let drop_in = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/systemd/every-port.conf"
+    ))
+    .unwrap();
+    assert!(drop_in.contains("\nRestrictAddressFamilies=AF_NETLINK\n"));
+    std::fs::create_dir(dir.path().join("tarpit.service.d")).unwrap();
+    std::fs::write(dir.path().join("tarpit.service.d/every-port.conf"), &drop_in).unwrap();
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(&copy)
@@ -57,7 +66,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify_and_is_hardened() {
     );
     assert!(out.status.success(), "{report}");
     assert!(
-        !report.contains("tarpit.service:"),
+        !report.contains("tarpit.service:") && !report.contains("every-port.conf:"),
         "systemd-analyze complained about the unit: {report}"
     );
     // The unit's filter lets through what the tarpit calls before its own, narrower one is

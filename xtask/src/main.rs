@@ -113,6 +113,11 @@ enum Task {
         /// with the server pinned to CPU 0 and the clients to CPU 1. Needs root and 2 CPUs.
         #[arg(long)]
         isolate_rx: bool,
+        /// hold|churn: measure ours on its one port and, in the same run, with `[server] ports =
+        /// "1-65535"` (BPF sk_lookup steering every port to it), in a private network
+        /// namespace so that no port of the host is steered. Needs root.
+        #[arg(long)]
+        sk_lookup: bool,
     },
     /// Load generator used by `bench` (runs in a child process).
     #[command(hide = true)]
@@ -149,6 +154,8 @@ enum BenchKind {
     Canary,
     Scanners,
     Ship,
+    /// A bounded SYN flood against every port: REDIRECT vs sk_lookup (`bench/synflood.rs`).
+    Synflood,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -173,6 +180,11 @@ fn main() -> anyhow::Result<()> {
             duration,
             ..
         } => classify_eval::run_eval(&root, &["--bench".into(), duration.to_string()], true),
+        Task::Bench {
+            kind: BenchKind::Synflood,
+            duration,
+            ..
+        } => bench::synflood::synflood(&root, duration),
         Task::Bench {
             kind: BenchKind::Canary,
             duration,
@@ -241,6 +253,7 @@ fn main() -> anyhow::Result<()> {
             hold,
             socket_conns,
             ramp_rate,
+            sk_lookup,
             ..
         } => bench::hold_or_churn(
             &root,
@@ -256,6 +269,7 @@ fn main() -> anyhow::Result<()> {
                 socketless: hold == HoldArg::Socketless,
                 socket_conns,
                 ramp_rate,
+                sk_lookup,
             },
         ),
     }

@@ -27,6 +27,7 @@ pub fn client(
         match role {
             "hold" => hold_client(addr, (count, index), duration, ramp_rate).await,
             "churn" => churn_client(addr, count, index, duration).await,
+            "probe" => probe_client(addr, duration).await,
             other => bail!("unknown role {other}"),
         }
     })?;
@@ -254,6 +255,61 @@ async fn churn_client(
                 let _ = stream.set_zero_linger();
                 drop(stream);
             }
+            r
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.push(task.await?);
+    }
+    Ok(merge(all))
+}
+
+/// `bench synflood`'s legitimate client: for `duration` seconds, one new connection every
+/// 10 ms to a pseudo-random port of `addr`'s host (ports 1024-65535 but `addr`'s own), each
+/// given 3 s to connect and answer `HTTP/1.1`; `cycles` counts the answered ones, the failure
+/// counters the lost ones (a connect that never completes is `connect_failed`).
+async fn probe_client(addr: SocketAddr, duration: u64) -> anyhow::Result<ClientReport> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PATIENCE: Duration = Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let end = Instant::now() + Duration::from_secs(duration);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while Instant::now() < end {
+        tick.tick().await;
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let port = 1024 + (state % 64_512) as u16;
+        if port == addr.port() {
+            continue;
+        }
+        let to = SocketAddr::new(addr.ip(), port);
+        tasks.push(tokio::spawn(async move {
+            let mut r = ClientReport {
+                opened: 1,
+                ..ClientReport::default()
+            };
+            let t0 = Instant::now();
+            let Ok(Ok(mut stream)) =
+                tokio::time::timeout(PATIENCE, tokio::net::TcpStream::connect(to)).await
+            else {
+                r.connect_failed = 1;
+                return r;
+            };
+            r.connect_us.push(t0.elapsed().as_micros() as u32);
+            let mut first = [0u8; 8];
+            let answered = tokio::time::timeout(PATIENCE, async {
+                stream.write_all(REQUEST).await?;
+                stream.read_exact(&mut first).await
+            })
+            .await;
+            match answered {
+                Ok(Ok(_)) if &first == b"HTTP/1.1" => r.cycles = 1,
+                _ => r.read_error = 1,
+            }
+            let _ = stream.set_zero_linger();
             r
         }));
     }

@@ -11,6 +11,7 @@ mod isolate;
 mod report;
 pub mod scanners;
 pub mod ship;
+pub mod synflood;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -454,6 +455,8 @@ pub struct LoadArgs {
     pub socketless: bool,
     pub socket_conns: u64,
     pub ramp_rate: Option<u64>,
+    /// `--sk-lookup`: ours on its port and with sk_lookup steering every port, same run.
+    pub sk_lookup: bool,
 }
 
 /// `cargo xtask bench hold|churn`: each server in turn (ours, or `--server-cmd`; then
@@ -471,12 +474,16 @@ pub fn hold_or_churn(root: &Path, kind: crate::BenchKind, args: LoadArgs) -> any
         socketless,
         socket_conns,
         ramp_rate,
+        sk_lookup,
     } = args;
     if cfg!(debug_assertions) {
         return crate::rerun_release(root);
     }
     if isolate_rx && std::env::var_os(ISOLATED_ENV).is_none() {
         return rerun_isolated();
+    }
+    if sk_lookup && !isolate_rx && std::env::var_os(isolate::PRIVATE_ENV).is_none() {
+        return isolate::rerun_private();
     }
     let ours = match server_cmd {
         Some(cmd) => cmd,
@@ -498,8 +505,16 @@ pub fn hold_or_churn(root: &Path, kind: crate::BenchKind, args: LoadArgs) -> any
                 format!("{ours} --hold socketless --ebpf-mode on"),
                 conns,
             ),
-            ("socket", ours, socket_conns),
+            ("socket", ours.clone(), socket_conns),
         ];
+    }
+    // Kept until the end of the run: the sk_lookup column's configuration.
+    let steer_config = tempfile::tempdir()?;
+    if sk_lookup {
+        let path = steer_config.path().join("every-port.toml");
+        std::fs::write(&path, "[server]\nports = \"1-65535\"\n")?;
+        let steered = format!("{ours} --config {}", path.display());
+        servers = vec![("port", ours.clone(), conns), ("sk_lookup", steered, conns)];
     }
     if let Some(cmd) = compare_cmd {
         servers.push(("compared", cmd, conns));
@@ -521,7 +536,11 @@ pub fn hold_or_churn(root: &Path, kind: crate::BenchKind, args: LoadArgs) -> any
         let figures = match kind {
             BenchKind::Hold => hold(&cmd, name, conns, (duration, processes, ramp_rate))?,
             BenchKind::Churn => churn(&cmd, name, workers, duration, processes)?,
-            BenchKind::Classify | BenchKind::Canary | BenchKind::Scanners | BenchKind::Ship => {
+            BenchKind::Classify
+            | BenchKind::Canary
+            | BenchKind::Scanners
+            | BenchKind::Ship
+            | BenchKind::Synflood => {
                 unreachable!("handled above")
             }
         };
@@ -534,7 +553,11 @@ pub fn hold_or_churn(root: &Path, kind: crate::BenchKind, args: LoadArgs) -> any
         ),
         BenchKind::Hold => format!("hold: {conns} connections, {duration} s measured"),
         BenchKind::Churn => format!("churn: {workers} loops, {duration} s measured"),
-        BenchKind::Classify | BenchKind::Canary | BenchKind::Scanners | BenchKind::Ship => {
+        BenchKind::Classify
+        | BenchKind::Canary
+        | BenchKind::Scanners
+        | BenchKind::Ship
+        | BenchKind::Synflood => {
             unreachable!("handled above")
         }
     };
