@@ -53,7 +53,11 @@ fn the_systemd_unit_passes_systemd_analyze_verify_and_is_hardened() {
     .unwrap();
     assert!(drop_in.contains("\nRestrictAddressFamilies=AF_NETLINK\n"));
     std::fs::create_dir(dir.path().join("tarpit.service.d")).unwrap();
-    std::fs::write(dir.path().join("tarpit.service.d/every-port.conf"), &drop_in).unwrap();
+    std::fs::write(
+        dir.path().join("tarpit.service.d/every-port.conf"),
+        &drop_in,
+    )
+    .unwrap();
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(&copy)
