@@ -129,6 +129,62 @@ fn bench_holds_socketless_and_on_sockets_in_one_run() {
     assert!((1450.0..1550.0).contains(&gap), "{table}");
 }
 
+/// Every cell after the label of the row `label` of a `| label | a | b |` table.
+fn row_cells(table: &str, label: &str) -> Vec<String> {
+    let line = table
+        .lines()
+        .find(|line| line.split('|').nth(1).map(str::trim) == Some(label))
+        .unwrap_or_else(|| panic!("no row {label:?} in\n{table}"));
+    line.split('|')
+        .skip(2)
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+/// `bench churn --sk-lookup` measures one port and every port (sk_lookup) in one private
+/// namespace, and `bench synflood` floods REDIRECT and sk_lookup in turn: both run to their
+/// table, nothing lost in the churn, and the flood fills conntrack only under REDIRECT.
+#[test]
+fn bench_compares_sk_lookup_with_one_port_and_with_redirect() {
+    if !is_root() {
+        assert!(
+            std::env::var_os("TARPIT_E2E").is_none(),
+            "TARPIT_E2E is set but the test is not root"
+        );
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    if !have(&["hping3", "iptables"]) {
+        return;
+    }
+    let churn = bench(&["churn", "--sk-lookup", "--workers", "8", "--duration", "3"]);
+    assert_eq!(
+        row_cells(&churn, "server"),
+        ["port", "sk_lookup"],
+        "{churn}"
+    );
+    assert_eq!(
+        row_cells(&churn, "failures (connect, eof, read)"),
+        ["0, 0, 0", "0, 0, 0"],
+        "{churn}"
+    );
+    assert_eq!(row_cells(&churn, "dropped events"), ["0", "0"], "{churn}");
+
+    let flood = bench(&["synflood", "--duration", "4"]);
+    let tried: Vec<u64> = row_cells(&flood, "legitimate connections tried")
+        .iter()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(tried.len() == 2 && tried.iter().all(|t| *t > 0), "{flood}");
+    let entries: Vec<u64> = row_cells(&flood, "conntrack entries at the end")
+        .iter()
+        .map(|v| v.split(" / ").next().unwrap().parse().unwrap())
+        .collect();
+    assert!(entries[0] > 0, "REDIRECT tracks the flood: {flood}");
+    assert_eq!(entries[1], 0, "sk_lookup tracks nothing: {flood}");
+}
+
 /// Whether this runs as root (`id -u`).
 fn is_root() -> bool {
     Command::new("id")
