@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod ebpf;
+pub mod error_chain;
 pub mod event;
 pub mod file_modes;
 pub mod fingerprint;

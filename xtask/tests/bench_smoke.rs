@@ -99,17 +99,7 @@ fn bench_holds_socketless_and_on_sockets_in_one_run() {
         "--duration",
         "4",
     ]);
-    let row = |label: &str| -> Vec<String> {
-        let line = table
-            .lines()
-            .find(|line| line.split('|').nth(1).map(str::trim) == Some(label))
-            .unwrap_or_else(|| panic!("no row {label:?} in\n{table}"));
-        line.split('|')
-            .skip(2)
-            .map(|c| c.trim().to_owned())
-            .filter(|c| !c.is_empty())
-            .collect()
-    };
+    let row = |label: &str| row_cells(&table, label);
     assert_eq!(row("server"), ["socketless", "socket"], "{table}");
     assert_eq!(
         row("held / requested"),

@@ -5,6 +5,7 @@
 //! refused insert gets is ClickHouse's own first line ("Code: 516 ... Authentication failed",
 //! "Code: 60 ... Table tarpit.requests doesn't exist"), which says what to fix.
 
+use crate::error_chain::error_chain;
 use std::time::Duration;
 
 use crate::config::ClickHouseConfig;
@@ -231,19 +232,6 @@ fn first_line(text: &str) -> String {
     let mut line = line.trim().to_owned();
     line.truncate(line.floor_char_boundary(500));
     line
-}
-
-/// The error and its causes ("error sending request: connection refused"), since reqwest's
-/// own message stops at the first.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@
 pub mod listeners;
 pub mod ports;
 
+use crate::error_chain::error_chain;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -314,18 +315,6 @@ fn trie_key(prefix: &IpNet) -> (u32, [u8; 16]) {
         ),
         IpNet::V6(v6) => (u32::from(v6.prefix_len()), v6.network().octets()),
     }
-}
-
-/// An error with its sources, so the kernel's errno reaches the message.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 #[cfg(test)]
