@@ -37,10 +37,22 @@ fn start(lab: &Lab, dir: &Path, server: &str, args: &[&str]) -> Tarpit {
     let path = path.to_str().unwrap().to_owned();
     let args = [&["--config", path.as_str(), "--ebpf-mode", "on"][..], args].concat();
     let tarpit = Tarpit::start_in_netns(&lab.sensor, &args);
+    let stderr = tarpit.stderr();
+    assert!(stderr.contains("sk_lookup on"), "{stderr}");
+    // Attaching needed privileges; once attached they are gone (socketless hold alone keeps
+    // CAP_NET_ADMIN), and the allow-list permits the port map's updates.
+    let socketless = args.contains(&"socketless");
     assert!(
-        tarpit.stderr().contains("sk_lookup on"),
-        "{}",
-        tarpit.stderr()
+        stderr.contains(if socketless {
+            "kept=[CAP_NET_ADMIN]"
+        } else {
+            "all capabilities dropped"
+        }),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("system-call allow-list on") && stderr.contains("ebpf_maps: true"),
+        "{stderr}"
     );
     tarpit
 }
