@@ -440,12 +440,7 @@ fn describe_ports(server: &tarpit::config::ServerConfig) -> String {
     let Some(ports) = &server.ports else {
         return format!("ports: {} only", server.port);
     };
-    let addresses = if server.prefixes.is_empty() {
-        "every local address".to_owned()
-    } else {
-        let list: Vec<String> = server.prefixes.iter().map(|p| p.to_string()).collect();
-        list.join(", ")
-    };
+    let addresses = tarpit::steer::describe_prefixes(&server.prefixes);
     let excluded = server
         .exclude_ports
         .as_ref()

@@ -80,12 +80,7 @@ fn bench_holds_and_churns_the_release_tarpit_without_loss() {
 /// has one per connection, and its map memory reported. Needs root (the eBPF hook).
 #[test]
 fn bench_holds_socketless_and_on_sockets_in_one_run() {
-    if !is_root() {
-        assert!(
-            std::env::var_os("TARPIT_E2E").is_none(),
-            "TARPIT_E2E is set but the test is not root"
-        );
-        eprintln!("SKIPPED: needs root");
+    if !root_or_skip() {
         return;
     }
     let table = bench(&[
@@ -137,12 +132,7 @@ fn row_cells(table: &str, label: &str) -> Vec<String> {
 /// table, nothing lost in the churn, and the flood fills conntrack only under REDIRECT.
 #[test]
 fn bench_compares_sk_lookup_with_one_port_and_with_redirect() {
-    if !is_root() {
-        assert!(
-            std::env::var_os("TARPIT_E2E").is_none(),
-            "TARPIT_E2E is set but the test is not root"
-        );
-        eprintln!("SKIPPED: needs root");
+    if !root_or_skip() {
         return;
     }
     if !have(&["hping3", "iptables"]) {
@@ -173,6 +163,19 @@ fn bench_compares_sk_lookup_with_one_port_and_with_redirect() {
         .collect();
     assert!(entries[0] > 0, "REDIRECT tracks the flood: {flood}");
     assert_eq!(entries[1], 0, "sk_lookup tracks nothing: {flood}");
+}
+
+/// Whether this runs as root; if not, the test says it skips (a failure under `TARPIT_E2E`).
+fn root_or_skip() -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("TARPIT_E2E").is_none(),
+        "TARPIT_E2E is set but the test is not root"
+    );
+    eprintln!("SKIPPED: needs root");
+    false
 }
 
 /// Whether this runs as root (`id -u`).

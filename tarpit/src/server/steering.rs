@@ -39,12 +39,7 @@ pub fn start(
 ) -> anyhow::Result<Option<(Steering, ListenerWatch)>> {
     match Steering::start(settings, listeners) {
         Ok((steering, watch)) => {
-            let prefixes = if settings.prefixes.is_empty() {
-                "every local address".to_owned()
-            } else {
-                let list: Vec<String> = settings.prefixes.iter().map(|p| p.to_string()).collect();
-                list.join(", ")
-            };
+            let prefixes = crate::steer::describe_prefixes(&settings.prefixes);
             tracing::info!(
                 ports = %settings.ports,
                 excluded = %settings.exclude,

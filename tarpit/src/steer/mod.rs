@@ -306,6 +306,15 @@ fn report(released: &[u16], taken: &[u16]) {
     }
 }
 
+/// The addresses answered for, as the start-up line and `check-config` say them.
+pub fn describe_prefixes(prefixes: &[IpNet]) -> String {
+    if prefixes.is_empty() {
+        return "every local address".to_owned();
+    }
+    let list: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
+    list.join(", ")
+}
+
 /// The trie key of a prefix: IPv4 as IPv4-mapped IPv6 (a /24 is a /120).
 fn trie_key(prefix: &IpNet) -> (u32, [u8; 16]) {
     match prefix {

@@ -71,11 +71,6 @@ impl PortSet {
         self.words[usize::from(port) / 64] |= 1 << (port % 64);
     }
 
-    /// Removes `port`.
-    pub fn remove(&mut self, port: u16) {
-        self.words[usize::from(port) / 64] &= !(1 << (port % 64));
-    }
-
     /// Whether `port` is in the set.
     pub fn contains(&self, port: u16) -> bool {
         self.words[usize::from(port) / 64] & (1 << (port % 64)) != 0
