@@ -8,6 +8,13 @@
 
 /// Name of the LRU hash map the program fills and the server reads.
 pub const MAP_NAME: &str = "ORIG_DST";
+/// Name of the one-element array (`u64`, `BPF_F_MMAPABLE`) counting the entries the program
+/// has inserted into [`MAP_NAME`]. The server maps it into memory and counts the entries it
+/// took out: while the two are equal the map is empty, and accepting a connection needs no
+/// map lookup (a host with no NAT rule never makes one).
+pub const INSERTS_MAP_NAME: &str = "ORIG_DST_INSERTS";
+/// `BPF_F_MMAPABLE` (`include/uapi/linux/bpf.h`): an array the server can map into memory.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// Name of the global holding [`ConntrackOffsets`], set by the loader.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 /// Name of the program function.

@@ -18,6 +18,13 @@
 //! file is an empty program so that the workspace builds everywhere.
 
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// The insert counter's atomic add: `AtomicU64::fetch_add` is not offered on this target (it
+// has no compare-and-swap), but the add itself is one BPF instruction (`lock xadd`).
+#![cfg_attr(
+    target_arch = "bpf",
+    feature(core_intrinsics),
+    allow(internal_features)
+)]
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
@@ -30,7 +37,8 @@ mod program {
     use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, SockMap};
     use aya_ebpf::programs::SkLookupContext;
     use tarpit_ebpf::{
-        ConnKey, ConntrackOffsets, HeldKey, HeldStatus, OrigDst, SkbOffsets, fold, v4_mapped,
+        BPF_F_MMAPABLE, ConnKey, ConntrackOffsets, HeldKey, HeldStatus, OrigDst, SkbOffsets, fold,
+        v4_mapped,
     };
 
     const NF_DROP: i32 = 0;
@@ -48,6 +56,10 @@ mod program {
 
     #[map(name = "ORIG_DST")]
     static ORIG_DST: LruHashMap<ConnKey, OrigDst> = LruHashMap::with_max_entries(65_536, 0);
+
+    /// Entries ever inserted into `ORIG_DST`; see `tarpit_ebpf::INSERTS_MAP_NAME`.
+    #[map(name = "ORIG_DST_INSERTS")]
+    static ORIG_DST_INSERTS: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
     /// Flows held without a socket; entries are allocated as added (the map is sized by the
     /// loader to `[tarpit] socketless_max`).
@@ -268,7 +280,14 @@ mod program {
             _pad: [0; 6],
             ktime_ns: unsafe { bpf_ktime_get_ns() },
         };
-        ORIG_DST.insert(&key, &value, 0).map_err(|e| e as i32)
+        ORIG_DST.insert(&key, &value, 0).map_err(|e| e as i32)?;
+        // Counted after the entry is in: a server that sees the count sees the entry.
+        if let Some(count) = ORIG_DST_INSERTS.get_ptr_mut(0) {
+            use core::intrinsics::{AtomicOrdering, atomic_xadd};
+            // SAFETY: the array's value lives as long as the map; an atomic add (BPF_XADD).
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(count, 1) };
+        }
+        Ok(())
     }
 
     /// One bit per port to steer; see `tarpit_ebpf::STEER_PORTS_MAP_NAME`.

@@ -291,3 +291,83 @@ fn an_evicted_ebpf_entry_never_overrides_original_dst_and_is_counted() {
     assert_eq!(counted, Some(misses));
     lab.in_sensor(&format!("{deploy}/iptables-redirect.sh remove 8080 80"));
 }
+
+/// Without NAT, accepting asks neither the hook's map (while the hook has inserted nothing,
+/// `ebpf/inserts.rs`) nor getsockname (a listener bound to one address): two system calls less
+/// per connection. Behind REDIRECT each connection still gets its lookup and its dialled port,
+/// and once every entry is taken out, direct connections go back to none. Counted by perf on
+/// the syscall tracepoints.
+#[test]
+fn without_nat_an_accept_asks_neither_the_map_nor_getsockname() {
+    if !prerequisites_met(&["ip", "iptables", "ip6tables", "perf"]) {
+        return;
+    }
+    const N: usize = 20;
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let lab = Lab::new();
+    lab.in_sensor(&format!("{deploy}/iptables-redirect.sh add 8080 80"));
+    let tarpit = Tarpit::start_in_netns(
+        &lab.sensor,
+        &[
+            "--host",
+            SENSOR_V4,
+            "--port",
+            "8080",
+            "--ebpf-mode",
+            "on",
+            "--response-delay",
+            "0.05",
+            "--max-response-bytes",
+            "2",
+        ],
+    );
+    let dial = |port: u16, label: &'static str| {
+        let to: SocketAddr = format!("{SENSOR_V4}:{port}").parse().unwrap();
+        lab.as_client(move || {
+            for i in 0..N {
+                drop(request(to, None, &format!("/{label}/{i}")));
+            }
+        })
+    };
+    let calls = ["bpf", "getsockname"];
+    let (direct, ()) =
+        common::syscalls::count_during(tarpit.pid(), &calls, || dial(8080, "direct"));
+    assert_eq!(
+        direct,
+        [0, 0],
+        "bpf and getsockname calls for {N} direct connections"
+    );
+    let (redirected, ()) =
+        common::syscalls::count_during(tarpit.pid(), &calls, || dial(80, "redirected"));
+    assert_eq!(redirected, [N as u64, 0], "for {N} redirected connections");
+    let (again, ()) = common::syscalls::count_during(tarpit.pid(), &calls, || dial(8080, "again"));
+    assert_eq!(
+        again,
+        [0, 0],
+        "for {N} direct connections after the redirected ones"
+    );
+
+    tarpit.wait_count("SELECT COUNT(*) FROM events", 3 * N as i64);
+    let rows: Vec<(String, i64, String, String)> = tarpit
+        .db()
+        .prepare(
+            "SELECT http_path, target_port, target_port_source, local_ip || ':' || local_port
+             FROM events",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (path, port, source, local) in &rows {
+        // The hook's answer either way: translated (80) or not (the socket's own port).
+        let expected = if path.starts_with("/redirected/") {
+            80
+        } else {
+            8080
+        };
+        assert_eq!((*port, source.as_str()), (expected, "ebpf"), "{path}");
+        assert_eq!(local, &format!("{SENSOR_V4}:8080"), "{path}");
+    }
+    lab.in_sensor(&format!("{deploy}/iptables-redirect.sh remove 8080 80"));
+}

@@ -469,6 +469,9 @@ const APT_PACKAGES: &[&str] = &[
     "stress-ng",
     // Forged segments for held flows (`tests/socketless.rs`: a blind reset).
     "hping3",
+    // System calls counted on the accept path (`tests/e2e_ports.rs`), and the profiles of
+    // docs/benchmarks.md.
+    "linux-perf",
     // The fleet's central store (`tests/clickhouse.rs`, `cargo xtask bench ship`); the client
     // applies deploy/clickhouse/requests.sql by hand.
     "clickhouse-server",

@@ -9,6 +9,7 @@
 
 pub mod btf;
 pub mod held;
+mod inserts;
 pub mod netfilter;
 
 use std::collections::{HashMap, HashSet};
@@ -18,8 +19,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tarpit_ebpf::{
-    ConnKey, HELD_MAP_NAME, HELD_PORT_GLOBAL, MAP_NAME, OFFSETS_GLOBAL, OrigDst, PROGRAM_NAME,
-    SKB_OFFSETS_GLOBAL, SkbOffsets, v4_mapped,
+    ConnKey, HELD_MAP_NAME, HELD_PORT_GLOBAL, INSERTS_MAP_NAME, MAP_NAME, OFFSETS_GLOBAL, OrigDst,
+    PROGRAM_NAME, SKB_OFFSETS_GLOBAL, SkbOffsets, v4_mapped,
 };
 
 /// The eBPF object, embedded at build time when `cargo xtask build-ebpf` had built it.
@@ -86,6 +87,10 @@ pub struct Attribution {
 #[derive(Debug)]
 pub struct EbpfMap {
     fd: OwnedFd,
+    /// The hook's count of entries inserted, when the counter could be mapped into memory.
+    inserts: Option<inserts::InsertCount>,
+    /// Entries this process took out of the map (see [`inserts`]).
+    taken: std::sync::atomic::AtomicU64,
 }
 
 impl Attribution {
@@ -136,6 +141,19 @@ impl Attribution {
             .ok_or_else(|| Unavailable::Maps(format!("map {MAP_NAME} missing from the object")))?;
         // Keep our own fd so the map outlives aya's handle independently.
         let fd = dup(map.1).map_err(|e| Unavailable::Maps(e.to_string()))?;
+        // Without it every accept asks the map, as it did before the counter existed.
+        let inserts = ebpf
+            .map(INSERTS_MAP_NAME)
+            .and_then(map_fd)
+            .map(|fd| {
+                // SAFETY: aya's map stays open while `ebpf` lives; mmap takes its own reference.
+                inserts::InsertCount::map(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+            })
+            .and_then(|mapped| {
+                mapped
+                    .inspect_err(|e| tracing::warn!("eBPF: the insert count is not mapped ({e})"))
+                    .ok()
+            });
         let held = match held_capacity {
             None => None,
             Some(capacity) => {
@@ -147,7 +165,11 @@ impl Attribution {
             }
         };
         Ok(Self {
-            map: std::sync::Arc::new(EbpfMap { fd }),
+            map: std::sync::Arc::new(EbpfMap {
+                fd,
+                inserts,
+                taken: std::sync::atomic::AtomicU64::new(0),
+            }),
             held,
             links,
             _program: program,
@@ -277,9 +299,17 @@ fn map_elem(
 
 impl EbpfMap {
     /// Looks up, and removes, the original destination of the connection with this local and
-    /// peer address (as `accept` or a trusted proxy reports them). One syscall, no lock.
+    /// peer address (as `accept` or a trusted proxy reports them). One syscall, no lock; none
+    /// while the map is known to be empty ([`inserts`]).
     pub fn take(&self, local: SocketAddr, peer: SocketAddr) -> Option<SocketAddr> {
+        use std::sync::atomic::Ordering;
+        if let Some(inserts) = &self.inserts
+            && inserts.load() == self.taken.load(Ordering::Acquire)
+        {
+            return None;
+        }
         let value = self.lookup_and_delete(&conn_key(local, peer)).ok()?;
+        self.taken.fetch_add(1, Ordering::AcqRel);
         Some(SocketAddr::new(unmapped(value.addr), value.port))
     }
 

@@ -45,6 +45,8 @@ async fn accept_loop(index: usize, listener: std::net::TcpListener, shared: Arc<
     let listen_addr = listener
         .local_addr()
         .expect("a bound listener has an address");
+    // Known once for the worker when the listener is bound to one address (no getsockname).
+    let fixed_local = listener::fixed_local_addr(listen_addr, shared.steered_ports.is_some());
     let listener = TcpListener::from_std(listener);
     let live = Rc::new(Cell::new(0usize));
     let holder = super::socketless::Holder::new(&shared);
@@ -74,7 +76,12 @@ async fn accept_loop(index: usize, listener: std::net::TcpListener, shared: Arc<
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => admit(index, stream, peer, listen_addr, &shared, &dripper),
+            Ok((stream, peer)) => {
+                let local = fixed_local
+                    .or_else(|| listener::local_addr(&stream).ok())
+                    .unwrap_or(listen_addr);
+                admit(index, stream, peer, local, &shared, &dripper);
+            }
             Err(error) => {
                 let out_of_resources = matches!(
                     error.raw_os_error(),
@@ -124,11 +131,10 @@ fn admit(
     worker: usize,
     stream: TcpStream,
     peer: SocketAddr,
-    listen_addr: SocketAddr,
+    local: SocketAddr,
     shared: &Arc<Shared>,
     dripper: &Rc<ConnectionDripper>,
 ) {
-    let local = listener::local_addr(&stream).unwrap_or(listen_addr);
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let opened_at = SystemTime::now();
     shared

@@ -9,6 +9,7 @@ pub mod dns;
 pub mod fake_api;
 pub mod fronts;
 pub mod netns;
+pub mod syscalls;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
