@@ -208,9 +208,12 @@ fn check_request_line(buf: &[u8]) -> HeadStatus {
 }
 
 fn parse_complete(buf: &[u8], limits: HeadLimits) -> HeadStatus {
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut request = httparse::Request::new(&mut headers);
-    let head_len = match request.parse(buf) {
+    // Uninitialised slots: httparse fills only what it parses, so the up to `max_headers`
+    // (100 by default) slots of a few-header scanner request are not zeroed for every head.
+    let mut headers = Vec::with_capacity(limits.max_headers);
+    headers.resize_with(limits.max_headers, std::mem::MaybeUninit::uninit);
+    let mut request = httparse::Request::new(&mut []);
+    let head_len = match request.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return HeadStatus::Partial,
         Err(httparse::Error::TooManyHeaders) => {
