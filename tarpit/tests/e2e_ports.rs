@@ -17,6 +17,25 @@ struct Dial {
     port: u16,
 }
 
+/// The tarpit's arguments in these labs: the hook required, on `host`:`port`, a fast drip of
+/// `bytes` bytes, then `extra`.
+fn lab_args<'a>(host: &'a str, port: &'a str, bytes: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--host",
+        host,
+        "--port",
+        port,
+        "--ebpf-mode",
+        "on",
+        "--response-delay",
+        "0.05",
+        "--max-response-bytes",
+        bytes,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn run_lab(install_rules: &str, remove_rules: &str) {
     if !prerequisites_met(&["ip", "iptables", "ip6tables", "nft"]) {
         return;
@@ -24,21 +43,7 @@ fn run_lab(install_rules: &str, remove_rules: &str) {
     let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
     let lab = Lab::new();
     lab.in_sensor(&format!("{deploy}/{install_rules}"));
-    let tarpit = Tarpit::start_in_netns(
-        &lab.sensor,
-        &[
-            "--host",
-            "::",
-            "--port",
-            "8080",
-            "--ebpf-mode",
-            "on",
-            "--response-delay",
-            "0.05",
-            "--max-response-bytes",
-            "4",
-        ],
-    );
+    let tarpit = Tarpit::start_in_netns(&lab.sensor, &lab_args("::", "8080", "4", &[]));
     assert!(
         tarpit.stderr().contains("eBPF hook live"),
         "{}",
@@ -155,20 +160,7 @@ fn a_second_tarpit_in_the_namespace_does_not_break_the_first() {
     let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
     let lab = Lab::new();
     lab.in_sensor(&format!("{deploy}/iptables-redirect.sh add 8080 80"));
-    let args = |port: &'static str| {
-        [
-            "--host",
-            "0.0.0.0",
-            "--port",
-            port,
-            "--ebpf-mode",
-            "on",
-            "--response-delay",
-            "0.05",
-            "--max-response-bytes",
-            "2",
-        ]
-    };
+    let args = |port: &'static str| lab_args("0.0.0.0", port, "2", &[]);
     let first = Tarpit::start_in_netns(&lab.sensor, &args("8080"));
     let mut second = Tarpit::start_in_netns(&lab.sensor, &args("9090"));
     // One BPF program per hook and priority: the second takes the next free priority.
@@ -228,25 +220,13 @@ fn an_evicted_ebpf_entry_never_overrides_original_dst_and_is_counted() {
     let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
     let lab = Lab::new();
     lab.in_sensor(&format!("{deploy}/iptables-redirect.sh add 8080 80"));
-    let tarpit = Tarpit::start_in_netns(
-        &lab.sensor,
-        &[
-            "--host",
-            "0.0.0.0",
-            "--port",
-            "8080",
-            "--ebpf-mode",
-            "on",
-            "--ebpf-map-entries",
-            "1",
-            "--metrics-listen",
-            "127.0.0.1:9464",
-            "--response-delay",
-            "0.05",
-            "--max-response-bytes",
-            "2",
-        ],
-    );
+    let extra = [
+        "--ebpf-map-entries",
+        "1",
+        "--metrics-listen",
+        "127.0.0.1:9464",
+    ];
+    let tarpit = Tarpit::start_in_netns(&lab.sensor, &lab_args("0.0.0.0", "8080", "2", &extra));
     let pid = nix::unistd::Pid::from_raw(tarpit.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     const N: usize = 30;
@@ -306,21 +286,7 @@ fn without_nat_an_accept_asks_neither_the_map_nor_getsockname() {
     let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
     let lab = Lab::new();
     lab.in_sensor(&format!("{deploy}/iptables-redirect.sh add 8080 80"));
-    let tarpit = Tarpit::start_in_netns(
-        &lab.sensor,
-        &[
-            "--host",
-            SENSOR_V4,
-            "--port",
-            "8080",
-            "--ebpf-mode",
-            "on",
-            "--response-delay",
-            "0.05",
-            "--max-response-bytes",
-            "2",
-        ],
-    );
+    let tarpit = Tarpit::start_in_netns(&lab.sensor, &lab_args(SENSOR_V4, "8080", "2", &[]));
     let dial = |port: u16, label: &'static str| {
         let to: SocketAddr = format!("{SENSOR_V4}:{port}").parse().unwrap();
         lab.as_client(move || {
