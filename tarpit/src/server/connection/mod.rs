@@ -49,7 +49,8 @@ pub(super) type ConnectionDripper = Dripper<Connection>;
 
 impl Connection {
     /// The state of a newly accepted connection: socket-level port attribution (one map
-    /// syscall, one getsockopt) and socket options, once per connection.
+    /// syscall, none while the hook's map is empty; one getsockopt) and socket options, once
+    /// per connection.
     pub(super) fn accept(
         stream: TcpStream,
         peer: SocketAddr,
@@ -59,7 +60,8 @@ impl Connection {
         permit: ConnectionPermit,
     ) -> Box<Self> {
         let accepted = Instant::now();
-        // Socket-level port attribution, once per connection: one map syscall, one getsockopt.
+        // Socket-level port attribution, once per connection: at most one map syscall, one
+        // getsockopt.
         let socket_ebpf = match &shared.ebpf {
             Some(map) => match map.take(local, peer) {
                 Some(original) => EbpfLookup::Translated(original.port()),
