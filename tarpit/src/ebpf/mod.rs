@@ -142,18 +142,12 @@ impl Attribution {
         // Keep our own fd so the map outlives aya's handle independently.
         let fd = dup(map.1).map_err(|e| Unavailable::Maps(e.to_string()))?;
         // Without it every accept asks the map, as it did before the counter existed.
-        let inserts = ebpf
-            .map(INSERTS_MAP_NAME)
-            .and_then(map_fd)
-            .map(|fd| {
-                // SAFETY: aya's map stays open while `ebpf` lives; mmap takes its own reference.
-                inserts::InsertCount::map(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
-            })
-            .and_then(|mapped| {
-                mapped
-                    .inspect_err(|e| tracing::warn!("eBPF: the insert count is not mapped ({e})"))
-                    .ok()
-            });
+        let inserts = ebpf.map(INSERTS_MAP_NAME).and_then(map_fd).and_then(|fd| {
+            // SAFETY: aya's map stays open while `ebpf` lives; mmap takes its own reference.
+            inserts::InsertCount::map(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+                .inspect_err(|e| tracing::warn!("eBPF: the insert count is not mapped ({e})"))
+                .ok()
+        });
         let held = match held_capacity {
             None => None,
             Some(capacity) => {

@@ -210,7 +210,7 @@ fn check_request_line(buf: &[u8]) -> HeadStatus {
 fn parse_complete(buf: &[u8], limits: HeadLimits) -> HeadStatus {
     // Uninitialised slots: httparse fills only what it parses, so the up to `max_headers`
     // (100 by default) slots of a few-header scanner request are not zeroed for every head.
-    let mut headers = Vec::with_capacity(limits.max_headers);
+    let mut headers = Vec::new();
     headers.resize_with(limits.max_headers, std::mem::MaybeUninit::uninit);
     let mut request = httparse::Request::new(&mut []);
     let head_len = match request.parse_with_uninit_headers(buf, &mut headers) {

@@ -180,17 +180,18 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// One plain listener on `addr` (peer timeout 7 s, not dual-stack).
+    fn one_listener(addr: &str) -> std::net::TcpListener {
+        let mut listeners =
+            bind_all(addr.parse().unwrap(), 1, Duration::from_secs(7), false).unwrap();
+        listeners.remove(0)
+    }
+
     #[test]
     fn accepted_sockets_inherit_the_peer_timeout_from_the_listener() {
-        let listeners = bind_all(
-            "127.0.0.1:0".parse().unwrap(),
-            1,
-            Duration::from_secs(7),
-            false,
-        )
-        .unwrap();
-        let _client = std::net::TcpStream::connect(listeners[0].local_addr().unwrap()).unwrap();
-        let (accepted, _) = listeners[0].accept().unwrap();
+        let listener = one_listener("127.0.0.1:0");
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
         assert_eq!(
             nix::sys::socket::getsockopt(&accepted, sockopt::TcpUserTimeout).unwrap(),
             7000
@@ -205,32 +206,20 @@ mod tests {
     #[test]
     fn a_listener_bound_to_one_address_accepts_only_sockets_with_that_local_address() {
         // Bound to one address: every accepted socket's getsockname is the listener's.
-        let one = bind_all(
-            "127.0.0.1:0".parse().unwrap(),
-            1,
-            Duration::from_secs(7),
-            false,
-        )
-        .unwrap();
-        let bound = one[0].local_addr().unwrap();
+        let one = one_listener("127.0.0.1:0");
+        let bound = one.local_addr().unwrap();
         let _client = std::net::TcpStream::connect(bound).unwrap();
-        let (accepted, _) = one[0].accept().unwrap();
+        let (accepted, _) = one.accept().unwrap();
         assert_eq!(
             fixed_local_addr(bound, false),
             Some(local_addr(&accepted).unwrap())
         );
         // Bound to every address: the address a client reached is known only from the socket.
-        let any = bind_all(
-            "0.0.0.0:0".parse().unwrap(),
-            1,
-            Duration::from_secs(7),
-            false,
-        )
-        .unwrap();
-        let port = any[0].local_addr().unwrap().port();
+        let any = one_listener("0.0.0.0:0");
+        let port = any.local_addr().unwrap().port();
         let _client = std::net::TcpStream::connect(("127.0.0.3", port)).unwrap();
-        let (accepted, _) = any[0].accept().unwrap();
-        assert_eq!(fixed_local_addr(any[0].local_addr().unwrap(), false), None);
+        let (accepted, _) = any.accept().unwrap();
+        assert_eq!(fixed_local_addr(any.local_addr().unwrap(), false), None);
         assert_eq!(
             local_addr(&accepted).unwrap(),
             SocketAddr::from(([127, 0, 0, 3], port))
@@ -242,15 +231,9 @@ mod tests {
 
     #[test]
     fn accepted_sockets_give_their_syn_once() {
-        let listeners = bind_all(
-            "127.0.0.1:0".parse().unwrap(),
-            1,
-            Duration::from_secs(7),
-            false,
-        )
-        .unwrap();
-        let _client = std::net::TcpStream::connect(listeners[0].local_addr().unwrap()).unwrap();
-        let (accepted, _) = listeners[0].accept().unwrap();
+        let listener = one_listener("127.0.0.1:0");
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
         let syn = saved_syn(&accepted).expect("the listener saved the SYN");
         assert_eq!((syn.ip_version, syn.ttl, syn.df), (4, 64, Some(true)));
         assert!(syn.mss.is_some(), "Linux always sends MSS");
@@ -293,13 +276,7 @@ mod tests {
 
     #[test]
     fn ipv6_loopback_binds() {
-        let listeners = bind_all(
-            "[::1]:0".parse().unwrap(),
-            1,
-            Duration::from_secs(60),
-            false,
-        )
-        .unwrap();
-        assert!(listeners[0].local_addr().unwrap().is_ipv6());
+        let listener = one_listener("[::1]:0");
+        assert!(listener.local_addr().unwrap().is_ipv6());
     }
 }
