@@ -23,6 +23,13 @@ pub const PROGRAM_NAME: &str = "tarpit_nat";
 /// adds a flow before it closes the flow's socket; the program drops the client's packets of
 /// every flow in it and records what they said.
 pub const HELD_MAP_NAME: &str = "HELD";
+/// Name of the array of [`HeldStatus`] (`BPF_F_MMAPABLE`, one per `socketless_max`) the
+/// program writes what a held flow's client said into: the [`HELD_MAP_NAME`] entry names the
+/// slot. The server reads it from memory, so a held flow's tick makes no system call.
+pub const HELD_STATUS_MAP_NAME: &str = "HELD_STATUS";
+/// Bytes between two [`HeldStatus`] in the memory-mapped [`HELD_STATUS_MAP_NAME`] (the kernel
+/// rounds an array's values up to 8 bytes; this one is exactly 32).
+pub const HELD_STATUS_STRIDE: usize = 32;
 /// Name of the global holding [`SkbOffsets`], set by the loader (all zero: no flow is held).
 pub const SKB_OFFSETS_GLOBAL: &str = "SKB_OFFSETS";
 /// Name of the global holding the tarpit's listening port (a `u32`; 0: any): only packets to it
@@ -122,6 +129,20 @@ pub struct HeldKey {
     pub local_port: u16,
 }
 
+/// Where a held flow's status is: its slot in [`HELD_STATUS_MAP_NAME`], and the generation
+/// the server gave the flow when it filled the slot. The program writes into the slot only
+/// while the slot still carries that generation, so a packet of a flow that just ended, seen
+/// by a program that looked the flow up a moment before its entry was removed, does not write
+/// into the next flow given the same slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldSlot {
+    /// Index in [`HELD_STATUS_MAP_NAME`].
+    pub index: u32,
+    /// The flow's generation, as in [`HeldStatus::generation`].
+    pub generation: u32,
+}
+
 /// An address folded to 32 bits: the XOR of its four 32-bit words. For an IPv4-mapped address
 /// three words are fixed, so IPv4 addresses never collide; two IPv6 addresses of the sensor
 /// itself could, and then the second flow simply stays on its socket (flows are added only if
@@ -176,6 +197,9 @@ pub struct HeldStatus {
     pub window: u16,
     /// Explicit padding (zero).
     pub _pad: u16,
+    /// The generation of the flow the slot holds now (see [`HeldSlot`]); set by the server,
+    /// never by the program.
+    pub generation: u32,
 }
 
 /// The window a held flow's FIN or RST must fall in, from [`HeldStatus::rcv_nxt`]: the
@@ -221,10 +245,13 @@ mod user {
     unsafe impl aya::Pod for super::HeldStatus {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::HeldKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HeldSlot {}
 }
 
 // The layouts the kernel map was sized for (notes/ebpf-port-attribution.md).
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 36);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 32);
-const _: () = assert!(core::mem::size_of::<HeldStatus>() == 28);
+const _: () = assert!(core::mem::size_of::<HeldStatus>() == HELD_STATUS_STRIDE);
+const _: () = assert!(core::mem::size_of::<HeldSlot>() == 8);
 const _: () = assert!(core::mem::size_of::<HeldKey>() == 24);

@@ -37,8 +37,8 @@ mod program {
     use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, SockMap};
     use aya_ebpf::programs::SkLookupContext;
     use tarpit_ebpf::{
-        BPF_F_MMAPABLE, ConnKey, ConntrackOffsets, HeldKey, HeldStatus, OrigDst, SkbOffsets, fold,
-        v4_mapped,
+        BPF_F_MMAPABLE, ConnKey, ConntrackOffsets, HeldKey, HeldSlot, HeldStatus, OrigDst,
+        SkbOffsets, fold, v4_mapped,
     };
 
     const NF_DROP: i32 = 0;
@@ -61,10 +61,15 @@ mod program {
     #[map(name = "ORIG_DST_INSERTS")]
     static ORIG_DST_INSERTS: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-    /// Flows held without a socket; entries are allocated as added (the map is sized by the
-    /// loader to `[tarpit] socketless_max`).
+    /// Flows held without a socket, each naming its slot in `HELD_STATUS`; entries are
+    /// allocated as added (the map is sized by the loader to `[tarpit] socketless_max`).
     #[map(name = "HELD")]
-    static HELD: HashMap<HeldKey, HeldStatus> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+    static HELD: HashMap<HeldKey, HeldSlot> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+    /// What each held flow's client said, one slot per flow the server may hold (sized by the
+    /// loader like `HELD`); the server reads it from memory on every tick.
+    #[map(name = "HELD_STATUS")]
+    static HELD_STATUS: Array<HeldStatus> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
     /// Set by the loader from BTF when socketless holding is on; all zero otherwise.
     #[unsafe(no_mangle)]
@@ -180,13 +185,22 @@ mod program {
             peer_port: be16(&h[0..2]),
             local_port: be16(&h[2..4]),
         };
-        let Some(status) = HELD.get_ptr_mut(&key) else {
+        // SAFETY: the map value stays valid while the program runs (RCU).
+        let Some(slot) = (unsafe { HELD.get(&key) }).copied() else {
             return Ok(false);
         };
+        let Some(status) = HELD_STATUS.get_ptr_mut(slot.index) else {
+            return Ok(true); // held, but its slot is out of range: drop, note nothing
+        };
+        // SAFETY: array values live as long as the map; the server fills a slot before it adds
+        // the entry naming it.
+        if unsafe { core::ptr::read_volatile(&(*status).generation) } != slot.generation {
+            return Ok(true); // the flow ended and its slot went to another one meanwhile
+        }
         let flags = h[13];
         let now_ms = ((unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32).max(1);
-        // SAFETY: the map value stays valid while the program runs (RCU); fields are plain
-        // integers, a concurrent writer on another CPU can only leave another valid value.
+        // SAFETY: the slot stays valid as long as the map; fields are plain integers, a
+        // concurrent writer on another CPU (or the server) can only leave another valid value.
         unsafe {
             if flags & TCP_ACK != 0 {
                 let ack = be32(&h[8..12]);

@@ -531,3 +531,67 @@ fn a_blind_reset_does_not_end_a_held_flow() {
         tarpit.rows::<(Option<String>,)>("SELECT end_reason FROM events")
     );
 }
+
+/// A held flow's tick reads what its client said from the hook's status array, mapped into
+/// the server's memory (`ebpf/held.rs`): while four flows are dripped, the tarpit makes no
+/// `bpf()` system call at all (it made one per flow and tick before). The flows still see
+/// their clients' ACKs through it: each runs to its end, `complete`. Counted by perf on the
+/// syscall tracepoints.
+#[test]
+fn held_ticks_read_their_status_from_memory_with_no_system_call() {
+    if !prerequisites_met(&["ip", "ss", "perf"]) {
+        return;
+    }
+    const CLIENTS: usize = 4;
+    const TICKS_COUNTED: usize = 10;
+    let lab = Lab::new();
+    let tarpit = start(
+        &lab,
+        &["--response-delay", "0.1", "--max-response-bytes", "80"],
+    );
+    let to: SocketAddr = format!("{SENSOR_V4}:8080").parse().unwrap();
+    let streams: Vec<TcpStream> = (0..CLIENTS)
+        .map(|i| held_client(&lab, to, &format!("/mapped/{i}")))
+        .collect();
+    wait_all_socketless(&lab);
+    let (calls, streams) = common::syscalls::count_during(tarpit.pid(), &["bpf"], || {
+        lab.as_client(move || {
+            let mut streams = streams;
+            let mut tick = [0u8; 6];
+            for _ in 0..TICKS_COUNTED {
+                for stream in &mut streams {
+                    stream.read_exact(&mut tick).unwrap();
+                    assert_eq!(&tick, b"1\r\n.\r\n");
+                }
+            }
+            streams
+        })
+    });
+    assert_eq!(
+        calls,
+        [0],
+        "bpf calls while {CLIENTS} held flows sent {TICKS_COUNTED} ticks each"
+    );
+    let rests = lab.as_client(move || {
+        streams
+            .into_iter()
+            .map(|mut stream| {
+                let mut rest = Vec::new();
+                stream.read_to_end(&mut rest).unwrap();
+                rest
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut expected = b"1\r\n.\r\n".repeat(80 - 1 - TICKS_COUNTED);
+    expected.extend_from_slice(b"0\r\n\r\n");
+    for rest in rests {
+        assert_eq!(
+            String::from_utf8_lossy(&rest),
+            String::from_utf8_lossy(&expected)
+        );
+    }
+    tarpit.wait_count(
+        "SELECT COUNT(*) FROM events WHERE end_reason = 'complete' AND bytes_sent = 80",
+        CLIENTS as i64,
+    );
+}

@@ -493,8 +493,9 @@ pub struct TarpitConfig {
     /// response; adaptive pages with no planned early end) leave their socket once the head
     /// and first tick are acknowledged. Needs the eBPF hook, CAP_NET_ADMIN and CAP_NET_RAW.
     pub hold: HoldMode,
-    /// The most clients held without a socket at once (the eBPF map's size); beyond it a
-    /// response stays on its socket.
+    /// The most clients held without a socket at once (the eBPF map's and status array's
+    /// size, split evenly among the workers); beyond a worker's share a response stays on its
+    /// socket.
     pub socketless_max: u32,
     /// Seconds between two drip chunks.
     pub response_delay: f64,

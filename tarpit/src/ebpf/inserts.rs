@@ -13,60 +13,32 @@
 //! removes an entry (LRU eviction under a SYN flood, an entry replaced for a reused 4-tuple)
 //! leaves the counts unequal for good, and every lookup is made, as before this existed.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::ptr::NonNull;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::mapped::MappedArray;
 
 /// The hook's insert count, mapped into memory (the array's one `u64` at offset 0).
 #[derive(Debug)]
 pub(super) struct InsertCount {
-    value: NonNull<u64>,
-    len: usize,
+    array: MappedArray,
 }
-
-// SAFETY: the mapping is shared memory read with atomic loads only; nothing here is tied to a
-// thread.
-unsafe impl Send for InsertCount {}
-// SAFETY: as above: every access is an atomic load.
-unsafe impl Sync for InsertCount {}
 
 impl InsertCount {
     /// Maps the counter array behind `fd` (created with `BPF_F_MMAPABLE`).
     pub(super) fn map(fd: BorrowedFd<'_>) -> std::io::Result<Self> {
-        // SAFETY: sysconf has no memory effects.
-        let len = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
-            .map_err(|_| std::io::Error::other("no page size"))?;
-        // SAFETY: a fresh shared mapping of the map's value area; nothing else is touched.
-        // Read-write because atomic loads are only defined on writable memory; nothing writes.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if address == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let value = NonNull::new(address.cast::<u64>())
-            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
-        Ok(Self { value, len })
+        let array = MappedArray::map(fd, size_of::<u64>())?;
+        Ok(Self { array })
     }
 
     /// The entries the hook has inserted so far.
     pub(super) fn load(&self) -> u64 {
+        let value = self
+            .array
+            .at(0, size_of::<u64>())
+            .expect("the mapping holds one u64");
         // SAFETY: the mapping is live, page-aligned and writable for as long as `self`; the
         // hook only changes it with atomic adds.
-        unsafe { AtomicU64::from_ptr(self.value.as_ptr()) }.load(Ordering::Acquire)
-    }
-}
-
-impl Drop for InsertCount {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `map`, which nothing uses any more.
-        unsafe { libc::munmap(self.value.as_ptr().cast(), self.len) };
+        unsafe { AtomicU64::from_ptr(value.as_ptr().cast()) }.load(Ordering::Acquire)
     }
 }

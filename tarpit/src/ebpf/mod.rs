@@ -10,6 +10,7 @@
 pub mod btf;
 pub mod held;
 mod inserts;
+mod mapped;
 pub mod netfilter;
 
 use std::collections::{HashMap, HashSet};
@@ -19,8 +20,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tarpit_ebpf::{
-    ConnKey, HELD_MAP_NAME, HELD_PORT_GLOBAL, INSERTS_MAP_NAME, MAP_NAME, OFFSETS_GLOBAL, OrigDst,
-    PROGRAM_NAME, SKB_OFFSETS_GLOBAL, SkbOffsets, v4_mapped,
+    ConnKey, HELD_MAP_NAME, HELD_PORT_GLOBAL, HELD_STATUS_MAP_NAME, INSERTS_MAP_NAME, MAP_NAME,
+    OFFSETS_GLOBAL, OrigDst, PROGRAM_NAME, SKB_OFFSETS_GLOBAL, SkbOffsets, v4_mapped,
 };
 
 /// The eBPF object, embedded at build time when `cargo xtask build-ebpf` had built it.
@@ -121,6 +122,7 @@ impl Attribution {
         let mut ebpf = aya::EbpfLoader::new()
             .map_max_entries(MAP_NAME, map_entries)
             .map_max_entries(HELD_MAP_NAME, held_capacity.unwrap_or(1))
+            .map_max_entries(HELD_STATUS_MAP_NAME, held_capacity.unwrap_or(1))
             .override_global(OFFSETS_GLOBAL, &offsets, true)
             .override_global(SKB_OFFSETS_GLOBAL, &skb_offsets, true)
             .override_global(HELD_PORT_GLOBAL, &held_port, true)
@@ -155,7 +157,20 @@ impl Attribution {
                     Unavailable::Maps(format!("map {HELD_MAP_NAME} missing from the object"))
                 })?;
                 let fd = dup(held_map).map_err(|e| Unavailable::Maps(e.to_string()))?;
-                Some(std::sync::Arc::new(held::HeldFlows::new(fd, capacity)))
+                let status = ebpf
+                    .map(HELD_STATUS_MAP_NAME)
+                    .and_then(map_fd)
+                    .ok_or_else(|| {
+                        Unavailable::Maps(format!(
+                            "map {HELD_STATUS_MAP_NAME} missing from the object"
+                        ))
+                    })?;
+                // SAFETY: aya's map stays open while `ebpf` lives; mmap takes its own reference.
+                let status = unsafe { std::os::fd::BorrowedFd::borrow_raw(status) };
+                let flows = held::HeldFlows::new(fd, status, capacity).map_err(|e| {
+                    Unavailable::Maps(format!("mapping {HELD_STATUS_MAP_NAME}: {e}"))
+                })?;
+                Some(std::sync::Arc::new(flows))
             }
         };
         Ok(Self {
@@ -384,8 +399,8 @@ mod tests {
         }
     }
 
-    /// The held-flow map: add (never twice, never past its size), read, remove; its memory
-    /// grows with what it holds. `TARPIT_E2E` makes a missing prerequisite a failure.
+    /// The held-flow map: add (never twice, never past its size), read from memory, remove;
+    /// its memory grows with what it holds. `TARPIT_E2E` makes a missing prerequisite a failure.
     #[test]
     fn the_held_flow_map_adds_reads_and_removes_within_its_size() {
         let required = std::env::var_os("TARPIT_E2E").is_some();
@@ -405,18 +420,32 @@ mod tests {
             ack: 7,
             ..Default::default()
         };
-        held.add(&keys[0], &status).unwrap();
-        assert_eq!(held.add(&keys[0], &status), Err(nix::errno::Errno::EEXIST));
-        held.add(&keys[1], &status).unwrap();
-        assert_eq!(held.add(&keys[2], &status), Err(nix::errno::Errno::E2BIG));
-        assert_eq!(held.status(&keys[1]).map(|s| s.ack), Some(7));
+        let slot = |index, generation| tarpit_ebpf::HeldSlot { index, generation };
+        held.add(&keys[0], slot(0, 1), &status).unwrap();
+        assert_eq!(
+            held.add(&keys[0], slot(1, 1), &status),
+            Err(nix::errno::Errno::EEXIST)
+        );
+        let later = tarpit_ebpf::HeldStatus { ack: 9, ..status };
+        held.add(&keys[1], slot(1, 2), &later).unwrap();
+        // Each slot reads back what was written into it, generation included.
+        let read = |index| held.status(index).map(|s| (s.ack, s.generation));
+        assert_eq!(read(0), Some((7, 1)));
+        assert_eq!(read(1), Some((9, 2)));
+        assert_eq!(held.status(2), None, "slot 2 is past the array");
         assert!(
             held.memlock_bytes().unwrap() > empty,
             "entries are allocated as added"
         );
         held.remove(&keys[1]);
-        assert_eq!(held.status(&keys[1]), None);
-        held.add(&keys[2], &status).unwrap();
+        assert_eq!(
+            held.add(&keys[2], slot(2, 3), &status),
+            Err(nix::errno::Errno::E2BIG),
+            "the map has room, but slot 2 is past the array"
+        );
+        // A freed slot goes to the next flow, with its own generation and status.
+        held.add(&keys[2], slot(1, 3), &status).unwrap();
+        assert_eq!(read(1), Some((7, 3)));
         // Without socketless hold there is no map to hold flows in.
         let plain = Attribution::start(EbpfMode::Auto, 1024, None).unwrap();
         assert!(plain.held().is_none());

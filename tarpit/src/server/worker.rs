@@ -49,7 +49,7 @@ async fn accept_loop(index: usize, listener: std::net::TcpListener, shared: Arc<
     let fixed_local = listener::fixed_local_addr(listen_addr, shared.steered_ports.is_some());
     let listener = TcpListener::from_std(listener);
     let live = Rc::new(Cell::new(0usize));
-    let holder = super::socketless::Holder::new(&shared);
+    let holder = super::socketless::Holder::new(&shared, index);
     if let Some(holder) = &holder {
         let task = LiveTask::new(&live);
         let holder = holder.clone();

@@ -10,7 +10,8 @@
 //! ([`repair`]); the flow is added to the hook's map, which from then on drops the client's
 //! packets (after conntrack has seen them) and notes its ACK, TSval, FIN and RST; then the
 //! socket is closed, which in repair mode frees it and sends nothing. Each tick the holder reads
-//! the flow's status (one map lookup), decides ([`Flow::step`]) and queues a crafted segment
+//! the flow's status (from the hook's status array, mapped into memory: no system call; see
+//! [`crate::ebpf::held`]), decides ([`Flow::step`]) and queues a crafted segment
 //! ([`segment`]): the next tick's bytes, after anything not yet acknowledged, so a lost segment
 //! goes again from the client's last ACK. The response ends as on a socket (complete, client
 //! reset or close, peer gone after `peer_timeout` of silence, lifetime, shutdown) and is
@@ -36,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slab::Slab;
-use tarpit_ebpf::HeldStatus;
+use tarpit_ebpf::{HeldSlot, HeldStatus};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -55,7 +56,8 @@ pub struct SocketlessKit {
     pub map: Arc<HeldFlows>,
     /// The raw sockets the segments go out on.
     pub raw: RawSockets,
-    /// Flows one worker is expected to hold at most (`socketless_max` / workers).
+    /// Flows one worker holds at most (`socketless_max` / workers): worker `i` fills the status
+    /// slots from `i * per_worker`.
     pub per_worker: usize,
 }
 
@@ -114,6 +116,10 @@ pub enum AdmitError {
     /// More local addresses than a flow can name (65,536).
     #[error("too many local addresses")]
     TooManyAddresses,
+    /// This worker holds its share of `socketless_max` already (each worker has its own range
+    /// of the hook's status slots, so that no lock is shared).
+    #[error("this worker's share of socketless_max ({0}) is held")]
+    Full(usize),
 }
 
 struct State {
@@ -135,6 +141,11 @@ pub struct Holder {
     shared: Arc<Shared>,
     epoch: Instant,
     state: RefCell<State>,
+    /// This worker's status slots in the hook's array: a flow in `flows` slot `i` has status
+    /// slot `slots.start + i`.
+    slots: std::ops::Range<u32>,
+    /// The generation the last admitted flow got (see [`tarpit_ebpf::HeldSlot`]).
+    generation: std::cell::Cell<u32>,
     /// Our addresses the held flows were accepted on; a flow keeps an index.
     locals: RefCell<Vec<std::net::IpAddr>>,
     /// Ticks served, and those served more than [`LATE_MS`] after they were due: logged at
@@ -144,15 +155,20 @@ pub struct Holder {
 }
 
 impl Holder {
-    /// The worker's holder, when socketless holding is on.
-    pub(super) fn new(shared: &Arc<Shared>) -> Option<Rc<Self>> {
+    /// The holder of worker `worker`, when socketless holding is on.
+    pub(super) fn new(shared: &Arc<Shared>, worker: usize) -> Option<Rc<Self>> {
         let kit = shared.socketless.as_ref()?;
+        let all = kit.map.capacity();
+        let start = u32::try_from(worker * kit.per_worker).map_or(all, |start| start.min(all));
+        let end = u32::try_from(kit.per_worker).map_or(all, |n| start.saturating_add(n).min(all));
         // Room for this worker's share, reserved (not touched) at once: growing by copies
         // would leave the old copies' pages behind.
-        let capacity = kit.per_worker;
+        let capacity = (end - start) as usize;
         Some(Rc::new(Self {
             shared: shared.clone(),
             epoch: Instant::now(),
+            slots: start..end,
+            generation: std::cell::Cell::new(0),
             state: RefCell::new(State {
                 flows: Slab::with_capacity(capacity),
                 due: BinaryHeap::with_capacity(capacity),
@@ -278,8 +294,19 @@ impl Holder {
             window: u16::MAX,
             ..Default::default()
         };
-        self.kit().map.add(&key, &status).map_err(AdmitError::Map)?;
         let mut state = self.state.borrow_mut();
+        let slot = state.flows.vacant_key();
+        let index = self
+            .status_slot(slot)
+            .ok_or(AdmitError::Full(self.slots.len()))?;
+        // Never 0, the value of a slot never filled.
+        let generation = self.generation.get().wrapping_add(1).max(1);
+        self.generation.set(generation);
+        let held = HeldSlot { index, generation };
+        self.kit()
+            .map
+            .add(&key, held, &status)
+            .map_err(AdmitError::Map)?;
         let slot = state.flows.insert(flow) as u32;
         state
             .due
@@ -287,6 +314,12 @@ impl Holder {
         drop(state);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// The hook's status slot of the flow in `flows` slot `slot`, if within this worker's range.
+    fn status_slot(&self, slot: usize) -> Option<u32> {
+        let index = self.slots.start.checked_add(u32::try_from(slot).ok()?)?;
+        self.slots.contains(&index).then_some(index)
     }
 
     /// The holder's loop on the worker; on shutdown it ends every held response.
@@ -354,8 +387,11 @@ impl Holder {
         let settings = &self.shared.settings;
         let kit = self.kit();
         let flow = state.flows.get_mut(slot)?;
-        let Some(status) = kit.map.status(&flow.key) else {
-            // Gone from the map (never by us while held): nothing can be sent safely.
+        let Some(status) = self
+            .status_slot(slot)
+            .and_then(|index| kit.map.status(index))
+        else {
+            // No status slot (never for an admitted flow): nothing can be sent safely.
             if !flow.has(Flow::CLOSING) {
                 self.record(flow, "write_error", now);
             }
@@ -496,8 +532,11 @@ impl Holder {
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
         state.due.clear();
-        for mut flow in state.flows.drain() {
-            let status = kit.map.status(&flow.key).unwrap_or_default();
+        for (slot, mut flow) in std::mem::take(&mut state.flows) {
+            let status = self
+                .status_slot(slot)
+                .and_then(|index| kit.map.status(index))
+                .unwrap_or_default();
             if !flow.has(Flow::CLOSING) {
                 // Unacknowledged bytes, then the terminating chunk (drip, chunked) and FIN:
                 // what the dripper writes before a socket's shutdown.
