@@ -96,6 +96,13 @@ fn held_client_from(lab: &Lab, to: SocketAddr, from: Option<SocketAddr>, path: &
     })
 }
 
+/// What is left of a response, read to its end.
+fn read_rest(mut stream: TcpStream) -> Vec<u8> {
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    rest
+}
+
 /// Waits until the sensor holds none of its clients on a socket.
 fn wait_all_socketless(lab: &Lab) {
     wait_for(Duration::from_secs(10), || {
@@ -276,12 +283,7 @@ fn a_dropped_segment_is_sent_again_from_the_clients_last_ack() {
         .unwrap();
     lab.in_client(&format!("iptables -D {rule}"));
     assert!(dropped >= 2, "segments were dropped: {dropped}");
-    let rest = lab.as_client(move || {
-        let mut stream = stream;
-        let mut rest = Vec::new();
-        stream.read_to_end(&mut rest).unwrap();
-        rest
-    });
+    let rest = lab.as_client(move || read_rest(stream));
     // Every tick after the first, in order, then the end: nothing lost, nothing doubled.
     let mut expected = b"1\r\n.\r\n".repeat(19);
     expected.extend_from_slice(b"0\r\n\r\n");
@@ -533,10 +535,11 @@ fn a_blind_reset_does_not_end_a_held_flow() {
 }
 
 /// A held flow's tick reads what its client said from the hook's status array, mapped into
-/// the server's memory (`ebpf/held.rs`): while four flows are dripped, the tarpit makes no
-/// `bpf()` system call at all (it made one per flow and tick before). The flows still see
-/// their clients' ACKs through it: each runs to its end, `complete`. Counted by perf on the
-/// syscall tracepoints.
+/// the server's memory (`ebpf/held.rs`): while four responses are dripped, three of them
+/// socketless, the tarpit makes no `bpf()` system call at all (it made one per flow and tick
+/// before). The flows still see their clients' ACKs through it: each runs to its end,
+/// `complete`. With `socketless_max = 3` the fourth finds no free status slot and stays on its
+/// socket. Counted by perf on the syscall tracepoints.
 #[test]
 fn held_ticks_read_their_status_from_memory_with_no_system_call() {
     if !prerequisites_met(&["ip", "ss", "perf"]) {
@@ -547,13 +550,23 @@ fn held_ticks_read_their_status_from_memory_with_no_system_call() {
     let lab = Lab::new();
     let tarpit = start(
         &lab,
-        &["--response-delay", "0.1", "--max-response-bytes", "80"],
+        &"--response-delay 0.1 --max-response-bytes 80 --workers 1 --socketless-max 3"
+            .split(' ')
+            .collect::<Vec<_>>(),
     );
     let to: SocketAddr = format!("{SENSOR_V4}:8080").parse().unwrap();
     let streams: Vec<TcpStream> = (0..CLIENTS)
         .map(|i| held_client(&lab, to, &format!("/mapped/{i}")))
         .collect();
-    wait_all_socketless(&lab);
+    wait_for(Duration::from_secs(10), || {
+        (sensor_sockets(&lab) == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("on sockets: {}, not 1", sensor_sockets(&lab)));
+    let stderr = tarpit.stderr();
+    assert!(
+        stderr.contains("worker's share of socketless_max (3) is held"),
+        "{stderr}"
+    );
     let (calls, streams) = common::syscalls::count_during(tarpit.pid(), &["bpf"], || {
         lab.as_client(move || {
             let mut streams = streams;
@@ -570,26 +583,13 @@ fn held_ticks_read_their_status_from_memory_with_no_system_call() {
     assert_eq!(
         calls,
         [0],
-        "bpf calls while {CLIENTS} held flows sent {TICKS_COUNTED} ticks each"
+        "bpf calls while {CLIENTS} responses sent {TICKS_COUNTED} ticks each"
     );
-    let rests = lab.as_client(move || {
-        streams
-            .into_iter()
-            .map(|mut stream| {
-                let mut rest = Vec::new();
-                stream.read_to_end(&mut rest).unwrap();
-                rest
-            })
-            .collect::<Vec<_>>()
-    });
+    // The rest of every response, each read to its end.
     let mut expected = b"1\r\n.\r\n".repeat(80 - 1 - TICKS_COUNTED);
     expected.extend_from_slice(b"0\r\n\r\n");
-    for rest in rests {
-        assert_eq!(
-            String::from_utf8_lossy(&rest),
-            String::from_utf8_lossy(&expected)
-        );
-    }
+    let rests = lab.as_client(move || streams.into_iter().map(read_rest).collect::<Vec<_>>());
+    assert!(rests.iter().all(|rest| *rest == expected), "{rests:?}");
     tarpit.wait_count(
         "SELECT COUNT(*) FROM events WHERE end_reason = 'complete' AND bytes_sent = 80",
         CLIENTS as i64,

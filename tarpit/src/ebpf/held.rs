@@ -22,6 +22,7 @@
 //! flow's sequence checks against its random initial sequence number, like a blind guess).
 
 use std::mem::offset_of;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
@@ -45,6 +46,19 @@ pub fn held_key(local: SocketAddr, peer: SocketAddr) -> HeldKey {
         peer_port: peer.port(),
         local_port: local.port(),
     }
+}
+
+/// The status slots worker `worker` fills, when each of the workers fills at most
+/// `per_worker` of the `capacity` slots: its own range, so that no two workers share a slot
+/// and none needs a lock. The last range may be shorter (or empty) when `capacity` does not
+/// divide evenly.
+pub fn worker_slots(capacity: u32, per_worker: usize, worker: usize) -> Range<u32> {
+    let start = worker
+        .checked_mul(per_worker)
+        .and_then(|start| u32::try_from(start).ok())
+        .map_or(capacity, |start| start.min(capacity));
+    let end = u32::try_from(per_worker).map_or(capacity, |n| start.saturating_add(n).min(capacity));
+    start..end
 }
 
 /// The `HELD` map and its `HELD_STATUS` slots; shared by every worker (each syscall is
@@ -185,5 +199,34 @@ impl StatusFields<'_> {
         self.rcv_nxt.store(status.rcv_nxt, Ordering::Relaxed);
         self.ack_limit.store(status.ack_limit, Ordering::Relaxed);
         self.window.store(status.window, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_slots;
+
+    /// Every slot goes to exactly one worker, whatever the split's remainder.
+    #[test]
+    fn workers_fill_disjoint_ranges_that_cover_the_array() {
+        assert_eq!(worker_slots(5, 3, 0), 0..3);
+        assert_eq!(worker_slots(5, 3, 1), 3..5);
+        assert!(worker_slots(5, 3, 2).is_empty());
+        assert_eq!(worker_slots(131_072, 65_536, 1), 65_536..131_072);
+        for (capacity, workers) in [(1u32, 2usize), (7, 3), (131_072, 2), (100, 7)] {
+            let per_worker = (capacity as usize).div_ceil(workers);
+            let mut next = 0;
+            for worker in 0..workers {
+                let range = worker_slots(capacity, per_worker, worker);
+                assert_eq!(range.start, next.min(capacity), "{capacity} / {workers}");
+                next = range.end;
+            }
+            assert_eq!(
+                next, capacity,
+                "{capacity} / {workers}: every slot given out"
+            );
+        }
+        // Absurd sizes saturate instead of wrapping.
+        assert!(worker_slots(10, usize::MAX, 3).is_empty());
     }
 }

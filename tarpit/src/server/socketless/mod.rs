@@ -56,8 +56,8 @@ pub struct SocketlessKit {
     pub map: Arc<HeldFlows>,
     /// The raw sockets the segments go out on.
     pub raw: RawSockets,
-    /// Flows one worker holds at most (`socketless_max` / workers): worker `i` fills the status
-    /// slots from `i * per_worker`.
+    /// Flows one worker holds at most (`socketless_max` / workers, rounded up): each worker
+    /// fills its own range of status slots ([`crate::ebpf::held::worker_slots`]).
     pub per_worker: usize,
 }
 
@@ -158,16 +158,14 @@ impl Holder {
     /// The holder of worker `worker`, when socketless holding is on.
     pub(super) fn new(shared: &Arc<Shared>, worker: usize) -> Option<Rc<Self>> {
         let kit = shared.socketless.as_ref()?;
-        let all = kit.map.capacity();
-        let start = u32::try_from(worker * kit.per_worker).map_or(all, |start| start.min(all));
-        let end = u32::try_from(kit.per_worker).map_or(all, |n| start.saturating_add(n).min(all));
+        let slots = crate::ebpf::held::worker_slots(kit.map.capacity(), kit.per_worker, worker);
         // Room for this worker's share, reserved (not touched) at once: growing by copies
         // would leave the old copies' pages behind.
-        let capacity = (end - start) as usize;
+        let capacity = slots.len();
         Some(Rc::new(Self {
             shared: shared.clone(),
             epoch: Instant::now(),
-            slots: start..end,
+            slots,
             generation: std::cell::Cell::new(0),
             state: RefCell::new(State {
                 flows: Slab::with_capacity(capacity),
