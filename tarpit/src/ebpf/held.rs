@@ -20,6 +20,11 @@
 //! packets of an ended flow cannot move the next flow's status (short of a program that passed
 //! the check in the instant before the slot was refilled, whose write must still pass the new
 //! flow's sequence checks against its random initial sequence number, like a blind guess).
+//! Splitting the slots among the workers gives a flood no new lever either: a client that fills
+//! one worker's share only keeps its further connections on their sockets, as the global cap
+//! did, and the per-client cap (`max_connections_per_ip`) still bounds what one client holds;
+//! which worker takes a connection is the kernel's SO_REUSEPORT hash of the 4-tuple, keyed by a
+//! secret of the boot, so a client cannot aim at one share.
 
 use std::mem::offset_of;
 use std::ops::Range;

@@ -451,6 +451,74 @@ mod tests {
         assert!(plain.held().is_none());
     }
 
+    /// A packet of a flow whose slot went to another flow (the slot's generation is newer than
+    /// the one its `HELD` entry names) is dropped and writes nothing: only the slot's own flow
+    /// moves its status. Real packets through the hook: ACKs crafted by the socketless
+    /// holder's segment builder, sent on loopback in one `sendmmsg`, so they pass in order.
+    #[test]
+    fn the_hook_writes_a_slot_only_for_the_flow_of_its_generation() {
+        use crate::server::socketless::segment::{Batch, RawSockets, Segment};
+        let required = std::env::var_os("TARPIT_E2E").is_some();
+        let attribution = match Attribution::start(EbpfMode::Auto, 1024, Some((2, 0))) {
+            Ok(attribution) => attribution,
+            Err(e) if !required => return eprintln!("SKIPPED: eBPF unavailable ({e})"),
+            Err(e) => panic!("TARPIT_E2E is set but eBPF failed to start: {e}"),
+        };
+        let held = attribution.held().expect("asked for");
+        let raw = RawSockets::open().expect("raw sockets (root)");
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let (stale, current): (SocketAddr, SocketAddr) = (
+            "127.0.0.2:40101".parse().unwrap(),
+            "127.0.0.2:40102".parse().unwrap(),
+        );
+        let status = tarpit_ebpf::HeldStatus {
+            ack: 100,
+            window: u16::MAX,
+            ..Default::default()
+        };
+        // The stale flow's entry names slot 1 at generation 1; the current flow then took
+        // slot 1 at generation 2 (as when a worker reuses a slot).
+        let slot = |generation| tarpit_ebpf::HeldSlot {
+            index: 1,
+            generation,
+        };
+        held.add(&held::held_key(local, stale), slot(1), &status)
+            .unwrap();
+        held.add(&held::held_key(local, current), slot(2), &status)
+            .unwrap();
+        let ack_from = |peer: SocketAddr, ack: u32| Segment {
+            local: peer,
+            peer: local,
+            seq: 1,
+            ack,
+            window: 1000,
+            timestamps: None,
+            fin: false,
+            payload: &[],
+        };
+        // The stale ACK is the higher: had it been written, the current one (lower, so not
+        // believed after it) could not replace it.
+        let mut batch = Batch::default();
+        batch.push(&ack_from(stale, 9_000)).unwrap();
+        batch.push(&ack_from(current, 7_000)).unwrap();
+        assert_eq!(batch.send(raw.v4()), 2);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let seen = loop {
+            match held.status(1).filter(|s| s.ack != 100) {
+                Some(seen) => break seen,
+                None if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                None => panic!("no ACK reached the slot"),
+            }
+        };
+        assert_eq!(
+            (seen.ack, seen.window, seen.generation),
+            (7_000, 1000, 2),
+            "only the current flow's ACK is in the slot"
+        );
+    }
+
     #[test]
     fn off_mode_never_loads() {
         assert!(matches!(
