@@ -399,15 +399,25 @@ mod tests {
         }
     }
 
+    /// The hook with room for two held flows (any port), or `None` (a skip, said on stderr)
+    /// when eBPF is unavailable; `TARPIT_E2E` makes that a failure.
+    fn with_two_held_slots() -> Option<Attribution> {
+        match Attribution::start(EbpfMode::Auto, 1024, Some((2, 0))) {
+            Ok(attribution) => Some(attribution),
+            Err(e) if std::env::var_os("TARPIT_E2E").is_none() => {
+                eprintln!("SKIPPED: eBPF unavailable ({e})");
+                None
+            }
+            Err(e) => panic!("TARPIT_E2E is set but eBPF failed to start: {e}"),
+        }
+    }
+
     /// The held-flow map: add (never twice, never past its size), read from memory, remove;
     /// its memory grows with what it holds. `TARPIT_E2E` makes a missing prerequisite a failure.
     #[test]
     fn the_held_flow_map_adds_reads_and_removes_within_its_size() {
-        let required = std::env::var_os("TARPIT_E2E").is_some();
-        let attribution = match Attribution::start(EbpfMode::Auto, 1024, Some((2, 0))) {
-            Ok(attribution) => attribution,
-            Err(e) if !required => return eprintln!("SKIPPED: eBPF unavailable ({e})"),
-            Err(e) => panic!("TARPIT_E2E is set but eBPF failed to start: {e}"),
+        let Some(attribution) = with_two_held_slots() else {
+            return;
         };
         let held = attribution.held().expect("asked for");
         assert_eq!(held.capacity(), 2);
@@ -458,11 +468,8 @@ mod tests {
     #[test]
     fn the_hook_writes_a_slot_only_for_the_flow_of_its_generation() {
         use crate::server::socketless::segment::{Batch, RawSockets, Segment};
-        let required = std::env::var_os("TARPIT_E2E").is_some();
-        let attribution = match Attribution::start(EbpfMode::Auto, 1024, Some((2, 0))) {
-            Ok(attribution) => attribution,
-            Err(e) if !required => return eprintln!("SKIPPED: eBPF unavailable ({e})"),
-            Err(e) => panic!("TARPIT_E2E is set but eBPF failed to start: {e}"),
+        let Some(attribution) = with_two_held_slots() else {
+            return;
         };
         let held = attribution.held().expect("asked for");
         let raw = RawSockets::open().expect("raw sockets (root)");
