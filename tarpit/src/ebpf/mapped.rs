@@ -1,7 +1,7 @@
 //! A BPF array created with `BPF_F_MMAPABLE`, mapped into the server's memory.
 //!
 //! Why: reading a map through `bpf()` is a system call per read (and a pass through the
-//! seccomp filter). Where the server reads a value far more often than the hook changes it,
+//! seccomp filter). Where the server reads a value far more often than the hook changes it
 //! (the insert count on every accept, a held flow's status on every tick), the hook writes
 //! into an array the server maps once, and a read is a memory load.
 //!
