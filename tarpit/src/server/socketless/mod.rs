@@ -320,6 +320,11 @@ impl Holder {
         self.slots.contains(&index).then_some(index)
     }
 
+    /// What the client of the flow in `flows` slot `slot` said so far, as the hook noted it.
+    fn status(&self, slot: usize) -> Option<HeldStatus> {
+        self.kit().map.status(self.status_slot(slot)?)
+    }
+
     /// The holder's loop on the worker; on shutdown it ends every held response.
     pub(super) async fn run(self: Rc<Self>) {
         let cancel = self.shared.cancel.clone();
@@ -385,10 +390,7 @@ impl Holder {
         let settings = &self.shared.settings;
         let kit = self.kit();
         let flow = state.flows.get_mut(slot)?;
-        let Some(status) = self
-            .status_slot(slot)
-            .and_then(|index| kit.map.status(index))
-        else {
+        let Some(status) = self.status(slot) else {
             // No status slot (never for an admitted flow): nothing can be sent safely.
             if !flow.has(Flow::CLOSING) {
                 self.record(flow, "write_error", now);
@@ -531,10 +533,7 @@ impl Holder {
         let state = &mut *state;
         state.due.clear();
         for (slot, mut flow) in std::mem::take(&mut state.flows) {
-            let status = self
-                .status_slot(slot)
-                .and_then(|index| kit.map.status(index))
-                .unwrap_or_default();
+            let status = self.status(slot).unwrap_or_default();
             if !flow.has(Flow::CLOSING) {
                 // Unacknowledged bytes, then the terminating chunk (drip, chunked) and FIN:
                 // what the dripper writes before a socket's shutdown.
