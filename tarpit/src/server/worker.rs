@@ -1,11 +1,12 @@
-//! A worker: one thread, one io_uring runtime, one SO_REUSEPORT listener, and the accept loop
-//! that spawns a task per connection.
+//! A worker: one thread, one io_uring runtime, one SO_REUSEPORT listener, and the accept loops
+//! ([`ACCEPTS_IN_FLIGHT`] of them) that spawn a task per connection.
 //!
 //! tokio-uring's types stay inside this module and [`super::connection`], so that moving to
 //! another io_uring runtime would touch only those two.
 
 use std::cell::Cell;
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,6 +24,13 @@ use crate::event::{ConnectionClosed, ConnectionOpened, Event};
 const RING_ENTRIES: u32 = 4096;
 /// How long a worker waits for its connections to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Accepts each worker keeps in flight in its ring. With one, a worker takes one connection
+/// per turn of its event loop (the accept completes, its task runs and submits the next one,
+/// the loop waits again), and a burst waits in the backlog for as many turns; with several, one
+/// turn takes every connection that queued up, and their reads and writes share the turns that
+/// follow. Connections still queue in the kernel's backlog, not here: an idle accept holds no
+/// socket.
+pub(super) const ACCEPTS_IN_FLIGHT: usize = 8;
 /// Pause after accept fails for lack of file descriptors or memory, instead of spinning.
 const RESOURCE_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -67,50 +75,26 @@ async fn accept_loop(index: usize, listener: std::net::TcpListener, shared: Arc<
             drop(drip_task);
         }
     });
-    let cancel = shared.cancel.clone();
-    let mut cancelled = std::pin::pin!(cancel.cancelled());
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = &mut cancelled => break,
-            accepted = listener.accept() => accepted,
+    let listener = Rc::new(listener);
+    for _ in 0..ACCEPTS_IN_FLIGHT {
+        let task = LiveTask::new(&live);
+        let accepts = Accepts {
+            worker: index,
+            listener: listener.clone(),
+            listen_addr,
+            fixed_local,
+            shared: shared.clone(),
+            dripper: dripper.clone(),
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let local = fixed_local
-                    .or_else(|| listener::local_addr(&stream).ok())
-                    .unwrap_or(listen_addr);
-                admit(index, stream, peer, local, &shared, &dripper);
-            }
-            Err(error) => {
-                let out_of_resources = matches!(
-                    error.raw_os_error(),
-                    Some(
-                        libc_errno::EMFILE
-                            | libc_errno::ENFILE
-                            | libc_errno::ENOBUFS
-                            | libc_errno::ENOMEM
-                    )
-                );
-                if error.raw_os_error() == Some(libc_errno::ECONNABORTED) {
-                    continue; // the client gave up while queued: nothing to record
-                }
-                if let Some(suppressed) = shared.accept_warning.check() {
-                    tracing::warn!(
-                        worker = index,
-                        suppressed,
-                        "accept failed: {error}; backing off"
-                    );
-                }
-                let pause = if out_of_resources {
-                    RESOURCE_BACKOFF
-                } else {
-                    Duration::from_millis(10)
-                };
-                tokio::time::sleep(pause).await;
-            }
-        }
+        tokio_uring::spawn(async move {
+            accepts.run().await;
+            drop(task);
+        });
     }
+    shared.cancel.cancelled().await;
+    // The accepts still in the ring would take connections no task is left to record: a
+    // listener shut for reading ends them (EINVAL), and its backlog is reset.
+    let _ = nix::sys::socket::shutdown(listener.as_raw_fd(), nix::sys::socket::Shutdown::Read);
     let grace_end = Instant::now() + SHUTDOWN_GRACE;
     while live.get() > 0 && Instant::now() < grace_end {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -123,6 +107,69 @@ async fn accept_loop(index: usize, listener: std::net::TcpListener, shared: Arc<
             socketless = holder.as_ref().map_or(0, |h| h.held()),
             "connections still open after the shutdown grace period; closing them"
         );
+    }
+}
+
+/// One of a worker's accept loops (see [`ACCEPTS_IN_FLIGHT`]).
+struct Accepts {
+    worker: usize,
+    listener: Rc<TcpListener>,
+    listen_addr: SocketAddr,
+    /// The listener's address when every socket it accepts has it (no `getsockname`).
+    fixed_local: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    dripper: Rc<ConnectionDripper>,
+}
+
+impl Accepts {
+    /// Accepts and admits connections until shutdown begins.
+    async fn run(self) {
+        let shared = &self.shared;
+        let cancel = shared.cancel.clone();
+        let mut cancelled = std::pin::pin!(cancel.cancelled());
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = &mut cancelled => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let local = self
+                        .fixed_local
+                        .or_else(|| listener::local_addr(&stream).ok())
+                        .unwrap_or(self.listen_addr);
+                    admit(self.worker, stream, peer, local, shared, &self.dripper);
+                }
+                Err(error) => {
+                    let out_of_resources = matches!(
+                        error.raw_os_error(),
+                        Some(
+                            libc_errno::EMFILE
+                                | libc_errno::ENFILE
+                                | libc_errno::ENOBUFS
+                                | libc_errno::ENOMEM
+                        )
+                    );
+                    if error.raw_os_error() == Some(libc_errno::ECONNABORTED) {
+                        continue; // the client gave up while queued: nothing to record
+                    }
+                    if let Some(suppressed) = shared.accept_warning.check() {
+                        tracing::warn!(
+                            worker = self.worker,
+                            suppressed,
+                            "accept failed: {error}; backing off"
+                        );
+                    }
+                    let pause = if out_of_resources {
+                        RESOURCE_BACKOFF
+                    } else {
+                        Duration::from_millis(10)
+                    };
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
     }
 }
 
