@@ -86,3 +86,43 @@ fn each_worker_keeps_several_accepts_in_flight() {
         armed_accepts(tarpit.pid())
     );
 }
+
+/// A connection reset during its drip costs the dripper one `epoll_ctl` (its registration
+/// for the reset): its close takes it out of the epoll set, so there is no delete. (Two
+/// calls a connection before.) The reset is still told apart and recorded.
+#[test]
+fn a_connection_reset_during_its_drip_makes_one_epoll_call() {
+    const N: usize = 20;
+    let tarpit = Tarpit::start(&["--response-delay", "30"]);
+    let (calls, ()) = common::syscalls::count_during(tarpit.pid(), &["epoll_ctl"], || {
+        for n in 0..N {
+            let mut stream = tarpit.connect();
+            write!(stream, "GET /reset/{n} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            let mut first = [0u8; 256];
+            let mut seen = Vec::new();
+            // The head and the first tick: the connection is in the drip.
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") || seen.ends_with(b"\r\n\r\n") {
+                let k = stream.read(&mut first).unwrap();
+                assert!(k > 0, "the response started");
+                seen.extend_from_slice(&first[..k]);
+            }
+            socket2::SockRef::from(&stream)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(stream); // RST
+        }
+        tarpit.wait_count(
+            "SELECT COUNT(*) FROM events WHERE end_reason = 'client_reset'",
+            N as i64,
+        );
+        tarpit.wait_count(
+            "SELECT COUNT(*) FROM connections WHERE end_reason = 'client_reset'",
+            N as i64,
+        );
+    });
+    assert_eq!(
+        calls,
+        [N as u64],
+        "epoll_ctl calls for {N} reset connections"
+    );
+}

@@ -11,7 +11,8 @@
 //! ([`Held::drive`]); any other is closed and recorded.
 //!
 //! A reset is noticed at once rather than at the next tick: held sockets are registered with a
-//! per-worker epoll instance for EPOLLERR/EPOLLHUP. Without this, churning scanners that RST
+//! per-worker epoll instance for EPOLLERR/EPOLLHUP (one-shot; a socket's close takes it out of
+//! the set, see [`Watch`]). Without this, churning scanners that RST
 //! would occupy a slot for a whole tick each. A half-close (EPOLLRDHUP, watched once) does not
 //! end a response (a scanner that shuts its write side may still be reading, and stays
 //! tarpitted): its time is recorded as `client_fin_s`, and an adaptive response writes its next
@@ -163,8 +164,11 @@ impl Drop for LiveTask {
 }
 
 struct Queue<C> {
-    entries: Slab<(Box<C>, DripState)>,
+    /// Held connections, each with its drip and its [`Watch`].
+    entries: Slab<(Box<C>, DripState, Watch)>,
     deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// The watch the next connection added gets.
+    next_watch: Watch,
 }
 
 impl<C> Default for Queue<C> {
@@ -172,7 +176,34 @@ impl<C> Default for Queue<C> {
         Self {
             entries: Slab::new(),
             deadlines: BinaryHeap::new(),
+            next_watch: Watch(0),
         }
+    }
+}
+
+/// Which registration of a slab key an epoll event is about.
+///
+/// A closed socket leaves the epoll set by itself, so a connection the dripper closes is not
+/// deleted from it (one system call less a connection). Its registration can outlive the
+/// close when something else still holds the socket for a moment (an abandoned read in the
+/// ring), and its key can hold another connection by then: each event carries the watch of
+/// the connection it was registered for, and an event whose watch is not its key's current
+/// one is dropped. Registrations are one-shot, so such an event comes at most once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Watch(u32);
+
+impl Watch {
+    /// The epoll event's data for the connection at `key`.
+    fn token(self, key: usize) -> u64 {
+        (u64::from(self.0) << 32) | key as u64
+    }
+
+    /// The key and watch an event's data names.
+    fn from_token(token: u64) -> (usize, Watch) {
+        (
+            (token & u64::from(u32::MAX)) as usize,
+            Watch((token >> 32) as u32),
+        )
     }
 }
 
@@ -235,12 +266,14 @@ impl<C: Held> Dripper<C> {
             .peek()
             .is_none_or(|Reverse((due, _))| state.next < *due);
         let key = queue.entries.vacant_key();
+        let watch = queue.next_watch;
+        queue.next_watch = Watch(watch.0.wrapping_add(1));
         if let Some(epoll) = &self.hangups {
             // The client's FIN is watched too (once): when a client gives up is on record.
-            let flags = HANGUP | EpollFlags::EPOLLRDHUP;
-            let _ = epoll.add(conn.fd(), EpollEvent::new(flags, key as u64));
+            let flags = HANGUP | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT;
+            let _ = epoll.add(conn.fd(), EpollEvent::new(flags, watch.token(key)));
         }
-        queue.entries.insert((conn, state));
+        queue.entries.insert((conn, state, watch));
         queue.deadlines.push(Reverse((state.next, key)));
         drop(queue);
         if earliest {
@@ -293,13 +326,17 @@ impl<C: Held> Dripper<C> {
         loop {
             let n = epoll.wait(&mut events, 0u16).unwrap_or(0);
             for event in &events[..n] {
-                let key = event.data() as usize;
+                let (key, watch) = Watch::from_token(event.data());
+                let current = self.queue.borrow().entries.get(key).map(|entry| entry.2);
+                if current != Some(watch) {
+                    continue; // a closed connection's late event (see `Watch`)
+                }
                 if !event.events().intersects(HANGUP) {
-                    self.half_closed(epoll, key);
+                    self.half_closed(epoll, key, watch);
                     continue;
                 }
                 let entry = self.queue.borrow_mut().entries.try_remove(key);
-                if let Some((conn, mut state)) = entry {
+                if let Some((conn, mut state, _)) = entry {
                     // Its heap deadline stays behind and is skipped when it comes due.
                     let reason = match conn.socket_error() {
                         Some(Errno::ETIMEDOUT) => "peer_gone",
@@ -328,12 +365,12 @@ impl<C: Held> Dripper<C> {
     /// drip goes on (a client that only shut its write side may still be reading). An adaptive
     /// response writes its next tick at once: a client that closed answers it with a reset, so
     /// its give-up, which the model learns from, ends the response within a round trip.
-    fn half_closed(self: &Rc<Self>, epoll: &Epoll, key: usize) {
+    fn half_closed(self: &Rc<Self>, epoll: &Epoll, key: usize, watch: Watch) {
         let mut queue = self.queue.borrow_mut();
-        let Some((conn, state)) = queue.entries.get_mut(key) else {
+        let Some((conn, state, _)) = queue.entries.get_mut(key) else {
             return;
         };
-        let mut event = EpollEvent::new(HANGUP, key as u64);
+        let mut event = EpollEvent::new(HANGUP | EpollFlags::EPOLLONESHOT, watch.token(key));
         let _ = epoll.modify(conn.fd(), &mut event);
         let now = Instant::now();
         if state.fin_ms == NO_FIN {
@@ -359,7 +396,8 @@ impl<C: Held> Dripper<C> {
             queue.deadlines.pop();
             // A deadline whose entry has ended (a reset), or whose key now holds another
             // connection with its own deadline, is stale: skip it.
-            let Some((conn, state)) = queue.entries.get_mut(key).filter(|(_, s)| s.next == due)
+            let Some((conn, state, _)) =
+                queue.entries.get_mut(key).filter(|(_, s, _)| s.next == due)
             else {
                 continue;
             };
@@ -370,12 +408,10 @@ impl<C: Held> Dripper<C> {
                 && let Some(holder) = &self.holder
                 && conn.hand_over(state, holder)
             {
-                let (conn, _) = queue.entries.remove(key);
+                let (conn, _, _) = queue.entries.remove(key);
                 drop(queue);
-                if let Some(epoll) = &self.hangups {
-                    let _ = epoll.delete(conn.fd());
-                }
-                drop(conn); // closes the frozen socket: nothing is sent
+                // Closes the frozen socket (nothing is sent), and with it its epoll watch.
+                drop(conn);
                 continue;
             }
             match tick(conn.as_ref(), state, now) {
@@ -400,7 +436,7 @@ impl<C: Held> Dripper<C> {
                     queue.deadlines.push(Reverse((due, key)));
                 }
                 Tick::Done(outcome) => {
-                    let (conn, state) = queue.entries.remove(key);
+                    let (conn, state, _) = queue.entries.remove(key);
                     drop(queue);
                     self.finish(conn, state, outcome);
                 }
@@ -415,12 +451,16 @@ impl<C: Held> Dripper<C> {
         state: DripState,
         outcome: Result<&'static str, &'static str>,
     ) {
-        if let Some(epoll) = &self.hangups {
-            let _ = epoll.delete(conn.fd());
-        }
         conn.finish_response(&state, outcome);
         match outcome {
-            Ok(_) if state.keep_alive && !self.cancel.is_cancelled() => self.spawn_connection(conn),
+            Ok(_) if state.keep_alive && !self.cancel.is_cancelled() => {
+                // The socket stays open for the next request: out of the epoll set (a closed
+                // one leaves it by itself, see `Watch`).
+                if let Some(epoll) = &self.hangups {
+                    let _ = epoll.delete(conn.fd());
+                }
+                self.spawn_connection(conn)
+            }
             Ok(_) => conn.close("response_complete"),
             Err(reason) => conn.close(reason),
         }
@@ -434,7 +474,7 @@ impl<C: Held> Dripper<C> {
             queue.deadlines.clear();
             queue.entries.drain().collect()
         };
-        for (conn, state) in entries {
+        for (conn, state, _) in entries {
             if state.framing == Framing::Chunked && !state.is_page() {
                 let _ = send_now(conn.as_ref(), CHUNKED_END);
             }

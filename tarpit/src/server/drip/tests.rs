@@ -14,6 +14,8 @@ struct Fake {
     settings: Settings,
     /// What `finish_response` was given: the client's FIN and the outcome.
     finished: Rc<Cell<Finished>>,
+    /// When the connection must end.
+    lifetime_end: Instant,
 }
 
 impl Held for Fake {
@@ -24,7 +26,7 @@ impl Held for Fake {
         None
     }
     fn lifetime_end(&self) -> Instant {
-        Instant::now() + Duration::from_secs(3600)
+        self.lifetime_end
     }
     fn settings(&self) -> &Settings {
         &self.settings
@@ -53,6 +55,7 @@ fn a_page_woken_just_before_its_planned_end_ends_as_planned_not_in_a_burst() {
         stream: ours,
         settings,
         finished: Rc::default(),
+        lifetime_end: Instant::now() + Duration::from_secs(3600),
     };
     let started = Instant::now();
     let mut state = DripState {
@@ -93,32 +96,88 @@ fn a_fin_and_close_seen_together_keep_the_fin_on_record() {
         stream: ours,
         settings: Settings::from_config(&crate::config::Config::default()),
         finished: finished.clone(),
+        lifetime_end: Instant::now() + Duration::from_secs(3600),
     };
     let dripper = Dripper::new(
         Rc::new(Cell::new(0)),
         tokio_util::sync::CancellationToken::new(),
         None,
     );
-    let started = Instant::now();
-    let state = DripState {
-        seq: 1,
-        started,
-        framing: Framing::Chunked,
-        keep_alive: false,
-        tick: 1,
-        offset: 0,
-        sent: 1,
-        next: started + Duration::from_secs(60),
-        page: DRIP_TICKS,
-        end_ms: NO_PLANNED_END,
-        fin_ms: NO_FIN,
-        head_only: false,
-        socketless: false,
-    };
-    dripper.add(Box::new(fake), state);
+    dripper.add(
+        Box::new(fake),
+        drip_state(Instant::now() + Duration::from_secs(60)),
+    );
     drop(theirs); // FIN and hang-up at once
     dripper.end_hung_up();
     let (fin_ms, outcome) = finished.get().expect("the response ended");
     assert_eq!(outcome, Err("client_closed"));
     assert_ne!(fin_ms, NO_FIN, "the client's FIN is on record");
+}
+
+/// A drip without keep-alive whose next tick is due at `next`.
+fn drip_state(next: Instant) -> DripState {
+    DripState {
+        seq: 1,
+        started: Instant::now(),
+        framing: Framing::Chunked,
+        keep_alive: false,
+        tick: 1,
+        offset: 0,
+        sent: 1,
+        next,
+        page: DRIP_TICKS,
+        end_ms: NO_PLANNED_END,
+        fin_ms: NO_FIN,
+        head_only: false,
+        socketless: false,
+    }
+}
+
+/// A closed connection is not deleted from the epoll set: its socket's close takes it out.
+/// Here something else still holds that socket (as an abandoned read in the ring can), so its
+/// registration outlives the close, and its hang-up comes after another connection has taken
+/// its slab key: that connection stays held. (Without the watch in each event's data, the
+/// late hang-up ended the new connection.)
+#[test]
+fn a_closed_connections_late_hang_up_does_not_end_the_connection_at_its_key() {
+    let settings = || Settings::from_config(&crate::config::Config::default());
+    let dripper = Dripper::new(
+        Rc::new(Cell::new(0)),
+        tokio_util::sync::CancellationToken::new(),
+        None,
+    );
+    // The first connection: its lifetime is over, so its first tick ends it.
+    let (first, first_peer) = UnixStream::pair().unwrap();
+    let still_held = first.try_clone().unwrap(); // the socket outlives the connection
+    let first_finished = Rc::new(Cell::new(None));
+    let now = Instant::now();
+    let first = Fake {
+        stream: first,
+        settings: settings(),
+        finished: first_finished.clone(),
+        lifetime_end: now,
+    };
+    dripper.add(Box::new(first), drip_state(now));
+    dripper.tick_due();
+    assert_eq!(
+        first_finished.get().map(|(_, outcome)| outcome),
+        Some(Err("lifetime_exceeded"))
+    );
+    assert_eq!(dripper.held(), 0);
+    // The second connection takes the freed key.
+    let (second, _second_peer) = UnixStream::pair().unwrap();
+    let second_finished = Rc::new(Cell::new(None));
+    let second = Fake {
+        stream: second,
+        settings: settings(),
+        finished: second_finished.clone(),
+        lifetime_end: now + Duration::from_secs(3600),
+    };
+    dripper.add(Box::new(second), drip_state(now + Duration::from_secs(60)));
+    // The first connection's peer hangs up: its registration (still there) reports it.
+    drop(first_peer);
+    dripper.end_hung_up();
+    assert_eq!(dripper.held(), 1, "the second connection is still held");
+    assert_eq!(second_finished.get(), None);
+    drop(still_held);
 }
