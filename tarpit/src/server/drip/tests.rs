@@ -3,6 +3,7 @@
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
+use super::tick::tick_page;
 use super::*;
 
 /// What a finished response was given: the client's FIN (ms) and the outcome.
@@ -180,4 +181,45 @@ fn a_closed_connections_late_hang_up_does_not_end_the_connection_at_its_key() {
     assert_eq!(dripper.held(), 1, "the second connection is still held");
     assert_eq!(second_finished.get(), None);
     drop(still_held);
+}
+
+/// Connections that reset leave their deadlines in the heap; once those outnumber the live
+/// ones they are swept, so churn does not leave a tick delay's worth of them for every push
+/// and pop to pay for. The live connection's deadline stays.
+#[test]
+fn the_deadlines_of_reset_connections_are_swept_from_the_heap() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const STALE: usize = STALE_DEADLINES_KEPT + 500;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, soft.max(4096).min(hard), hard).unwrap();
+    let dripper = Dripper::new(
+        Rc::new(Cell::new(0)),
+        tokio_util::sync::CancellationToken::new(),
+        None,
+    );
+    let later = Instant::now() + Duration::from_secs(60);
+    let fake = |stream: UnixStream| Fake {
+        stream,
+        settings: Settings::from_config(&crate::config::Config::default()),
+        finished: Rc::default(),
+        lifetime_end: later,
+    };
+    let (live, _live_peer) = UnixStream::pair().unwrap();
+    dripper.add(Box::new(fake(live)), drip_state(later));
+    // Every churned connection a descriptor of one socket: its peer's close hangs up all.
+    let (churned, churned_peer) = UnixStream::pair().unwrap();
+    for _ in 0..STALE {
+        let stream = churned.try_clone().unwrap();
+        dripper.add(Box::new(fake(stream)), drip_state(later));
+    }
+    drop(churned);
+    assert_eq!(dripper.queue.borrow().deadlines.len(), STALE + 1);
+    drop(churned_peer);
+    dripper.end_hung_up();
+    assert_eq!(dripper.held(), 1, "the live connection is still held");
+    let queue = dripper.queue.borrow();
+    let left: Vec<usize> = queue.deadlines.iter().map(|d| d.0.1).collect();
+    let live_key = queue.entries.iter().next().unwrap().0;
+    assert_eq!(left.len(), 1, "deadlines left in the heap");
+    assert_eq!(left[0], live_key, "the live connection's deadline is left");
 }
