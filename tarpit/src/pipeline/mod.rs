@@ -254,6 +254,9 @@ async fn run(
                     }
                     deliver(event, &sinks, &stats)
                 }
+                if let Some(metrics) = metrics.as_ref() {
+                    metrics.publish_totals();
+                }
                 if taken < BURST_MAX {
                     // Caught up: let the next events gather instead of being woken for each.
                     tokio::time::sleep(LINGER).await;
@@ -286,7 +289,12 @@ async fn run(
                 }
                 deliver(outcome, &sinks, &stats)
             }
-            _ = report.tick() => reported = report_drops(&stats, reported),
+            _ = report.tick() => {
+                reported = report_drops(&stats, reported);
+                if let Some(metrics) = metrics.as_ref() {
+                    metrics.publish_totals();
+                }
+            }
             _ = learner_tick.tick() => {
                 store_families(enrichment.learner.as_mut(), metrics.as_mut(), &sinks, &stats);
             }
