@@ -2,8 +2,8 @@
 //!
 //! Each file-backed sink runs on its own thread behind its own bounded queue ([`SinkThread`]), so
 //! a slow or full disk stalls only that sink: the pipeline keeps feeding the others, and the
-//! workers never notice. A sink writes whatever has queued up as one batch (one SQLite
-//! transaction, one flush), so it batches more under load and writes at once when idle.
+//! workers never notice. A sink writes what has queued up over [`LINGER`] as one batch (one
+//! SQLite transaction, one flush), or at once when a whole batch is waiting.
 
 pub mod jsonl;
 pub mod sqlite;
@@ -21,16 +21,18 @@ use crate::queue::{ByteBudget, PipelineStats};
 /// Most events written in one batch (one transaction).
 const MAX_BATCH: usize = 4096;
 
-/// A sink that woke for fewer events than this waits [`LINGER`] for more before writing.
-const LINGER_BELOW: usize = 512;
-
-/// How long a sink lets a small batch grow. Most of a SQLite transaction's cost is per commit
-/// (the WAL frames of every page it touched: each index's last leaf, the table's, the change
-/// counter), and most of the JSON log's is per `write`, so a sink woken for every few events
-/// spent more on commits and wake-ups than on rows. A few milliseconds gathers a churn's events
-/// into one batch (a row is on disk this much later; a drip tick is 1.5 s). A batch already at
-/// `LINGER_BELOW` is written at once, so a busy sink never waits.
-const LINGER: Duration = Duration::from_millis(5);
+/// How long a sink lets a batch grow before writing it, unless [`MAX_BATCH`] events are
+/// already waiting. Most of a SQLite transaction's cost is per commit, not per row: a commit
+/// writes every page it touched to the WAL, and the `events(client_ip)` index has a page of its
+/// own for each address seen lately (a row lands at the end of its address's run of entries),
+/// so the index pages a commit writes grow with the addresses in it, not with its rows.
+/// Writing as soon as 512 events had queued, a churn's SQLite writer wrote 1.04 WAL pages per
+/// connection; gathering for this long (and with a cache that holds a batch, see
+/// [`sqlite::SqliteSink::new`]), 0.55 (docs/benchmarks.md, fifth pass). Longer gathers wrote
+/// less, but the JSON log's larger writes cost more than they saved. A row is on disk this
+/// much later (a drip tick is 1.5 s); a full batch is written at once, so a sink that falls
+/// behind never waits.
+const LINGER: Duration = Duration::from_millis(20);
 
 /// A writer's queue holds this many times `storage.event_queue` events, within the same
 /// `storage.event_queue_bytes`. The ends of 100,000 socketless flows whose clients leave within
@@ -137,7 +139,7 @@ fn run(
     while let Ok(first) = rx.recv() {
         batch.push(first);
         take_queued(&rx, &mut batch);
-        if batch.len() < LINGER_BELOW {
+        if batch.len() < MAX_BATCH {
             std::thread::sleep(LINGER);
             take_queued(&rx, &mut batch);
         }
@@ -248,34 +250,34 @@ mod tests {
         assert_eq!(*seen.lock().unwrap(), vec![2]);
     }
 
+    /// A sink that counts its batches and keeps the ids of what it wrote.
+    #[derive(Default)]
+    struct Counting {
+        seen: Arc<Mutex<Vec<u64>>>,
+        batches: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Sink for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        fn write_batch(&mut self, events: &[Arc<Event>]) -> Result<(), SinkError> {
+            self.batches.fetch_add(1, Ordering::Relaxed);
+            let mut seen = self.seen.lock().unwrap();
+            seen.extend(events.iter().map(|e| e.conn_id()));
+            Ok(())
+        }
+    }
+
     /// Events that trickle in are written in batches of what gathered over [`LINGER`], not one
     /// by one: each small batch costs the sink at least `LINGER` of waiting, so however the
     /// machine schedules the threads, the batches can be no more than the time taken over
     /// `LINGER`. (A sink that wrote each event as it came wrote 300 batches here.)
     #[test]
     fn a_trickle_of_events_is_written_in_few_batches() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        struct Counting {
-            seen: Arc<Mutex<Vec<u64>>>,
-            batches: Arc<std::sync::atomic::AtomicUsize>,
-        }
-        impl Sink for Counting {
-            fn name(&self) -> &'static str {
-                "counting"
-            }
-            fn write_batch(&mut self, events: &[Arc<Event>]) -> Result<(), SinkError> {
-                self.batches.fetch_add(1, Ordering::Relaxed);
-                let mut seen = self.seen.lock().unwrap();
-                seen.extend(events.iter().map(|e| e.conn_id()));
-                Ok(())
-            }
-        }
         let stats = Arc::new(PipelineStats::default());
-        let sink = Counting {
-            seen: seen.clone(),
-            batches: batches.clone(),
-        };
+        let sink = Counting::default();
+        let (seen, batches) = (sink.seen.clone(), sink.batches.clone());
         let thread = SinkThread::spawn(sink, (10_000, usize::MAX / 2), stats.clone()).unwrap();
         let started = Instant::now();
         for id in 0..300 {
@@ -291,6 +293,39 @@ mod tests {
             "{batches} batches in {elapsed:?}: more than one per {LINGER:?}"
         );
         assert_eq!(*seen.lock().unwrap(), (0..300).collect::<Vec<_>>());
+    }
+
+    /// A busy stream is written a batch per [`LINGER`] too, not a batch per wake-up: each
+    /// commit costs SQLite every page it touched, so committing whenever a few hundred events
+    /// had queued wrote the same index pages over and over. Each batch short of [`MAX_BATCH`]
+    /// costs the sink `LINGER` of waiting, so however the threads are scheduled, there are at
+    /// most the time taken over `LINGER` plus the full batches. (The sink that wrote at once
+    /// any batch of 512 or more wrote 53 batches here.)
+    #[test]
+    fn a_busy_stream_is_written_a_batch_per_linger() {
+        let stats = Arc::new(PipelineStats::default());
+        let sink = Counting::default();
+        let (seen, batches) = (sink.seen.clone(), sink.batches.clone());
+        let thread = SinkThread::spawn(sink, (100_000, usize::MAX / 2), stats.clone()).unwrap();
+        let started = Instant::now();
+        let (bursts, per_burst) = (100, 600);
+        for burst in 0..bursts {
+            for id in 0..per_burst {
+                thread.offer(event(burst * per_burst + id));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        thread.finish();
+        let elapsed = started.elapsed();
+        let batches = batches.load(Ordering::Relaxed);
+        let total = (bursts * per_burst) as usize;
+        let most = (elapsed.as_micros() / LINGER.as_micros()) as usize + total / MAX_BATCH + 1;
+        assert!(
+            batches <= most,
+            "{batches} batches in {elapsed:?}: more than one per {LINGER:?} and the full ones"
+        );
+        assert_eq!(stats.sink_dropped.load(Ordering::Relaxed), 0);
+        assert_eq!(*seen.lock().unwrap(), (0..total as u64).collect::<Vec<_>>());
     }
 
     /// At the default bounds, a writer's queue takes the ends of 100,000 held flows (a

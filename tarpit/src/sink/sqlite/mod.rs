@@ -25,6 +25,10 @@ use crate::fingerprint::Fingerprint;
 use actors::Actors;
 use ends::BatchEnds;
 
+/// The SQLite sink's page cache, in SQLite's notation for KiB (negative): 8 MiB, room for a
+/// full batch's pages (see [`SqliteSink::new`]).
+const SINK_CACHE_KIB: &str = "-8192";
+
 /// Writes events into the `events` and `connections` tables (see [`crate::db`]).
 #[derive(Debug)]
 pub struct SqliteSink {
@@ -44,6 +48,17 @@ impl SqliteSink {
     pub fn new(mut conn: Connection, sensor_id: &str) -> Self {
         if let Err(error) = conn.busy_handler(Some(wait_a_millisecond)) {
             tracing::warn!("cannot set the SQLite sink's busy handler: {error}");
+        }
+        // A batch's dirty pages stay in memory until its commit: with spilling on, a batch
+        // touching more pages than the cache held wrote pages to the WAL mid-transaction and
+        // again at the commit once touched again (a churn's writer spilled 20 times per
+        // commit). The cache holds a full batch's pages and the B-trees' inner pages beside
+        // them; at SQLite's default of 2 MB, the pinned pages pushed the inner pages out and
+        // the writer read four pages from the file per row (docs/benchmarks.md, fifth pass).
+        for (pragma, value) in [("cache_spill", "OFF"), ("cache_size", SINK_CACHE_KIB)] {
+            if let Err(error) = conn.pragma_update(None, pragma, value) {
+                tracing::warn!("cannot set the SQLite sink's {pragma} to {value}: {error}");
+            }
         }
         Self {
             conn,
@@ -408,164 +423,4 @@ fn complete_connection(conn: &Connection, e: &ConnectionClosed) -> rusqlite::Res
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::adaptive::model::{FamilyRow, family_from_row};
-    use std::time::{Duration, SystemTime};
-
-    /// A connection's four events (opened, request with a tag, response end, closed).
-    fn connection_events(conn_id: u64) -> Vec<Arc<Event>> {
-        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + conn_id);
-        let ip = "192.0.2.7".parse().unwrap();
-        let mut request = RequestRecord::sample(ip);
-        request.conn_id = conn_id;
-        request.timestamp = at;
-        request.tags = vec!["tool:curl".into()];
-        vec![
-            Arc::new(Event::ConnectionOpened(ConnectionOpened {
-                conn_id,
-                timestamp: at,
-                peer_ip: ip,
-                peer_port: 40000,
-                local_ip: ip,
-                local_port: 8080,
-                worker: 1,
-            })),
-            Arc::new(Event::Request(Box::new(request))),
-            Arc::new(Event::ResponseEnd(ResponseEnd {
-                conn_id,
-                request_seq: 1,
-                closed_at: at + Duration::from_millis(3),
-                bytes_sent: 150,
-                duration_s: 0.003,
-                end_reason: "client_reset",
-                client_fin_s: Some(0.002),
-            })),
-            Arc::new(Event::ConnectionClosed(ConnectionClosed {
-                conn_id,
-                closed_at: at + Duration::from_millis(4),
-                requests: 1,
-                bytes_sent: 150,
-                duration_s: 0.004,
-                end_reason: "client_reset",
-            })),
-        ]
-    }
-
-    /// Every column of both tables and the tags, for comparing two files: all but the change
-    /// number and the row ids (an insert that finds its row there already still uses an id).
-    fn dump(conn: &Connection) -> Vec<String> {
-        let mut rows = Vec::new();
-        for sql in [
-            "SELECT * FROM connections ORDER BY conn_id",
-            "SELECT * FROM events ORDER BY id",
-            "SELECT * FROM request_tags ORDER BY event_id, tag",
-        ] {
-            let mut statement = conn.prepare(sql).unwrap();
-            let names: Vec<String> = statement.column_names().map(str::to_owned).collect();
-            let mut found = statement.query([]).unwrap();
-            while let Some(row) = found.next().unwrap() {
-                let mut text = String::new();
-                for (i, name) in names.iter().enumerate() {
-                    if !["changed_seq", "id", "event_id"].contains(&name.as_str()) {
-                        let value: rusqlite::types::Value = row.get(i).unwrap();
-                        text.push_str(&format!("{name}={value:?} "));
-                    }
-                }
-                rows.push(text);
-            }
-        }
-        rows
-    }
-
-    /// A row whose end is in its own batch is inserted complete, and is then the same row,
-    /// column for column, as one written event by event; a start that finds its row there
-    /// already still gets its end.
-    #[test]
-    fn rows_ended_in_their_own_batch_are_the_rows_written_event_by_event() {
-        let dir = tempfile::tempdir().unwrap();
-        let open = |name: &str| {
-            SqliteSink::new(crate::db::open(&dir.path().join(name)).unwrap(), "sensor-a")
-        };
-        let (mut one_batch, mut one_by_one) = (open("batch.db"), open("single.db"));
-        for sink in [&one_batch, &one_by_one] {
-            sink.conn
-                .execute_batch(
-                    "CREATE TEMP TABLE updates (tab TEXT);
-                     CREATE TEMP TRIGGER e AFTER UPDATE ON main.events
-                         BEGIN INSERT INTO updates VALUES ('events'); END;
-                     CREATE TEMP TRIGGER c AFTER UPDATE ON main.connections
-                         BEGIN INSERT INTO updates VALUES ('connections'); END;",
-                )
-                .unwrap();
-        }
-        let updates = |sink: &SqliteSink| -> i64 {
-            sink.conn
-                .query_row("SELECT COUNT(*) FROM temp.updates", [], |r| r.get(0))
-                .unwrap()
-        };
-        let events: Vec<Arc<Event>> = (1..=3).flat_map(connection_events).collect();
-        one_batch.write_batch(&events).unwrap();
-        for event in &events {
-            one_by_one.write_batch(std::slice::from_ref(event)).unwrap();
-        }
-        assert_eq!(updates(&one_batch), 0, "every row inserted complete");
-        assert_eq!(updates(&one_by_one), 6, "each end an update");
-        let written = dump(&one_batch.conn);
-        assert_eq!(written.len(), 9, "3 connections, 3 requests, 3 tags");
-        assert!(
-            written[0].contains("end_reason=Text(\"client_reset\")"),
-            "{}",
-            written[0]
-        );
-        assert!(
-            written[3].contains("bytes_sent=Integer(150)"),
-            "{}",
-            written[3]
-        );
-        assert_eq!(written, dump(&one_by_one.conn));
-        // The same batch again: every start is ignored, every end written as an update.
-        let mut again = open("again.db");
-        again.write_batch(&events[..2]).unwrap();
-        again.write_batch(&events).unwrap();
-        assert_eq!(dump(&again.conn), dump(&one_by_one.conn));
-    }
-
-    /// Storing changes keeps the table at the model's bound, the least recently seen going
-    /// first, and never fails the batch it is part of.
-    #[test]
-    fn stored_families_are_pruned_to_the_bound_least_recently_seen_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::db::open(&dir.path().join("t.db")).unwrap();
-        let rows: Vec<FamilyRow> = (0..10)
-            .map(|i| FamilyRow {
-                family: family_from_row(
-                    "user_agent",
-                    format!("agent/{i}"),
-                    &[],
-                    (0, 0, 0),
-                    None,
-                    1_000 + i,
-                )
-                .unwrap(),
-                give_up_s: None,
-            })
-            .collect();
-        store_families(&conn, &FamilyBatch { rows, keep: 4 }).unwrap();
-        let names: Vec<String> = conn
-            .prepare("SELECT name FROM giveup_families ORDER BY last_seen")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(names, ["agent/6", "agent/7", "agent/8", "agent/9"]);
-        let back = crate::adaptive::store::load_families(&conn, 2).unwrap();
-        let back: Vec<&str> = back.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(
-            back,
-            ["agent/8", "agent/9"],
-            "a start reads the newest, at most its bound"
-        );
-    }
-}
+mod tests;
