@@ -54,7 +54,7 @@ impl SqliteSink {
         // again at the commit once touched again (a churn's writer spilled 20 times per
         // commit). The cache holds a full batch's pages and the B-trees' inner pages beside
         // them; at SQLite's default of 2 MB, the pinned pages pushed the inner pages out and
-        // the writer read four pages from the file per row (docs/benchmarks.md, fifth pass).
+        // the writer read 2.5 pages from the file per row (docs/benchmarks.md, fifth pass).
         for (pragma, value) in [("cache_spill", "OFF"), ("cache_size", SINK_CACHE_KIB)] {
             if let Err(error) = conn.pragma_update(None, pragma, value) {
                 tracing::warn!("cannot set the SQLite sink's {pragma} to {value}: {error}");

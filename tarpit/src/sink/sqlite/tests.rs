@@ -221,7 +221,7 @@ fn a_batch_is_written_at_its_commit_not_spilled_before() {
 /// writer's commit (the CRS stage's) has made the sink drop its cache, a batch reads fewer
 /// pages than it writes (each once, and the inner pages on their paths). At SQLite's default
 /// cache of 2 MB the batch's pinned pages pushed the inner pages out, to be read again and
-/// again: 1,534 pages read here for 587 written, four page reads per row in a churn.
+/// again: 1,534 pages read here for 587 written, 2.5 page reads per row in a churn.
 #[test]
 fn a_full_batch_reads_fewer_pages_than_it_writes() {
     let dir = tempfile::tempdir().unwrap();
