@@ -379,9 +379,10 @@ fn store_families(
 }
 
 fn deliver(event: Event, sinks: &[SinkThread], stats: &PipelineStats) {
+    let size = event.queued_bytes();
     let event = Arc::new(event);
     for sink in sinks {
-        sink.offer(event.clone());
+        sink.offer(event.clone(), size);
     }
     stats.delivered.fetch_add(1, Ordering::Relaxed);
 }

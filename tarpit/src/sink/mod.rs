@@ -73,7 +73,9 @@ pub trait Sink: Send + 'static {
 #[derive(Debug)]
 pub struct SinkThread {
     name: &'static str,
-    tx: SyncSender<Arc<Event>>,
+    /// Each event with its [`Event::queued_bytes`], so the writer gives the bytes back without
+    /// reading every event again.
+    tx: SyncSender<(Arc<Event>, usize)>,
     bytes: Arc<ByteBudget>,
     thread: JoinHandle<()>,
     stats: Arc<PipelineStats>,
@@ -104,15 +106,16 @@ impl SinkThread {
         })
     }
 
-    /// Queues an event without waiting; a queue full in events or bytes drops it and counts
-    /// it.
-    pub fn offer(&self, event: Arc<Event>) {
-        let size = event.queued_bytes();
+    /// Queues an event of `size` bytes ([`Event::queued_bytes`], which the pipeline reckons
+    /// once for every sink) without waiting; a queue full in events or bytes drops it and
+    /// counts it.
+    pub fn offer(&self, event: Arc<Event>, size: usize) {
         if !self.bytes.try_reserve(size) {
             self.stats.sink_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(event)
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx.try_send((event, size))
         {
             self.bytes.release(size);
             self.stats.sink_dropped.fetch_add(1, Ordering::Relaxed);
@@ -130,18 +133,19 @@ impl SinkThread {
 
 fn run(
     mut sink: impl Sink,
-    rx: mpsc::Receiver<Arc<Event>>,
+    rx: mpsc::Receiver<(Arc<Event>, usize)>,
     bytes: Arc<ByteBudget>,
     stats: Arc<PipelineStats>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut failures = LogThrottle::new(Duration::from_secs(60));
-    while let Ok(first) = rx.recv() {
+    while let Ok((first, size)) = rx.recv() {
         batch.push(first);
-        take_queued(&rx, &mut batch);
+        let mut batch_bytes = size;
+        take_queued(&rx, &mut batch, &mut batch_bytes);
         if batch.len() < MAX_BATCH {
             std::thread::sleep(LINGER);
-            take_queued(&rx, &mut batch);
+            take_queued(&rx, &mut batch, &mut batch_bytes);
         }
         let started = Instant::now();
         let written = sink.write_batch(&batch);
@@ -160,16 +164,24 @@ fn run(
                 );
             }
         }
-        bytes.release(batch.iter().map(|e| e.queued_bytes()).sum());
+        bytes.release(batch_bytes);
         batch.clear();
     }
 }
 
-/// Moves what is queued into `batch`, up to [`MAX_BATCH`].
-fn take_queued(rx: &mpsc::Receiver<Arc<Event>>, batch: &mut Vec<Arc<Event>>) {
+/// Moves what is queued into `batch`, up to [`MAX_BATCH`], adding the events' sizes to
+/// `batch_bytes`.
+fn take_queued(
+    rx: &mpsc::Receiver<(Arc<Event>, usize)>,
+    batch: &mut Vec<Arc<Event>>,
+    batch_bytes: &mut usize,
+) {
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {
-            Ok(event) => batch.push(event),
+            Ok((event, size)) => {
+                batch.push(event);
+                *batch_bytes += size;
+            }
             Err(_) => break,
         }
     }
@@ -201,6 +213,12 @@ mod tests {
         }
     }
 
+    /// Offers `event` as the pipeline does, with its size.
+    fn offer(thread: &SinkThread, event: Arc<Event>) {
+        let size = event.queued_bytes();
+        thread.offer(event, size);
+    }
+
     fn event(conn_id: u64) -> Arc<Event> {
         Arc::new(Event::ConnectionClosed(ConnectionClosed {
             conn_id,
@@ -222,7 +240,7 @@ mod tests {
         };
         let thread = SinkThread::spawn(sink, (10_000, usize::MAX / 2), stats.clone()).unwrap();
         for id in 0..1000 {
-            thread.offer(event(id));
+            offer(&thread, event(id));
         }
         thread.finish();
         assert_eq!(*seen.lock().unwrap(), (0..1000).collect::<Vec<_>>());
@@ -238,13 +256,13 @@ mod tests {
             fail_first: true,
         };
         let thread = SinkThread::spawn(sink, (10, usize::MAX / 2), stats.clone()).unwrap();
-        thread.offer(event(1));
+        offer(&thread, event(1));
         // Wait until the failing batch has been taken, then send one that must succeed.
         let deadline = Instant::now() + Duration::from_secs(5);
         while stats.sink_dropped.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        thread.offer(event(2));
+        offer(&thread, event(2));
         thread.finish();
         assert_eq!(stats.sink_dropped.load(Ordering::Relaxed), 1);
         assert_eq!(*seen.lock().unwrap(), vec![2]);
@@ -281,7 +299,7 @@ mod tests {
         let thread = SinkThread::spawn(sink, (10_000, usize::MAX / 2), stats.clone()).unwrap();
         let started = Instant::now();
         for id in 0..300 {
-            thread.offer(event(id));
+            offer(&thread, event(id));
             std::thread::sleep(Duration::from_micros(200));
         }
         thread.finish();
@@ -311,7 +329,7 @@ mod tests {
         let (bursts, per_burst) = (100, 600);
         for burst in 0..bursts {
             for id in 0..per_burst {
-                thread.offer(event(burst * per_burst + id));
+                offer(&thread, event(burst * per_burst + id));
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -380,7 +398,7 @@ mod tests {
         )
         .unwrap();
         for id in 0..100 {
-            thread.offer(event(id));
+            offer(&thread, event(id));
         }
         // At most five events' worth queued (with the stalled batch); the rest dropped and
         // counted.
@@ -393,7 +411,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(thread.bytes.used(), 0);
-        thread.offer(event(100));
+        offer(&thread, event(100));
         thread.finish();
         assert_eq!(stats.sink_dropped.load(Ordering::Relaxed), 95);
     }
