@@ -318,6 +318,7 @@ fn classify(
     if let Some(mut crs) = crs {
         let mut conn = rusqlite::Connection::open(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        tarpit::db::configure_writer(&conn)?;
         let outcome = stage::evaluate_all(&mut conn, &mut crs)
             .with_context(|| format!("evaluating the CRS on {}", db.display()))?;
         println!(

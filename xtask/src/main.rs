@@ -152,6 +152,9 @@ enum BenchKind {
     Classify,
     /// The canary token search per request (`tarpit/examples/canary_bench.rs`).
     Canary,
+    /// The SQLite and JSON-log writers' CPU per recorded connection, five rounds of 100,000
+    /// churned connections on one core (`tarpit/examples/sink_bench.rs`).
+    Sinks,
     Scanners,
     Ship,
     /// A bounded SYN flood against every port: REDIRECT vs sk_lookup (`bench/synflood.rs`).
@@ -190,6 +193,10 @@ fn main() -> anyhow::Result<()> {
             duration,
             ..
         } => classify_eval::run_example(&root, "canary_bench", &[duration.to_string()], true),
+        Task::Bench {
+            kind: BenchKind::Sinks,
+            ..
+        } => classify_eval::run_example(&root, "sink_bench", &["5".into(), "100000".into()], true),
         Task::Bench {
             kind: BenchKind::Scanners,
             duration,

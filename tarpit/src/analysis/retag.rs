@@ -35,6 +35,7 @@ pub fn retag(path: &Path, classifier: &Classifier) -> Result<RetagSummary, crate
     drop(crate::db::open_read_only(path)?);
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    crate::db::configure_writer(&conn)?;
     let mut summary = RetagSummary::default();
     let mut after = i64::MIN;
     loop {

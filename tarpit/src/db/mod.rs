@@ -114,9 +114,31 @@ use migrations::MIGRATIONS;
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// How many pages (4 KiB) the WAL grows to before a commit copies them into the database
+/// file (SQLite's automatic checkpoint; its default is 1,000). The writers append: each commit
+/// rewrites the last, partly filled page of every table and index, and an `events(client_ip)`
+/// leaf for each address in it, so most of a WAL's frames are new versions of the same few
+/// hundred pages. A checkpoint writes each page once however many versions it has, and syncs
+/// both files: every 1,000 frames a churn's writer checkpointed twice a second and spent a
+/// seventh of its time on it (`cargo xtask bench sinks`: 14 µs of CPU per connection, 12 at
+/// this size; docs/benchmarks.md, sixth pass). The WAL file stays at about 40 MiB. What a
+/// power cut can undo is bounded by the kernel's writeback (dirty pages are written within
+/// 30 s by default) far more than by the checkpoint; a `kill -9` loses nothing committed.
+pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
+
+/// The settings of every connection that writes the database (the sink's, the CRS stage's,
+/// the shippers'): `synchronous = NORMAL`, which in WAL mode keeps every committed transaction
+/// through a process crash without an `fsync` per commit, and the same checkpoint size, since
+/// any writer's commit checkpoints a WAL past its own connection's limit.
+pub fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+}
+
 /// Opens (creating when missing) the database, sets WAL mode and migrates it to the current
-/// schema. WAL with `synchronous = NORMAL` survives a process crash (`kill -9`) with every
-/// committed transaction intact, at a fraction of the cost of `FULL`.
+/// schema, configured as a writer ([`configure_writer`]). WAL with `synchronous = NORMAL`
+/// survives a process crash (`kill -9`) with every committed transaction intact, at a
+/// fraction of the cost of `FULL`.
 pub fn open(path: &Path) -> Result<Connection, DbError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
@@ -146,7 +168,7 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
         legacy::save_copy(path)?;
     }
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    configure_writer(&conn)?;
     if let Some(has_target_port) = adopt_legacy {
         legacy::migrate_in_place(&mut conn, has_target_port)?;
     }
@@ -338,6 +360,37 @@ pub fn is_database_file(a: &Path, b: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Frames in the WAL of `conn`'s database (a passive checkpoint's count of them).
+    fn wal_frames(conn: &Connection) -> i64 {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .unwrap()
+    }
+
+    #[test]
+    fn writers_let_the_wal_grow_to_the_checkpoint_size_before_copying_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let sink = open(&path).unwrap();
+        let stage = Connection::open(&path).unwrap();
+        configure_writer(&stage).unwrap();
+        sink.execute("CREATE TABLE scratch (b BLOB)", []).unwrap();
+        // Six commits of about 500 pages each, the two writers taking turns: past SQLite's
+        // default of 1,000 frames, where either one's commit would have checkpointed and the
+        // WAL started again from its beginning.
+        let half_a_thousand_pages = vec![7u8; 500 * 4096];
+        for round in 0..6 {
+            let writer = if round % 2 == 0 { &sink } else { &stage };
+            writer
+                .execute("INSERT INTO scratch VALUES (?1)", [&half_a_thousand_pages])
+                .unwrap();
+        }
+        let frames = wal_frames(&sink);
+        assert!(
+            (3_000..i64::from(WAL_AUTOCHECKPOINT_PAGES)).contains(&frames),
+            "{frames} frames in the WAL"
+        );
+    }
 
     #[test]
     fn fresh_database_gets_the_current_schema_with_every_seed_column() {

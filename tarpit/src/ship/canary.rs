@@ -263,6 +263,7 @@ async fn exchange(setup: &CanaryFleetSetup, since: i64) -> anyhow::Result<Vec<Fl
     let open = move || -> rusqlite::Result<Connection> {
         let conn = Connection::open(&database)?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        crate::db::configure_writer(&conn)?;
         Ok(conn)
     };
     let reader = open.clone();

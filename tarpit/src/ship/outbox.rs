@@ -72,7 +72,7 @@ impl Outbox {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // As the sink's connection: no fsync per cursor move. A power cut can undo the last
         // moves, which only resends rows the store then keeps once.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        crate::db::configure_writer(&conn)?;
         Ok(Self {
             conn,
             stamp,

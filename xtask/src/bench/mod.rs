@@ -538,6 +538,7 @@ pub fn hold_or_churn(root: &Path, kind: crate::BenchKind, args: LoadArgs) -> any
             BenchKind::Churn => churn(&cmd, name, workers, duration, processes)?,
             BenchKind::Classify
             | BenchKind::Canary
+            | BenchKind::Sinks
             | BenchKind::Scanners
             | BenchKind::Ship
             | BenchKind::Synflood => {
@@ -555,6 +556,7 @@ pub fn hold_or_churn(root: &Path, kind: crate::BenchKind, args: LoadArgs) -> any
         BenchKind::Churn => format!("churn: {workers} loops, {duration} s measured"),
         BenchKind::Classify
         | BenchKind::Canary
+        | BenchKind::Sinks
         | BenchKind::Scanners
         | BenchKind::Ship
         | BenchKind::Synflood => {

@@ -224,7 +224,7 @@ impl CrsStage {
         use anyhow::Context;
         let mut conn = Connection::open(path).context("opening the database for the CRS stage")?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        crate::db::configure_writer(&conn)?;
         set_active(&conn, true).context("marking the CRS stage active")?;
         store_catalog(&mut conn, crs.catalog()).context("storing the CRS rule messages")?;
         let stop = Arc::new(AtomicBool::new(false));

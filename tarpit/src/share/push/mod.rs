@@ -336,6 +336,7 @@ fn read_pass(spec: &Spec, output: &str) -> rusqlite::Result<Read> {
 fn open(spec: &Spec) -> rusqlite::Result<Connection> {
     let conn = Connection::open(&spec.database)?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    crate::db::configure_writer(&conn)?;
     Ok(conn)
 }
 

@@ -1,0 +1,170 @@
+//! The writers' cost per recorded connection (`cargo xtask bench sinks`): the events of
+//! churned connections (opened, one request, its response's end, closed: what a scanner that
+//! reads the first byte and resets leaves behind) written by the SQLite sink and by the JSON
+//! log in batches of the size a churn of 20,000 connections a second gathers in the sinks'
+//! linger, from 249 client addresses as `xtask bench churn` uses. CPU time of the writing
+//! thread only (no network, no other thread), so two builds or settings compare to within a
+//! few per cent where a churn's figures move by a fifth with the machine. Prints µs of CPU
+//! per connection for each sink and each round.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tarpit::event::{ConnectionClosed, ConnectionOpened, Event, RequestRecord, ResponseEnd};
+use tarpit::fingerprint::Fingerprint;
+use tarpit::sink::Sink;
+use tarpit::sink::jsonl::JsonLinesSink;
+use tarpit::sink::sqlite::SqliteSink;
+
+/// Connections per batch: 20 ms of a churn at 20,000 a second.
+const PER_BATCH: u64 = 400;
+
+/// The request a churn's client sends, as the pipeline records it.
+fn request(conn_id: u64, client_ip: IpAddr, timestamp: SystemTime) -> RequestRecord {
+    let fingerprint = Fingerprint {
+        syn_ttl: Some(64),
+        syn_initial_ttl: Some(64),
+        syn_df: Some(true),
+        syn_window: Some(65495),
+        syn_mss: Some(65495),
+        syn_wscale: Some(7),
+        syn_options: Some("mss,sok,ts,nop,ws".into()),
+        syn_fp: Some("4:64+0:0:65495:65495,7:mss,sok,ts,nop,ws:df".into()),
+        header_order: Some("host,user-agent".into()),
+        header_order_hash: Some("2f1d3c8a9b7e6f50".into()),
+        ..Fingerprint::default()
+    };
+    RequestRecord {
+        conn_id,
+        request_seq: 1,
+        timestamp,
+        client_ip,
+        client_port: Some(40_000 + (conn_id % 20_000) as u16),
+        client_ip_source: "socket",
+        peer_ip: client_ip,
+        peer_port: 40_000 + (conn_id % 20_000) as u16,
+        local_ip: Ipv4Addr::LOCALHOST.into(),
+        local_port: 8080,
+        target_port: 8080,
+        target_port_source: "socket",
+        target_port_ebpf: None,
+        ebpf_lookup: Some("untranslated"),
+        target_port_original_dst: Some(8080),
+        target_port_header: None,
+        http_method: Some("GET".into()),
+        http_path: Some("/bench".into()),
+        http_query: None,
+        http_version: Some("HTTP/1.1"),
+        user_agent: Some("tarpit-bench".into()),
+        headers_json: vec![
+            ("Host".into(), "bench".into()),
+            ("User-Agent".into(), "tarpit-bench".into()),
+        ],
+        head_size: 63,
+        body_preview: None,
+        body_sha256: None,
+        body_length: None,
+        response_status: Some(200),
+        response_mode: "drip",
+        giveup_limit_s: None,
+        giveup_basis: None,
+        planned_end_s: None,
+        families: None,
+        error_message: None,
+        raw_preview: None,
+        geo: Default::default(),
+        fingerprint: Some(Box::new(fingerprint)),
+        header_order: None,
+        syn: None,
+        client_hello: None,
+        tags: Vec::new(),
+        canary_slots: &[],
+        canary: None,
+    }
+}
+
+/// The four events of churned connection `conn_id`, in the order a churn's sinks see them.
+fn connection(conn_id: u64, start: SystemTime) -> [Arc<Event>; 4] {
+    let client_ip: IpAddr = Ipv4Addr::new(127, 0, 0, 2 + (conn_id % 249) as u8).into();
+    let opened = start + Duration::from_micros(50 * conn_id);
+    let closed = opened + Duration::from_millis(2);
+    [
+        Event::ConnectionOpened(ConnectionOpened {
+            conn_id,
+            timestamp: opened,
+            peer_ip: client_ip,
+            peer_port: 40_000 + (conn_id % 20_000) as u16,
+            local_ip: Ipv4Addr::LOCALHOST.into(),
+            local_port: 8080,
+            worker: (conn_id % 2) as usize,
+        }),
+        Event::Request(Box::new(request(conn_id, client_ip, opened))),
+        Event::ResponseEnd(ResponseEnd {
+            conn_id,
+            request_seq: 1,
+            closed_at: closed,
+            bytes_sent: 131,
+            duration_s: 0.002,
+            end_reason: "client_reset",
+            client_fin_s: None,
+        }),
+        Event::ConnectionClosed(ConnectionClosed {
+            conn_id,
+            closed_at: closed,
+            requests: 1,
+            bytes_sent: 131,
+            duration_s: 0.002,
+            end_reason: "client_reset",
+        }),
+    ]
+    .map(Arc::new)
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Writes `connections` churned connections through `sink` in batches; returns µs of this
+/// thread's CPU per connection.
+fn run(sink: &mut dyn Sink, first: u64, connections: u64) -> f64 {
+    let start = SystemTime::now();
+    let batches: Vec<Vec<Arc<Event>>> = (0..connections / PER_BATCH)
+        .map(|b| {
+            let from = first + b * PER_BATCH;
+            (from..from + PER_BATCH)
+                .flat_map(|id| connection(id, start))
+                .collect()
+        })
+        .collect();
+    let before = thread_cpu();
+    for batch in &batches {
+        sink.write_batch(batch).expect("the batch is written");
+    }
+    (thread_cpu() - before).as_secs_f64() * 1e6 / connections as f64
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let rounds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let per_round: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let dir = tempfile::tempdir()?;
+    let conn = tarpit::db::open(&dir.path().join("bench.db"))?;
+    let mut sqlite = SqliteSink::new(conn, "bench");
+    let mut jsonl = JsonLinesSink::open(&dir.path().join("bench.jsonl"), "bench")?;
+    println!("round  sqlite µs/connection  jsonl µs/connection  ({per_round} connections a round)");
+    for round in 0..rounds {
+        let first = 1 + round * per_round;
+        let sqlite_us = run(&mut sqlite, first, per_round);
+        let jsonl_us = run(&mut jsonl, first, per_round);
+        println!("{round:5}  {sqlite_us:20.2}  {jsonl_us:19.2}");
+    }
+    Ok(())
+}
