@@ -9,11 +9,15 @@
 //! `other`); target ports from a fixed set of commonly scanned ports plus the tarpit's own (else
 //! `other`).
 
+mod counters;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use metrics::{counter, gauge};
+
+use counters::{Counters, Series, Value};
 
 use crate::adaptive::FamilyKind;
 use crate::event::Event;
@@ -223,6 +227,8 @@ pub struct MetricsSink {
     active: i64,
     /// Seconds scanners have been held, summed exactly (counters take whole numbers).
     held_seconds: f64,
+    /// The counters' handles, so an event is counted without a registry look-up.
+    counters: Counters,
 }
 
 impl MetricsSink {
@@ -233,29 +239,40 @@ impl MetricsSink {
             stats,
             active: 0,
             held_seconds: 0.0,
+            counters: Counters::default(),
         }
     }
 
-    fn port_label(&self, port: u16) -> String {
-        if port == self.own_port || LABELLED_PORTS.contains(&port) {
-            port.to_string()
-        } else {
-            "other".to_owned()
-        }
+    fn port_label(&self, port: u16) -> Value {
+        Value::Port((port == self.own_port || LABELLED_PORTS.contains(&port)).then_some(port))
+    }
+
+    /// Adds `n` to `series`.
+    fn count(&mut self, series: Series, n: u64) {
+        self.counters.get(series).increment(n);
     }
 
     /// Updates the metrics for one event.
     pub fn observe(&mut self, event: &Event) {
         match event {
             Event::ConnectionOpened(_) => {
-                counter!("tarpit_connections_accepted_total").increment(1);
+                self.count(Series::plain("tarpit_connections_accepted_total"), 1);
                 self.active += 1;
             }
             Event::ConnectionClosed(e) => {
                 if let Some(reason) = e.end_reason.strip_prefix("refused_") {
-                    counter!("tarpit_connections_refused_total", "reason" => reason).increment(1);
+                    let series = Series::labelled(
+                        "tarpit_connections_refused_total",
+                        "reason",
+                        Value::Text(reason),
+                    );
+                    self.count(series, 1);
                 }
-                counter!("tarpit_connection_end_total", "reason" => e.end_reason).increment(1);
+                let reason = Value::Text(e.end_reason);
+                self.count(
+                    Series::labelled("tarpit_connection_end_total", "reason", reason),
+                    1,
+                );
                 self.active -= 1;
             }
             Event::Request(r) => {
@@ -268,45 +285,77 @@ impl MetricsSink {
                     None => "none",
                 };
                 let port = self.port_label(r.target_port);
-                counter!("tarpit_requests_total", "method" => method, "target_port" => port)
-                    .increment(1);
-                counter!("tarpit_port_attribution_total", "source" => r.target_port_source)
-                    .increment(1);
-                counter!("tarpit_response_mode_total", "mode" => r.response_mode).increment(1);
+                let requests = Series::labelled_twice(
+                    "tarpit_requests_total",
+                    ("method", Value::Text(method)),
+                    ("target_port", port),
+                );
+                self.count(requests, 1);
+                let source = Value::Text(r.target_port_source);
+                self.count(
+                    Series::labelled("tarpit_port_attribution_total", "source", source),
+                    1,
+                );
+                let mode = Value::Text(r.response_mode);
+                self.count(
+                    Series::labelled("tarpit_response_mode_total", "mode", mode),
+                    1,
+                );
                 if let Some(lookup) = r.ebpf_lookup {
-                    counter!("tarpit_ebpf_lookups_total", "result" => lookup).increment(1);
+                    let result = Value::Text(lookup);
+                    self.count(
+                        Series::labelled("tarpit_ebpf_lookups_total", "result", result),
+                        1,
+                    );
                 }
                 if crate::attribution::recorded_ebpf_miss(r.ebpf_lookup, r.target_port_source) {
-                    counter!("tarpit_ebpf_map_misses_total").increment(1);
+                    self.count(Series::plain("tarpit_ebpf_map_misses_total"), 1);
                 }
                 if let Some(canary) = r.canary.as_deref() {
-                    counter!("tarpit_canary_tokens_issued_total")
-                        .increment(canary.issued.len() as u64);
+                    let issued = canary.issued.len() as u64;
+                    self.count(Series::plain("tarpit_canary_tokens_issued_total"), issued);
                     // Locations are a fixed set of six names.
                     for sighting in &canary.sightings {
-                        counter!("tarpit_canary_sightings_total", "location" => sighting.location)
-                            .increment(1);
+                        let location = Value::Text(sighting.location);
+                        self.count(
+                            Series::labelled("tarpit_canary_sightings_total", "location", location),
+                            1,
+                        );
                     }
                 }
                 // Label values come only from the rule set's tags, so the series are bounded.
                 for tag in &r.tags {
-                    counter!("tarpit_request_tags_total", "tag" => tag.to_string()).increment(1);
+                    let tag = Value::Shared(tag.clone());
+                    self.count(Series::labelled("tarpit_request_tags_total", "tag", tag), 1);
                 }
             }
             Event::ResponseEnd(e) => {
-                counter!("tarpit_bytes_dripped_total").increment(e.bytes_sent);
+                self.count(Series::plain("tarpit_bytes_dripped_total"), e.bytes_sent);
                 // The tarpit's headline figure: how long scanners were kept busy.
                 self.held_seconds += e.duration_s;
-                counter!("tarpit_attacker_seconds_total").absolute(self.held_seconds as u64);
-                counter!("tarpit_response_end_total", "reason" => e.end_reason).increment(1);
+                self.counters
+                    .get(Series::plain("tarpit_attacker_seconds_total"))
+                    .absolute(self.held_seconds as u64);
+                let reason = Value::Text(e.end_reason);
+                self.count(
+                    Series::labelled("tarpit_response_end_total", "reason", reason),
+                    1,
+                );
             }
             Event::AbuseReport(e) => {
-                counter!("tarpit_abuseipdb_reports_total", "outcome" => e.outcome).increment(1);
+                let outcome = Value::Text(e.outcome);
+                self.count(
+                    Series::labelled("tarpit_abuseipdb_reports_total", "outcome", outcome),
+                    1,
+                );
             }
             Event::ScannerHost(e) => {
                 // Organisations come only from the scanner catalogue: bounded.
-                counter!("tarpit_scanner_hosts_verified_total", "org" => e.org.to_string())
-                    .increment(1);
+                let org = Value::Shared(e.org.clone());
+                self.count(
+                    Series::labelled("tarpit_scanner_hosts_verified_total", "org", org),
+                    1,
+                );
             }
             Event::GiveUpFamilies(batch) => {
                 // Tool names come only from the rule set's tags and the priors: bounded.
@@ -336,3 +385,6 @@ impl MetricsSink {
             .absolute(self.stats.sink_dropped.load(Ordering::Relaxed));
     }
 }
+
+#[cfg(test)]
+mod tests;
