@@ -210,6 +210,12 @@ impl Classifier {
         let mut hits = vec![0u8; self.rules.len()];
         for field_set in &self.sets {
             let text = field_set.field.text(fields);
+            // Most fields of most requests match nothing: one search that stops at the first
+            // match, without the set of every pattern's result that `matches` allocates and
+            // then walks (a fifth of the classifier's time under churn).
+            if !field_set.set.is_match(text) {
+                continue;
+            }
             for pattern in field_set.set.matches(text).iter() {
                 hits[field_set.rule_of_pattern[pattern]] += 1;
             }
