@@ -67,8 +67,9 @@ impl Fingerprint {
             fp.syn_window = Some(syn.window);
             fp.syn_mss = syn.mss;
             fp.syn_wscale = syn.wscale;
-            fp.syn_options = Some(syn.options_text());
-            fp.syn_fp = Some(syn.fingerprint());
+            let options = syn.options_text();
+            fp.syn_fp = Some(syn.fingerprint_with(&options));
+            fp.syn_options = Some(options);
         }
         if let Some(hello) = client_hello.and_then(tls::parse) {
             fp.tls_version = Some(hello.version_text());
@@ -99,7 +100,7 @@ impl Fingerprint {
 
 /// `header_order_hash`: the first 16 hex digits of SHA-256 of the header order string.
 pub fn header_order_hash(header_order: &str) -> String {
-    hex::encode(Sha256::digest(header_order.as_bytes()))[..16].to_owned()
+    hex::encode(&Sha256::digest(header_order.as_bytes())[..8])
 }
 
 /// `header_order` from header names as they arrived: lower-case, comma-joined, repeats kept.
@@ -130,5 +131,15 @@ mod tests {
         );
         assert_eq!(fp.syn_fp, None);
         assert_eq!(fp.ja4, None);
+    }
+
+    #[test]
+    fn the_header_order_hash_is_the_first_16_hex_digits_of_its_sha256() {
+        // sha256("host,user-agent,accept"), as Python's hashlib gives it (and as a log
+        // written before this hash was built from eight bytes instead of a slice of 64).
+        assert_eq!(
+            header_order_hash("host,user-agent,accept"),
+            "0421123993515468"
+        );
     }
 }

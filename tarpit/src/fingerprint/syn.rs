@@ -89,17 +89,35 @@ impl SynFields {
     /// IPv6), an absent MSS or window scale is `-`. The initial TTL, not the TTL seen, so the
     /// same client at a different distance gives the same string.
     pub fn fingerprint(&self) -> String {
-        let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
-        format!(
-            "{}:{}:{}:{}:{}:{}:{}",
-            self.ip_version,
-            self.initial_ttl(),
-            dash(self.df.map(|df| u8::from(df).to_string())),
-            self.window,
-            dash(self.mss.map(|m| m.to_string())),
-            dash(self.wscale.map(|w| w.to_string())),
-            self.options_text()
-        )
+        self.fingerprint_with(&self.options_text())
+    }
+
+    /// [`SynFields::fingerprint`] with the option layout already written
+    /// ([`SynFields::options_text`]), in one allocation: it is computed for every connection.
+    pub fn fingerprint_with(&self, options_text: &str) -> String {
+        use std::fmt::Write as _;
+        fn number_or_dash(fp: &mut String, number: Option<u16>) {
+            match number {
+                Some(number) => {
+                    let _ = write!(fp, "{number}");
+                }
+                None => fp.push('-'),
+            }
+        }
+        let mut fp = String::with_capacity(24 + options_text.len());
+        let _ = write!(fp, "{}:{}:", self.ip_version, self.initial_ttl());
+        fp.push_str(match self.df {
+            Some(true) => "1",
+            Some(false) => "0",
+            None => "-",
+        });
+        let _ = write!(fp, ":{}:", self.window);
+        number_or_dash(&mut fp, self.mss);
+        fp.push(':');
+        number_or_dash(&mut fp, self.wscale.map(u16::from));
+        fp.push(':');
+        fp.push_str(options_text);
+        fp
     }
 }
 
