@@ -111,7 +111,12 @@ impl SqliteSink {
                     let end = ends.response(events, at, (e.conn_id, e.request_seq));
                     let timestamp = format_timestamp(e.timestamp);
                     let actor = actors.actor_of(&tx, e.client_ip, &timestamp)?;
-                    let row = (sensor, seq.take(), actor);
+                    let row = RequestRow {
+                        sensor,
+                        seq: seq.take(),
+                        actor,
+                        timestamp: &timestamp,
+                    };
                     if insert_request(&tx, e, end.map(|(_, e)| e), row)?
                         && let Some((end_at, _)) = end
                     {
@@ -189,16 +194,35 @@ fn insert_connection(
     Ok(inserted == 1)
 }
 
+/// What a request's row gets besides its record.
+struct RequestRow<'a> {
+    sensor: &'a str,
+    /// Its `changed_seq`.
+    seq: i64,
+    actor: i64,
+    /// The record's timestamp as text (formatted once for the actor and the row).
+    timestamp: &'a str,
+}
+
 /// Inserts the request's row (and its tags), with its response's end when that is known
 /// already; false when the row was there (nothing written).
 fn insert_request(
     conn: &Connection,
     e: &RequestRecord,
     end: Option<&ResponseEnd>,
-    (sensor, seq, actor): (&str, i64, i64),
+    row: RequestRow<'_>,
 ) -> rusqlite::Result<bool> {
     let absent = Fingerprint::default();
     let fp = e.fingerprint.as_deref().unwrap_or(&absent);
+    // The peer is the client unless a proxy is in front: its text is written once.
+    let client_ip = e.client_ip.to_string();
+    let peer_ip_text;
+    let peer_ip = if e.peer_ip == e.client_ip {
+        &client_ip
+    } else {
+        peer_ip_text = e.peer_ip.to_string();
+        &peer_ip_text
+    };
     let inserted = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO events (
@@ -219,8 +243,8 @@ fn insert_request(
                  ?51, ?52, ?53, ?54, ?55, ?56, ?57, ?58, ?59, ?60, ?61, ?62)",
         )?
         .execute(params![
-            format_timestamp(e.timestamp),
-            e.client_ip.to_string(),
+            row.timestamp,
+            client_ip,
             e.client_port,
             e.target_port,
             e.http_method,
@@ -234,7 +258,7 @@ fn insert_request(
             e.request_seq,
             e.http_version,
             e.client_ip_source,
-            e.peer_ip.to_string(),
+            peer_ip,
             e.peer_port,
             e.local_ip.to_string(),
             e.local_port,
@@ -273,14 +297,14 @@ fn insert_request(
             e.giveup_limit_s,
             e.giveup_basis,
             e.planned_end_s,
-            sensor,
-            seq,
+            row.sensor,
+            row.seq,
             end.map(|r| r.bytes_sent as i64),
             end.map(|r| r.duration_s),
             end.map(|r| r.end_reason),
             end.map(|r| format_timestamp(r.closed_at)),
             end.and_then(|r| r.client_fin_s),
-            actor,
+            row.actor,
         ])?;
     if e.tags.is_empty() {
         return Ok(inserted == 1);
