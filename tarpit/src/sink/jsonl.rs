@@ -28,16 +28,8 @@ pub struct JsonLinesSink {
     /// The batch being serialised, reused between batches.
     lines: Vec<u8>,
     reopen: Arc<AtomicBool>,
-    /// This sensor's id, written into every line.
-    sensor_id: String,
-}
-
-/// One line: the sensor's id, then the event's fields.
-#[derive(serde::Serialize)]
-struct Line<'a> {
-    sensor_id: &'a str,
-    #[serde(flatten)]
-    event: &'a Event,
+    /// How every line starts: `{"sensor_id":"<this sensor's id>"`, serialised once.
+    line_start: Vec<u8>,
 }
 
 impl JsonLinesSink {
@@ -48,13 +40,15 @@ impl JsonLinesSink {
             std::fs::create_dir_all(dir)?;
         }
         let out = Self::append(path)?;
+        let mut line_start = b"{\"sensor_id\":".to_vec();
+        serde_json::to_writer(&mut line_start, sensor_id).map_err(std::io::Error::from)?;
         Ok(Self {
             path: path.to_path_buf(),
             out,
             needs_newline: false,
             lines: Vec::with_capacity(64 * 1024),
             reopen: Arc::new(AtomicBool::new(false)),
-            sensor_id: sensor_id.to_owned(),
+            line_start,
         })
     }
 
@@ -87,11 +81,14 @@ impl Sink for JsonLinesSink {
             .iter()
             .filter(|e| !matches!(e.as_ref(), Event::GiveUpFamilies(_)))
         {
-            let line = Line {
-                sensor_id: &self.sensor_id,
-                event: event.as_ref(),
-            };
-            serde_json::to_writer(&mut self.lines, &line).map_err(std::io::Error::from)?;
+            // The sensor's id, then the event's object with its opening brace made the comma
+            // after the id: the line a struct flattening both would give, without serde's
+            // flattening (which makes every field a map entry through a wrapper).
+            self.lines.extend_from_slice(&self.line_start);
+            let brace = self.lines.len();
+            serde_json::to_writer(&mut self.lines, event.as_ref()).map_err(std::io::Error::from)?;
+            debug_assert_eq!(self.lines[brace], b'{', "an event is a JSON object");
+            self.lines[brace] = b',';
             self.lines.push(b'\n');
         }
         // Where a failed batch is cut back to (one fstat per batch; read now, so that a file
@@ -115,7 +112,7 @@ impl Sink for JsonLinesSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::ConnectionOpened;
+    use crate::event::{ConnectionOpened, RequestRecord, ResponseEnd};
     use std::time::SystemTime;
 
     #[test]
@@ -145,5 +142,56 @@ mod tests {
         assert_eq!(lines[0]["sensor_id"], "sensor-a");
         assert_eq!(lines[1]["conn_id"], 1);
         assert_eq!(lines[1]["peer_port"], 5000);
+    }
+
+    #[test]
+    fn a_line_is_the_sensor_id_then_the_events_fields_as_serde_would_flatten_them() {
+        /// The line as the log wrote it before: a struct flattening the event after the id.
+        #[derive(serde::Serialize)]
+        struct Flattened<'a> {
+            sensor_id: &'a str,
+            #[serde(flatten)]
+            event: &'a Event,
+        }
+        let sensor = "sensor \"a\"\n";
+        let mut request = RequestRecord::sample("192.0.2.1".parse().unwrap());
+        request.tags = vec![Arc::from("tool:curl")];
+        request.user_agent = Some("quote \" and \u{1} and é".into());
+        let events = [
+            Event::ConnectionOpened(ConnectionOpened {
+                conn_id: 1,
+                timestamp: SystemTime::now(),
+                peer_ip: "2001:db8::1".parse().unwrap(),
+                peer_port: 5000,
+                local_ip: "127.0.0.1".parse().unwrap(),
+                local_port: 8080,
+                worker: 0,
+            }),
+            Event::Request(Box::new(request)),
+            Event::ResponseEnd(ResponseEnd {
+                conn_id: 1,
+                request_seq: 1,
+                closed_at: SystemTime::now(),
+                bytes_sent: 10,
+                duration_s: 1.25,
+                end_reason: "client_reset",
+                client_fin_s: Some(0.5),
+            }),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let mut sink = JsonLinesSink::open(&path, sensor).unwrap();
+        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+        sink.write_batch(&events).unwrap();
+        let mut expected = String::new();
+        for event in &events {
+            let line = Flattened {
+                sensor_id: sensor,
+                event: event.as_ref(),
+            };
+            expected.push_str(&serde_json::to_string(&line).unwrap());
+            expected.push('\n');
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), expected);
     }
 }
