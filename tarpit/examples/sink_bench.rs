@@ -30,58 +30,31 @@ fn request(conn_id: u64, client_ip: IpAddr, timestamp: SystemTime) -> RequestRec
         syn_mss: Some(65495),
         syn_wscale: Some(7),
         syn_options: Some("mss,sok,ts,nop,ws".into()),
-        syn_fp: Some("4:64+0:0:65495:65495,7:mss,sok,ts,nop,ws:df".into()),
+        syn_fp: Some("4:64:1:65495:65495:7:mss,sok,ts,nop,ws".into()),
         header_order: Some("host,user-agent".into()),
         header_order_hash: Some("2f1d3c8a9b7e6f50".into()),
         ..Fingerprint::default()
     };
-    RequestRecord {
-        conn_id,
-        request_seq: 1,
-        timestamp,
-        client_ip,
-        client_port: Some(40_000 + (conn_id % 20_000) as u16),
-        client_ip_source: "socket",
-        peer_ip: client_ip,
-        peer_port: 40_000 + (conn_id % 20_000) as u16,
-        local_ip: Ipv4Addr::LOCALHOST.into(),
-        local_port: 8080,
-        target_port: 8080,
-        target_port_source: "socket",
-        target_port_ebpf: None,
-        ebpf_lookup: Some("untranslated"),
-        target_port_original_dst: Some(8080),
-        target_port_header: None,
-        http_method: Some("GET".into()),
-        http_path: Some("/bench".into()),
-        http_query: None,
-        http_version: Some("HTTP/1.1"),
-        user_agent: Some("tarpit-bench".into()),
-        headers_json: vec![
-            ("Host".into(), "bench".into()),
-            ("User-Agent".into(), "tarpit-bench".into()),
-        ],
-        head_size: 63,
-        body_preview: None,
-        body_sha256: None,
-        body_length: None,
-        response_status: Some(200),
-        response_mode: "drip",
-        giveup_limit_s: None,
-        giveup_basis: None,
-        planned_end_s: None,
-        families: None,
-        error_message: None,
-        raw_preview: None,
-        geo: Default::default(),
-        fingerprint: Some(Box::new(fingerprint)),
-        header_order: None,
-        syn: None,
-        client_hello: None,
-        tags: Vec::new(),
-        canary_slots: &[],
-        canary: None,
-    }
+    let port = 40_000 + (conn_id % 20_000) as u16;
+    let mut request = RequestRecord::sample(client_ip);
+    request.conn_id = conn_id;
+    request.timestamp = timestamp;
+    request.client_port = Some(port);
+    request.peer_port = port;
+    request.local_ip = Ipv4Addr::LOCALHOST.into();
+    (request.target_port, request.target_port_source) = (8080, "socket");
+    (request.target_port_ebpf, request.ebpf_lookup) = (None, Some("untranslated"));
+    request.target_port_original_dst = Some(8080);
+    request.http_path = Some("/bench".into());
+    request.http_query = None;
+    request.user_agent = Some("tarpit-bench".into());
+    request.headers_json = vec![
+        ("Host".into(), "bench".into()),
+        ("User-Agent".into(), "tarpit-bench".into()),
+    ];
+    request.head_size = 63;
+    request.fingerprint = Some(Box::new(fingerprint));
+    request
 }
 
 /// The four events of churned connection `conn_id`, in the order a churn's sinks see them.

@@ -422,10 +422,11 @@ pub fn headers_to_json(headers: &[(String, String)]) -> String {
     serde_json::to_string(&InOrder(headers)).expect("strings always serialise")
 }
 
-#[cfg(test)]
 impl RequestRecord {
-    /// A GET of `/wp-login.php` from `client_ip`, for unit tests of what reads records.
-    pub(crate) fn sample(client_ip: IpAddr) -> Self {
+    /// A GET of `/wp-login.php` from `client_ip`, for tests and benchmarks of what reads
+    /// records (`tarpit/examples/sink_bench.rs` starts from it).
+    #[doc(hidden)]
+    pub fn sample(client_ip: IpAddr) -> Self {
         RequestRecord {
             conn_id: 1,
             request_seq: 1,
