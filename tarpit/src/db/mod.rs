@@ -119,9 +119,10 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// rewrites the last, partly filled page of every table and index, and an `events(client_ip)`
 /// leaf for each address in it, so most of a WAL's frames are new versions of the same few
 /// hundred pages. A checkpoint writes each page once however many versions it has, and syncs
-/// both files: every 1,000 frames a churn's writer checkpointed twice a second and spent a
-/// seventh of its time on it (`cargo xtask bench sinks`: 14 µs of CPU per connection, 12 at
-/// this size; docs/benchmarks.md, sixth pass). The WAL file stays at about 40 MiB. What a
+/// both files: every 1,000 frames, a churn's writers checkpointed about 18 times a second
+/// (36.8 `fsync` a second; 7.8 at this size) and the checkpoint was a fifth of the SQLite
+/// writer's time (`cargo xtask bench sinks`: 14.6 µs of CPU per connection, 12.1-12.7 at this
+/// size; docs/benchmarks.md, sixth pass). The WAL file stays at about 40 MiB. What a
 /// power cut can undo is bounded by the kernel's writeback (dirty pages are written within
 /// 30 s by default) far more than by the checkpoint; a `kill -9` loses nothing committed.
 pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
