@@ -111,9 +111,8 @@ impl Target {
     /// previous tool's).
     fn finish(self, after: i64) -> anyhow::Result<(u64, u64, f64, f64)> {
         match self {
-            Target::Nginx { mut child, dir, .. } => {
-                let _ = child.kill();
-                let _ = child.wait();
+            Target::Nginx { child, dir, .. } => {
+                stop_nginx(child);
                 let log = std::fs::read_to_string(dir.path().join("access.log"))?;
                 let mut paths = std::collections::HashSet::new();
                 let (mut requests, mut held) = (0, 0.0);
@@ -202,6 +201,21 @@ fn start_nginx() -> anyhow::Result<Target> {
     std::thread::sleep(Duration::from_millis(200));
     std::fs::write(dir.path().join("access.log"), "")?;
     Ok(Target::Nginx { child, dir, port })
+}
+
+/// Stops nginx by its fast shutdown (SIGTERM: the master ends its workers, then itself), and
+/// kills it only if it has not ended within 10 s. A SIGKILL to the master alone left its
+/// worker running, orphaned, with the listening socket, after every run.
+fn stop_nginx(mut child: std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Runs `command` until it exits or `window` passes; returns its outcome and wall time.
@@ -429,6 +443,23 @@ fn ratio(a: f64, b: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nginx_and_its_worker_are_gone_once_the_bench_has_read_its_log() {
+        if Command::new("nginx").arg("-v").output().is_err() {
+            assert!(
+                std::env::var_os("TARPIT_E2E").is_none(),
+                "nginx is missing (cargo xtask ci-setup installs it)"
+            );
+            eprintln!("skipped: nginx is not installed");
+            return;
+        }
+        let target = start_nginx().unwrap();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], target.port()));
+        target.finish(0).unwrap();
+        // An orphaned worker would still hold the listening socket and accept.
+        assert!(std::net::TcpStream::connect(addr).is_err());
+    }
 
     #[test]
     fn every_program_the_bench_runs_says_how_to_install_it() {
