@@ -68,7 +68,7 @@ impl Fingerprint {
             fp.syn_mss = syn.mss;
             fp.syn_wscale = syn.wscale;
             let options = syn.options_text();
-            fp.syn_fp = Some(syn.fingerprint_with(&options));
+            fp.syn_fp = Some(syn.fingerprint(&options));
             fp.syn_options = Some(options);
         }
         if let Some(hello) = client_hello.and_then(tls::parse) {

@@ -87,14 +87,10 @@ impl SynFields {
     /// `syn_fp`: `IP:INITIAL_TTL:DF:WINDOW:MSS:WSCALE:OPTIONS`, one line per sender
     /// configuration, e.g. `4:64:1:65495:65495:7:mss,sok,ts,nop,ws`. DF is `1`/`0` (`-` for
     /// IPv6), an absent MSS or window scale is `-`. The initial TTL, not the TTL seen, so the
-    /// same client at a different distance gives the same string.
-    pub fn fingerprint(&self) -> String {
-        self.fingerprint_with(&self.options_text())
-    }
-
-    /// [`SynFields::fingerprint`] with the option layout already written
-    /// ([`SynFields::options_text`]), in one allocation: it is computed for every connection.
-    pub fn fingerprint_with(&self, options_text: &str) -> String {
+    /// same client at a different distance gives the same string. Takes the option layout
+    /// already written ([`SynFields::options_text`], which the record keeps too) and builds
+    /// the string in one allocation: it is computed for every connection.
+    pub fn fingerprint(&self, options_text: &str) -> String {
         use std::fmt::Write as _;
         fn number_or_dash(fp: &mut String, number: Option<u16>) {
             match number {
@@ -208,7 +204,10 @@ mod tests {
         assert_eq!(syn.mss, Some(65495));
         assert_eq!(syn.wscale, Some(7));
         assert_eq!(syn.options_text(), "mss,sok,ts,nop,ws");
-        assert_eq!(syn.fingerprint(), "4:64:1:65495:65495:7:mss,sok,ts,nop,ws");
+        assert_eq!(
+            syn.fingerprint(&syn.options_text()),
+            "4:64:1:65495:65495:7:mss,sok,ts,nop,ws"
+        );
     }
 
     #[test]
@@ -238,7 +237,7 @@ mod tests {
         assert_eq!((syn.ip_version, syn.ttl, syn.df), (6, 52, None));
         assert_eq!(syn.window, 1024);
         assert_eq!(syn.options_text(), "");
-        assert_eq!(syn.fingerprint(), "6:64:-:1024:-:-:");
+        assert_eq!(syn.fingerprint(&syn.options_text()), "6:64:-:1024:-:-:");
     }
 
     #[test]
