@@ -3,9 +3,10 @@
 //! reads the first byte and resets leaves behind) written by the SQLite sink and by the JSON
 //! log in batches of the size a churn of 20,000 connections a second gathers in the sinks'
 //! linger, from 249 client addresses as `xtask bench churn` uses. CPU time of the writing
-//! thread only (no network, no other thread), so two builds or settings compare to within a
-//! few per cent where a churn's figures move by a fifth with the machine. Prints µs of CPU
-//! per connection for each sink and each round.
+//! thread (no network), and for SQLite also of the WAL checkpointer the tarpit runs beside it
+//! (the process's CPU while SQLite writes, less the writer's), so two builds or settings
+//! compare to within a few per cent where a churn's figures move by a fifth with the machine.
+//! Prints µs of CPU per connection for each sink and each round.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -94,20 +95,20 @@ fn connection(conn_id: u64, start: SystemTime) -> [Arc<Event>; 4] {
     .map(Arc::new)
 }
 
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
+/// CPU time of `clock` (the calling thread's or the process's).
+fn cpu(clock: libc::clockid_t) -> Duration {
     let mut t = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `t` is a valid timespec for the call to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    unsafe { libc::clock_gettime(clock, &mut t) };
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// Writes `connections` churned connections through `sink` in batches; returns µs of this
-/// thread's CPU per connection.
-fn run(sink: &mut dyn Sink, first: u64, connections: u64) -> f64 {
+/// thread's CPU per connection, and of the other threads' (the checkpointer's).
+fn run(sink: &mut dyn Sink, first: u64, connections: u64) -> (f64, f64) {
     let start = SystemTime::now();
     let batches: Vec<Vec<Arc<Event>>> = (0..connections / PER_BATCH)
         .map(|b| {
@@ -117,11 +118,17 @@ fn run(sink: &mut dyn Sink, first: u64, connections: u64) -> f64 {
                 .collect()
         })
         .collect();
-    let before = thread_cpu();
+    let (thread, process) = (
+        cpu(libc::CLOCK_THREAD_CPUTIME_ID),
+        cpu(libc::CLOCK_PROCESS_CPUTIME_ID),
+    );
     for batch in &batches {
         sink.write_batch(batch).expect("the batch is written");
     }
-    (thread_cpu() - before).as_secs_f64() * 1e6 / connections as f64
+    let thread = cpu(libc::CLOCK_THREAD_CPUTIME_ID) - thread;
+    let others = (cpu(libc::CLOCK_PROCESS_CPUTIME_ID) - process).saturating_sub(thread);
+    let per_connection = |d: Duration| d.as_secs_f64() * 1e6 / connections as f64;
+    (per_connection(thread), per_connection(others))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -129,15 +136,22 @@ fn main() -> anyhow::Result<()> {
     let rounds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(5);
     let per_round: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let dir = tempfile::tempdir()?;
-    let conn = tarpit::db::open(&dir.path().join("bench.db"))?;
+    let path = dir.path().join("bench.db");
+    let mut conn = tarpit::db::open(&path)?;
+    let checkpointer = tarpit::db::checkpoint::Checkpointer::start(&path)?;
+    checkpointer.attach(&mut conn)?;
     let mut sqlite = SqliteSink::new(conn, "bench");
     let mut jsonl = JsonLinesSink::open(&dir.path().join("bench.jsonl"), "bench")?;
-    println!("round  sqlite µs/connection  jsonl µs/connection  ({per_round} connections a round)");
+    println!(
+        "round  sqlite µs/connection  checkpointer µs/connection  jsonl µs/connection  \
+         ({per_round} connections a round)"
+    );
     for round in 0..rounds {
         let first = 1 + round * per_round;
-        let sqlite_us = run(&mut sqlite, first, per_round);
-        let jsonl_us = run(&mut jsonl, first, per_round);
-        println!("{round:5}  {sqlite_us:20.2}  {jsonl_us:19.2}");
+        let (sqlite_us, checkpointer_us) = run(&mut sqlite, first, per_round);
+        let (jsonl_us, _) = run(&mut jsonl, first, per_round);
+        println!("{round:5}  {sqlite_us:20.2}  {checkpointer_us:26.2}  {jsonl_us:19.2}");
     }
+    checkpointer.stop();
     Ok(())
 }

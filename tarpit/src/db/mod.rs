@@ -7,6 +7,7 @@
 //! Schema changes are numbered migrations tracked with `PRAGMA user_version`; a file of the
 //! replaced tool (no version, its own `events` table) is adopted by [`legacy`].
 
+pub mod checkpoint;
 pub mod legacy;
 pub mod sensor;
 
@@ -122,9 +123,12 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// both files: every 1,000 frames, a churn's writers checkpointed about 18 times a second
 /// (36.8 `fsync` a second; 7.8 at this size) and the checkpoint was a fifth of the SQLite
 /// writer's time (`cargo xtask bench sinks`: 14.6 µs of CPU per connection, 12.1-12.7 at this
-/// size; docs/benchmarks.md, sixth pass). The WAL file stays at about 40 MiB. What a
-/// power cut can undo is bounded by the kernel's writeback (dirty pages are written within
-/// 30 s by default) far more than by the checkpoint; a `kill -9` loses nothing committed.
+/// size; docs/benchmarks.md, sixth pass). A commit that checkpoints this much stops its
+/// writer for the copy, long enough on a slower disk for the SQLite sink's queue to overflow:
+/// the running tarpit's sink and CRS stage hand their checkpoints to a thread of their own
+/// ([`checkpoint`]), woken at half this size. What a power cut can undo is bounded by the
+/// kernel's writeback (dirty pages are written within 30 s by default) far more than by the
+/// checkpoint; a `kill -9` loses nothing committed.
 pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 
 /// The settings of every connection that writes the database (the sink's, the CRS stage's,

@@ -61,6 +61,11 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let mut database = db::open(&storage.database)
         .with_context(|| format!("opening database {}", storage.database.display()))?;
     let recovered = db::mark_interrupted(&mut database).context("marking interrupted rows")?;
+    // The SQLite sink's and the CRS stage's commits leave the WAL's copying to this thread.
+    let checkpointer = db::checkpoint::Checkpointer::start(&storage.database)?;
+    checkpointer
+        .attach(&mut database)
+        .context("handing the SQLite sink's checkpoints to the checkpointer")?;
     if recovered.connections + recovered.requests > 0 {
         tracing::info!(
             connections = recovered.connections,
@@ -167,7 +172,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             .context("sharing")?,
     };
     let pipeline = Pipeline::start(rx, enrichment, sinks, stats.clone())?;
-    let crs_stage = start_crs_stage(config, &storage.database)?;
+    let crs_stage = start_crs_stage(config, &storage.database, &checkpointer)?;
 
     let (steering, steer_watch, steered_ports) = match steered {
         Some((steering, watch, ports)) => (Some(steering), Some(watch), Some(ports)),
@@ -236,6 +241,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     if let Some(stage) = crs_stage {
         stage.stop();
     }
+    checkpointer.stop();
     let dropped = stats
         .dropped_events
         .load(std::sync::atomic::Ordering::Relaxed);
@@ -287,6 +293,7 @@ fn canary_setup(
 fn start_crs_stage(
     config: &Config,
     database: &std::path::Path,
+    checkpointer: &db::checkpoint::Checkpointer,
 ) -> anyhow::Result<Option<crate::classify::crs::stage::CrsStage>> {
     use crate::classify::crs::{Crs, stage};
     use crate::ebpf::EbpfMode;
@@ -325,6 +332,7 @@ fn start_crs_stage(
         database,
         crs,
         config.classify.crs_backlog_max,
+        checkpointer,
     )?))
 }
 

@@ -219,12 +219,19 @@ pub struct CrsStage {
 
 impl CrsStage {
     /// Starts the stage on the database at `path` (already migrated) with a loaded CRS; it
-    /// lets at most `backlog_max` rows wait (see [`tag_batch`]).
-    pub fn start(path: &Path, crs: Crs, backlog_max: u64) -> anyhow::Result<Self> {
+    /// lets at most `backlog_max` rows wait (see [`tag_batch`]), and leaves the WAL's copying
+    /// to `checkpointer`.
+    pub fn start(
+        path: &Path,
+        crs: Crs,
+        backlog_max: u64,
+        checkpointer: &crate::db::checkpoint::Checkpointer,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let mut conn = Connection::open(path).context("opening the database for the CRS stage")?;
         conn.busy_timeout(Duration::from_secs(10))?;
         crate::db::configure_writer(&conn)?;
+        checkpointer.attach(&mut conn)?;
         set_active(&conn, true).context("marking the CRS stage active")?;
         store_catalog(&mut conn, crs.catalog()).context("storing the CRS rule messages")?;
         let stop = Arc::new(AtomicBool::new(false));
