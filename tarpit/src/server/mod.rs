@@ -61,11 +61,6 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let mut database = db::open(&storage.database)
         .with_context(|| format!("opening database {}", storage.database.display()))?;
     let recovered = db::mark_interrupted(&mut database).context("marking interrupted rows")?;
-    // The SQLite sink's and the CRS stage's commits leave the WAL's copying to this thread.
-    let checkpointer = db::checkpoint::Checkpointer::start(&storage.database)?;
-    checkpointer
-        .attach(&mut database)
-        .context("handing the SQLite sink's checkpoints to the checkpointer")?;
     if recovered.connections + recovered.requests > 0 {
         tracing::info!(
             connections = recovered.connections,
@@ -115,6 +110,12 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
                 && config.classify.crs_engine == crate::classify::crs::CrsEngine::Libmodsecurity,
         },
     )?;
+    // The SQLite sink's and the CRS stage's commits leave the WAL's copying to this thread
+    // (started after the capability drop and the filter, as every thread is).
+    let checkpointer = db::checkpoint::Checkpointer::start(&storage.database)?;
+    checkpointer
+        .attach(&mut database)
+        .context("handing the SQLite sink's checkpoints to the checkpointer")?;
     let max_connections = limits::effective_max_connections(config.server.max_connections);
 
     let stats = Arc::new(PipelineStats::default());
