@@ -5,8 +5,8 @@
 //! Why: SQLite's automatic checkpoint runs inside the commit that finds the WAL past its size,
 //! on the writer's thread. At [`super::WAL_AUTOCHECKPOINT_PAGES`] that is ~40 MiB copied and
 //! two `fsync`s; under a churn the SQLite sink stopped for that long while its queue filled,
-//! and with no CRS stage sharing the checkpoints the sink dropped 9,669-25,482 events in each
-//! of six 20 s churns on a slower machine (docs/benchmarks.md, seventh pass). Here the writers'
+//! and with no CRS stage sharing the checkpoints the sink dropped 5,883-46,270 events in eight
+//! of nine 20 s churns on a slower machine (docs/benchmarks.md, seventh pass). Here the writers'
 //! commits only wake this thread ([`Checkpointer::attach`]), which runs a passive checkpoint:
 //! it copies what the WAL holds without taking the write lock, so the writers keep committing
 //! while it works.
