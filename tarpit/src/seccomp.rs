@@ -24,6 +24,7 @@
 //! - `clone`: threads only (`CLONE_THREAD`, no namespace flags); `clone3`, whose flags live in
 //!   memory a filter cannot read, answers `ENOSYS`, and the C library falls back to `clone`;
 //! - `kill`/`tgkill`: this process only; `prlimit64`: reading only; `prctl`: thread names only;
+//!   `getpriority`/`setpriority`: the calling thread only (the workers' `[server] worker_nice`);
 //!   `fcntl`: descriptor flags, status flags, locks and `F_DUPFD*`.
 //!
 //! A refused call fails with `EPERM` (and the kernel logs it, audit type 1326), so an
@@ -408,6 +409,12 @@ fn rules(needs: Needs, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Secc
     // Signals to this process's own threads only (abort, a runtime waking a thread).
     add(libc::SYS_kill, vec![eq(0, u64::from(pid))?])?;
     add(libc::SYS_tgkill, vec![eq(0, u64::from(pid))?])?;
+    // A worker reading and lowering its own thread's priority (`[server] worker_nice`);
+    // another thread's or process's is refused (raising one needs CAP_SYS_NICE, dropped
+    // before this).
+    for call in [libc::SYS_getpriority, libc::SYS_setpriority] {
+        add(call, vec![eq(0, libc::PRIO_PROCESS as u64)?, eq(1, 0)?])?;
+    }
     // Reading a limit (the EMFILE back-off); setting one is refused.
     add(libc::SYS_prlimit64, vec![qeq(2, 0)?])?;
     for option in [libc::PR_SET_NAME, libc::PR_GET_NAME] {

@@ -259,6 +259,7 @@ mod tests {
                 "tarpit.server_header",
             ),
             ("[server]\nworkers = 5000", "server.workers"),
+            ("[server]\nworker_nice = 20", "server.worker_nice"),
             (
                 "[server]\nper_ip_ipv4_prefix = 33",
                 "server.per_ip_ipv4_prefix",

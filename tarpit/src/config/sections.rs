@@ -335,6 +335,12 @@ pub struct ServerConfig {
     /// Read a PROXY protocol (v1 or v2) preamble from trusted proxies (HAProxy
     /// `send-proxy-v2`).
     pub proxy_protocol: bool,
+    /// How far the io_uring workers yield the CPU to the threads that record what they serve
+    /// (the pipeline, the writers, the checkpointer), as a `nice` value of their own threads:
+    /// 0 (off) to 19. On a CPU-saturated sensor the workers otherwise took the writers' share
+    /// and the SQLite sink's queue overflowed; yielding, they accept a little less instead.
+    /// An idle CPU serves them at once whatever the value.
+    pub worker_nice: u8,
     /// The system-call allow-list installed once start-up is done: `on` refuses anything
     /// else with EPERM, `log` only has the kernel log it, `off` installs none.
     pub seccomp: crate::seccomp::SeccompMode,
@@ -384,6 +390,7 @@ impl Default for ServerConfig {
                 "::1/128".parse().expect("valid CIDR"),
             ],
             proxy_protocol: false,
+            worker_nice: 10,
             seccomp: crate::seccomp::SeccompMode::On,
             ports: None,
             prefixes: Vec::new(),

@@ -31,6 +31,15 @@ impl Config {
                 );
             }
         }
+        if self.server.worker_nice > 19 {
+            return err(
+                "server.worker_nice",
+                format!(
+                    "must be 0 (off) to 19 (a nice value), got {}",
+                    self.server.worker_nice
+                ),
+            );
+        }
         if t.response_chunk.is_empty() || t.response_chunk.len() > 1024 {
             return err(
                 "tarpit.response_chunk",

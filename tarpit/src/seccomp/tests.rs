@@ -144,6 +144,19 @@ fn what_the_server_never_does_is_refused() {
         assert_eq!(errno_of(ret.into()), EPERM, "prlimit64 set");
         let ret = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
         assert_eq!(errno_of(ret.into()), EPERM, "prctl");
+        // Another process's or a process group's priority (a worker sets only its own).
+        let ret = unsafe { libc::setpriority(libc::PRIO_PROCESS, 1, 0) };
+        assert_eq!(
+            errno_of(ret.into()),
+            EPERM,
+            "setpriority of another process"
+        );
+        let ret = unsafe { libc::setpriority(libc::PRIO_PGRP, 0, 5) };
+        assert_eq!(
+            errno_of(ret.into()),
+            EPERM,
+            "setpriority of the process group"
+        );
         unsafe { libc::close(fd) };
     });
 }
@@ -188,6 +201,14 @@ fn what_the_server_does_goes_through() {
         assert_eq!(errno_of(ret.into()), None, "prlimit64 read");
         let ret = unsafe { libc::prctl(libc::PR_SET_NAME, c"confined".as_ptr()) };
         assert_eq!(errno_of(ret.into()), None, "prctl(PR_SET_NAME)");
+        // The calling thread's own priority (`[server] worker_nice`), set to what it is.
+        let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let ret = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        assert_eq!(
+            errno_of(ret.into()),
+            None,
+            "setpriority of the calling thread"
+        );
     });
 }
 

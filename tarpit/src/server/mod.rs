@@ -215,7 +215,12 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     }
     let mut handles = Vec::with_capacity(workers);
     for (index, listener) in listeners.into_iter().enumerate() {
-        handles.push(worker::spawn(index, listener, shared.clone())?);
+        handles.push(worker::spawn(
+            index,
+            listener,
+            shared.clone(),
+            config.server.worker_nice,
+        )?);
     }
     tracing::info!(
         sensor = %sensor_id,

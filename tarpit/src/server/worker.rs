@@ -34,19 +34,52 @@ pub(super) const ACCEPTS_IN_FLIGHT: usize = 8;
 /// Pause after accept fails for lack of file descriptors or memory, instead of spinning.
 const RESOURCE_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Starts worker `index` on its own thread; it returns when shutdown is complete.
+/// Starts worker `index` on its own thread, at `nice` below the recording threads (see
+/// [`yield_to_recording`]); it returns when shutdown is complete.
 pub(super) fn spawn(
     index: usize,
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
+    nice: u8,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("uring-{index}"))
         .spawn(move || {
+            yield_to_recording(nice);
             tokio_uring::builder()
                 .entries(RING_ENTRIES)
                 .start(accept_loop(index, listener, shared));
         })
+}
+
+/// Lowers this worker thread's scheduling priority by `nice` below the process's (Linux: each
+/// thread has its own nice value, and raising it needs no privilege). Why: on a saturated CPU
+/// the scheduler shares it evenly among runnable threads, and two busy workers beside a load
+/// took the share the SQLite writer needed: its queue overflowed and rows were lost in a third
+/// of 20 s adaptive churns (docs/benchmarks.md, eighth pass). Yielding, the workers accept a
+/// little less and every accepted connection is recorded; with CPU to spare, nothing changes.
+fn yield_to_recording(nice: u8) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: errno is this thread's; getpriority and setpriority read no memory, and `who` 0
+    // is the calling thread. getpriority may return -1 as a value: errno tells an error.
+    let outcome = unsafe {
+        *libc::__errno_location() = 0;
+        let current = libc::getpriority(libc::PRIO_PROCESS, 0);
+        if current == -1 && *libc::__errno_location() != 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            let lowered = (current + libc::c_int::from(nice)).min(19);
+            match libc::setpriority(libc::PRIO_PROCESS, 0, lowered) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        }
+    };
+    if let Err(error) = outcome {
+        tracing::warn!(nice, "cannot lower the worker's priority: {error}");
+    }
 }
 
 async fn accept_loop(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>) {
