@@ -50,34 +50,29 @@ fn workers_and_writers(config: &str) -> (Vec<i64>, Vec<i64>) {
     (workers, writers)
 }
 
-#[test]
-fn the_workers_run_ten_nice_levels_below_the_threads_that_record() {
-    let (workers, writers) = workers_and_writers("");
-    // Relative to the process's own nice value (the test runner may itself run niced).
+/// The workers run `levels` nice levels below the pipeline and the writers, which all run at
+/// the process's own value (relative: the test runner may itself run niced; 19 is the floor).
+fn assert_workers_yield(config: &str, levels: i64) {
+    let (workers, writers) = workers_and_writers(config);
     let base = writers[0];
     assert!(writers.iter().all(|&n| n == base), "{writers:?}");
     assert!(
-        workers.iter().all(|&n| n == (base + 10).min(19)),
+        workers.iter().all(|&n| n == (base + levels).min(19)),
         "workers {workers:?}, recording threads {writers:?}"
     );
+}
+
+#[test]
+fn the_workers_run_ten_nice_levels_below_the_threads_that_record() {
+    assert_workers_yield("", 10);
 }
 
 #[test]
 fn worker_nice_zero_leaves_the_workers_beside_the_threads_that_record() {
-    let (workers, writers) = workers_and_writers("[server]\nworker_nice = 0\n");
-    let base = writers[0];
-    assert!(
-        workers.iter().chain(&writers).all(|&n| n == base),
-        "workers {workers:?}, recording threads {writers:?}"
-    );
+    assert_workers_yield("[server]\nworker_nice = 0\n", 0);
 }
 
 #[test]
 fn worker_nice_takes_any_value_up_to_nineteen() {
-    let (workers, writers) = workers_and_writers("[server]\nworker_nice = 3\n");
-    let base = writers[0];
-    assert!(
-        workers.iter().all(|&n| n == (base + 3).min(19)),
-        "workers {workers:?}, recording threads {writers:?}"
-    );
+    assert_workers_yield("[server]\nworker_nice = 3\n", 3);
 }

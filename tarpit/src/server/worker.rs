@@ -62,20 +62,13 @@ fn yield_to_recording(nice: u8) {
     if nice == 0 {
         return;
     }
-    // SAFETY: errno is this thread's; getpriority and setpriority read no memory, and `who` 0
-    // is the calling thread. getpriority may return -1 as a value: errno tells an error.
-    let outcome = unsafe {
-        *libc::__errno_location() = 0;
-        let current = libc::getpriority(libc::PRIO_PROCESS, 0);
-        if current == -1 && *libc::__errno_location() != 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            let lowered = (current + libc::c_int::from(nice)).min(19);
-            match libc::setpriority(libc::PRIO_PROCESS, 0, lowered) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
-        }
+    // nice() adds to the calling thread's nice value (Linux), clamped at 19; its answer, the
+    // new value, may be -1, so errno tells an error.
+    nix::errno::Errno::clear();
+    // SAFETY: nice() reads and writes no memory of ours.
+    let outcome = match unsafe { libc::nice(libc::c_int::from(nice)) } {
+        -1 if nix::errno::Errno::last_raw() != 0 => Err(nix::errno::Errno::last()),
+        _ => Ok(()),
     };
     if let Err(error) = outcome {
         tracing::warn!(nice, "cannot lower the worker's priority: {error}");
