@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use rusqlite::{Connection, params};
+use rusqlite::{CachedStatement, Connection, params};
 
 pub mod actors;
 mod ends;
@@ -95,14 +95,19 @@ impl SqliteSink {
         let mut seq = ChangeSeq(crate::db::next_change_seq(&tx)?);
         let ends = &mut self.ends;
         let actors = &mut self.actors;
+        let mut statements = Statements::prepare(&tx)?;
         ends.index(events);
         for (at, event) in events.iter().enumerate() {
             match event.as_ref() {
                 Event::ConnectionOpened(e) => {
                     let end = ends.connection(events, at, e.conn_id);
                     // A row that was there already (ignored) gets its end as an update.
-                    if insert_connection(&tx, e, end.map(|(_, e)| e), sensor)?
-                        && let Some((end_at, _)) = end
+                    if insert_connection(
+                        &mut statements.insert_connection,
+                        e,
+                        end.map(|(_, e)| e),
+                        sensor,
+                    )? && let Some((end_at, _)) = end
                     {
                         ends.written[end_at] = true;
                     }
@@ -117,15 +122,19 @@ impl SqliteSink {
                         actor,
                         timestamp: &timestamp,
                     };
-                    if insert_request(&tx, e, end.map(|(_, e)| e), row)?
+                    if insert_request(&tx, &mut statements, e, end.map(|(_, e)| e), row)?
                         && let Some((end_at, _)) = end
                     {
                         ends.written[end_at] = true;
                     }
                     actors.record_canary(&tx, e, (sensor, &mut seq))?;
                 }
-                Event::ResponseEnd(e) if !ends.written[at] => complete_request(&tx, e, seq.take())?,
-                Event::ConnectionClosed(e) if !ends.written[at] => complete_connection(&tx, e)?,
+                Event::ResponseEnd(e) if !ends.written[at] => {
+                    complete_request(&mut statements.complete_request, e, seq.take())?;
+                }
+                Event::ConnectionClosed(e) if !ends.written[at] => {
+                    complete_connection(&mut statements.complete_connection, e)?;
+                }
                 Event::ResponseEnd(_) | Event::ConnectionClosed(_) => {}
                 Event::AbuseReport(e) => record_report(&tx, e, sensor, seq.take())?,
                 Event::ScannerHost(e) => {
@@ -134,6 +143,7 @@ impl SqliteSink {
                 Event::GiveUpFamilies(batch) => store_families(&tx, batch)?,
             }
         }
+        drop(statements); // they borrow the transaction
         actors.flush(&tx)?;
         crate::db::store_change_seq(&tx, seq.0 - 1)?;
         tx.commit()?;
@@ -161,36 +171,86 @@ impl ChangeSeq {
     }
 }
 
+/// The statements run for every connection, looked up in the connection's statement cache
+/// once per batch: `prepare_cached` hashes the whole SQL text on every call (the request
+/// insert's is 1.5 KB) and puts the statement back on every drop, which cost the writer
+/// about a tenth of its time when asked once per row (docs/benchmarks.md, ninth pass).
+struct Statements<'tx> {
+    insert_connection: CachedStatement<'tx>,
+    insert_request: CachedStatement<'tx>,
+    insert_tag: CachedStatement<'tx>,
+    complete_request: CachedStatement<'tx>,
+    complete_connection: CachedStatement<'tx>,
+}
+
+impl<'tx> Statements<'tx> {
+    fn prepare(conn: &'tx Connection) -> rusqlite::Result<Self> {
+        Ok(Self {
+            insert_connection: conn.prepare_cached(INSERT_CONNECTION)?,
+            insert_request: conn.prepare_cached(INSERT_REQUEST)?,
+            insert_tag: conn.prepare_cached(INSERT_TAG)?,
+            complete_request: conn.prepare_cached(COMPLETE_REQUEST)?,
+            complete_connection: conn.prepare_cached(COMPLETE_CONNECTION)?,
+        })
+    }
+}
+
+const INSERT_CONNECTION: &str = "INSERT OR IGNORE INTO connections
+       (conn_id, opened_at, peer_ip, peer_port, local_ip, local_port, worker, sensor_id,
+        closed_at, end_reason, requests, bytes_sent, duration_s)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+const INSERT_REQUEST: &str = "INSERT OR IGNORE INTO events (
+    timestamp, client_ip, client_port, target_port, http_method, http_path, http_query,
+    user_agent, headers_json, response_status, error_message, conn_id, request_seq,
+    http_version, client_ip_source, peer_ip, peer_port, local_ip, local_port,
+    target_port_source, head_size, raw_preview, body_preview, body_sha256, body_length,
+    target_port_ebpf, ebpf_lookup, target_port_original_dst, target_port_header,
+    country_iso_code, country_name, city_name, latitude, longitude, asn_number,
+    asn_organization, syn_ttl, syn_initial_ttl, syn_df, syn_window, syn_mss, syn_wscale,
+    syn_options, syn_fp, tls_version, tls_sni, tls_alpn, ja4, header_order,
+    header_order_hash, response_mode, giveup_limit_s, giveup_basis, planned_end_s,
+    sensor_id, changed_seq, bytes_sent, duration_s, end_reason, closed_at, client_fin_s,
+    actor_id)
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+         ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34,
+         ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49, ?50,
+         ?51, ?52, ?53, ?54, ?55, ?56, ?57, ?58, ?59, ?60, ?61, ?62)";
+
+const INSERT_TAG: &str = "INSERT OR IGNORE INTO request_tags (event_id, conn_id, request_seq, tag)
+     VALUES (?1, ?2, ?3, ?4)";
+
+const COMPLETE_REQUEST: &str = "UPDATE events SET bytes_sent = ?1, duration_s = ?2,
+        end_reason = ?3, closed_at = ?4, client_fin_s = ?7, changed_seq = ?8
+     WHERE conn_id = ?5 AND request_seq = ?6";
+
+const COMPLETE_CONNECTION: &str = "UPDATE connections SET closed_at = ?1, end_reason = ?2,
+        requests = ?3, bytes_sent = ?4, duration_s = ?5
+     WHERE conn_id = ?6";
+
 /// Inserts the connection's row, with its end when that is known already; false when the row
 /// was there (nothing written).
 fn insert_connection(
-    conn: &Connection,
+    statement: &mut CachedStatement<'_>,
     e: &ConnectionOpened,
     end: Option<&ConnectionClosed>,
     sensor: &str,
 ) -> rusqlite::Result<bool> {
-    let inserted = conn
-        .prepare_cached(
-            "INSERT OR IGNORE INTO connections
-               (conn_id, opened_at, peer_ip, peer_port, local_ip, local_port, worker, sensor_id,
-                closed_at, end_reason, requests, bytes_sent, duration_s)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )?
-        .execute(params![
-            e.conn_id as i64,
-            format_timestamp(e.timestamp),
-            e.peer_ip.to_string(),
-            e.peer_port,
-            e.local_ip.to_string(),
-            e.local_port,
-            e.worker as i64,
-            sensor,
-            end.map(|c| format_timestamp(c.closed_at)),
-            end.map(|c| c.end_reason),
-            end.map(|c| c.requests),
-            end.map(|c| c.bytes_sent as i64),
-            end.map(|c| c.duration_s),
-        ])?;
+    let inserted = statement.execute(params![
+        e.conn_id as i64,
+        format_timestamp(e.timestamp),
+        e.peer_ip.to_string(),
+        e.peer_port,
+        e.local_ip.to_string(),
+        e.local_port,
+        e.worker as i64,
+        sensor,
+        end.map(|c| format_timestamp(c.closed_at)),
+        end.map(|c| c.end_reason),
+        end.map(|c| c.requests),
+        end.map(|c| c.bytes_sent as i64),
+        end.map(|c| c.duration_s),
+    ])?;
     Ok(inserted == 1)
 }
 
@@ -208,6 +268,7 @@ struct RequestRow<'a> {
 /// already; false when the row was there (nothing written).
 fn insert_request(
     conn: &Connection,
+    statements: &mut Statements<'_>,
     e: &RequestRecord,
     end: Option<&ResponseEnd>,
     row: RequestRow<'_>,
@@ -223,89 +284,70 @@ fn insert_request(
         peer_ip_text = e.peer_ip.to_string();
         &peer_ip_text
     };
-    let inserted = conn
-        .prepare_cached(
-            "INSERT OR IGNORE INTO events (
-            timestamp, client_ip, client_port, target_port, http_method, http_path, http_query,
-            user_agent, headers_json, response_status, error_message, conn_id, request_seq,
-            http_version, client_ip_source, peer_ip, peer_port, local_ip, local_port,
-            target_port_source, head_size, raw_preview, body_preview, body_sha256, body_length,
-            target_port_ebpf, ebpf_lookup, target_port_original_dst, target_port_header,
-            country_iso_code, country_name, city_name, latitude, longitude, asn_number,
-            asn_organization, syn_ttl, syn_initial_ttl, syn_df, syn_window, syn_mss, syn_wscale,
-            syn_options, syn_fp, tls_version, tls_sni, tls_alpn, ja4, header_order,
-            header_order_hash, response_mode, giveup_limit_s, giveup_basis, planned_end_s,
-            sensor_id, changed_seq, bytes_sent, duration_s, end_reason, closed_at, client_fin_s,
-            actor_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                 ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34,
-                 ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49, ?50,
-                 ?51, ?52, ?53, ?54, ?55, ?56, ?57, ?58, ?59, ?60, ?61, ?62)",
-        )?
-        .execute(params![
-            row.timestamp,
-            client_ip,
-            e.client_port,
-            e.target_port,
-            e.http_method,
-            e.http_path,
-            e.http_query,
-            e.user_agent,
-            headers_to_json(&e.headers_json),
-            e.response_status,
-            e.error_message,
-            e.conn_id as i64,
-            e.request_seq,
-            e.http_version,
-            e.client_ip_source,
-            peer_ip,
-            e.peer_port,
-            e.local_ip.to_string(),
-            e.local_port,
-            e.target_port_source,
-            e.head_size as i64,
-            e.raw_preview,
-            e.body_preview,
-            e.body_sha256,
-            e.body_length.map(|n| n as i64),
-            e.target_port_ebpf,
-            e.ebpf_lookup,
-            e.target_port_original_dst,
-            e.target_port_header,
-            e.geo.country_iso_code,
-            e.geo.country_name,
-            e.geo.city_name,
-            e.geo.latitude,
-            e.geo.longitude,
-            e.geo.asn_number,
-            e.geo.asn_organization,
-            fp.syn_ttl,
-            fp.syn_initial_ttl,
-            fp.syn_df,
-            fp.syn_window,
-            fp.syn_mss,
-            fp.syn_wscale,
-            fp.syn_options,
-            fp.syn_fp,
-            fp.tls_version,
-            fp.tls_sni,
-            fp.tls_alpn,
-            fp.ja4,
-            fp.header_order,
-            fp.header_order_hash,
-            e.response_mode,
-            e.giveup_limit_s,
-            e.giveup_basis,
-            e.planned_end_s,
-            row.sensor,
-            row.seq,
-            end.map(|r| r.bytes_sent as i64),
-            end.map(|r| r.duration_s),
-            end.map(|r| r.end_reason),
-            end.map(|r| format_timestamp(r.closed_at)),
-            end.and_then(|r| r.client_fin_s),
-            row.actor,
-        ])?;
+    let inserted = statements.insert_request.execute(params![
+        row.timestamp,
+        client_ip,
+        e.client_port,
+        e.target_port,
+        e.http_method,
+        e.http_path,
+        e.http_query,
+        e.user_agent,
+        headers_to_json(&e.headers_json),
+        e.response_status,
+        e.error_message,
+        e.conn_id as i64,
+        e.request_seq,
+        e.http_version,
+        e.client_ip_source,
+        peer_ip,
+        e.peer_port,
+        e.local_ip.to_string(),
+        e.local_port,
+        e.target_port_source,
+        e.head_size as i64,
+        e.raw_preview,
+        e.body_preview,
+        e.body_sha256,
+        e.body_length.map(|n| n as i64),
+        e.target_port_ebpf,
+        e.ebpf_lookup,
+        e.target_port_original_dst,
+        e.target_port_header,
+        e.geo.country_iso_code,
+        e.geo.country_name,
+        e.geo.city_name,
+        e.geo.latitude,
+        e.geo.longitude,
+        e.geo.asn_number,
+        e.geo.asn_organization,
+        fp.syn_ttl,
+        fp.syn_initial_ttl,
+        fp.syn_df,
+        fp.syn_window,
+        fp.syn_mss,
+        fp.syn_wscale,
+        fp.syn_options,
+        fp.syn_fp,
+        fp.tls_version,
+        fp.tls_sni,
+        fp.tls_alpn,
+        fp.ja4,
+        fp.header_order,
+        fp.header_order_hash,
+        e.response_mode,
+        e.giveup_limit_s,
+        e.giveup_basis,
+        e.planned_end_s,
+        row.sensor,
+        row.seq,
+        end.map(|r| r.bytes_sent as i64),
+        end.map(|r| r.duration_s),
+        end.map(|r| r.end_reason),
+        end.map(|r| format_timestamp(r.closed_at)),
+        end.and_then(|r| r.client_fin_s),
+        row.actor,
+    ])?;
     if e.tags.is_empty() {
         return Ok(inserted == 1);
     }
@@ -320,11 +362,7 @@ fn insert_request(
         )?
     };
     for tag in &e.tags {
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO request_tags (event_id, conn_id, request_seq, tag)
-             VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![
+        statements.insert_tag.execute(params![
             event_id,
             e.conn_id as i64,
             e.request_seq,
@@ -334,13 +372,12 @@ fn insert_request(
     Ok(inserted == 1)
 }
 
-fn complete_request(conn: &Connection, e: &ResponseEnd, seq: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "UPDATE events SET bytes_sent = ?1, duration_s = ?2, end_reason = ?3, closed_at = ?4,
-                client_fin_s = ?7, changed_seq = ?8
-         WHERE conn_id = ?5 AND request_seq = ?6",
-    )?
-    .execute(params![
+fn complete_request(
+    statement: &mut CachedStatement<'_>,
+    e: &ResponseEnd,
+    seq: i64,
+) -> rusqlite::Result<()> {
+    statement.execute(params![
         e.bytes_sent as i64,
         e.duration_s,
         e.end_reason,
@@ -429,13 +466,11 @@ fn store_families(conn: &Connection, batch: &FamilyBatch) -> rusqlite::Result<()
     Ok(())
 }
 
-fn complete_connection(conn: &Connection, e: &ConnectionClosed) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "UPDATE connections SET closed_at = ?1, end_reason = ?2, requests = ?3, bytes_sent = ?4,
-                duration_s = ?5
-         WHERE conn_id = ?6",
-    )?
-    .execute(params![
+fn complete_connection(
+    statement: &mut CachedStatement<'_>,
+    e: &ConnectionClosed,
+) -> rusqlite::Result<()> {
+    statement.execute(params![
         format_timestamp(e.closed_at),
         e.end_reason,
         e.requests,
