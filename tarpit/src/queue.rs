@@ -7,6 +7,7 @@
 //! ([`crate::event::Event::queued_bytes`]) fits, and is dropped and counted otherwise, exactly
 //! as when the queue is full. Lives below `pipeline`, `sink` and `metrics`, which all use it.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Counters shared by the workers and the pipeline; atomics, so the hot path takes no lock.
@@ -19,6 +20,9 @@ pub struct PipelineStats {
     pub sink_dropped: AtomicU64,
     /// Events handed to the sinks.
     pub delivered: AtomicU64,
+    /// Accepts a worker held back because the recording had fallen behind (see
+    /// [`RecordingBacklog`]).
+    pub throttled_accepts: AtomicU64,
 }
 
 /// Bytes a queue may hold at once; reserved when an event is queued, released when it has
@@ -57,11 +61,51 @@ impl ByteBudget {
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
+
+    /// More than half of the budget is in use: the queue's reader is falling behind.
+    pub fn over_half(&self) -> bool {
+        self.used() > self.limit / 2
+    }
+}
+
+/// The queues that stand between an accepted connection and its rows: the channel to the
+/// pipeline and each sink's queue. The workers read it before each accept (a relaxed atomic
+/// load per queue, no lock) and hold back while any is more than half full, so that on a
+/// saturated CPU the threads that record catch up instead of their queues overflowing and
+/// losing rows of connections already accepted (see `server::throttle`).
+#[derive(Debug, Clone, Default)]
+pub struct RecordingBacklog {
+    queues: Vec<Arc<ByteBudget>>,
+}
+
+impl RecordingBacklog {
+    /// Watches these queues' budgets.
+    pub fn new(queues: Vec<Arc<ByteBudget>>) -> Self {
+        Self { queues }
+    }
+
+    /// Some queue is more than half full.
+    pub fn behind(&self) -> bool {
+        self.queues.iter().any(|queue| queue.over_half())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recording_is_behind_once_a_queue_is_over_half_full() {
+        let quiet = Arc::new(ByteBudget::new(100));
+        let busy = Arc::new(ByteBudget::new(100));
+        let backlog = RecordingBacklog::new(vec![quiet, busy.clone()]);
+        assert!(busy.try_reserve(50));
+        assert!(!backlog.behind(), "exactly half full is not behind");
+        assert!(busy.try_reserve(1));
+        assert!(backlog.behind());
+        busy.release(1);
+        assert!(!backlog.behind());
+    }
 
     #[test]
     fn reserves_up_to_the_limit_and_refuses_beyond() {

@@ -117,6 +117,7 @@ fn the_grafana_dashboard_is_valid_and_uses_exported_metrics() {
         "tarpit_bytes_dripped_total",
         "tarpit_events_dropped_total",
         "tarpit_sink_events_dropped_total",
+        "tarpit_accepts_throttled_total",
         "tarpit_sink_batch_seconds_bucket",
         "tarpit_geoip_lookups_total",
         "tarpit_request_tags_total",

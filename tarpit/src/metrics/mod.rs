@@ -125,6 +125,10 @@ fn describe() {
             "Events a sink dropped because its queue was full.",
         ),
         (
+            "tarpit_accepts_throttled_total",
+            "Accepts held back (at most 10 ms each) while a recording queue was over half full.",
+        ),
+        (
             "tarpit_geoip_lookups_total",
             "GeoIP lookups of client addresses, by result.",
         ),
@@ -383,6 +387,8 @@ impl MetricsSink {
             .absolute(self.stats.dropped_events.load(Ordering::Relaxed));
         counter!("tarpit_sink_events_dropped_total")
             .absolute(self.stats.sink_dropped.load(Ordering::Relaxed));
+        counter!("tarpit_accepts_throttled_total")
+            .absolute(self.stats.throttled_accepts.load(Ordering::Relaxed));
     }
 }
 

@@ -48,6 +48,11 @@ pub fn event_channel(
 }
 
 impl EventSender {
+    /// The channel's byte budget (watched by [`crate::queue::RecordingBacklog`]).
+    pub fn budget(&self) -> Arc<ByteBudget> {
+        self.bytes.clone()
+    }
+
     /// Queues an event, or drops and counts it when the channel is full. Never blocks.
     pub fn send(&self, event: Event) {
         let size = event.queued_bytes();

@@ -9,6 +9,7 @@ pub mod listener;
 pub mod settings;
 pub mod socketless;
 mod steering;
+mod throttle;
 mod worker;
 
 use std::net::SocketAddr;
@@ -50,6 +51,9 @@ struct Shared {
     /// With sk_lookup steering on: the ports it may steer (`ports` minus `exclude_ports`); a
     /// direct connection reaching the tarpit on one of them came through the program.
     steered_ports: Option<crate::steer::ports::PortSet>,
+    /// The queues between an accept and its rows, which the workers wait for (see
+    /// [`throttle`]), and the counters they count throttled accepts in.
+    recording: (crate::queue::RecordingBacklog, Arc<PipelineStats>),
     next_conn_id: AtomicU64,
     cancel: CancellationToken,
 }
@@ -172,6 +176,9 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         sharing: crate::share::push::setups_from_config(config, &storage.database, &sensor_id)
             .context("sharing")?,
     };
+    let mut queues = vec![events.budget()];
+    queues.extend(sinks.iter().map(SinkThread::budget));
+    let recording = (crate::queue::RecordingBacklog::new(queues), stats.clone());
     let pipeline = Pipeline::start(rx, enrichment, sinks, stats.clone())?;
     let crs_stage = start_crs_stage(config, &storage.database, &checkpointer)?;
 
@@ -190,6 +197,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
                 v6: config.server.per_ip_ipv6_prefix,
             },
         )),
+        recording,
         next_conn_id: AtomicU64::new(first_conn_id),
         ebpf: attribution.as_ref().map(|a| a.map()),
         untrusted_proxy_warning: crate::log_throttle::SharedLogThrottle::new(
@@ -248,13 +256,13 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         stage.stop();
     }
     checkpointer.stop();
-    let dropped = stats
-        .dropped_events
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let sink_dropped = stats
-        .sink_dropped
-        .load(std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(dropped, sink_dropped, "stopped; every queued event written");
+    let count = |counter: &AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        dropped = count(&stats.dropped_events),
+        sink_dropped = count(&stats.sink_dropped),
+        throttled_accepts = count(&stats.throttled_accepts),
+        "stopped; every queued event written"
+    );
     Ok(())
 }
 

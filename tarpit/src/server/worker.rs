@@ -154,6 +154,8 @@ impl Accepts {
         let cancel = shared.cancel.clone();
         let mut cancelled = std::pin::pin!(cancel.cancelled());
         loop {
+            let (backlog, stats) = &shared.recording;
+            super::throttle::wait_for_recording(backlog, stats).await;
             let accepted = tokio::select! {
                 biased;
                 _ = &mut cancelled => break,

@@ -2,7 +2,8 @@
 //!
 //! Each file-backed sink runs on its own thread behind its own bounded queue ([`SinkThread`]), so
 //! a slow or full disk stalls only that sink: the pipeline keeps feeding the others, and the
-//! workers never notice. A sink writes what has queued up over [`LINGER`] as one batch (one
+//! workers only pace their accepts while a queue is over half full (at most 10 ms each, see
+//! `server::throttle`). A sink writes what has queued up over [`LINGER`] as one batch (one
 //! SQLite transaction, one flush), or at once when a whole batch is waiting.
 
 pub mod jsonl;
@@ -120,6 +121,11 @@ impl SinkThread {
             self.bytes.release(size);
             self.stats.sink_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The queue's byte budget (watched by [`crate::queue::RecordingBacklog`]).
+    pub fn budget(&self) -> Arc<ByteBudget> {
+        self.bytes.clone()
     }
 
     /// Closes the queue and waits until everything queued is written.
