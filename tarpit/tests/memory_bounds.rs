@@ -6,7 +6,6 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use common::Tarpit;
@@ -36,19 +35,7 @@ fn big_head(i: usize) -> String {
 #[test]
 fn a_flood_of_big_heads_against_a_stalled_sink_stays_within_the_byte_budgets() {
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("stalled.log");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    // A reader that never reads: the tarpit can open the log, then its writes stall once the
-    // pipe's buffer is full.
-    let _reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(&fifo)
-        .unwrap();
+    let (fifo, _reader) = common::stalled_log(dir.path());
     const BUDGET: u64 = 4 * 1024 * 1024;
     let budget = BUDGET.to_string();
     let mut tarpit = Tarpit::start_in(

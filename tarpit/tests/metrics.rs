@@ -3,22 +3,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::time::Duration;
 
 use common::fronts::free_port;
-use common::{FAST, Tarpit, read_response, wait_for};
-
-fn scrape(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
-}
+use common::{FAST, Tarpit, read_response, scrape_metrics, wait_for};
 
 /// The value of the first sample line starting with `prefix`.
 fn sample(text: &str, prefix: &str) -> Option<f64> {
@@ -49,13 +38,13 @@ fn metrics_count_what_happened_with_bounded_labels() {
     }
     let port = tarpit.addr.port();
     let text = wait_for(Duration::from_secs(10), || {
-        let text = scrape(metrics_port)?;
+        let text = scrape_metrics(metrics_port)?;
         (sample(&text, "tarpit_connection_end_total") == Some(4.0)).then_some(text)
     })
     .unwrap_or_else(|| {
         panic!(
             "metrics never showed 4 ended connections: {:?}",
-            scrape(metrics_port)
+            scrape_metrics(metrics_port)
         )
     });
     assert_eq!(

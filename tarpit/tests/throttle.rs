@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Write;
 use std::time::Duration;
 
 use common::Tarpit;
@@ -15,19 +13,9 @@ use common::Tarpit;
 #[test]
 fn a_stalled_sink_holds_accepts_back_without_stopping_them() {
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("stalled.log");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    // A reader that never reads: the JSON log's writes stall once the pipe's buffer is full,
-    // and its queue (64 KiB, the smallest allowed) fills behind them.
-    let _reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(&fifo)
-        .unwrap();
+    // The JSON log's writes stall once the pipe's buffer is full, and its queue (64 KiB, the
+    // smallest allowed) fills behind them.
+    let (fifo, _reader) = common::stalled_log(dir.path());
     let metrics_port = common::fronts::free_port();
     let listen = format!("127.0.0.1:{metrics_port}");
     let mut tarpit = Tarpit::start_in(
@@ -70,7 +58,7 @@ fn a_stalled_sink_holds_accepts_back_without_stopping_them() {
     // The counter of held-back accepts (the pipeline publishes it with each burst). The
     // tarpit is killed afterwards: a stalled JSON log keeps a clean stop waiting.
     let throttled = common::wait_for(Duration::from_secs(30), || {
-        let text = scrape(metrics_port)?;
+        let text = common::scrape_metrics(metrics_port)?;
         let value: f64 = text
             .lines()
             .find_map(|l| l.strip_prefix("tarpit_accepts_throttled_total "))?
@@ -85,17 +73,7 @@ fn a_stalled_sink_holds_accepts_back_without_stopping_them() {
         throttled.is_some(),
         "fewer than {} of {CONNECTIONS} accepts held back: {:?}",
         CONNECTIONS / 2,
-        scrape(metrics_port)
+        common::scrape_metrics(metrics_port)
     );
     tarpit.kill9();
-}
-
-fn scrape(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
 }

@@ -428,3 +428,30 @@ pub fn python_has(modules: &str) -> bool {
     }
     present
 }
+
+/// A FIFO in `dir` for the JSON log, with a reader that never reads (keep the returned file
+/// open): the tarpit can open the log, then its writes stall once the pipe's buffer is full,
+/// as on a disk that never answers.
+pub fn stalled_log(dir: &Path) -> (PathBuf, std::fs::File) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fifo = dir.join("stalled.log");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    (fifo, reader)
+}
+
+/// The Prometheus exposition the tarpit serves on `port`, or `None` while it cannot.
+pub fn scrape_metrics(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
