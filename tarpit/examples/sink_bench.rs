@@ -1,8 +1,8 @@
 //! The writers' cost per recorded connection (`cargo xtask bench sinks`): the events of
 //! churned connections (opened, one request, its response's end, closed: what a scanner that
 //! reads the first byte and resets leaves behind) written by the SQLite sink and by the JSON
-//! log in batches of the size a churn of 20,000 connections a second gathers in the sinks'
-//! linger, from 249 client addresses as `xtask bench churn` uses. CPU time of the writing
+//! log in batches of the size a churn of 20,000 connections a second gathers in each sink's
+//! linger (its `Sink::batching`), from 249 client addresses as `xtask bench churn` uses. CPU time of the writing
 //! thread (no network), and for SQLite also of the WAL checkpointer the tarpit runs beside it
 //! (the process's CPU while SQLite writes, less the writer's), so two builds or settings
 //! compare to within a few per cent where a churn's figures move by a fifth with the machine.
@@ -18,8 +18,16 @@ use tarpit::sink::Sink;
 use tarpit::sink::jsonl::JsonLinesSink;
 use tarpit::sink::sqlite::SqliteSink;
 
-/// Connections per batch: 20 ms of a churn at 20,000 a second.
-const PER_BATCH: u64 = 400;
+/// The churn whose batches the bench writes: 20,000 connections a second.
+const CONNECTIONS_PER_SECOND: f64 = 20_000.0;
+
+/// Connections in each of `sink`'s batches at that rate: what gathers over its linger, or a
+/// full batch (four events a connection).
+fn per_batch(sink: &dyn Sink) -> u64 {
+    let batching = sink.batching();
+    let gathered = (batching.linger.as_secs_f64() * CONNECTIONS_PER_SECOND) as u64;
+    gathered.min(batching.max_events as u64 / 4).max(1)
+}
 
 /// The request a churn's client sends, as the pipeline records it.
 fn request(conn_id: u64, client_ip: IpAddr, timestamp: SystemTime) -> RequestRecord {
@@ -110,10 +118,11 @@ fn cpu(clock: libc::clockid_t) -> Duration {
 /// thread's CPU per connection, and of the other threads' (the checkpointer's).
 fn run(sink: &mut dyn Sink, first: u64, connections: u64) -> (f64, f64) {
     let start = SystemTime::now();
-    let batches: Vec<Vec<Arc<Event>>> = (0..connections / PER_BATCH)
+    let per_batch = per_batch(sink);
+    let batches: Vec<Vec<Arc<Event>>> = (0..connections / per_batch)
         .map(|b| {
-            let from = first + b * PER_BATCH;
-            (from..from + PER_BATCH)
+            let from = first + b * per_batch;
+            (from..from + per_batch)
                 .flat_map(|id| connection(id, start))
                 .collect()
         })
@@ -144,7 +153,9 @@ fn main() -> anyhow::Result<()> {
     let mut jsonl = JsonLinesSink::open(&dir.path().join("bench.jsonl"), "bench")?;
     println!(
         "round  sqlite µs/connection  checkpointer µs/connection  jsonl µs/connection  \
-         ({per_round} connections a round)"
+         ({per_round} connections a round; batches of {} and {} connections)",
+        per_batch(&sqlite),
+        per_batch(&jsonl),
     );
     for round in 0..rounds {
         let first = 1 + round * per_round;

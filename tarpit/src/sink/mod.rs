@@ -3,8 +3,8 @@
 //! Each file-backed sink runs on its own thread behind its own bounded queue ([`SinkThread`]), so
 //! a slow or full disk stalls only that sink: the pipeline keeps feeding the others, and the
 //! workers only pace their accepts while a queue is over half full (at most 10 ms each, see
-//! `server::throttle`). A sink writes what has queued up over [`LINGER`] as one batch (one
-//! SQLite transaction, one flush), or at once when a whole batch is waiting.
+//! `server::throttle`). A sink writes what has queued up over its [`Batching::linger`] as one
+//! batch (one SQLite transaction, one flush), or at once when a whole batch is waiting.
 
 pub mod jsonl;
 pub mod sqlite;
@@ -19,21 +19,29 @@ use crate::event::Event;
 use crate::log_throttle::LogThrottle;
 use crate::queue::{ByteBudget, PipelineStats};
 
-/// Most events written in one batch (one transaction).
-const MAX_BATCH: usize = 4096;
+/// How a sink's thread gathers its batches: what is queued is written as one batch, after
+/// waiting `linger` for more unless `max_events` are already waiting. Most of a batch's cost
+/// can be per batch, not per event (a SQLite commit writes every page it touched), so a sink
+/// says how long a row may wait in memory to save it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// How long a batch short of `max_events` gathers before it is written. A row is on disk
+    /// this much later (a drip tick is 1.5 s); a full batch is written at once, so a sink that
+    /// falls behind never waits.
+    pub linger: Duration,
+    /// Most events written in one batch.
+    pub max_events: usize,
+}
 
-/// How long a sink lets a batch grow before writing it, unless [`MAX_BATCH`] events are
-/// already waiting. Most of a SQLite transaction's cost is per commit, not per row: a commit
-/// writes every page it touched to the WAL, and the `events(client_ip)` index has a page of its
-/// own for each address seen lately (a row lands at the end of its address's run of entries),
-/// so the index pages a commit writes grow with the addresses in it, not with its rows.
-/// Writing as soon as 512 events had queued, a churn's SQLite writer wrote 1.04 WAL pages per
-/// connection; gathering for this long (and with a cache that holds a batch, see
-/// [`sqlite::SqliteSink::new`]), 0.55 (docs/benchmarks.md, fifth pass). Longer gathers wrote
-/// less, but the JSON log's larger writes cost more than they saved. A row is on disk this
-/// much later (a drip tick is 1.5 s); a full batch is written at once, so a sink that falls
-/// behind never waits.
-const LINGER: Duration = Duration::from_millis(20);
+impl Batching {
+    /// The JSON log's, and any sink's that does not choose: 20 ms, at most 4,096 events. A
+    /// file's write costs per byte, not per batch: longer gathers made the JSON log's writes
+    /// larger and cost it more than they saved (docs/benchmarks.md, fifth pass).
+    pub const DEFAULT: Self = Self {
+        linger: Duration::from_millis(20),
+        max_events: 4096,
+    };
+}
 
 /// A writer's queue holds this many times `storage.event_queue` events, within the same
 /// `storage.event_queue_bytes`. The ends of 100,000 socketless flows whose clients leave within
@@ -68,6 +76,10 @@ pub trait Sink: Send + 'static {
     /// Writes a batch, in order. On error the batch is counted as dropped and the sink carries
     /// on with the next one.
     fn write_batch(&mut self, events: &[Arc<Event>]) -> Result<(), SinkError>;
+    /// How this sink's thread gathers its batches.
+    fn batching(&self) -> Batching {
+        Batching::DEFAULT
+    }
 }
 
 /// A sink running on its own thread, fed through a queue bounded in events and in bytes.
@@ -143,15 +155,16 @@ fn run(
     bytes: Arc<ByteBudget>,
     stats: Arc<PipelineStats>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let Batching { linger, max_events } = sink.batching();
+    let mut batch = Vec::with_capacity(max_events);
     let mut failures = LogThrottle::new(Duration::from_secs(60));
     while let Ok((first, size)) = rx.recv() {
         batch.push(first);
         let mut batch_bytes = size;
-        take_queued(&rx, &mut batch, &mut batch_bytes);
-        if batch.len() < MAX_BATCH {
-            std::thread::sleep(LINGER);
-            take_queued(&rx, &mut batch, &mut batch_bytes);
+        take_queued(&rx, (&mut batch, max_events), &mut batch_bytes);
+        if batch.len() < max_events {
+            std::thread::sleep(linger);
+            take_queued(&rx, (&mut batch, max_events), &mut batch_bytes);
         }
         let started = Instant::now();
         let written = sink.write_batch(&batch);
@@ -175,14 +188,14 @@ fn run(
     }
 }
 
-/// Moves what is queued into `batch`, up to [`MAX_BATCH`], adding the events' sizes to
+/// Moves what is queued into `batch`, up to `max_events` in it, adding the events' sizes to
 /// `batch_bytes`.
 fn take_queued(
     rx: &mpsc::Receiver<(Arc<Event>, usize)>,
-    batch: &mut Vec<Arc<Event>>,
+    (batch, max_events): (&mut Vec<Arc<Event>>, usize),
     batch_bytes: &mut usize,
 ) {
-    while batch.len() < MAX_BATCH {
+    while batch.len() < max_events {
         match rx.try_recv() {
             Ok((event, size)) => {
                 batch.push(event);
@@ -274,11 +287,24 @@ mod tests {
         assert_eq!(*seen.lock().unwrap(), vec![2]);
     }
 
-    /// A sink that counts its batches and keeps the ids of what it wrote.
-    #[derive(Default)]
+    /// A sink that counts its batches, keeps the ids of what it wrote and its largest batch,
+    /// and gathers as `batching` says.
     struct Counting {
         seen: Arc<Mutex<Vec<u64>>>,
         batches: Arc<std::sync::atomic::AtomicUsize>,
+        largest: Arc<std::sync::atomic::AtomicUsize>,
+        batching: Batching,
+    }
+
+    impl Counting {
+        fn new(batching: Batching) -> Self {
+            Self {
+                seen: Arc::default(),
+                batches: Arc::default(),
+                largest: Arc::default(),
+                batching,
+            }
+        }
     }
 
     impl Sink for Counting {
@@ -287,20 +313,25 @@ mod tests {
         }
         fn write_batch(&mut self, events: &[Arc<Event>]) -> Result<(), SinkError> {
             self.batches.fetch_add(1, Ordering::Relaxed);
+            self.largest.fetch_max(events.len(), Ordering::Relaxed);
             let mut seen = self.seen.lock().unwrap();
             seen.extend(events.iter().map(|e| e.conn_id()));
             Ok(())
         }
+        fn batching(&self) -> Batching {
+            self.batching
+        }
     }
 
-    /// Events that trickle in are written in batches of what gathered over [`LINGER`], not one
-    /// by one: each small batch costs the sink at least `LINGER` of waiting, so however the
-    /// machine schedules the threads, the batches can be no more than the time taken over
-    /// `LINGER`. (A sink that wrote each event as it came wrote 300 batches here.)
+    /// Events that trickle in are written in batches of what gathered over the linger, not one
+    /// by one: each small batch costs the sink at least its linger of waiting, so however the
+    /// machine schedules the threads, the batches can be no more than the time taken over the
+    /// linger. (A sink that wrote each event as it came wrote 300 batches here.)
     #[test]
     fn a_trickle_of_events_is_written_in_few_batches() {
+        const LINGER: Duration = Batching::DEFAULT.linger;
         let stats = Arc::new(PipelineStats::default());
-        let sink = Counting::default();
+        let sink = Counting::new(Batching::DEFAULT);
         let (seen, batches) = (sink.seen.clone(), sink.batches.clone());
         let thread = SinkThread::spawn(sink, (10_000, usize::MAX / 2), stats.clone()).unwrap();
         let started = Instant::now();
@@ -319,17 +350,20 @@ mod tests {
         assert_eq!(*seen.lock().unwrap(), (0..300).collect::<Vec<_>>());
     }
 
-    /// A busy stream is written a batch per [`LINGER`] too, not a batch per wake-up: each
-    /// commit costs SQLite every page it touched, so committing whenever a few hundred events
-    /// had queued wrote the same index pages over and over. Each batch short of [`MAX_BATCH`]
-    /// costs the sink `LINGER` of waiting, so however the threads are scheduled, there are at
-    /// most the time taken over `LINGER` plus the full batches. (The sink that wrote at once
-    /// any batch of 512 or more wrote 53 batches here.)
-    #[test]
-    fn a_busy_stream_is_written_a_batch_per_linger() {
+    /// A busy stream is written a batch per linger too, not a batch per wake-up: each commit
+    /// costs SQLite every page it touched, so committing whenever a few hundred events had
+    /// queued wrote the same index pages over and over. Each batch short of `max_events` costs
+    /// the sink its linger of waiting, so however the threads are scheduled, there are at most
+    /// the time taken over the linger plus the full batches. (The sink that wrote at once any
+    /// batch of 512 or more wrote 53 batches here.) Returns the largest batch.
+    fn busy_stream(batching: Batching) -> usize {
         let stats = Arc::new(PipelineStats::default());
-        let sink = Counting::default();
-        let (seen, batches) = (sink.seen.clone(), sink.batches.clone());
+        let sink = Counting::new(batching);
+        let (seen, batches, largest) = (
+            sink.seen.clone(),
+            sink.batches.clone(),
+            sink.largest.clone(),
+        );
         let thread = SinkThread::spawn(sink, (100_000, usize::MAX / 2), stats.clone()).unwrap();
         let started = Instant::now();
         let (bursts, per_burst) = (100, 600);
@@ -343,13 +377,37 @@ mod tests {
         let elapsed = started.elapsed();
         let batches = batches.load(Ordering::Relaxed);
         let total = (bursts * per_burst) as usize;
-        let most = (elapsed.as_micros() / LINGER.as_micros()) as usize + total / MAX_BATCH + 1;
+        let Batching { linger, max_events } = batching;
+        let most = (elapsed.as_micros() / linger.as_micros()) as usize + total / max_events + 1;
         assert!(
             batches <= most,
-            "{batches} batches in {elapsed:?}: more than one per {LINGER:?} and the full ones"
+            "{batches} batches in {elapsed:?}: more than one per {linger:?} and the full ones"
         );
         assert_eq!(stats.sink_dropped.load(Ordering::Relaxed), 0);
         assert_eq!(*seen.lock().unwrap(), (0..total as u64).collect::<Vec<_>>());
+        largest.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_busy_stream_is_written_a_batch_per_linger() {
+        busy_stream(Batching::DEFAULT);
+    }
+
+    /// The thread gathers as the sink asks: a longer linger makes fewer batches (at 20 ms this
+    /// stream takes at least ten), and no batch holds more than the sink's `max_events`.
+    #[test]
+    fn a_sink_s_own_batching_is_followed() {
+        let long = Batching {
+            linger: Duration::from_millis(80),
+            max_events: 30_000,
+        };
+        assert!(busy_stream(long) <= long.max_events);
+        let small = Batching {
+            linger: Duration::from_millis(20),
+            max_events: 500,
+        };
+        let largest = busy_stream(small);
+        assert!(largest <= small.max_events, "a batch of {largest}");
     }
 
     /// At the default bounds, a writer's queue takes the ends of 100,000 held flows (a

@@ -15,7 +15,7 @@ pub mod actors;
 mod ends;
 mod scanners;
 
-use super::{Sink, SinkError};
+use super::{Batching, Sink, SinkError};
 use crate::adaptive::model::FamilyBatch;
 use crate::event::{
     AbuseReport, ConnectionClosed, ConnectionOpened, Event, RequestRecord, ResponseEnd,
@@ -26,8 +26,25 @@ use actors::Actors;
 use ends::BatchEnds;
 
 /// The SQLite sink's page cache, in SQLite's notation for KiB (negative): 8 MiB, room for a
-/// full batch's pages (see [`SqliteSink::new`]).
+/// full batch's pages (see [`SqliteSink::new`] and `tests::a_full_batch_reads_fewer_pages_than_it_writes`).
 const SINK_CACHE_KIB: &str = "-8192";
+
+/// How the SQLite sink gathers its transactions: for 100 ms, at most 16,384 events (4,096
+/// churned connections). Most of a transaction's cost is per commit, not per row: a commit
+/// writes every page it touched to the WAL, and the `events(client_ip)` index has a leaf of
+/// its own for each address seen lately (a row lands at the end of its address's run of
+/// entries), so the index pages a commit writes grow with the addresses in it, not with its
+/// rows, and the checkpointer copies each of them again. Committing whenever 512 events had
+/// queued, a churn's writer wrote 1.04 WAL pages per connection; every 20 ms, 0.55 (fifth
+/// pass). From 400 connections a transaction (20 ms of a 20,000/s churn) to 2,000 (100 ms),
+/// the writer and its checkpointer went from 14.1 to 9.6 µs of CPU per connection, and
+/// further to 5,000 gained nothing (`cargo xtask bench sinks`; docs/benchmarks.md, tenth
+/// pass). A row is on disk up to this much later than the JSON log's line (a drip tick is
+/// 1.5 s); `kill -9` loses what is not committed, as it loses what is still queued.
+pub const SQLITE_BATCHING: Batching = Batching {
+    linger: std::time::Duration::from_millis(100),
+    max_events: 16_384,
+};
 
 /// Writes events into the `events` and `connections` tables (see [`crate::db`]).
 #[derive(Debug)]
@@ -80,6 +97,10 @@ impl Sink for SqliteSink {
             self.actors.forget(); // rolled back: what it cached may not exist
         }
         written
+    }
+
+    fn batching(&self) -> Batching {
+        SQLITE_BATCHING
     }
 }
 

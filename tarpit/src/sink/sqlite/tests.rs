@@ -177,9 +177,10 @@ fn pager_count(conn: &Connection, counter: i32) -> i32 {
     current
 }
 
-/// `MAX_BATCH` events: a quarter of that many connections from 250 addresses, from `first`.
+/// A full batch ([`super::SQLITE_BATCHING`]): a quarter of that many connections from 250
+/// addresses, from `first`.
 fn full_batch(first: u64) -> Vec<Arc<Event>> {
-    let connections = (crate::sink::MAX_BATCH / 4) as u64;
+    let connections = (super::SQLITE_BATCHING.max_events / 4) as u64;
     (first..first + connections)
         .flat_map(|id| {
             let ip = std::net::IpAddr::from([198, 51, 100, (id % 250) as u8]);
@@ -208,7 +209,7 @@ fn a_batch_is_written_at_its_commit_not_spilled_before() {
         .conn
         .query_row("PRAGMA page_count", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(rows, 1024);
+    assert_eq!(rows as usize, super::SQLITE_BATCHING.max_events / 4);
     assert!(
         pages > 100,
         "the batch touched only {pages} pages: not above the cache"
