@@ -6,7 +6,11 @@
 //! sink's own; the recorder is asked once per series.
 //!
 //! The map grows as the recorder's registry does, one handle per series: the labels are
-//! bounded sets (see the parent module), so no client can make it grow without end.
+//! bounded sets (see the parent module), so no client can make it grow without end, nor
+//! choose the keys. That is why the map hashes with foldhash (seeded per process) rather than
+//! the standard library's SipHash, whose resistance to chosen keys these keys do not need:
+//! SipHash was 8% of the pipeline's time under churn, hashing a series nine times per
+//! connection (docs/benchmarks.md, tenth pass).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -85,7 +89,7 @@ impl Series {
 /// Counter handles by series, registered with the recorder on first use.
 #[derive(Debug, Default)]
 pub(super) struct Counters {
-    handles: HashMap<Series, Counter>,
+    handles: HashMap<Series, Counter, foldhash::fast::RandomState>,
 }
 
 impl Counters {
