@@ -2,10 +2,11 @@
 //! churned connections (opened, one request, its response's end, closed: what a scanner that
 //! reads the first byte and resets leaves behind) written by the SQLite sink and by the JSON
 //! log in batches of the size a churn of 20,000 connections a second gathers in each sink's
-//! linger (its `Sink::batching`), from 249 client addresses as `xtask bench churn` uses. CPU time of the writing
-//! thread (no network), and for SQLite also of the WAL checkpointer the tarpit runs beside it
-//! (the process's CPU while SQLite writes, less the writer's), so two builds or settings
-//! compare to within a few per cent where a churn's figures move by a fifth with the machine.
+//! linger (its `Sink::batching`), from 249 client addresses as `xtask bench churn` uses. CPU
+//! time of the writing thread (no network), and for SQLite also of the WAL checkpointer the
+//! tarpit runs beside it (the process's CPU while SQLite writes, less the writer's), so two
+//! builds or settings compare to within a few per cent where a churn's figures move by a fifth
+//! with the machine.
 //! Prints µs of CPU per connection for each sink and each round.
 
 use std::net::{IpAddr, Ipv4Addr};

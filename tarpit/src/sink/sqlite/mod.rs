@@ -26,7 +26,8 @@ use actors::Actors;
 use ends::BatchEnds;
 
 /// The SQLite sink's page cache, in SQLite's notation for KiB (negative): 8 MiB, room for a
-/// full batch's pages (see [`SqliteSink::new`] and `tests::a_full_batch_reads_fewer_pages_than_it_writes`).
+/// full batch's pages (see [`SqliteSink::new`], and the test
+/// `a_full_batch_reads_fewer_pages_than_it_writes`).
 const SINK_CACHE_KIB: &str = "-8192";
 
 /// How the SQLite sink gathers its transactions: for 100 ms, at most 16,384 events (4,096
